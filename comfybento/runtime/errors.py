@@ -1,0 +1,57 @@
+"""The one place where ComfyUI's error tuples and dicts become comfybento exceptions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from comfybento.errors import InvalidRequest, NodeExecutionError, OutOfMemory, WorkflowError
+from comfybento.workflows.batchplan import original_node_id
+
+FieldNames = Mapping[tuple[str, str], str]  # (node id, input name) -> request field name
+
+
+def from_validation(result: tuple[Any, ...], field_names: FieldNames) -> Exception:
+    """validate_prompt's (ok, error, outputs, node_errors) as an exception naming node and input."""
+    _, error, _, node_errors = result
+    messages = []
+    for node_id, info in (node_errors or {}).items():
+        node = original_node_id(str(node_id))
+        for reason in info.get("errors", []):
+            input_name = (reason.get("extra_info") or {}).get("input_name")
+            where = f"node {node} ({info.get('class_type')})"
+            if input_name:
+                field = field_names.get((node, input_name))
+                where += f" input '{input_name}'" + (f" (request field '{field}')" if field else "")
+            messages.append(f"{where}: {reason.get('message')}: {reason.get('details')}")
+    if not messages and error:
+        messages.append(f"{error.get('message')}: {error.get('details')}")
+    text = "; ".join(messages) or "ComfyUI rejected the graph"
+    if any(field_names.get((original_node_id(str(n)), i)) for n, i in _inputs(node_errors)):
+        return InvalidRequest(text)
+    return WorkflowError(f"the workflow failed ComfyUI's validation: {text}")
+
+
+def _inputs(node_errors: Any) -> list[tuple[str, str]]:
+    pairs = []
+    for node_id, info in (node_errors or {}).items():
+        for reason in info.get("errors", []):
+            input_name = (reason.get("extra_info") or {}).get("input_name")
+            if input_name:
+                pairs.append((str(node_id), str(input_name)))
+    return pairs
+
+
+def from_execution(status_messages: list[tuple[str, dict[str, Any]]]) -> Exception:
+    """The executor's execution_error message as NodeExecutionError or OutOfMemory."""
+    for event, data in status_messages:
+        if event == "execution_error":
+            node_id = original_node_id(str(data.get("node_id")))
+            class_type = str(data.get("node_type"))
+            message = str(data.get("exception_message", "")).strip()
+            if "OutOfMemory" in str(data.get("exception_type", "")):
+                return OutOfMemory(f"node {node_id} ({class_type}) ran out of device memory: {message}")
+            return NodeExecutionError(node_id, class_type, message)
+        if event == "execution_interrupted":
+            return NodeExecutionError(original_node_id(str(data.get("node_id"))), str(data.get("node_type")), "interrupted")
+    return NodeExecutionError("?", "?", "execution failed without an error message")

@@ -1,0 +1,92 @@
+"""Run graphs through ComfyUI's own executor: one per process, kept warm.
+
+`ComfyExecutor.run(graph)` validates the graph with ComfyUI's validator, swaps
+image-saving nodes for collectors and checkpoint loaders for pinned ones,
+executes, and returns each output node's image tensors. ComfyUI's caches and
+loaded models live across calls. Calls are serialized: ComfyUI's executor and
+model management are process-global.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from comfybento.runtime import errors as runtime_errors
+from comfybento.runtime.bootstrap import ComfyRuntime, run_coroutine
+from comfybento.runtime.errors import FieldNames
+from comfybento.workflows.graph import Graph
+from comfybento.workflows.params import OUTPUT_IMAGE_CLASSES
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+def prepare_for_execution(graph: Graph) -> Graph:
+    """Image-saving nodes -> collectors (slot = node id); CheckpointLoaderSimple -> pinned."""
+    prepared = copy.deepcopy(graph)
+    for node_id, node in prepared.items():
+        class_type = node["class_type"]
+        if class_type in OUTPUT_IMAGE_CLASSES:
+            node["class_type"] = "ComfyBentoCollectImages"
+            node["inputs"] = {"images": node["inputs"].get("images"), "slot": node_id}
+        elif class_type == "CheckpointLoaderSimple":
+            node["class_type"] = "ComfyBentoPinnedCheckpoint"
+    return prepared
+
+
+class ComfyExecutor:
+    def __init__(self, runtime: ComfyRuntime) -> None:
+        import execution
+
+        self._runtime = runtime
+        self._executor = execution.PromptExecutor(
+            runtime.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
+        )
+        self._lock = threading.Lock()
+
+    def run(self, graph: Graph, field_names: FieldNames | None = None, listener: Listener | None = None) -> dict[str, torch.Tensor]:
+        """Execute a bound graph; returns {output node id: images (B, H, W, C)}."""
+        import execution
+
+        from comfybento.runtime import nodes as our_nodes
+
+        prompt = prepare_for_execution(graph)
+        prompt_id = uuid.uuid4().hex
+        with self._lock:
+            valid = run_coroutine(execution.validate_prompt(prompt_id, prompt, None))
+            if not valid[0] or valid[3]:
+                raise runtime_errors.from_validation(valid, field_names or {})
+            bucket = our_nodes.start_collecting()
+            self._runtime.server.set_listener(listener)
+            try:
+                run_coroutine(self._executor.execute_async(prompt, prompt_id, {}, valid[2]))
+            finally:
+                our_nodes.stop_collecting()
+                self._runtime.server.set_listener(None)
+            if not self._executor.success:
+                raise runtime_errors.from_execution(self._executor.status_messages)
+        return {slot: torch.cat(parts) for slot, parts in bucket.items()}
+
+    @staticmethod
+    def preload_checkpoint(ckpt_name: str) -> None:
+        """Load a checkpoint and move its diffusion model onto the device now."""
+        import comfy.model_management as mm
+
+        from comfybento.runtime.nodes import pinned_checkpoint
+
+        model = pinned_checkpoint(ckpt_name)[0]
+        mm.load_models_gpu([model])
+
+    @staticmethod
+    def device_name() -> str:
+        import comfy.model_management as mm
+
+        return str(mm.get_torch_device())

@@ -1,0 +1,282 @@
+"""comfybento's own ComfyUI node classes, registered by `register()`.
+
+- CPackInput*/CPackOutputImage: our implementation of comfy-pack's annotation
+  nodes (same class names and inputs), so annotated graphs run without
+  comfy-pack installed.
+- ComfyBentoCollectImages: replaces every image-saving node in the graphs we
+  execute; hands the image tensors to the run that is executing instead of
+  writing files into a shared output folder.
+- ComfyBentoPinnedCheckpoint: replaces CheckpointLoaderSimple; returns the
+  checkpoint preloaded at startup, shared by every workflow.
+- ComfyBentoBatchConditioning / ComfyBentoBatchKSampler: the merged graph of
+  a cross-request batch (see runtime/batching.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any
+
+import torch
+
+import comfy.sample
+import comfy.utils
+import folder_paths
+import latent_preview
+import nodes as comfy_nodes
+
+# ------------------------------------------------------------------ collection
+
+_collect = threading.local()
+
+
+def start_collecting() -> dict[str, list[torch.Tensor]]:
+    """Begin a run: images reaching ComfyBentoCollectImages land in the returned dict."""
+    bucket: dict[str, list[torch.Tensor]] = {}
+    _collect.bucket = bucket
+    return bucket
+
+
+def stop_collecting() -> None:
+    _collect.bucket = None
+
+
+class AnyType(str):
+    """A type name that matches every other type (for CPackInputAny)."""
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+
+ANY = AnyType("*")
+
+
+class CollectImages:
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    FUNCTION = "collect"
+    CATEGORY = "comfybento"
+    DESCRIPTION = "Hands images to the comfybento request that is running (replaces SaveImage)."
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"images": ("IMAGE",), "slot": ("STRING", {"default": ""})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs: Any) -> float:
+        return float("nan")  # always run: the images go to the current request
+
+    def collect(self, images: torch.Tensor, slot: str) -> tuple[()]:
+        bucket = getattr(_collect, "bucket", None)
+        if bucket is not None:
+            bucket.setdefault(slot, []).append(images.detach().cpu())
+        return ()
+
+
+# ------------------------------------------------------------------ checkpoints
+
+_pinned: dict[str, tuple[Any, ...]] = {}
+_pinned_lock = threading.Lock()
+
+
+def pinned_checkpoint(ckpt_name: str) -> tuple[Any, ...]:
+    """(model, clip, vae) for a checkpoint, loaded once per process with ComfyUI's stock loader."""
+    with _pinned_lock:
+        if ckpt_name not in _pinned:
+            _pinned[ckpt_name] = comfy_nodes.CheckpointLoaderSimple().load_checkpoint(ckpt_name)[:3]
+        return _pinned[ckpt_name]
+
+
+class PinnedCheckpoint:
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "comfybento"
+    DESCRIPTION = "CheckpointLoaderSimple, kept loaded for the life of the process."
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"ckpt_name": (folder_paths.get_filename_list("checkpoints"),)}}
+
+    def load(self, ckpt_name: str) -> tuple[Any, ...]:
+        return pinned_checkpoint(ckpt_name)
+
+
+# ------------------------------------------------------------------ comfy-pack
+
+
+def _identity_node(name: str, spec: dict[str, Any], return_type: Any, extra_opt: dict[str, Any] | None = None) -> type:
+    key = next(iter(spec))
+
+    def identity(self: Any, **kwargs: Any) -> tuple[Any]:
+        return (kwargs[key],)
+
+    inputs: dict[str, Any] = {"required": spec}
+    if extra_opt:
+        inputs["optional"] = extra_opt
+    return type(
+        name,
+        (),
+        {
+            "INPUT_TYPES": classmethod(lambda cls: inputs),
+            "RETURN_TYPES": (return_type,),
+            "RETURN_NAMES": ("value",),
+            "FUNCTION": "identity",
+            "CATEGORY": "ComfyPack/input",
+            "CPACK_NODE": True,
+            "identity": identity,
+        },
+    )
+
+
+class CPackInputImage(comfy_nodes.LoadImage):
+    CATEGORY = "ComfyPack/input"
+    CPACK_NODE = True
+
+
+class CPackOutputImage:
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    CATEGORY = "ComfyPack/output"
+    CPACK_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "filename_prefix": ("STRING", {"default": "cpack_output_"}),
+            }
+        }
+
+    def save(self, images: torch.Tensor, filename_prefix: str = "") -> dict[str, Any]:
+        return comfy_nodes.SaveImage().save_images(images, filename_prefix or "cpack_output_")  # type: ignore[no-any-return]
+
+
+def _cpack_nodes() -> dict[str, type]:
+    big = sys.maxsize
+    return {
+        "CPackInputString": _identity_node("CPackInputString", {"value": ("STRING", {"default": ""})}, "STRING"),
+        "CPackInputInt": _identity_node(
+            "CPackInputInt",
+            {"value": ("INT", {"default": 0, "min": -big, "max": big})},
+            "INT",
+            {"min": ("INT", {"default": -big, "min": -big, "max": big}), "max": ("INT", {"default": big, "min": -big, "max": big})},
+        ),
+        "CPackInputAny": _identity_node("CPackInputAny", {"input": (ANY, {})}, ANY),
+        "CPackInputFile": _identity_node("CPackInputFile", {"path": ("STRING", {"default": ""})}, ANY),
+        "CPackInputImage": CPackInputImage,
+        "CPackOutputImage": CPackOutputImage,
+    }
+
+
+# ------------------------------------------------------------------ batching
+
+
+def _cat_conditioning(conds: list[Any]) -> Any:
+    """Batch single-entry conditionings: [[tensor(1,T,D), {...}]] x N -> [[tensor(N,T',D), {...}]]."""
+    tensors = [c[0][0] for c in conds]
+    length = 1
+    for t in tensors:
+        length = length * t.shape[1] // _gcd(length, t.shape[1])
+    # Repeating a whole token sequence k times leaves cross-attention unchanged.
+    tensors = [t.repeat(1, length // t.shape[1], 1) if t.shape[1] != length else t for t in tensors]
+    extras: dict[str, Any] = {}
+    for key, value in conds[0][0][1].items():
+        extras[key] = torch.cat([c[0][1][key] for c in conds]) if isinstance(value, torch.Tensor) else value
+    return [[torch.cat(tensors), extras]]
+
+
+def _expand_conditioning(cond: Any, items: int, per_item: int) -> Any:
+    """Repeat each request's conditioning over its images, when a request has several."""
+    if per_item == 1 or len(cond) != 1 or cond[0][0].shape[0] != items:
+        return cond
+    tensor, extras = cond[0]
+    extras = {k: v.repeat_interleave(per_item, dim=0) if isinstance(v, torch.Tensor) and v.shape[0] == items else v
+              for k, v in extras.items()}
+    return [[tensor.repeat_interleave(per_item, dim=0), extras]]
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+class _AnyInputs(dict):  # type: ignore[type-arg]
+    """An 'optional' inputs table that accepts cond_0, cond_1, ... of type CONDITIONING."""
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.startswith("cond_")
+
+    def __getitem__(self, key: str) -> Any:
+        return ("CONDITIONING",)
+
+
+class BatchConditioning:
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "batch"
+    CATEGORY = "comfybento"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {}, "optional": _AnyInputs()}
+
+    def batch(self, **conds: Any) -> tuple[Any]:
+        ordered = [conds[k] for k in sorted(conds, key=lambda k: int(k.split("_")[1]))]
+        return (_cat_conditioning(ordered),)
+
+
+class BatchKSampler:
+    """KSampler over a latent batch where each request keeps its own seed's noise."""
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+    CATEGORY = "comfybento"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        required = dict(comfy_nodes.KSampler.INPUT_TYPES()["required"])
+        required.pop("seed")
+        required["seeds"] = ("STRING", {"default": "[]"})
+        return {"required": required}
+
+    def sample(self, model: Any, seeds: str, steps: int, cfg: float, sampler_name: str, scheduler: str,
+               positive: Any, negative: Any, latent_image: dict[str, Any], denoise: float = 1.0) -> tuple[Any]:
+        seed_list = [int(s) for s in json.loads(seeds)]
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        per_item = latent.shape[0] // len(seed_list)
+        noise = torch.cat([
+            comfy.sample.prepare_noise(latent[i * per_item:(i + 1) * per_item], seed)
+            for i, seed in enumerate(seed_list)
+        ])
+        positive = _expand_conditioning(positive, len(seed_list), per_item)
+        negative = _expand_conditioning(negative, len(seed_list), per_item)
+        callback = latent_preview.prepare_callback(model, steps)
+        samples = comfy.sample.sample(
+            model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+            denoise=denoise, noise_mask=latent_image.get("noise_mask"), callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed_list[0],
+        )
+        out = dict(latent_image)
+        out["samples"] = samples
+        return (out,)
+
+
+OUR_NODES: dict[str, type] = {
+    "ComfyBentoCollectImages": CollectImages,
+    "ComfyBentoPinnedCheckpoint": PinnedCheckpoint,
+    "ComfyBentoBatchConditioning": BatchConditioning,
+    "ComfyBentoBatchKSampler": BatchKSampler,
+}
+
+
+def register() -> None:
+    """Add our node classes to ComfyUI's registry (comfy-pack's only where it is absent)."""
+    mapping = comfy_nodes.NODE_CLASS_MAPPINGS
+    for name, cls in OUR_NODES.items():
+        mapping[name] = cls
+    for name, cls in _cpack_nodes().items():
+        mapping.setdefault(name, cls)

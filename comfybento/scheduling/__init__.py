@@ -1,0 +1,1 @@
+"""Batch forming and admission control; testable without ComfyUI."""

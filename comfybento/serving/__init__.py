@@ -1,0 +1,1 @@
+"""What the BentoML services in service.py delegate to."""

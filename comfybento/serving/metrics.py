@@ -1,0 +1,39 @@
+"""Prometheus metrics, exported on /metrics by BentoML."""
+
+from __future__ import annotations
+
+import bentoml
+
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="comfybento_batch_size",
+    documentation="Requests per ComfyUI graph execution.",
+    labelnames=["workflow"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+QUEUE_WAIT = bentoml.metrics.Histogram(
+    name="comfybento_queue_wait_seconds",
+    documentation="Time from a request's arrival to the start of its execution.",
+    labelnames=["workflow"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+EXECUTION_TIME = bentoml.metrics.Histogram(
+    name="comfybento_execution_seconds",
+    documentation="Wall time of one ComfyUI graph execution.",
+    labelnames=["workflow"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+EXECUTIONS = bentoml.metrics.Counter(
+    name="comfybento_executions",
+    documentation="ComfyUI graph executions, by mode: batched (merged graph) or single.",
+    labelnames=["workflow", "mode"],
+)
+ITEM_ERRORS = bentoml.metrics.Counter(
+    name="comfybento_item_errors",
+    documentation="Requests that failed, by error kind.",
+    labelnames=["workflow", "kind"],
+)
+WORKFLOW_BATCHABLE = bentoml.metrics.Gauge(
+    name="comfybento_workflow_batchable",
+    documentation="1 if the workflow runs requests in shared batches, 0 if one by one.",
+    labelnames=["workflow"],
+)

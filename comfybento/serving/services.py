@@ -1,0 +1,124 @@
+"""Build the two BentoML services from the project's workflows.
+
+- `ComfyEngine` (GPU side, one worker): owns the embedded ComfyUI. One
+  batchable API per workflow, fed by BentoML's adaptive batcher.
+- `ComfyBento` (the entry service): one typed endpoint per workflow,
+  `POST /<name>` (JSON with base64 PNGs) and `POST /<name>/png` (the first
+  image as image/png). It validates, admits or sheds load, and forwards to
+  the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from bentoml.validators import ContentType
+from starlette.responses import JSONResponse, Response
+
+from comfybento.errors import ComfyBentoError
+from comfybento.outputs.encoding import b64, decode_b64, normalize_upload
+from comfybento.scheduling.admission import Admission
+from comfybento.serving.engine import Engine
+from comfybento.serving.messages import EngineItem, ItemResult
+from comfybento.serving.project import Project
+from comfybento.workflows.binding import resolve_seed
+from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.schema import GenerateResponse, Timings
+
+ENGINE_TIMEOUT_S = 900
+
+
+def _engine_api(spec: WorkflowSpec) -> Any:
+    name = spec.name
+
+    def run(self: Any, items: list[EngineItem]) -> list[ItemResult]:
+        return self.engine.run(name, items)  # type: ignore[no-any-return]
+
+    run.__name__ = name
+    return bentoml.api(batchable=True, max_batch_size=spec.max_batch_size, max_latency_ms=spec.max_latency_ms, route=f"/{name}")(run)
+
+
+def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
+    def __init__(self: Any) -> None:
+        self.engine = Engine(project)
+        self.engine.start()
+
+    attrs: dict[str, Any] = {"__init__": __init__, "__doc__": "Embedded ComfyUI engine (internal)."}
+    for spec in project.catalog.values():
+        attrs[spec.name] = _engine_api(spec)
+    cls = type("ComfyEngine", (), attrs)
+    return bentoml.service(name="comfybento-engine", workers=1, resources=resources, traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
+
+
+def _error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> ItemResult | Response:
+    ticket = self.admission.try_enter(spec.name)
+    if ticket is None:
+        return _error_response(503, f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later",
+                               {"Retry-After": str(self.admission.retry_after_s)})
+    try:
+        for param in spec.params:
+            if param.kind == "image" and values.get(param.name) is not None:
+                values[param.name] = b64(normalize_upload(values[param.name]))
+        item = EngineItem(values=values, seed=resolve_seed(spec.params, values), submitted_at=time.time())
+        results = await getattr(self.engine.to_async, spec.name)([item])
+        return ItemResult.model_validate(results[0]) if not isinstance(results[0], ItemResult) else results[0]
+    finally:
+        self.admission.leave(spec.name)
+
+
+def _json_endpoint(spec: WorkflowSpec) -> Any:
+    async def endpoint(self: Any, **values: Any) -> Any:
+        result = await _generate(self, spec, values)
+        if isinstance(result, Response):
+            return result
+        if not result.ok:
+            return _error_response(result.status, result.error or "failed")
+        timings = Timings(queue_ms=result.queue_ms, execution_ms=result.execution_ms, batch_size=result.batch_size)
+        return GenerateResponse(workflow=spec.name, seed=result.seed, images=result.images, timings=timings)
+
+    endpoint.__name__ = spec.name
+    endpoint.__doc__ = f"Run the '{spec.name}' workflow; returns every output image as base64 PNG."
+    return bentoml.api(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
+
+
+def _png_endpoint(spec: WorkflowSpec) -> Any:
+    async def endpoint(self: Any, **values: Any) -> Annotated[Path, ContentType("image/png")]:
+        result = await _generate(self, spec, values)
+        if isinstance(result, Response):
+            return result
+        if not result.ok or not result.images:
+            return _error_response(result.status if not result.ok else 500, result.error or "no image produced")
+        headers = {"X-Seed": str(result.seed)} if result.seed is not None else {}
+        return Response(decode_b64(result.images[0].png), media_type="image/png", headers=headers)
+
+    endpoint.__name__ = f"{spec.name}_png"
+    endpoint.__doc__ = f"Run the '{spec.name}' workflow; returns its first image as image/png (seed in X-Seed)."
+    return bentoml.api(route=f"/{spec.name}/png", input_spec=spec.input_model)(endpoint)
+
+
+def make_front_service(project: Project, engine_service: Any) -> Any:
+    settings = project.settings
+
+    def __init__(self: Any) -> None:
+        self.admission = Admission(limit=settings.max_queue, retry_after_s=settings.retry_after_s)
+
+    attrs: dict[str, Any] = {
+        "__init__": __init__,
+        "__doc__": "ComfyUI workflows as typed endpoints.",
+        "engine": bentoml.depends(engine_service),
+    }
+    for spec in project.catalog.values():
+        attrs[spec.name] = _json_endpoint(spec)
+        attrs[f"{spec.name}_png"] = _png_endpoint(spec)
+    cls = type("ComfyBento", (), attrs)
+    return bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
+
+
+__all__ = ["ComfyBentoError", "make_engine_service", "make_front_service"]

@@ -1,0 +1,1 @@
+"""Workflows: load API-format graphs, check them, infer typed parameters, bind requests."""

@@ -1,0 +1,151 @@
+"""Every workflow in the workflows folder, loaded, checked and typed at startup."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from comfybento.config import Settings
+from comfybento.errors import WorkflowError
+from comfybento.models.lock import ModelEntry, ModelLock
+from comfybento.workflows.batchplan import BatchPlan, plan_batching
+from comfybento.workflows.graph import Graph, NodeDefs, check_graph, is_link, load_graph, sorted_ids
+from comfybento.workflows.params import OutputSpec, Param, infer_outputs, infer_params
+from comfybento.workflows.schema import build_input_model
+from comfybento.workflows.sidecar import apply_sidecar, load_sidecar
+
+log = logging.getLogger(__name__)
+
+RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "schema", "api", "workflows", "static_content"}
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".pt2")
+
+# Inputs of stock loader nodes -> the models folder they read from.
+LOADER_FOLDERS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("CheckpointLoader", "ckpt_name"): "checkpoints",
+    ("ImageOnlyCheckpointLoader", "ckpt_name"): "checkpoints",
+    ("unCLIPCheckpointLoader", "ckpt_name"): "checkpoints",
+    ("LoraLoader", "lora_name"): "loras",
+    ("LoraLoaderModelOnly", "lora_name"): "loras",
+    ("VAELoader", "vae_name"): "vae",
+    ("ControlNetLoader", "control_net_name"): "controlnet",
+    ("DiffControlNetLoader", "control_net_name"): "controlnet",
+    ("UpscaleModelLoader", "model_name"): "upscale_models",
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("CLIPVisionLoader", "clip_name"): "clip_vision",
+    ("StyleModelLoader", "style_model_name"): "style_models",
+}
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    name: str
+    path: Path
+    graph: Graph
+    params: tuple[Param, ...]
+    outputs: tuple[OutputSpec, ...]
+    input_model: type[BaseModel]
+    models: tuple[ModelEntry, ...]
+    max_batch_size: int
+    max_latency_ms: int
+    batch_plan: BatchPlan | None
+    batch_reason: str
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return [m.filename for m in self.models if m.folder == "checkpoints"]
+
+    @property
+    def field_names(self) -> dict[tuple[str, str], str]:
+        return {(p.node_id, p.input_name): p.name for p in self.params}
+
+
+def model_references(graph: Graph) -> list[tuple[str, str, str | None, str]]:
+    """(node id, input name, folder or None, file name) for every model file a graph names."""
+    refs = []
+    for node_id in sorted_ids(graph):
+        node = graph[node_id]
+        for input_name, value in node["inputs"].items():
+            if is_link(value) or not isinstance(value, str):
+                continue
+            folder = LOADER_FOLDERS.get((node["class_type"], input_name))
+            if folder is not None or value.lower().endswith(MODEL_EXTENSIONS):
+                refs.append((node_id, input_name, folder, value))
+    return refs
+
+
+def check_models(where: str, graph: Graph, lock: ModelLock, models_dir: Path) -> tuple[ModelEntry, ...]:
+    """Every model file the graph names must be in models.lock and on disk."""
+    entries = []
+    for node_id, input_name, folder, filename in model_references(graph):
+        label = f"{where}: node {node_id} ({graph[node_id]['class_type']}) input '{input_name}'"
+        entry = lock.find(folder, filename)
+        if entry is None:
+            raise WorkflowError(
+                f"{label}: model '{filename}' is not in models.lock; add an entry with its path "
+                f"({folder or '<folder>'}/{filename}), size, sha256 and source"
+            )
+        if not entry.local_path(models_dir).is_file():
+            raise WorkflowError(
+                f"{label}: model '{entry.path}' is listed in models.lock but missing from "
+                f"{models_dir}; run `python -m comfybento models fetch`"
+            )
+        entries.append(entry)
+    return tuple(dict.fromkeys(entries))
+
+
+def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Settings) -> WorkflowSpec:
+    name = path.stem
+    where = str(path)
+    if not NAME_RE.match(name) or name in RESERVED_NAMES:
+        raise WorkflowError(
+            f"{where}: '{name}' cannot be an endpoint name; use lowercase letters, digits and "
+            f"underscores, starting with a letter, and none of {sorted(RESERVED_NAMES)}"
+        )
+    graph = load_graph(path)
+    check_graph(where, graph, node_defs)
+    models = check_models(where, graph, lock, settings.models_dir)
+    sidecar = load_sidecar(path.with_suffix(".yaml"))
+    params = tuple(apply_sidecar(where, sidecar, graph, node_defs, infer_params(where, graph, node_defs)))
+    outputs = tuple(infer_outputs(graph))
+    if not outputs:
+        raise WorkflowError(f"{where}: no image output node (SaveImage, PreviewImage or CPackOutputImage)")
+    plan, reason = plan_batching(graph, params) if settings.batching else (None, "batching disabled")
+    return WorkflowSpec(
+        name=name,
+        path=path,
+        graph=graph,
+        params=params,
+        outputs=outputs,
+        input_model=build_input_model(name, list(params)),
+        models=models,
+        max_batch_size=sidecar.max_batch_size or settings.max_batch_size,
+        max_latency_ms=sidecar.max_latency_ms or settings.max_latency_ms,
+        batch_plan=plan,
+        batch_reason=reason,
+    )
+
+
+def load_catalog(settings: Settings, node_defs: NodeDefs, lock: ModelLock) -> dict[str, WorkflowSpec]:
+    """All workflows, or a WorkflowError naming the first file that cannot be served."""
+    folder = settings.workflows_dir
+    if not folder.is_dir():
+        raise WorkflowError(f"workflows folder {folder} does not exist (set COMFYBENTO_WORKFLOWS)")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise WorkflowError(f"{folder} has no *.json workflow; export one with 'Save (API Format)'")
+    catalog = {}
+    for path in files:
+        spec = load_workflow(path, node_defs, lock, settings)
+        catalog[spec.name] = spec
+        mode = "batched" if spec.batch_plan else f"one by one ({spec.batch_reason})"
+        log.info("workflow %s: POST /%s, %d params, %d outputs, %s", spec.name, spec.name, len(spec.params), len(spec.outputs), mode)
+    return catalog

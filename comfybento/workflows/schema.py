@@ -1,0 +1,88 @@
+"""Pydantic request/response models built from a workflow's parameters.
+
+Every field has a type, bounds, a default and a description: the OpenAPI
+schema is the user's documentation.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from PIL import Image as PILImage
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from comfybento.workflows.params import MAX_SEED, Param
+
+
+class ImageOutput(BaseModel):
+    """One generated image."""
+
+    output: str = Field(description="Name of the output node that produced the image.")
+    node_id: str = Field(description="Id of that node in the workflow graph.")
+    index: int = Field(description="Position of the image in that node's batch.")
+    width: int = Field(description="Width in pixels.")
+    height: int = Field(description="Height in pixels.")
+    png: str = Field(description="The image as base64-encoded PNG data.")
+
+
+class Timings(BaseModel):
+    queue_ms: float = Field(description="Time spent waiting to be scheduled, in milliseconds.")
+    execution_ms: float = Field(description="Wall time of the (possibly batched) graph execution.")
+    batch_size: int = Field(description="Number of requests that shared this graph execution.")
+
+
+class GenerateResponse(BaseModel):
+    """Result of one workflow run."""
+
+    workflow: str = Field(description="Name of the workflow that ran.")
+    seed: int | None = Field(description="The seed used (drawn at random when the request omitted it).")
+    images: list[ImageOutput] = Field(description="Every image of every output node, in a stable order.")
+    timings: Timings
+
+
+def _field_type(param: Param) -> Any:
+    if param.kind == "image":
+        return PILImage.Image
+    if param.kind == "enum":
+        return Literal[param.choices] if param.choices else str  # type: ignore[valid-type]
+    return {"int": int, "float": float, "string": str, "bool": bool}.get(param.kind, Any)
+
+
+def _constraints(param: Param) -> dict[str, Any]:
+    if param.kind not in ("int", "float"):
+        return {}
+    out: dict[str, Any] = {}
+    if param.minimum is not None:
+        out["ge"] = param.minimum
+    if param.maximum is not None:
+        out["le"] = param.maximum
+    return out
+
+
+def field_for(param: Param) -> tuple[Any, Any]:
+    """(annotation, FieldInfo) for one parameter."""
+    typ = _field_type(param)
+    if param.role == "seed":
+        return (
+            Annotated[int | None, Field(ge=0, le=MAX_SEED)],
+            Field(default=None, description=param.description),
+        )
+    if param.kind == "image":
+        return (typ, Field(description=param.description))
+    extra = {"multiline": True} if param.multiline else None
+    return (
+        Annotated[typ, Field(**_constraints(param))],
+        Field(default=param.default, description=param.description, json_schema_extra=extra),
+    )
+
+
+def build_input_model(workflow: str, params: list[Param]) -> type[BaseModel]:
+    """The request model of one workflow endpoint; unknown fields are rejected."""
+    fields = {param.name: field_for(param) for param in params}
+    model_name = "".join(part.capitalize() for part in workflow.replace("-", "_").split("_")) + "Input"
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        model_name,
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        __doc__=f"Parameters of the '{workflow}' workflow.",
+        **fields,
+    )

@@ -1,0 +1,121 @@
+"""Optional per-workflow sidecar: `workflows/<name>.yaml` next to `<name>.json`.
+
+    max_batch_size: 8        # adaptive batching limits for this workflow
+    max_latency_ms: 2000
+    params:                  # by node id and input name
+      - {node: "6", input: text, name: positive}          # rename
+      - {node: "3", input: denoise, hide: true}           # hide (graph value is used)
+      - {node: "4", input: ckpt_name, name: checkpoint}   # add an input not inferred
+      - {node: "3", input: steps, max: 50, default: 12, description: "..."}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from comfybento.errors import WorkflowError
+from comfybento.workflows.graph import Graph, NodeDefs, is_link
+from comfybento.workflows.params import Param, identifier, param_from_input
+
+ENTRY_KEYS = {"node", "input", "name", "hide", "description", "default", "min", "max"}
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    max_batch_size: int | None = None
+    max_latency_ms: int | None = None
+    entries: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+
+def load_sidecar(path: Path) -> Sidecar:
+    if not path.exists():
+        return Sidecar()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise WorkflowError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise WorkflowError(f"{path}: expected a mapping with 'params', 'max_batch_size', 'max_latency_ms'")
+    unknown = set(data) - {"params", "max_batch_size", "max_latency_ms"}
+    if unknown:
+        raise WorkflowError(f"{path}: unknown keys {sorted(unknown)}")
+    entries = data.get("params") or []
+    if not isinstance(entries, list):
+        raise WorkflowError(f"{path}: 'params' must be a list")
+    for index, entry in enumerate(entries):
+        _check_entry(path, index, entry)
+    return Sidecar(
+        max_batch_size=_positive(path, data, "max_batch_size"),
+        max_latency_ms=_positive(path, data, "max_latency_ms"),
+        entries=tuple(entries),
+    )
+
+
+def _positive(path: Path, data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise WorkflowError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_entry(path: Path, index: int, entry: Any) -> None:
+    if not isinstance(entry, dict) or "node" not in entry or "input" not in entry:
+        raise WorkflowError(f"{path}: params[{index}] needs 'node' and 'input'")
+    unknown = set(entry) - ENTRY_KEYS
+    if unknown:
+        raise WorkflowError(f"{path}: params[{index}] has unknown keys {sorted(unknown)}")
+    if "name" in entry and not str(entry["name"]).isidentifier():
+        raise WorkflowError(f"{path}: params[{index}] name {entry['name']!r} is not a valid identifier")
+
+
+def apply_sidecar(where: str, sidecar: Sidecar, graph: Graph, node_defs: NodeDefs, params: list[Param]) -> list[Param]:
+    """Rename, hide, override or add parameters as the sidecar says."""
+    by_key = {(p.node_id, p.input_name): p for p in params}
+    order = [(p.node_id, p.input_name) for p in params]
+    for index, entry in enumerate(sidecar.entries):
+        key = (str(entry["node"]), str(entry["input"]))
+        param = by_key.get(key) or _new_param(where, index, key, graph, node_defs)
+        if key not in by_key:
+            order.append(key)
+        if entry.get("hide"):
+            by_key.pop(key, None)
+            continue
+        by_key[key] = _override(param, entry)
+    result = [by_key[k] for k in order if k in by_key]
+    names = [p.name for p in result]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise WorkflowError(f"{where}: sidecar leaves duplicate parameter names {sorted(duplicates)}")
+    return result
+
+
+def _new_param(where: str, index: int, key: tuple[str, str], graph: Graph, node_defs: NodeDefs) -> Param:
+    node_id, input_name = key
+    node = graph.get(node_id)
+    if node is None:
+        raise WorkflowError(f"{where}: sidecar params[{index}] names node {node_id}, which is not in the graph")
+    input_def = node_defs[node["class_type"]].inputs.get(input_name)
+    if input_def is None:
+        raise WorkflowError(
+            f"{where}: sidecar params[{index}]: node {node_id} ({node['class_type']}) has no input '{input_name}'"
+        )
+    value = node["inputs"].get(input_name)
+    if is_link(value):
+        raise WorkflowError(
+            f"{where}: sidecar params[{index}]: input '{input_name}' of node {node_id} is a link, not a value"
+        )
+    return param_from_input(identifier(input_name), node_id, node["class_type"], input_def, value)
+
+
+def _override(param: Param, entry: dict[str, Any]) -> Param:
+    changes: dict[str, Any] = {}
+    for src, dst in (("name", "name"), ("description", "description"), ("default", "default"), ("min", "minimum"), ("max", "maximum")):
+        if src in entry:
+            changes[dst] = entry[src]
+    return replace(param, **changes)
