@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 
+from comfybento.runtime.devices import engine_resources
 from comfybento.serving.project import get_project
 from comfybento.serving.services import make_engine_service, make_front_service
-from comfybento.runtime.devices import engine_resources
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 _project = get_project()
-ComfyEngine = make_engine_service(_project, engine_resources())
+ComfyEngine = make_engine_service(_project, engine_resources(_project.settings))
 ComfyBento = make_front_service(_project, ComfyEngine)

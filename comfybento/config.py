@@ -74,6 +74,10 @@ class Settings:
     retry_after_s: int
     # Disable cross-request batching entirely (every item runs alone).
     batching: bool
+    # Fetch missing models listed in models.lock at startup (set in the Bento).
+    fetch_models: bool
+    # Ask BentoML for a GPU for the engine: True/False, or None to use one if present.
+    gpu: bool | None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -96,6 +100,8 @@ class Settings:
             max_queue=_int(env, "COMFYBENTO_MAX_QUEUE", 256, minimum=1),
             retry_after_s=_int(env, "COMFYBENTO_RETRY_AFTER_S", 5, minimum=1),
             batching=_bool(env, "COMFYBENTO_BATCHING", True),
+            fetch_models=_bool(env, "COMFYBENTO_FETCH_MODELS", False),
+            gpu=_bool(env, "COMFYBENTO_GPU", False) if env.get("COMFYBENTO_GPU", "").strip() else None,
         )
 
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from comfybento.config import Settings
 
-def engine_resources() -> dict[str, Any]:
+
+def engine_resources(settings: Settings) -> dict[str, Any]:
     """One GPU per engine worker when building for, or running on, a GPU; nothing on a CPU host.
 
     COMFYBENTO_GPU=1 forces the GPU request (bentoml build on a CPU machine for
     a GPU deployment); COMFYBENTO_GPU=0 forces none.
     """
-    forced = os.environ.get("COMFYBENTO_GPU", "").strip()
-    if forced in ("0", "1"):
-        return {"gpu": 1} if forced == "1" else {}
+    if settings.gpu is not None:
+        return {"gpu": 1} if settings.gpu else {}
     import torch
 
-    return {"gpu": 1} if torch.cuda.is_available() else {}
+    return {"gpu": 1} if torch.cuda.is_available() and not settings.force_cpu else {}

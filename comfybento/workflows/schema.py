@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from PIL import Image as PILImage
-from pydantic import BaseModel, ConfigDict, Field, create_model
+import bentoml
+from pydantic import BaseModel, Field, create_model
 
 from comfybento.workflows.params import MAX_SEED, Param
 
@@ -80,9 +81,12 @@ def build_input_model(workflow: str, params: list[Param]) -> type[BaseModel]:
     """The request model of one workflow endpoint; unknown fields are rejected."""
     fields = {param.name: field_for(param) for param in params}
     model_name = "".join(part.capitalize() for part in workflow.replace("-", "_").split("_")) + "Input"
-    return create_model(  # type: ignore[call-overload,no-any-return]
+    model = create_model(  # type: ignore[call-overload]
         model_name,
-        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        __base__=bentoml.IODescriptor,
         __doc__=f"Parameters of the '{workflow}' workflow.",
         **fields,
     )
+    model.model_config["extra"] = "forbid"
+    model.model_rebuild(force=True)
+    return model  # type: ignore[no-any-return]

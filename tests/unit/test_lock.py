@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from comfybento.errors import ModelLockError
+from comfybento.models.fetch import fetch_entry
+from comfybento.models.lock import parse_lock, verify_all, verify_entry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _lock(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "models.lock"
+    path.write_text(body)
+    return path
+
+
+def test_project_lock_parses():
+    lock = parse_lock(ROOT / "models.lock")
+    entry = lock.find("checkpoints", "tiny-sd.safetensors")
+    assert entry is not None and entry.source == {"generator": "tiny-sd"} and entry.size > 1_000_000
+    assert lock.find(None, "tiny-sd.safetensors") == entry and lock.find("loras", "tiny-sd.safetensors") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[[models]]\npath = "x.safetensors"\nsize = 1\nsha256 = "' + "a" * 64 + '"\nsource = {url = "https://x"}', "must be relative"),
+        ('[[models]]\npath = "checkpoints/x.safetensors"\nsize = 0\nsha256 = "' + "a" * 64 + '"\nsource = {url = "https://x"}', "size"),
+        ('[[models]]\npath = "checkpoints/x.safetensors"\nsize = 1\nsha256 = "abc"\nsource = {url = "https://x"}', "sha256"),
+        ('[[models]]\npath = "checkpoints/x.safetensors"\nsize = 1\nsha256 = "' + "a" * 64 + '"\nsource = {url = "http://x"}', "https"),
+        ('[[models]]\npath = "checkpoints/x.safetensors"\nsize = 1\nsha256 = "' + "a" * 64 + '"\nsource = {}', "exactly one"),
+        ('[[models]]\npath = "checkpoints/x.safetensors"\n', "missing"),
+        ("models = [", "not valid TOML"),
+    ],
+)
+def test_malformed_entries_are_named(tmp_path, body, message):
+    with pytest.raises(ModelLockError, match=message):
+        parse_lock(_lock(tmp_path, body))
+
+
+def _entry_for(tmp_path: Path, data: bytes, sha: str | None = None):
+    sha = sha or hashlib.sha256(data).hexdigest()
+    lock = parse_lock(_lock(tmp_path, f'[[models]]\npath = "loras/a.safetensors"\nsize = {len(data)}\nsha256 = "{sha}"\nsource = {{url = "https://example.invalid/a"}}\n'))
+    return lock, lock.entries[0]
+
+
+def test_verify_detects_missing_size_and_hash_mismatch(tmp_path):
+    models = tmp_path / "models"
+    lock, entry = _entry_for(tmp_path, b"hello world")
+    assert "missing" in verify_all(lock, models)[0]
+    (models / "loras").mkdir(parents=True)
+    (models / "loras" / "a.safetensors").write_bytes(b"hello world")
+    assert verify_entry(entry, models) is None
+    (models / "loras" / "a.safetensors").write_bytes(b"hello WORLD")
+    assert "sha256" in (verify_entry(entry, models) or "")
+    (models / "loras" / "a.safetensors").write_bytes(b"short")
+    assert "size 5" in (verify_entry(entry, models) or "")
+
+
+def test_fetch_refuses_a_download_that_does_not_match(tmp_path, monkeypatch):
+    import comfybento.models.fetch as fetch
+
+    models = tmp_path / "models"
+    _, entry = _entry_for(tmp_path, b"expected bytes")
+    monkeypatch.setattr(fetch, "_download_url", lambda e, dest: dest.write_bytes(b"tampered byte"))
+    with pytest.raises(ModelLockError, match="refusing to use it"):
+        fetch_entry(entry, models)
+    assert not entry.local_path(models).exists()
+    monkeypatch.setattr(fetch, "_download_url", lambda e, dest: dest.write_bytes(b"expected bytes"))
+    assert fetch_entry(entry, models) == "fetched"
+    assert fetch_entry(entry, models) == "ok"
