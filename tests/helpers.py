@@ -1,0 +1,48 @@
+"""Helpers shared by the engine and e2e tiers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+GRAPHS = ROOT / "tests" / "graphs"
+TEST_WORKFLOWS = ("two_outputs", "img2img", "cpack", "failing")
+
+
+def make_workflows_dir(target: Path, extra: tuple[str, ...] = TEST_WORKFLOWS) -> Path:
+    """The demo workflow plus the named test graphs (and their sidecars) in one folder."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "workflows" / "txt2img.json", target / "txt2img.json")
+    for name in extra:
+        for suffix in (".json", ".yaml"):
+            src = GRAPHS / f"{name}{suffix}"
+            if src.exists():
+                shutil.copy(src, target / src.name)
+    return target
+
+
+def service_env(workflows: Path, work_dir: Path) -> dict[str, str]:
+    return {
+        "COMFYBENTO_CPU": "1",
+        "COMFYBENTO_WORKFLOWS": str(workflows),
+        "COMFYBENTO_MODELS": str(ROOT / "models"),
+        "COMFYBENTO_CUSTOM_NODES": str(ROOT / "tests" / "custom_nodes"),
+        "COMFYBENTO_WORK_DIR": str(work_dir),
+    }
+
+
+def png_array(data: bytes | str) -> np.ndarray:
+    raw = base64.b64decode(data) if isinstance(data, str) else data
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")).astype(np.int16)
+
+
+def sample_image(width: int = 64, height: int = 64) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), (x + y) % 256], axis=-1)
+    return Image.fromarray(rgb.astype(np.uint8))
