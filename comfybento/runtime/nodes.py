@@ -19,13 +19,12 @@ import sys
 import threading
 from typing import Any
 
-import torch
-
 import comfy.sample
 import comfy.utils
 import folder_paths
 import latent_preview
 import nodes as comfy_nodes
+import torch
 
 # ------------------------------------------------------------------ collection
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from starlette.responses import JSONResponse, Response
 
@@ -67,7 +68,15 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> It
             if param.kind == "image" and values.get(param.name) is not None:
                 values[param.name] = b64(normalize_upload(values[param.name]))
         item = EngineItem(values=values, seed=resolve_seed(spec.params, values), submitted_at=time.time())
-        results = await getattr(self.engine.to_async, spec.name)([item])
+        try:
+            results = await getattr(self.engine.to_async, spec.name)([item])
+        except BentoMLException as exc:
+            if int(getattr(exc, "error_code", 500)) != 503:
+                raise
+            # BentoML's batcher sheds load it cannot serve within max_latency_ms.
+            return _error_response(503, f"workflow '{spec.name}' is at capacity (its batches would exceed "
+                                   f"max_latency_ms={spec.max_latency_ms}); retry later",
+                                   {"Retry-After": str(self.admission.retry_after_s)})
         return ItemResult.model_validate(results[0]) if not isinstance(results[0], ItemResult) else results[0]
     finally:
         self.admission.leave(spec.name)

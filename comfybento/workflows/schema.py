@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from PIL import Image as PILImage
 import bentoml
+from PIL import Image as PILImage
 from pydantic import BaseModel, Field, create_model
 
 from comfybento.workflows.params import MAX_SEED, Param

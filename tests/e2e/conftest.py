@@ -1,0 +1,76 @@
+"""Start a real `bentoml serve` subprocess for the e2e tier."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import ROOT, make_workflows_dir, service_env
+
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(env_overrides: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, **env_overrides}
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [BENTOML, "serve", "service:ComfyBento", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"bentoml serve not ready after {timeout}s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("serve")
+    env = service_env(make_workflows_dir(root / "workflows"), root / "work")
+    env["COMFYBENTO_MAX_QUEUE"] = "12"
+    env["COMFYBENTO_MAX_LATENCY_MS"] = "2000"
+    log_path = root / "serve.log"
+    proc, url = start_server(env, log_path)
+    try:
+        wait_ready(proc, url, log_path)
+        yield url
+    finally:
+        stop_server(proc)
