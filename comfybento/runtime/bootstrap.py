@@ -70,7 +70,7 @@ def _bootstrap(settings: Settings) -> ComfyRuntime:
     # ComfyUI's nodes.py puts comfy/ (which has a utils.py) first on sys.path; import the
     # root's utils package before that happens, as ComfyUI's main.py does.
     importlib.import_module("utils.install_util")
-    _stub_missing_torchvision()
+    stub_missing_torchvision()
     _configure_args(settings)
     _configure_folders(settings, root)
     import comfy.model_management as mm  # probes the device, after args are set
@@ -99,7 +99,7 @@ class _MissingModule(types.ModuleType):
         raise RuntimeError(f"{self.__name__} needs torchvision, which is not installed")
 
 
-def _stub_missing_torchvision() -> None:
+def stub_missing_torchvision() -> None:
     """comfy.model_base imports torchvision (for Cosmos/Cascade models) at import time.
 
     When it is absent, a placeholder lets ComfyUI import; models that really

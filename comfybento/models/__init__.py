@@ -1,0 +1,1 @@
+"""models.lock: parse, verify and fetch model files."""

@@ -1,0 +1,88 @@
+"""Download or generate every file in models.lock, verifying each before it is used."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from comfybento.errors import ModelLockError
+from comfybento.models.lock import ModelEntry, ModelLock, sha256_file, verify_entry
+
+log = logging.getLogger(__name__)
+
+
+def _generate(entry: ModelEntry, dest: Path) -> None:
+    name = entry.source["generator"]
+    generators = _generators()
+    if name not in generators:
+        raise ModelLockError(f"{entry.path}: unknown generator {name!r}; known: {sorted(generators)}")
+    generators[name](dest)
+
+
+def _generators() -> dict[str, Callable[[Path], None]]:
+    from comfybento.runtime import tiny_model
+
+    return {"tiny-sd": tiny_model.generate_tiny_checkpoint}
+
+
+def _download_url(entry: ModelEntry, dest: Path) -> None:
+    import requests
+    from rich.progress import Progress
+
+    with requests.get(entry.source["url"], stream=True, timeout=60) as resp:
+        resp.raise_for_status()
+        with Progress() as progress, dest.open("wb") as fh:
+            task = progress.add_task(entry.path, total=entry.size)
+            for chunk in resp.iter_content(chunk_size=1 << 20):
+                fh.write(chunk)
+                progress.advance(task, len(chunk))
+
+
+def _download_hf(entry: ModelEntry, dest: Path) -> None:
+    from huggingface_hub import hf_hub_download
+
+    src = entry.source
+    cached = hf_hub_download(
+        repo_id=src["hf"], filename=src.get("file") or Path(entry.path).name, revision=src.get("revision")
+    )
+    shutil.copyfile(cached, dest)
+
+
+def fetch_entry(entry: ModelEntry, models_dir: Path) -> str:
+    """Make one file present and verified; returns 'ok', 'fetched' or raises ModelLockError."""
+    target = entry.local_path(models_dir)
+    if target.is_file() and verify_entry(entry, models_dir) is None:
+        return "ok"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        part = Path(tmp) / target.name
+        try:
+            if "generator" in entry.source:
+                _generate(entry, part)
+            elif "url" in entry.source:
+                _download_url(entry, part)
+            else:
+                _download_hf(entry, part)
+        except ModelLockError:
+            raise
+        except Exception as exc:  # network, auth, disk: say which file
+            raise ModelLockError(f"{entry.path}: could not fetch from {entry.source}: {exc}") from exc
+        digest = sha256_file(part)
+        if digest != entry.sha256 or part.stat().st_size != entry.size:
+            raise ModelLockError(
+                f"{entry.path}: fetched file has sha256 {digest} and size {part.stat().st_size}, "
+                f"models.lock says {entry.sha256} and {entry.size}; refusing to use it"
+            )
+        part.replace(target)
+    return "fetched"
+
+
+def fetch_all(lock: ModelLock, models_dir: Path) -> dict[str, str]:
+    results = {}
+    for entry in lock.entries:
+        results[entry.path] = fetch_entry(entry, models_dir)
+        log.info("%s: %s", entry.path, results[entry.path])
+    return results
