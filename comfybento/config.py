@@ -76,6 +76,8 @@ class Settings:
     batching: bool
     # Fetch missing models listed in models.lock at startup (set in the Bento).
     fetch_models: bool
+    # Threads for torch's CPU ops (BentoML workers default to 1); 0 = every available core.
+    torch_threads: int
     # Ask BentoML for a GPU for the engine: True/False, or None to use one if present.
     gpu: bool | None
     extra: dict[str, str] = field(default_factory=dict)
@@ -100,6 +102,7 @@ class Settings:
             max_queue=_int(env, "COMFYBENTO_MAX_QUEUE", 256, minimum=1),
             retry_after_s=_int(env, "COMFYBENTO_RETRY_AFTER_S", 5, minimum=1),
             batching=_bool(env, "COMFYBENTO_BATCHING", True),
+            torch_threads=_int(env, "COMFYBENTO_TORCH_THREADS", 0),
             fetch_models=_bool(env, "COMFYBENTO_FETCH_MODELS", False),
             gpu=_bool(env, "COMFYBENTO_GPU", False) if env.get("COMFYBENTO_GPU", "").strip() else None,
         )

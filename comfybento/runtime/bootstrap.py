@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import sys
 import threading
 import types
@@ -33,6 +34,7 @@ class ComfyRuntime:
     root: Path
     device: str
     server: PromptServerStandIn
+    cpu_threads: int
 
 
 def find_comfyui_root(settings: Settings) -> Path:
@@ -84,7 +86,8 @@ def _bootstrap(settings: Settings) -> ComfyRuntime:
     tiny_model.register_tiny_config()
     device = str(mm.get_torch_device())
     log.info("ComfyUI %s from %s on %s", _comfy_version(), root, device)
-    return ComfyRuntime(root=root, device=device, server=server)
+    threads = settings.torch_threads or len(os.sched_getaffinity(0))
+    return ComfyRuntime(root=root, device=device, server=server, cpu_threads=threads)
 
 
 class _MissingModule(types.ModuleType):
@@ -122,6 +125,7 @@ def _configure_args(settings: Settings) -> None:
     from comfy.cli_args import LatentPreviewMethod, args
 
     args.cpu = settings.force_cpu or not torch.cuda.is_available()
+    torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
     args.preview_method = LatentPreviewMethod.NoPreviews
     args.disable_auto_launch = True
     args.dont_print_server = True

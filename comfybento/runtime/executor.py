@@ -3,17 +3,19 @@
 `ComfyExecutor.run(graph)` validates the graph with ComfyUI's validator, swaps
 image-saving nodes for collectors and checkpoint loaders for pinned ones,
 executes, and returns each output node's image tensors. ComfyUI's caches and
-loaded models live across calls. Calls are serialized: ComfyUI's executor and
-model management are process-global.
+loaded models live across calls. All ComfyUI work runs on one dedicated thread:
+ComfyUI's executor and model management are process-global, and torch's CPU
+thread pool (OpenMP) is owned by the thread that uses it; switching threads
+between calls leaves the old pool spinning and halves CPU speed.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -27,6 +29,14 @@ from comfybento.workflows.params import OUTPUT_IMAGE_CLASSES
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, dict[str, Any]], None]
+
+
+def _preload(ckpt_name: str) -> None:
+    import comfy.model_management as mm
+
+    from comfybento.runtime.nodes import pinned_checkpoint
+
+    mm.load_models_gpu([pinned_checkpoint(ckpt_name)[0]])
 
 
 def prepare_for_execution(graph: Graph) -> Graph:
@@ -50,40 +60,37 @@ class ComfyExecutor:
         self._executor = execution.PromptExecutor(
             runtime.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
         )
-        self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="comfy-executor")
+        self._thread.submit(torch.set_num_threads, runtime.cpu_threads).result()
 
     def run(self, graph: Graph, field_names: FieldNames | None = None, listener: Listener | None = None) -> dict[str, torch.Tensor]:
         """Execute a bound graph; returns {output node id: images (B, H, W, C)}."""
+        return self._thread.submit(self._run, graph, field_names, listener).result()
+
+    def _run(self, graph: Graph, field_names: FieldNames | None, listener: Listener | None) -> dict[str, torch.Tensor]:
         import execution
 
         from comfybento.runtime import nodes as our_nodes
 
         prompt = prepare_for_execution(graph)
         prompt_id = uuid.uuid4().hex
-        with self._lock:
-            valid = run_coroutine(execution.validate_prompt(prompt_id, prompt, None))
-            if not valid[0] or valid[3]:
-                raise runtime_errors.from_validation(valid, field_names or {})
-            bucket = our_nodes.start_collecting()
-            self._runtime.server.set_listener(listener)
-            try:
-                run_coroutine(self._executor.execute_async(prompt, prompt_id, {}, valid[2]))
-            finally:
-                our_nodes.stop_collecting()
-                self._runtime.server.set_listener(None)
-            if not self._executor.success:
-                raise runtime_errors.from_execution(self._executor.status_messages)
+        valid = run_coroutine(execution.validate_prompt(prompt_id, prompt, None))
+        if not valid[0] or valid[3]:
+            raise runtime_errors.from_validation(valid, field_names or {})
+        bucket = our_nodes.start_collecting()
+        self._runtime.server.set_listener(listener)
+        try:
+            run_coroutine(self._executor.execute_async(prompt, prompt_id, {}, valid[2]))
+        finally:
+            our_nodes.stop_collecting()
+            self._runtime.server.set_listener(None)
+        if not self._executor.success:
+            raise runtime_errors.from_execution(self._executor.status_messages)
         return {slot: torch.cat(parts) for slot, parts in bucket.items()}
 
-    @staticmethod
-    def preload_checkpoint(ckpt_name: str) -> None:
+    def preload_checkpoint(self, ckpt_name: str) -> None:
         """Load a checkpoint and move its diffusion model onto the device now."""
-        import comfy.model_management as mm
-
-        from comfybento.runtime.nodes import pinned_checkpoint
-
-        model = pinned_checkpoint(ckpt_name)[0]
-        mm.load_models_gpu([model])
+        self._thread.submit(_preload, ckpt_name).result()
 
     @staticmethod
     def device_name() -> str:
