@@ -53,6 +53,8 @@ async def measure(send: Send, concurrency: int, total: int) -> dict[str, float]:
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+    if images < total:
+        raise RuntimeError(f"{total} requests returned only {images} images")
     latencies.sort()
     return {
         "clients": concurrency, "requests": total, "images_per_s": images / elapsed,
@@ -82,14 +84,19 @@ def stock_sender(url: str, graph: dict[str, dict], body: dict[str, object]) -> S
             resp = await http.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id})
             resp.raise_for_status()
             prompt_id = resp.json()["prompt_id"]
+            files: list[dict[str, str]] = []
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 data = json.loads(msg.data)
-                if data["type"] == "executing" and data["data"].get("node") is None and data["data"].get("prompt_id") == prompt_id:
+                if data["data"].get("prompt_id") != prompt_id:
+                    continue
+                if data["type"] == "executed":
+                    files += (data["data"].get("output") or {}).get("images", [])
+                elif data["type"] == "execution_error":
+                    raise RuntimeError(data["data"].get("exception_message"))
+                elif data["type"] == "executing" and data["data"].get("node") is None:
                     break
-        history = (await http.get(f"{url}/history/{prompt_id}")).json()[prompt_id]
-        files = [img for out in history["outputs"].values() for img in out.get("images", [])]
         for img in files:  # download the PNGs, as our clients receive them
             (await http.get(f"{url}/view", params=img)).raise_for_status()
         return len(files)
