@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -32,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 from tests.e2e.conftest import free_port, stop_server, wait_ready  # noqa: E402
 
 Send = Callable[[httpx.AsyncClient, int], Awaitable[int]]
+# Every request of the whole run gets a distinct prompt and seed: ComfyUI's cache must never answer one.
+_REQUEST_IDS = itertools.count()
 
 
 async def measure(send: Send, concurrency: int, total: int) -> dict[str, float]:
@@ -41,15 +44,15 @@ async def measure(send: Send, concurrency: int, total: int) -> dict[str, float]:
 
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal images
-        for i in counter:
+        for _ in counter:
             started = time.perf_counter()
-            images += await send(http, i)
+            images += await send(http, next(_REQUEST_IDS))
             latencies.append(time.perf_counter() - started)
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=900, limits=limits) as http:
         # Warm-up, not counted: also takes BentoML's batching optimizer through its training calls.
-        await asyncio.gather(*(send(http, -1 - i) for i in range(min(concurrency, 4))))
+        await asyncio.gather(*(send(http, next(_REQUEST_IDS)) for _ in range(min(concurrency, 4))))
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
