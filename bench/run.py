@@ -46,7 +46,8 @@ async def measure(send: Send, concurrency: int, total: int) -> dict[str, float]:
         nonlocal images
         for _ in counter:
             started = time.perf_counter()
-            images += await send(http, next(_REQUEST_IDS))
+            produced = await send(http, next(_REQUEST_IDS))  # (not `images += await ...`: that loses updates)
+            images += produced
             latencies.append(time.perf_counter() - started)
 
     limits = httpx.Limits(max_connections=concurrency + 4)
