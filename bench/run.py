@@ -226,9 +226,9 @@ def main() -> None:
     result: dict = {"name": args.name or time.strftime("%Y-%m-%d") + "-cpu-tiny", "machine": machine(),
                     "workload": f"workflows/txt2img.json, tiny SD model, {args.width}x{args.height}, {args.steps} steps, euler, cfg 8",
                     "command": "python bench/run.py " + " ".join(sys.argv[1:])}
-    for key, start in (("stock", lambda: serve_stock(work / "stock")),
+    for key, start in (("ours_batched", lambda: serve_ours(True, work / "on")),
                        ("ours_unbatched", lambda: serve_ours(False, work / "off")),
-                       ("ours_batched", lambda: serve_ours(True, work / "on"))):
+                       ("stock", lambda: serve_stock(work / "stock"))):
         proc, url = start()
         try:
             send = stock_sender(url, graph, body) if key == "stock" else ours_sender(url, body)
