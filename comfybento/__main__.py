@@ -1,4 +1,4 @@
-"""Command line: `python -m comfybento models fetch|verify`."""
+"""Command line: `python -m comfybento models fetch|verify` and `python -m comfybento batch ...`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     models = sub.add_parser("models", help="fetch or verify the files in models.lock")
     models.add_argument("action", choices=["fetch", "verify"])
     models.set_defaults(func=_models)
+    from comfybento.jobs.cli import add_parser
+
+    add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -80,12 +80,43 @@ class Settings:
     torch_threads: int
     # Ask BentoML for a GPU for the engine: True/False, or None to use one if present.
     gpu: bool | None
+    # ---- batch jobs
+    # Where jobs live: "sqlite" (an embedded file, the default) or "redis" (shared by replicas).
+    jobs_backend: str = "sqlite"
+    jobs_db: Path = Path(".comfybento/jobs.sqlite3")
+    redis_url: str = ""
+    # Most items one job may have.
+    job_max_items: int = 10_000
+    # Seconds a worker holds an item before another worker may take it over.
+    job_lease_s: int = 60
+    # Attempts per item for transient errors (out of memory, engine unavailable).
+    job_max_attempts: int = 4
+    job_retry_base_s: float = 2.0
+    # Finished jobs (and their outputs) are deleted after this many seconds.
+    job_retention_s: int = 7 * 24 * 3600
+    # Items a replica keeps in flight (they feed the same batches as live requests).
+    job_concurrency: int = 16
+    # Outputs: "local" (a folder) or "s3" (S3-compatible, presigned URLs in results).
+    storage: str = "local"
+    output_dir: Path = Path(".comfybento/outputs")
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_prefix: str = "comfybento"
+    s3_url_ttl_s: int = 3600
+    # Webhooks: HMAC secret, allowed callback hosts/networks, retries.
+    webhook_secret: str = ""
+    webhook_allowlist: tuple[str, ...] = ()
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 1.0
+    # When set, every request must send "Authorization: Bearer <key>" (health and metrics excepted).
+    api_key: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         models_dir = _path(env, "COMFYBENTO_MODELS", PROJECT_ROOT / "models")
+        work_dir = _path(env, "COMFYBENTO_WORK_DIR", PROJECT_ROOT / ".comfybento")
         comfy_raw = env.get("COMFYUI_PATH", "").strip()
         return cls(
             workflows_dir=_path(env, "COMFYBENTO_WORKFLOWS", PROJECT_ROOT / "workflows"),
@@ -93,7 +124,7 @@ class Settings:
             models_lock=_path(env, "COMFYBENTO_MODELS_LOCK", PROJECT_ROOT / "models.lock"),
             comfyui_path=Path(comfy_raw).expanduser().resolve() if comfy_raw else None,
             custom_nodes_dir=_path(env, "COMFYBENTO_CUSTOM_NODES", PROJECT_ROOT / "custom_nodes"),
-            work_dir=_path(env, "COMFYBENTO_WORK_DIR", PROJECT_ROOT / ".comfybento"),
+            work_dir=work_dir,
             force_cpu=_bool(env, "COMFYBENTO_CPU", False),
             skip_hash_check=_bool(env, "COMFYBENTO_SKIP_HASH_CHECK", False),
             warmup=_bool(env, "COMFYBENTO_WARMUP", True),
@@ -105,7 +136,49 @@ class Settings:
             torch_threads=_int(env, "COMFYBENTO_TORCH_THREADS", 0),
             fetch_models=_bool(env, "COMFYBENTO_FETCH_MODELS", False),
             gpu=_bool(env, "COMFYBENTO_GPU", False) if env.get("COMFYBENTO_GPU", "").strip() else None,
+            **_job_settings(env, work_dir),
         )
+
+
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of {list(choices)}")
+    return value
+
+
+def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, object]:
+    backend = _choice(env, "COMFYBENTO_JOBS_BACKEND", "sqlite", ("sqlite", "redis"))
+    redis_url = env.get("COMFYBENTO_REDIS_URL", "").strip()
+    if backend == "redis" and not redis_url:
+        raise ConfigError("COMFYBENTO_JOBS_BACKEND=redis needs COMFYBENTO_REDIS_URL (e.g. redis://localhost:6379/0)")
+    storage = _choice(env, "COMFYBENTO_STORAGE", "local", ("local", "s3"))
+    bucket = env.get("COMFYBENTO_S3_BUCKET", "").strip()
+    if storage == "s3" and not bucket:
+        raise ConfigError("COMFYBENTO_STORAGE=s3 needs COMFYBENTO_S3_BUCKET")
+    allow = tuple(x.strip() for x in env.get("COMFYBENTO_WEBHOOK_ALLOWLIST", "").split(",") if x.strip())
+    return {
+        "jobs_backend": backend,
+        "jobs_db": _path(env, "COMFYBENTO_JOBS_DB", work_dir / "jobs.sqlite3"),
+        "redis_url": redis_url,
+        "job_max_items": _int(env, "COMFYBENTO_JOB_MAX_ITEMS", 10_000, minimum=1),
+        "job_lease_s": _int(env, "COMFYBENTO_JOB_LEASE_S", 60, minimum=1),
+        "job_max_attempts": _int(env, "COMFYBENTO_JOB_MAX_ATTEMPTS", 4, minimum=1),
+        "job_retry_base_s": float(_int(env, "COMFYBENTO_JOB_RETRY_BASE_MS", 2000, minimum=1)) / 1000,
+        "job_retention_s": _int(env, "COMFYBENTO_JOB_RETENTION_S", 7 * 24 * 3600, minimum=1),
+        "job_concurrency": _int(env, "COMFYBENTO_JOB_CONCURRENCY", 16, minimum=1),
+        "storage": storage,
+        "output_dir": _path(env, "COMFYBENTO_OUTPUT_DIR", work_dir / "outputs"),
+        "s3_bucket": bucket,
+        "s3_endpoint_url": env.get("COMFYBENTO_S3_ENDPOINT_URL", "").strip(),
+        "s3_prefix": env.get("COMFYBENTO_S3_PREFIX", "comfybento").strip(),
+        "s3_url_ttl_s": _int(env, "COMFYBENTO_S3_URL_TTL_S", 3600, minimum=1),
+        "webhook_secret": env.get("COMFYBENTO_WEBHOOK_SECRET", ""),
+        "webhook_allowlist": allow,
+        "webhook_max_attempts": _int(env, "COMFYBENTO_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1),
+        "webhook_backoff_s": float(_int(env, "COMFYBENTO_WEBHOOK_BACKOFF_MS", 1000, minimum=1)) / 1000,
+        "api_key": env.get("COMFYBENTO_API_KEY", ""),
+    }
 
 
 @lru_cache(maxsize=1)

@@ -10,18 +10,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import aiohttp
 import bentoml
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from starlette.responses import JSONResponse, Response
 
 from comfybento.errors import ComfyBentoError
+from comfybento.jobs import api as jobs_api
+from comfybento.jobs.factory import make_jobs
 from comfybento.outputs.encoding import b64, decode_b64, normalize_upload
 from comfybento.scheduling.admission import Admission
+from comfybento.serving.auth import ApiKeyMiddleware
 from comfybento.serving.engine import Engine
 from comfybento.serving.messages import EngineItem, ItemResult
 from comfybento.serving.project import Project
@@ -51,7 +56,23 @@ def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
     for spec in project.catalog.values():
         attrs[spec.name] = _engine_api(spec)
     cls = type("ComfyEngine", (), attrs)
-    return bentoml.service(name="comfybento-engine", workers=1, resources=resources, traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
+    return bentoml.service(
+        name="comfybento-engine", workers=1, resources=resources, traffic={"timeout": ENGINE_TIMEOUT_S},
+        # BentoML's client to this service closes and replaces its connection pool every
+        # `max_requests` calls, aborting the calls still in flight on it (seen at ~100 calls
+        # under 16+ concurrent callers). Keep one pool for the life of the process.
+        runner_connection={"max_requests": 2**62, "max_age": 10.0**12},
+    )(cls)
+
+
+async def call_engine(engine: Any, workflow: str, item: EngineItem) -> ItemResult:
+    """One request through the engine's batchable API; a dropped connection is retried once."""
+    method = getattr(engine.to_async, workflow)
+    try:
+        results = await method([item])
+    except aiohttp.ClientConnectionError:
+        results = await method([item])  # same seed and values: the same image
+    return results[0] if isinstance(results[0], ItemResult) else ItemResult.model_validate(results[0])
 
 
 def _error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -69,7 +90,7 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> It
                 values[param.name] = b64(normalize_upload(values[param.name]))
         item = EngineItem(values=values, seed=resolve_seed(spec.params, values), submitted_at=time.time())
         try:
-            results = await getattr(self.engine.to_async, spec.name)([item])
+            return await call_engine(self.engine, spec.name, item)
         except BentoMLException as exc:
             if int(getattr(exc, "error_code", 500)) != 503:
                 raise
@@ -77,7 +98,6 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> It
             return _error_response(503, f"workflow '{spec.name}' is at capacity (its batches would exceed "
                                    f"max_latency_ms={spec.max_latency_ms}); retry later",
                                    {"Retry-After": str(self.admission.retry_after_s)})
-        return ItemResult.model_validate(results[0]) if not isinstance(results[0], ItemResult) else results[0]
     finally:
         self.admission.leave(spec.name)
 
@@ -93,8 +113,9 @@ def _json_endpoint(spec: WorkflowSpec) -> Any:
         return GenerateResponse(workflow=spec.name, seed=result.seed, images=result.images, timings=timings)
 
     endpoint.__name__ = spec.name
-    endpoint.__doc__ = f"Run the '{spec.name}' workflow; returns every output image as base64 PNG."
-    return bentoml.api(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
+    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns every output image as base64 PNG. "
+                        f"Also a BentoML task: POST /{spec.name}/submit, GET /{spec.name}/status and /{spec.name}/get.")
+    return bentoml.task(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
 
 
 def _png_endpoint(spec: WorkflowSpec) -> Any:
@@ -112,6 +133,21 @@ def _png_endpoint(spec: WorkflowSpec) -> Any:
     return bentoml.api(route=f"/{spec.name}/png", input_spec=spec.input_model)(endpoint)
 
 
+def _job_hooks(project: Project) -> dict[str, Any]:
+    async def start_jobs(self: Any) -> None:
+        async def execute(workflow: str, item: EngineItem) -> ItemResult:
+            return await call_engine(self.engine, workflow, item)
+
+        service, self.job_runner = make_jobs(project.settings, project.catalog, execute)
+        jobs_api.bind(service)
+        self.job_task = asyncio.create_task(self.job_runner.run_forever())
+
+    async def stop_jobs(self: Any) -> None:
+        await self.job_runner.stop()
+
+    return {"start_jobs": bentoml.on_startup(start_jobs), "stop_jobs": bentoml.on_shutdown(stop_jobs)}
+
+
 def make_front_service(project: Project, engine_service: Any) -> Any:
     settings = project.settings
 
@@ -120,14 +156,18 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
 
     attrs: dict[str, Any] = {
         "__init__": __init__,
-        "__doc__": "ComfyUI workflows as typed endpoints.",
+        "__doc__": "ComfyUI workflows as typed endpoints, and batch jobs at /jobs.",
         "engine": bentoml.depends(engine_service),
+        **_job_hooks(project),
     }
     for spec in project.catalog.values():
         attrs[spec.name] = _json_endpoint(spec)
         attrs[f"{spec.name}_png"] = _png_endpoint(spec)
-    cls = type("ComfyBento", (), attrs)
-    return bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
+    cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
+    service = bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
+    if settings.api_key:
+        service.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    return service
 
 
 __all__ = ["ComfyBentoError", "make_engine_service", "make_front_service"]

@@ -60,9 +60,11 @@ def _constraints(param: Param) -> dict[str, Any]:
     return out
 
 
-def field_for(param: Param) -> tuple[Any, Any]:
+def field_for(param: Param, images_as_base64: bool = False) -> tuple[Any, Any]:
     """(annotation, FieldInfo) for one parameter."""
     typ = _field_type(param)
+    if param.kind == "image" and images_as_base64:
+        return (str, Field(description=f"{param.description} Base64-encoded PNG/JPEG/WebP.", min_length=1))
     if param.role == "seed":
         return (
             Annotated[int | None, Field(ge=0, le=MAX_SEED)],
@@ -77,10 +79,14 @@ def field_for(param: Param) -> tuple[Any, Any]:
     )
 
 
-def build_input_model(workflow: str, params: list[Param]) -> type[BaseModel]:
-    """The request model of one workflow endpoint; unknown fields are rejected."""
-    fields = {param.name: field_for(param) for param in params}
-    model_name = "".join(part.capitalize() for part in workflow.replace("-", "_").split("_")) + "Input"
+def build_input_model(workflow: str, params: list[Param], images_as_base64: bool = False) -> type[BaseModel]:
+    """The request model of one workflow endpoint; unknown fields are rejected.
+
+    With images_as_base64, image fields are base64 strings (batch-job items are JSON).
+    """
+    fields = {param.name: field_for(param, images_as_base64) for param in params}
+    model_name = "".join(part.capitalize() for part in workflow.replace("-", "_").split("_"))
+    model_name += "JobItem" if images_as_base64 else "Input"
     model = create_model(  # type: ignore[call-overload]
         model_name,
         __base__=bentoml.IODescriptor,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,14 @@ import pytest
 from tests.helpers import ROOT, make_workflows_dir, service_env
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"comfybento-test-secret").decode()
+JOB_ENV = {
+    "COMFYBENTO_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "COMFYBENTO_WEBHOOK_ALLOWLIST": "127.0.0.1",
+    "COMFYBENTO_WEBHOOK_BACKOFF_MS": "200",
+    "COMFYBENTO_JOB_LEASE_S": "4",
+    "COMFYBENTO_JOB_RETRY_BASE_MS": "200",
+}
 
 
 def free_port() -> int:
@@ -24,8 +34,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(env_overrides: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def start_server(env_overrides: dict[str, str], log_path: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    port = port or free_port()
     env = {**os.environ, **env_overrides}
     log = log_path.open("wb")
     proc = subprocess.Popen(
@@ -49,9 +59,13 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout:
     raise RuntimeError(f"bentoml serve not ready after {timeout}s:\n{log_path.read_text()[-4000:]}")
 
 
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    import signal
+def kill_server(proc: subprocess.Popen[bytes]) -> None:
+    """kill -9 of the whole server: arbiter and every worker, no cleanup."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -67,6 +81,7 @@ def server(tmp_path_factory) -> Iterator[str]:
     env = service_env(make_workflows_dir(root / "workflows"), root / "work")
     env["COMFYBENTO_MAX_QUEUE"] = "12"
     env["COMFYBENTO_MAX_LATENCY_MS"] = "2000"
+    env.update(JOB_ENV)
     log_path = root / "serve.log"
     proc, url = start_server(env, log_path)
     try:

@@ -1,0 +1,1 @@
+"""Durable batch jobs: submit many items, follow progress, collect results, survive restarts."""

@@ -1,0 +1,108 @@
+"""Request and response models of the jobs API (they are its OpenAPI documentation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WebhookSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(description="Callback URL; must pass the service's webhook allow-list.")
+    per_item: bool = Field(default=False, description="Also POST when each item finishes, not only when the job does.")
+
+
+class JobSubmit(BaseModel):
+    """A batch job: a workflow and its items, given as a list or as a base plus a fan-out."""
+
+    model_config = ConfigDict(extra="forbid")
+    workflow: str = Field(description="Name of the workflow (its endpoint is POST /<workflow>).")
+    items: list[dict[str, Any]] | None = Field(
+        default=None, description="Parameter sets, each validated like a request to the workflow's endpoint.")
+    base: dict[str, Any] | None = Field(default=None, description="Parameters shared by every item of a fan-out.")
+    fanout: dict[str, list[Any]] | None = Field(
+        default=None, description="Field -> values; items are the cartesian product, e.g. prompts x seeds.")
+    priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
+    idempotency_key: str | None = Field(
+        default=None, max_length=200, description="Submitting again with the same key returns the same job.")
+    webhook: WebhookSpec | None = Field(default=None, description="Where to POST signed completion events.")
+    cache: bool = Field(default=False, description="Reuse a stored result for an identical (workflow, parameters, seed) item.")
+
+
+class ItemError(BaseModel):
+    index: int = Field(description="Position of the item in the submission.")
+    field: str = Field(description="The field that is wrong.")
+    message: str
+
+
+class OutputRef(BaseModel):
+    output: str = Field(description="Name of the output node.")
+    node_id: str
+    index: int = Field(description="Position in that node's batch.")
+    width: int
+    height: int
+    url: str = Field(description="Where to download the PNG (a presigned URL with S3 storage).")
+
+
+class ItemFailure(BaseModel):
+    kind: str = Field(description="invalid | workflow | node | oom | internal | unavailable")
+    message: str
+    retryable: bool = Field(description="Whether the error was transient (retried with backoff).")
+    node_id: str | None = None
+    class_type: str | None = None
+
+
+class ItemResultOut(BaseModel):
+    index: int
+    state: str = Field(description="queued | running | succeeded | failed | cancelled")
+    seed: int | None
+    attempts: int
+    cached: bool = Field(default=False, description="The result was reused from the result cache.")
+    outputs: list[OutputRef] = Field(default_factory=list)
+    queue_ms: float | None = None
+    execution_ms: float | None = None
+    batch_size: int | None = None
+    error: ItemFailure | None = None
+
+
+class ItemProgress(BaseModel):
+    index: int
+    state: str
+    attempts: int
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    event: str
+    url: str
+    state: str = Field(description="pending | delivered | failed")
+    attempts: list[dict[str, Any]] = Field(description="One entry per attempt: time, status code or error.")
+
+
+class JobStatus(BaseModel):
+    id: str
+    workflow: str
+    state: str = Field(description="queued | running | succeeded | failed | cancelled")
+    priority: int
+    total: int
+    counts: dict[str, int] = Field(description="Items by state.")
+    created_at: float
+    finished_at: float | None
+    eta_s: float | None = Field(description="Estimated seconds to completion, from the rate so far.")
+    items: list[ItemProgress] = Field(description="Per-item progress (first 1000 items; see /results for all).")
+    webhooks: list[DeliveryOut] = Field(description="Webhook delivery log.")
+
+
+class JobResults(BaseModel):
+    id: str
+    state: str
+    total: int
+    offset: int
+    limit: int
+    items: list[ItemResultOut]
+    archive_url: str = Field(description="One zip of every image of the job.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]

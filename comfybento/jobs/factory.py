@@ -1,0 +1,38 @@
+"""Build the job store, output storage and services from the settings."""
+
+from __future__ import annotations
+
+from comfybento.config import Settings
+from comfybento.jobs.runner import Execute, JobRunner
+from comfybento.jobs.service import JobService
+from comfybento.jobs.store import JobStore, SQLiteJobStore
+from comfybento.jobs.webhooks import AllowList
+from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
+from comfybento.workflows.catalog import WorkflowSpec
+
+
+def make_store(settings: Settings) -> JobStore:
+    if settings.jobs_backend == "redis":
+        from comfybento.jobs.redis_store import RedisJobStore
+
+        return RedisJobStore(settings.redis_url)
+    return SQLiteJobStore(settings.jobs_db)
+
+
+def make_storage(settings: Settings) -> Storage:
+    if settings.storage == "s3":
+        return S3Storage(settings.s3_bucket, settings.s3_endpoint_url or None, settings.s3_prefix, settings.s3_url_ttl_s)
+    return LocalStorage(settings.output_dir)
+
+
+def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Execute) -> tuple[JobService, JobRunner]:
+    store, storage = make_store(settings), make_storage(settings)
+    allow = AllowList(settings.webhook_allowlist)
+    service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s)
+    runner = JobRunner(
+        store, storage, execute, concurrency=settings.job_concurrency, lease_s=settings.job_lease_s,
+        max_attempts=settings.job_max_attempts, retry_base_s=settings.job_retry_base_s, retention_s=settings.job_retention_s,
+        webhook_secret=settings.webhook_secret, allow=allow, webhook_max_attempts=settings.webhook_max_attempts,
+        webhook_backoff_s=settings.webhook_backoff_s,
+    )
+    return service, runner

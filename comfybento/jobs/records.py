@@ -1,0 +1,95 @@
+"""Plain records the job stores keep, and the rules both stores share."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ItemState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_ITEM_STATES = ("succeeded", "failed", "cancelled")
+TERMINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class JobRecord:
+    id: str
+    workflow: str
+    priority: int
+    created_at: float
+    total: int
+    state: JobState = "queued"
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    idempotency_key: str | None = None
+    request_hash: str = ""
+    webhook_url: str | None = None
+    webhook_per_item: bool = False
+    use_cache: bool = False
+    expires_at: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ItemRecord:
+    job_id: str
+    index: int
+    params: dict[str, Any]
+    seed: int | None
+    state: ItemState = "queued"
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    next_attempt_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class Lease:
+    """An item a worker may run until `expires`; `attempt` numbers its output files."""
+
+    job_id: str
+    workflow: str
+    index: int
+    params: dict[str, Any]
+    seed: int | None
+    attempt: int
+    use_cache: bool
+    webhook_per_item: bool
+
+
+@dataclass
+class Delivery:
+    id: str
+    job_id: str
+    event: str
+    payload: dict[str, Any]
+    url: str
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    state: Literal["pending", "delivered", "failed"] = "pending"
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+def job_state_from_counts(counts: dict[str, int], total: int, cancelled: bool) -> JobState:
+    if cancelled:
+        return "cancelled"
+    done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+    if done >= total:
+        return "succeeded" if counts.get("failed", 0) == 0 else "failed"
+    if done > 0 or counts.get("running", 0) > 0:
+        return "running"
+    return "queued"
+
+
+def backoff_s(attempt: int, base: float, cap: float = 300.0) -> float:
+    """Exponential backoff after the given (1-based) attempt."""
+    return float(min(cap, base * (2 ** max(0, attempt - 1))))
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,203 @@
+"""Jobs: validate and submit, report status and results, cancel. The API layer calls this."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from comfybento.errors import ComfyBentoError, InvalidRequest, NotFound
+from comfybento.jobs.api_models import (
+    DeliveryOut,
+    ItemError,
+    ItemFailure,
+    ItemProgress,
+    ItemResultOut,
+    JobResults,
+    JobStatus,
+    JobSubmit,
+    OutputRef,
+)
+from comfybento.jobs.records import ItemRecord, JobRecord, now
+from comfybento.jobs.store import JobStore
+from comfybento.jobs.webhooks import AllowList
+from comfybento.outputs.encoding import decode_b64
+from comfybento.outputs.storage import Storage
+from comfybento.workflows.binding import resolve_seed
+from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.schema import build_input_model
+
+PROGRESS_LIMIT = 1000
+
+
+class InvalidItems(ComfyBentoError):
+    """The submission has invalid items; nothing was queued."""
+
+    error_code = 422  # type: ignore[assignment]
+
+    def __init__(self, errors: list[ItemError]) -> None:
+        self.errors = errors
+        shown = "; ".join(f"items[{e.index}].{e.field}: {e.message}" for e in errors[:20])
+        more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
+        super().__init__(f"{len(errors)} invalid item field(s), nothing was queued: {shown}{more}")
+
+
+def expand(req: JobSubmit) -> list[dict[str, Any]]:
+    """The submission's items: the list as given, or base x the cartesian product of the fan-out."""
+    if req.items is not None and (req.base is not None or req.fanout is not None):
+        raise InvalidRequest("give either 'items' or 'base'/'fanout', not both")
+    if req.items is not None:
+        return req.items
+    fanout = req.fanout or {}
+    for key, values in fanout.items():
+        if not isinstance(values, list) or not values:
+            raise InvalidRequest(f"fanout.{key} must be a non-empty list")
+    keys = list(fanout)
+    return [{**(req.base or {}), **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*(fanout[k] for k in keys))]
+
+
+class JobService:
+    def __init__(self, catalog: dict[str, WorkflowSpec], store: JobStore, storage: Storage, allow: AllowList,
+                 max_items: int, retention_s: int) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.storage = storage
+        self.allow = allow
+        self.max_items = max_items
+        self.retention_s = retention_s
+        self.item_models: dict[str, type[BaseModel]] = {
+            name: build_input_model(name, list(spec.params), images_as_base64=True) for name, spec in catalog.items()}
+
+    # ------------------------------------------------------------ submit
+
+    def submit(self, req: JobSubmit) -> tuple[JobRecord, bool]:
+        spec = self.catalog.get(req.workflow)
+        if spec is None:
+            raise InvalidRequest(f"workflow: unknown workflow {req.workflow!r}; known: {sorted(self.catalog)}")
+        raw = expand(req)
+        if not raw:
+            raise InvalidRequest("items: a job needs at least one item")
+        if len(raw) > self.max_items:
+            raise InvalidRequest(f"items: {len(raw)} items is more than the limit of {self.max_items}")
+        values = self._validate(spec, raw)
+        if req.webhook is not None:
+            self.allow.check(req.webhook.url)
+        created = now()
+        job = JobRecord(
+            id=uuid.uuid4().hex, workflow=spec.name, priority=req.priority, created_at=created, total=len(values),
+            idempotency_key=req.idempotency_key, request_hash=_request_hash(req, raw),
+            webhook_url=req.webhook.url if req.webhook else None, webhook_per_item=bool(req.webhook and req.webhook.per_item),
+            use_cache=req.cache, expires_at=None,
+        )
+        items = [ItemRecord(job_id=job.id, index=i, params=v, seed=resolve_seed(spec.params, v)) for i, v in enumerate(values)]
+        return self.store.create_job(job, items)
+
+    def _validate(self, spec: WorkflowSpec, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        model = self.item_models[spec.name]
+        images = [p.name for p in spec.params if p.kind == "image"]
+        errors: list[ItemError] = []
+        out = []
+        for index, item in enumerate(raw):
+            try:
+                validated = model.model_validate(item).model_dump()
+            except ValidationError as exc:
+                errors += [ItemError(index=index, field=".".join(map(str, e["loc"])) or "(item)", message=e["msg"]) for e in exc.errors()]
+                continue
+            for name in images:
+                if not _is_image(validated[name]):
+                    errors.append(ItemError(index=index, field=name, message="not a base64-encoded image"))
+            out.append(validated)
+        if errors:
+            raise InvalidItems(errors)
+        return out
+
+    # ------------------------------------------------------------ read
+
+    def job(self, job_id: str) -> JobRecord:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} does not exist (or expired)")
+        return job
+
+    def status(self, job_id: str) -> JobStatus:
+        job = self.job(job_id)
+        items = self.store.get_items(job_id, 0, PROGRESS_LIMIT)
+        return JobStatus(
+            id=job.id, workflow=job.workflow, state=job.state, priority=job.priority, total=job.total, counts=job.counts,
+            created_at=job.created_at, finished_at=job.finished_at, eta_s=_eta(job, items),
+            items=[ItemProgress(index=i.index, state=i.state, attempts=i.attempts) for i in items],
+            webhooks=[DeliveryOut(id=d.id, event=d.event, url=d.url, state=d.state, attempts=d.log) for d in self.store.deliveries(job_id)],
+        )
+
+    def results(self, job_id: str, offset: int, limit: int, base_url: str) -> JobResults:
+        job = self.job(job_id)
+        items = self.store.get_items(job_id, offset, limit)
+        return JobResults(id=job.id, state=job.state, total=job.total, offset=offset, limit=limit,
+                          items=[self._item_out(i, base_url) for i in items], archive_url=f"{base_url}/jobs/{job_id}/archive")
+
+    def _item_out(self, item: ItemRecord, base_url: str) -> ItemResultOut:
+        result = item.result or {}
+        outputs = [OutputRef(**{k: v for k, v in o.items() if k != "key"}, url=self.storage.url(o["key"], base_url))
+                   for o in result.get("outputs", [])]
+        return ItemResultOut(
+            index=item.index, state=item.state, seed=item.seed, attempts=item.attempts, cached=bool(result.get("cached")),
+            outputs=outputs, queue_ms=result.get("queue_ms"), execution_ms=result.get("execution_ms"),
+            batch_size=result.get("batch_size"), error=ItemFailure(**item.error) if item.error and item.state != "succeeded" else None,
+        )
+
+    def archive(self, job_id: str, target: Path) -> Path:
+        """A zip of every image of the job's finished items."""
+        self.job(job_id)
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as zf:
+            offset = 0
+            while batch := self.store.get_items(job_id, offset, 500):
+                for item in batch:
+                    for out in (item.result or {}).get("outputs", []):
+                        zf.writestr(f"{item.index:05d}-{out['output']}-{out['index']}.png", self.storage.get(out["key"]))
+                offset += len(batch)
+        return target
+
+    def file(self, job_id: str, name: str) -> bytes:
+        self.job(job_id)
+        return self.storage.get(f"{job_id}/{name}")
+
+    def cancel(self, job_id: str) -> JobRecord:
+        job = self.store.cancel(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} does not exist (or expired)")
+        return job
+
+
+def _is_image(data: str) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(decode_b64(data))) as img:
+            img.verify()
+        return True
+    except Exception:
+        return False
+
+
+def _request_hash(req: JobSubmit, raw: list[dict[str, Any]]) -> str:
+    doc = {"workflow": req.workflow, "items": raw, "priority": req.priority, "cache": req.cache,
+           "webhook": req.webhook.model_dump() if req.webhook else None}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _eta(job: JobRecord, items: list[ItemRecord]) -> float | None:
+    done = sum(job.counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+    if job.state in ("succeeded", "failed", "cancelled"):
+        return 0.0
+    started = [i.started_at for i in items if i.started_at]
+    if done == 0 or not started:
+        return None
+    rate = done / max(1e-6, now() - min(started))
+    return (job.total - done) / rate

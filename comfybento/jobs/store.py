@@ -1,0 +1,313 @@
+"""The job store contract, and the default store: an embedded SQLite file.
+
+Contract (both stores keep it; tests run against both):
+- `create_job` is atomic and idempotent per idempotency key.
+- `lease` hands each runnable item to one owner until its lease expires; an
+  expired lease (a dead worker) makes the item runnable again.
+- `complete`/`fail` record a result only while the caller still holds the
+  lease, so a result is stored exactly once and a finished item never reruns.
+- When an item or job reaches a final state and a webhook is configured, the
+  delivery is queued in the same transaction, so a crash cannot lose it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from comfybento.errors import ComfyBentoError
+from comfybento.jobs.events import item_event, job_event
+from comfybento.jobs.records import (
+    TERMINAL_JOB_STATES,
+    Delivery,
+    ItemRecord,
+    JobRecord,
+    Lease,
+    job_state_from_counts,
+    now,
+)
+
+
+class IdempotencyConflict(ComfyBentoError):
+    error_code = 409  # type: ignore[assignment]
+
+
+class JobStore(Protocol):
+    def create_job(self, job: JobRecord, items: list[ItemRecord]) -> tuple[JobRecord, bool]: ...
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+    def list_jobs(self, limit: int, offset: int) -> list[JobRecord]: ...
+    def get_items(self, job_id: str, offset: int, limit: int) -> list[ItemRecord]: ...
+    def lease(self, owner: str, limit: int, lease_s: float) -> list[Lease]: ...
+    def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> None: ...
+    def complete(self, owner: str, lease: Lease, result: dict[str, Any]) -> bool: ...
+    def fail(self, owner: str, lease: Lease, error: dict[str, Any], retry_at: float | None) -> bool: ...
+    def cancel(self, job_id: str) -> JobRecord | None: ...
+    def cache_get(self, key: str) -> dict[str, Any] | None: ...
+    def cache_put(self, key: str, result: dict[str, Any]) -> None: ...
+    def due_deliveries(self, owner: str, limit: int, claim_s: float) -> list[Delivery]: ...
+    def save_delivery(self, delivery: Delivery) -> None: ...
+    def deliveries(self, job_id: str) -> list[Delivery]: ...
+    def expire(self, before: float) -> list[str]: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, workflow TEXT NOT NULL, priority INTEGER NOT NULL, created_at REAL NOT NULL,
+  total INTEGER NOT NULL, state TEXT NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
+  idempotency_key TEXT UNIQUE, request_hash TEXT NOT NULL, webhook_url TEXT, webhook_per_item INTEGER NOT NULL,
+  use_cache INTEGER NOT NULL, expires_at REAL
+);
+CREATE TABLE IF NOT EXISTS items (
+  job_id TEXT NOT NULL, idx INTEGER NOT NULL, params TEXT NOT NULL, seed INTEGER, state TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, lease_expires REAL, next_attempt_at REAL NOT NULL DEFAULT 0,
+  started_at REAL, finished_at REAL, result TEXT, error TEXT, PRIMARY KEY (job_id, idx)
+);
+CREATE INDEX IF NOT EXISTS items_runnable ON items (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+  id TEXT PRIMARY KEY, job_id TEXT NOT NULL, event TEXT NOT NULL, payload TEXT NOT NULL, url TEXT NOT NULL,
+  attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, state TEXT NOT NULL, log TEXT NOT NULL,
+  claim_owner TEXT, claim_expires REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS result_cache (key TEXT PRIMARY KEY, result TEXT NOT NULL, created_at REAL NOT NULL);
+"""
+
+_JOB_COLS = ("id, workflow, priority, created_at, total, state, updated_at, finished_at, idempotency_key, "
+             "request_hash, webhook_url, webhook_per_item, use_cache, expires_at")
+
+
+class SQLiteJobStore:
+    """Jobs in one SQLite file (WAL); safe across threads and processes sharing the file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------ jobs
+
+    def create_job(self, job: JobRecord, items: list[ItemRecord]) -> tuple[JobRecord, bool]:
+        with self._tx() as db:
+            if job.idempotency_key:
+                row = db.execute("SELECT id, request_hash FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)).fetchone()
+                if row is not None:
+                    if row["request_hash"] != job.request_hash:
+                        raise IdempotencyConflict(
+                            f"idempotency_key {job.idempotency_key!r} was used for job {row['id']} with a different request")
+                    existing = self._job(db, row["id"])
+                    assert existing is not None
+                    return existing, False
+            db.execute(
+                f"INSERT INTO jobs ({_JOB_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (job.id, job.workflow, job.priority, job.created_at, job.total, "queued", job.created_at, None,
+                 job.idempotency_key, job.request_hash, job.webhook_url, int(job.webhook_per_item), int(job.use_cache), job.expires_at),
+            )
+            db.executemany(
+                "INSERT INTO items (job_id, idx, params, seed, state) VALUES (?,?,?,?, 'queued')",
+                [(job.id, it.index, json.dumps(it.params), it.seed) for it in items],
+            )
+            created = self._job(db, job.id)
+        assert created is not None
+        return created, True
+
+    def _job(self, db: sqlite3.Connection, job_id: str) -> JobRecord | None:
+        row = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        counts = {r["state"]: r["n"] for r in db.execute("SELECT state, COUNT(*) AS n FROM items WHERE job_id = ? GROUP BY state", (job_id,))}
+        return _job_from_row(row, counts)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._job(self._db, job_id)
+
+    def list_jobs(self, limit: int, offset: int) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM jobs ORDER BY created_at DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+            return [j for r in rows if (j := self._job(self._db, r["id"])) is not None]
+
+    def get_items(self, job_id: str, offset: int, limit: int) -> list[ItemRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM items WHERE job_id = ? ORDER BY idx LIMIT ? OFFSET ?", (job_id, limit, offset))
+            return [_item_from_row(r) for r in rows]
+
+    # ------------------------------------------------------------ leases
+
+    def lease(self, owner: str, limit: int, lease_s: float) -> list[Lease]:
+        t = now()
+        with self._tx() as db:
+            rows = db.execute(
+                """SELECT items.job_id, items.idx, items.params, items.seed, items.attempts, jobs.workflow,
+                          jobs.use_cache, jobs.webhook_per_item
+                   FROM items JOIN jobs ON jobs.id = items.job_id
+                   WHERE jobs.state NOT IN ('cancelled') AND (
+                         (items.state = 'queued' AND items.next_attempt_at <= ?)
+                      OR (items.state = 'running' AND items.lease_expires < ?))
+                   ORDER BY jobs.priority DESC, jobs.created_at, items.idx LIMIT ?""",
+                (t, t, limit),
+            ).fetchall()
+            leases = []
+            for r in rows:
+                db.execute(
+                    "UPDATE items SET state='running', lease_owner=?, lease_expires=?, attempts=attempts+1, "
+                    "started_at=COALESCE(started_at, ?) WHERE job_id=? AND idx=?",
+                    (owner, t + lease_s, t, r["job_id"], r["idx"]),
+                )
+                db.execute("UPDATE jobs SET state='running', updated_at=? WHERE id=? AND state='queued'", (t, r["job_id"]))
+                leases.append(Lease(job_id=r["job_id"], workflow=r["workflow"], index=r["idx"], params=json.loads(r["params"]),
+                                    seed=r["seed"], attempt=r["attempts"] + 1, use_cache=bool(r["use_cache"]),
+                                    webhook_per_item=bool(r["webhook_per_item"])))
+        return leases
+
+    def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE items SET lease_expires=? WHERE job_id=? AND idx=? AND lease_owner=? AND state='running'",
+                           [(now() + lease_s, job, idx, owner) for job, idx in keys])
+
+    def complete(self, owner: str, lease: Lease, result: dict[str, Any]) -> bool:
+        return self._finish(owner, lease, "succeeded", json.dumps(result), None, None)
+
+    def fail(self, owner: str, lease: Lease, error: dict[str, Any], retry_at: float | None) -> bool:
+        return self._finish(owner, lease, "failed", None, json.dumps(error), retry_at)
+
+    def _finish(self, owner: str, lease: Lease, state: str, result: str | None, error: str | None, retry_at: float | None) -> bool:
+        t = now()
+        with self._tx() as db:
+            if retry_at is not None:
+                cur = db.execute(
+                    "UPDATE items SET state='queued', lease_owner=NULL, lease_expires=NULL, next_attempt_at=?, error=? "
+                    "WHERE job_id=? AND idx=? AND state='running' AND lease_owner=?",
+                    (retry_at, error, lease.job_id, lease.index, owner))
+                return cur.rowcount == 1
+            cur = db.execute(
+                "UPDATE items SET state=?, result=?, error=?, finished_at=?, lease_owner=NULL, lease_expires=NULL "
+                "WHERE job_id=? AND idx=? AND state='running' AND lease_owner=?",
+                (state, result, error, t, lease.job_id, lease.index, owner))
+            if cur.rowcount != 1:
+                return False  # the lease was lost (expired and taken over, or the job was cancelled)
+            self._after_item(db, lease.job_id, lease.index, t)
+        return True
+
+    def _after_item(self, db: sqlite3.Connection, job_id: str, index: int, t: float) -> None:
+        job = self._job(db, job_id)
+        assert job is not None
+        if job.webhook_url and job.webhook_per_item:
+            item = _item_from_row(db.execute("SELECT * FROM items WHERE job_id=? AND idx=?", (job_id, index)).fetchone())
+            self._add_delivery(db, f"{job_id}:item:{index}", job, item_event(job, item))
+        state = job_state_from_counts(job.counts, job.total, cancelled=False)
+        if state in TERMINAL_JOB_STATES and job.state not in TERMINAL_JOB_STATES:
+            db.execute("UPDATE jobs SET state=?, finished_at=?, updated_at=? WHERE id=?", (state, t, t, job_id))
+            job.state = state
+            if job.webhook_url:
+                self._add_delivery(db, f"{job_id}:job", job, job_event(job))
+        else:
+            db.execute("UPDATE jobs SET updated_at=? WHERE id=?", (t, job_id))
+
+    def cancel(self, job_id: str) -> JobRecord | None:
+        t = now()
+        with self._tx() as db:
+            job = self._job(db, job_id)
+            if job is None:
+                return None
+            if job.state not in TERMINAL_JOB_STATES:
+                db.execute("UPDATE items SET state='cancelled', lease_owner=NULL, finished_at=? "
+                           "WHERE job_id=? AND state IN ('queued', 'running')", (t, job_id))
+                db.execute("UPDATE jobs SET state='cancelled', finished_at=?, updated_at=? WHERE id=?", (t, t, job_id))
+                job = self._job(db, job_id)
+                assert job is not None
+                if job.webhook_url:
+                    self._add_delivery(db, f"{job_id}:job", job, job_event(job))
+            return job
+
+    # ------------------------------------------------------------ cache
+
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT result FROM result_cache WHERE key=?", (key,)).fetchone()
+        return json.loads(row["result"]) if row else None
+
+    def cache_put(self, key: str, result: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO result_cache (key, result, created_at) VALUES (?,?,?)", (key, json.dumps(result), now()))
+
+    # ------------------------------------------------------------ webhooks
+
+    def _add_delivery(self, db: sqlite3.Connection, delivery_id: str, job: JobRecord, payload: dict[str, Any]) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO deliveries (id, job_id, event, payload, url, attempts, next_attempt_at, state, log) "
+            "VALUES (?,?,?,?,?,0,0,'pending','[]')",
+            (delivery_id, job.id, payload["type"], json.dumps(payload), job.webhook_url))
+
+    def due_deliveries(self, owner: str, limit: int, claim_s: float) -> list[Delivery]:
+        t = now()
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM deliveries WHERE state='pending' AND next_attempt_at<=? AND (claim_expires IS NULL OR claim_expires<?) "
+                "ORDER BY next_attempt_at LIMIT ?", (t, t, limit)).fetchall()
+            for r in rows:
+                db.execute("UPDATE deliveries SET claim_owner=?, claim_expires=? WHERE id=?", (owner, t + claim_s, r["id"]))
+            return [_delivery_from_row(r) for r in rows]
+
+    def save_delivery(self, delivery: Delivery) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE deliveries SET attempts=?, next_attempt_at=?, state=?, log=?, claim_owner=NULL, claim_expires=NULL WHERE id=?",
+                       (delivery.attempts, delivery.next_attempt_at, delivery.state, json.dumps(delivery.log), delivery.id))
+
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM deliveries WHERE job_id=? ORDER BY rowid", (job_id,)).fetchall()
+        return [_delivery_from_row(r) for r in rows]
+
+    # ------------------------------------------------------------ retention
+
+    def expire(self, before: float) -> list[str]:
+        with self._tx() as db:
+            ids = [r["id"] for r in db.execute(
+                "SELECT id FROM jobs WHERE state IN ('succeeded','failed','cancelled') AND finished_at < ?", (before,))]
+            for job_id in ids:
+                for table, col in (("items", "job_id"), ("deliveries", "job_id"), ("jobs", "id")):
+                    db.execute(f"DELETE FROM {table} WHERE {col}=?", (job_id,))
+        return ids
+
+
+def _job_from_row(row: sqlite3.Row, counts: dict[str, int]) -> JobRecord:
+    return JobRecord(
+        id=row["id"], workflow=row["workflow"], priority=row["priority"], created_at=row["created_at"], total=row["total"],
+        state=row["state"], updated_at=row["updated_at"], finished_at=row["finished_at"], idempotency_key=row["idempotency_key"],
+        request_hash=row["request_hash"], webhook_url=row["webhook_url"], webhook_per_item=bool(row["webhook_per_item"]),
+        use_cache=bool(row["use_cache"]), expires_at=row["expires_at"], counts=counts,
+    )
+
+
+def _item_from_row(row: sqlite3.Row) -> ItemRecord:
+    return ItemRecord(
+        job_id=row["job_id"], index=row["idx"], params=json.loads(row["params"]), seed=row["seed"], state=row["state"],
+        attempts=row["attempts"], lease_owner=row["lease_owner"], lease_expires=row["lease_expires"],
+        next_attempt_at=row["next_attempt_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+        result=json.loads(row["result"]) if row["result"] else None, error=json.loads(row["error"]) if row["error"] else None,
+    )
+
+
+def _delivery_from_row(row: sqlite3.Row) -> Delivery:
+    return Delivery(id=row["id"], job_id=row["job_id"], event=row["event"], payload=json.loads(row["payload"]), url=row["url"],
+                    attempts=row["attempts"], next_attempt_at=row["next_attempt_at"], state=row["state"], log=json.loads(row["log"]))

@@ -1,0 +1,94 @@
+"""Where job outputs go: a local folder (default) or S3-compatible object storage."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+from comfybento.errors import ConfigError, NotFound
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def url(self, key: str, base_url: str) -> str: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+def _safe_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise NotFound(f"no such file: {key!r}")
+    return key
+
+
+class LocalStorage:
+    """Files under a folder; served by the API at /jobs/{id}/files/{name}."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*_safe_key(key).split("/"))
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"no such file: {key}")
+        return path.read_bytes()
+
+    def url(self, key: str, base_url: str) -> str:
+        job_id, name = key.split("/", 1)
+        return f"{base_url}/jobs/{job_id}/files/{name}"
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
+
+
+class S3Storage:
+    """An S3-compatible bucket (AWS, MinIO, moto ...); results carry presigned URLs."""
+
+    def __init__(self, bucket: str, endpoint_url: str | None, prefix: str, url_ttl_s: int, client: Any = None) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url_ttl_s = url_ttl_s
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url or None)
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except Exception as exc:
+            raise ConfigError(f"S3 bucket {bucket!r} at {endpoint_url or 'AWS'} is not reachable: {exc}") from exc
+
+    def _key(self, key: str) -> str:
+        key = _safe_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
+        except self.client.exceptions.NoSuchKey:
+            raise NotFound(f"no such file: {key}") from None
+
+    def url(self, key: str, base_url: str) -> str:
+        return str(self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=self.url_ttl_s))
+
+    def delete_prefix(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix.rstrip("/")) + "/"):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from comfybento.config import Settings
+from comfybento.errors import InvalidRequest
+from comfybento.jobs.api_models import JobSubmit
+from comfybento.jobs.service import InvalidItems, JobService, expand
+from comfybento.jobs.store import SQLiteJobStore
+from comfybento.jobs.webhooks import AllowList
+from comfybento.models.lock import parse_lock
+from comfybento.outputs.storage import LocalStorage
+from comfybento.workflows.catalog import load_workflow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def service(node_defs, tmp_path):
+    settings = Settings.from_env({"COMFYBENTO_MODELS": str(ROOT / "models")})
+    spec = load_workflow(ROOT / "workflows" / "txt2img.json", node_defs, parse_lock(ROOT / "models.lock"), settings)
+    return JobService({"txt2img": spec}, SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out"),
+                      AllowList(["127.0.0.1"]), max_items=5, retention_s=60)
+
+
+def test_fanout_is_the_cartesian_product():
+    req = JobSubmit(workflow="w", base={"steps": 4}, fanout={"prompt": ["a", "b"], "seed": [1, 2, 3]})
+    items = expand(req)
+    assert len(items) == 6 and items[0] == {"steps": 4, "prompt": "a", "seed": 1} and items[-1]["seed"] == 3
+    with pytest.raises(InvalidRequest):
+        expand(JobSubmit(workflow="w", items=[{}], base={}))
+
+
+def test_invalid_items_reject_the_whole_submission(service):
+    req = JobSubmit(workflow="txt2img", items=[{"prompt": "ok"}, {"steps": 0}, {"sampler_name": "x", "nope": 1}])
+    with pytest.raises(InvalidItems) as err:
+        service.submit(req)
+    fields = {(e.index, e.field) for e in err.value.errors}
+    assert fields == {(1, "steps"), (2, "sampler_name"), (2, "nope")}
+    assert service.store.list_jobs(10, 0) == []
+
+
+def test_limits_unknown_workflow_and_webhook_allow_list(service):
+    with pytest.raises(InvalidRequest, match="limit of 5"):
+        service.submit(JobSubmit(workflow="txt2img", items=[{}] * 6))
+    with pytest.raises(InvalidRequest, match="unknown workflow"):
+        service.submit(JobSubmit(workflow="nope", items=[{}]))
+    with pytest.raises(InvalidRequest, match="allow-list"):
+        service.submit(JobSubmit(workflow="txt2img", items=[{}], webhook={"url": "http://10.0.0.1/x"}))
+
+
+def test_seeds_are_drawn_at_submit_and_kept(service):
+    job, created = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "a"}, {"prompt": "b", "seed": 7}]))
+    items = service.store.get_items(job.id, 0, 10)
+    assert created and isinstance(items[0].seed, int) and items[1].seed == 7
+    again, created_again = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "x"}], idempotency_key="k"))
+    same, created_same = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "x"}], idempotency_key="k"))
+    assert created_again and not created_same and same.id == again.id
