@@ -238,6 +238,7 @@ def main() -> None:
             stop_server(proc)
     result["limit"] = limit_rows(body, levels)
     out = ROOT / "bench" / "results" / result["name"]
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
