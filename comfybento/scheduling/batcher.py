@@ -27,6 +27,7 @@ R = TypeVar("R")
 class Batcher(Generic[T, R]):
     def __init__(self) -> None:
         self._fits: dict[str, int] = {}
+        self._largest_ok: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def largest_fit(self, key: str) -> int | None:
@@ -34,10 +35,17 @@ class Batcher(Generic[T, R]):
         with self._lock:
             return self._fits.get(key)
 
-    def _remember_fit(self, key: str, size: int) -> None:
+    def _remember_oom(self, key: str, failed_size: int) -> None:
+        """A batch of failed_size ran out of memory: cap the key below it (at least the largest that ran)."""
         with self._lock:
-            self._fits[key] = min(size, self._fits.get(key, size))
-        log.warning("out of memory: batches for %s are capped at %d", key, size)
+            cap = max(self._largest_ok.get(key, 0), failed_size // 2, 1)
+            self._fits[key] = min(cap, self._fits.get(key, cap))
+            cap = self._fits[key]
+        log.warning("out of memory at batch %d: batches for %s are capped at %d", failed_size, key, cap)
+
+    def _remember_ok(self, key: str, size: int) -> None:
+        with self._lock:
+            self._largest_ok[key] = max(size, self._largest_ok.get(key, 0))
 
     def groups(self, items: Sequence[T], key: Callable[[T], str], can_batch: Callable[[T], bool], max_batch: int) -> list[tuple[str, list[int]]]:
         """(key, item indexes) for each execution, in order of first arrival."""
@@ -65,12 +73,14 @@ class Batcher(Generic[T, R]):
 
     def _run_chunk(self, k: str, chunk: list[T], execute: Callable[[list[T]], list[R]]) -> list[R | Exception]:
         try:
-            return list(execute(chunk))
+            results = list(execute(chunk))
+            self._remember_ok(k, len(chunk))
+            return results
         except OutOfMemory as exc:
             if len(chunk) == 1:
                 return [exc]
             half = len(chunk) // 2
-            self._remember_fit(k, half)
+            self._remember_oom(k, len(chunk))
             return self._run_chunk(k, chunk[:half], execute) + self._run_chunk(k, chunk[half:], execute)
         except Exception as exc:
             if len(chunk) == 1:

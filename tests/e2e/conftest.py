@@ -36,7 +36,8 @@ def free_port() -> int:
 
 def start_server(env_overrides: dict[str, str], log_path: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = port or free_port()
-    env = {**os.environ, **env_overrides}
+    # Each server its own BentoML home: servers sharing one race on BentoML's task-result database.
+    env = {**os.environ, "BENTOML_HOME": str(log_path.parent / f"{log_path.stem}-bentoml-home"), **env_overrides}
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [BENTOML, "serve", "service:ComfyBento", "--host", "127.0.0.1", "--port", str(port)],
@@ -61,7 +62,8 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout:
 
 def kill_server(proc: subprocess.Popen[bytes]) -> None:
     """kill -9 of the whole server: arbiter and every worker, no cleanup."""
-    os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
@@ -80,7 +82,7 @@ def server(tmp_path_factory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("serve")
     env = service_env(make_workflows_dir(root / "workflows"), root / "work")
     env["COMFYBENTO_MAX_QUEUE"] = "12"
-    env["COMFYBENTO_MAX_LATENCY_MS"] = "2000"
+    env["COMFYBENTO_MAX_LATENCY_MS"] = "120000"
     env.update(JOB_ENV)
     log_path = root / "serve.log"
     proc, url = start_server(env, log_path)

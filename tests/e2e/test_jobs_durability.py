@@ -103,9 +103,9 @@ def test_two_replicas_share_redis_and_s3_and_survive_one_being_killed(tmp_path, 
         boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket="outputs")
         shared = {**JOB_ENV, **AWS, "COMFYBENTO_JOBS_BACKEND": "redis", "COMFYBENTO_REDIS_URL": redis_url,
                   "COMFYBENTO_STORAGE": "s3", "COMFYBENTO_S3_BUCKET": "outputs", "COMFYBENTO_S3_ENDPOINT_URL": s3_url}
-        # two replicas as on two machines: each its own work dir and BentoML home
-        a, url_a = start_server({**service_env(workflows, tmp_path / "a"), **shared, "BENTOML_HOME": str(tmp_path / "a" / "bentoml")}, tmp_path / "a.log")
-        b, url_b = start_server({**service_env(workflows, tmp_path / "b"), **shared, "BENTOML_HOME": str(tmp_path / "b" / "bentoml")}, tmp_path / "b.log")
+        # two replicas as on two machines: each its own work dir (and BentoML home, see start_server)
+        a, url_a = start_server({**service_env(workflows, tmp_path / "a"), **shared}, tmp_path / "a.log")
+        b, url_b = start_server({**service_env(workflows, tmp_path / "b"), **shared}, tmp_path / "b.log")
         try:
             wait_ready(a, url_a, tmp_path / "a.log")
             wait_ready(b, url_b, tmp_path / "b.log")

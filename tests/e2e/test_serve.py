@@ -78,7 +78,9 @@ def test_node_failure_is_reported_and_service_goes_on(server):
 
 
 def _solo(server, body):
-    return httpx.post(f"{server}/txt2img", json=body, timeout=300).json()
+    resp = httpx.post(f"{server}/txt2img", json=body, timeout=300)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
 
 
 def test_concurrent_callers_share_batches_with_solo_images(server):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,12 +13,18 @@ from tests.helpers import GRAPHS, ROOT, service_env
 pytestmark = pytest.mark.e2e
 
 
-def _serve_and_fail(tmp_path, files):
+def _workflows(tmp_path: Path, files: dict[str, str]) -> Path:
+    """The demo workflow plus the given files (name -> content)."""
     workflows = tmp_path / "workflows"
     workflows.mkdir()
     shutil.copy(ROOT / "workflows" / "txt2img.json", workflows / "txt2img.json")
-    for name in files:
-        shutil.copy(GRAPHS / name, workflows / name)
+    for name, content in files.items():
+        (workflows / name).write_text(content)
+    return workflows
+
+
+def _serve_and_fail(tmp_path: Path, workflows: Path) -> str:
+    """Start `bentoml serve` on the folder; it must exit non-zero. Returns its output."""
     log = tmp_path / "serve.log"
     proc, _ = start_server(service_env(workflows, tmp_path / "work"), log)
     try:
@@ -28,27 +35,16 @@ def _serve_and_fail(tmp_path, files):
 
 
 def test_ui_format_workflow_is_refused_with_export_hint(tmp_path):
-    out = _serve_and_fail(tmp_path, ["ui_format.json"])
+    out = _serve_and_fail(tmp_path, _workflows(tmp_path, {"ui_format.json": (GRAPHS / "ui_format.json").read_text()}))
     assert "ui_format.json" in out and "Save (API Format)" in out
 
 
 def test_unknown_node_is_refused_naming_file_node_and_class(tmp_path):
-    out = _serve_and_fail(tmp_path, ["unknown_node.json"])
+    out = _serve_and_fail(tmp_path, _workflows(tmp_path, {"unknown_node.json": (GRAPHS / "unknown_node.json").read_text()}))
     assert "unknown_node.json" in out and "node 2 (SuperResolutionMagic)" in out
 
 
 def test_model_missing_from_lock_is_refused(tmp_path):
     graph = (ROOT / "workflows" / "txt2img.json").read_text().replace("tiny-sd.safetensors", "sd_xl_base_1.0.safetensors")
-    (tmp_path / "src").mkdir()
-    (GRAPHS_COPY := tmp_path / "src" / "sdxl.json").write_text(graph)
-    workflows = tmp_path / "workflows"
-    workflows.mkdir()
-    shutil.copy(GRAPHS_COPY, workflows / "sdxl.json")
-    log = tmp_path / "serve.log"
-    proc, _ = start_server(service_env(workflows, tmp_path / "work"), log)
-    try:
-        assert proc.wait(timeout=180) != 0
-    finally:
-        stop_server(proc)
-    out = log.read_text()
+    out = _serve_and_fail(tmp_path, _workflows(tmp_path, {"sdxl.json": graph}))
     assert "node 4 (CheckpointLoaderSimple)" in out and "sd_xl_base_1.0.safetensors" in out and "models.lock" in out

@@ -102,3 +102,32 @@ def test_node_failure_names_the_node_and_the_engine_goes_on(engine):
     assert "node 10 (RaiseOnText)" in failed.error and "asked to fail" in failed.error
     assert _run(engine, "failing", trigger="fine", seed=1).ok
     assert _run(engine, "txt2img", seed=1, width=64, height=64, steps=2).ok
+
+
+def test_out_of_memory_splits_the_batch_and_remembers_what_fits(engine, monkeypatch):
+    """A device OOM (simulated above 2 images: there is no GPU here) inside ComfyUI's real executor."""
+    import comfy.sample
+    import torch
+
+    real_sample = comfy.sample.sample
+    sizes: list[int] = []
+
+    def limited(model, noise, *args, **kwargs):
+        sizes.append(noise.shape[0])
+        if noise.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real_sample(model, noise, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample", limited)
+    items = [EngineItem(values={"prompt": f"oom {i}", "width": 64, "height": 64, "steps": 2}, seed=i) for i in range(5)]
+    results = engine.run("txt2img", items)
+    assert all(r.ok for r in results) and [r.seed for r in results] == [0, 1, 2, 3, 4]
+    assert sizes == [5, 2, 3, 1, 2]
+    key = next(iter(engine.batcher._fits))
+    assert engine.batcher.largest_fit(key) == 2
+    sizes.clear()
+    assert all(r.ok for r in engine.run("txt2img", items))
+    assert sizes == [2, 2, 1]  # the remembered fit is used straight away
+    monkeypatch.setattr(comfy.sample, "sample", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated")))
+    alone = engine.run("txt2img", [EngineItem(values={"prompt": "x", "width": 64, "height": 64, "steps": 2}, seed=1)])[0]
+    assert not alone.ok and alone.error_kind == "oom" and alone.status == 503
