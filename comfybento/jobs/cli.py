@@ -12,6 +12,7 @@ import argparse
 import csv
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -72,6 +73,7 @@ def download_finished(http: httpx.Client, job_id: str, out: Path) -> tuple[int, 
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one log line per download would bury the progress bar
     rows = read_rows(Path(args.file))
     out = Path(args.out or f"{Path(args.file).stem}-images")
     out.mkdir(parents=True, exist_ok=True)
