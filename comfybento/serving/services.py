@@ -3,9 +3,10 @@
 - `ComfyEngine` (GPU side, one worker): owns the embedded ComfyUI. One
   batchable API per workflow, fed by BentoML's adaptive batcher.
 - `ComfyBento` (the entry service): one typed endpoint per workflow,
-  `POST /<name>` (JSON with base64 PNGs) and `POST /<name>/png` (the first
-  image as image/png). It validates, admits or sheds load, and forwards to
-  the engine.
+  `POST /<name>` (JSON with base64 PNGs; also a BentoML task) and
+  `POST /<name>/png` (the first image as image/png). It validates, admits or
+  sheds load, and forwards to the engine. It also serves the jobs API and runs
+  this replica's job worker.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from starlette.responses import JSONResponse, Response
 
-from comfybento.errors import ComfyBentoError
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
 from comfybento.outputs.encoding import b64, decode_b64, normalize_upload
@@ -169,5 +169,3 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         service.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     return service
 
-
-__all__ = ["ComfyBentoError", "make_engine_service", "make_front_service"]
