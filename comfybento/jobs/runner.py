@@ -115,7 +115,7 @@ class JobRunner:
         record = {"outputs": outputs, "queue_ms": result.queue_ms, "execution_ms": result.execution_ms, "batch_size": result.batch_size}
         if not self.store.complete(self.owner, lease, record):
             for out in outputs:  # the lease was lost: another worker owns this item now
-                self.storage.delete_prefix(out["key"])
+                self.storage.delete(str(out["key"]))
             return
         if lease.use_cache:
             self.store.cache_put(cache_key(lease), record)
