@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from comfybento.errors import ConfigError
 
@@ -147,7 +148,7 @@ def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ..
     return value
 
 
-def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, object]:
+def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
     backend = _choice(env, "COMFYBENTO_JOBS_BACKEND", "sqlite", ("sqlite", "redis"))
     redis_url = env.get("COMFYBENTO_REDIS_URL", "").strip()
     if backend == "redis" and not redis_url:

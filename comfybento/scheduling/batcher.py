@@ -73,7 +73,7 @@ class Batcher(Generic[T, R]):
 
     def _run_chunk(self, k: str, chunk: list[T], execute: Callable[[list[T]], list[R]]) -> list[R | Exception]:
         try:
-            results = list(execute(chunk))
+            results: list[R | Exception] = list(execute(chunk))
             self._remember_ok(k, len(chunk))
             return results
         except OutOfMemory as exc:

@@ -104,9 +104,9 @@ class Engine:
                     path.unlink(missing_ok=True)
         by_id = {id(p): o for p, o in zip(ok, outcomes, strict=True)}
         results = []
-        for p in prepared:
-            outcome = by_id[id(p)] if isinstance(p, Prepared) else p
-            results.append(outcome if isinstance(outcome, ItemResult) else self._failure(spec, outcome, p))
+        for entry in prepared:
+            outcome = by_id[id(entry)] if isinstance(entry, Prepared) else entry
+            results.append(outcome if isinstance(outcome, ItemResult) else self._failure(spec, outcome, entry))
         return results
 
     def _prepare(self, spec: WorkflowSpec, item: EngineItem) -> Prepared:

@@ -118,15 +118,20 @@ def _json_endpoint(spec: WorkflowSpec) -> Any:
     return bentoml.task(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
 
 
+async def _png_response(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> Response:
+    result = await _generate(self, spec, values)
+    if isinstance(result, Response):
+        return result
+    if not result.ok or not result.images:
+        return _error_response(result.status if not result.ok else 500, result.error or "no image produced")
+    headers = {"X-Seed": str(result.seed)} if result.seed is not None else {}
+    return Response(decode_b64(result.images[0].png), media_type="image/png", headers=headers)
+
+
 def _png_endpoint(spec: WorkflowSpec) -> Any:
+    # The annotation documents image/png in the OpenAPI; BentoML sends the Response as it is.
     async def endpoint(self: Any, **values: Any) -> Annotated[Path, ContentType("image/png")]:
-        result = await _generate(self, spec, values)
-        if isinstance(result, Response):
-            return result
-        if not result.ok or not result.images:
-            return _error_response(result.status if not result.ok else 500, result.error or "no image produced")
-        headers = {"X-Seed": str(result.seed)} if result.seed is not None else {}
-        return Response(decode_b64(result.images[0].png), media_type="image/png", headers=headers)
+        return await _png_response(self, spec, values)  # type: ignore[return-value]
 
     endpoint.__name__ = f"{spec.name}_png"
     endpoint.__doc__ = f"Run the '{spec.name}' workflow; returns its first image as image/png (seed in X-Seed)."

@@ -72,7 +72,7 @@ def field_for(param: Param, images_as_base64: bool = False) -> tuple[Any, Any]:
         )
     if param.kind == "image":
         return (typ, Field(description=param.description))
-    extra = {"multiline": True} if param.multiline else None
+    extra: dict[str, Any] | None = {"multiline": True} if param.multiline else None
     return (
         Annotated[typ, Field(**_constraints(param))],
         Field(default=param.default, description=param.description, json_schema_extra=extra),
