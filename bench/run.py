@@ -30,7 +30,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.conftest import free_port, stop_server, wait_ready  # noqa: E402
+from tests.e2e.conftest import stop_server, wait_ready  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 Send = Callable[[httpx.AsyncClient, int], Awaitable[int]]
 # Every request of the whole run gets a distinct prompt and seed: ComfyUI's cache must never answer one.

@@ -113,6 +113,11 @@ class Settings:
     api_key: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def cpu_threads(self) -> int:
+        """Threads for torch's CPU ops: COMFYBENTO_TORCH_THREADS, else every core this process may use."""
+        return self.torch_threads or len(os.sched_getaffinity(0))
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)

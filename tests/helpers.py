@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 GRAPHS = ROOT / "tests" / "graphs"
 TEST_WORKFLOWS = ("two_outputs", "img2img", "cpack", "failing")
+
+
+def free_port() -> int:
+    """A free loopback TCP port for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def make_workflows_dir(target: Path, extra: tuple[str, ...] = TEST_WORKFLOWS) -> Path:

@@ -121,11 +121,13 @@ class JobRunner:
             self.store.cache_put(cache_key(lease), record)
 
     def _record_failure(self, lease: Lease, result: ItemResult) -> None:
-        kind = result.error_kind or "internal"
-        retryable = kind not in PERMANENT_KINDS and lease.attempt < self.max_attempts
-        error = {"kind": kind if result.status != 503 or kind != "internal" else "unavailable", "message": result.error or "failed",
-                 "retryable": kind not in PERMANENT_KINDS, "node_id": result.node_id, "class_type": result.class_type}
-        retry_at = now() + backoff_s(lease.attempt, self.retry_base_s) if retryable else None
+        kind: str = result.error_kind or "internal"
+        transient = kind not in PERMANENT_KINDS
+        if kind == "internal" and result.status == 503:
+            kind = "unavailable"
+        error = {"kind": kind, "message": result.error or "failed", "retryable": transient,
+                 "node_id": result.node_id, "class_type": result.class_type}
+        retry_at = now() + backoff_s(lease.attempt, self.retry_base_s) if transient and lease.attempt < self.max_attempts else None
         self.store.fail(self.owner, lease, error, retry_at)
 
     async def _deliver(self) -> None:

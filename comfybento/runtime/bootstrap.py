@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
 import sys
 import threading
 import types
@@ -86,8 +85,7 @@ def _bootstrap(settings: Settings) -> ComfyRuntime:
     tiny_model.register_tiny_config()
     device = str(mm.get_torch_device())
     log.info("ComfyUI %s from %s on %s", _comfy_version(), root, device)
-    threads = settings.torch_threads or len(os.sched_getaffinity(0))
-    return ComfyRuntime(root=root, device=device, server=server, cpu_threads=threads)
+    return ComfyRuntime(root=root, device=device, server=server, cpu_threads=settings.cpu_threads)
 
 
 class _MissingModule(types.ModuleType):
@@ -125,7 +123,7 @@ def _configure_args(settings: Settings) -> None:
     from comfy.cli_args import LatentPreviewMethod, args
 
     args.cpu = settings.force_cpu or not torch.cuda.is_available()
-    torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(settings.cpu_threads)
     args.preview_method = LatentPreviewMethod.NoPreviews
     args.disable_auto_launch = True
     args.dont_print_server = True

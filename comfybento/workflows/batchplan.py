@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from comfybento.workflows.graph import Graph, consumers, is_link, sorted_ids
-from comfybento.workflows.params import OUTPUT_IMAGE_CLASSES, Param, latent_source, text_source
+from comfybento.workflows.params import OUTPUT_IMAGE_CLASSES, Param, text_source
 
 BATCHABLE_ROLES = frozenset({"prompt", "negative_prompt", "seed"})
 
@@ -134,7 +134,3 @@ def merge_graph(plan: BatchPlan, bound: Graph, texts: list[dict[str, str]], seed
     graph[plan.sampler] = {"class_type": "ComfyBentoBatchKSampler", "inputs": inputs, "_meta": sampler.get("_meta", {})}
     return graph
 
-
-def uses_latent_node(graph: Graph, sampler: str) -> str | None:
-    """The node producing the sampler's latent, when it is an empty latent (for diagnostics)."""
-    return latent_source(graph, sampler)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ROOT, make_workflows_dir, service_env
+from tests.helpers import ROOT, free_port, make_workflows_dir, service_env
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"comfybento-test-secret").decode()
@@ -26,12 +25,6 @@ JOB_ENV = {
     "COMFYBENTO_JOB_LEASE_S": "4",
     "COMFYBENTO_JOB_RETRY_BASE_MS": "200",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(env_overrides: dict[str, str], log_path: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:

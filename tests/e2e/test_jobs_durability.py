@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from tests.e2e.conftest import JOB_ENV, kill_server, start_server, stop_server, wait_ready
 from tests.e2e.test_jobs import wait_job
-from tests.helpers import make_workflows_dir, service_env
+from tests.helpers import free_port, make_workflows_dir, service_env
 from tests.redis_server import redis_server
 
 pytestmark = pytest.mark.e2e
@@ -74,9 +73,7 @@ def test_kill_9_mid_job_then_restart_completes_every_item_once(tmp_path):
 
 @contextmanager
 def moto_server(tmp: Path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     binary = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
     proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=(tmp / "moto.log").open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
