@@ -23,9 +23,13 @@ def _generate(entry: ModelEntry, dest: Path) -> None:
 
 
 def _generators() -> dict[str, Callable[[Path], None]]:
-    from comfybento.runtime import tiny_model
+    from comfybento.runtime import full_size_models, tiny_model
 
-    return {"tiny-sd": tiny_model.generate_tiny_checkpoint}
+    return {
+        "tiny-sd": tiny_model.generate_tiny_checkpoint,
+        "sd15-random": full_size_models.generate_sd15_checkpoint,
+        "sdxl-random": full_size_models.generate_sdxl_checkpoint,
+    }
 
 
 def _download_url(entry: ModelEntry, dest: Path) -> None:
