@@ -1,6 +1,9 @@
 """BentoML façade: one typed endpoint per workflow in workflows/. No logic here.
 
     bentoml serve .          # or ./scripts/serve
+
+Importing this module never imports torch or ComfyUI: only the engine
+worker does, when its service starts (comfybento/serving/engine.py).
 """
 
 from __future__ import annotations
@@ -8,11 +11,16 @@ from __future__ import annotations
 import logging
 
 from comfybento.runtime.devices import engine_resources
+from comfybento.serving import lifecycle
 from comfybento.serving.project import get_project
 from comfybento.serving.services import make_engine_service, make_front_service
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.getLogger("comfybento").setLevel(logging.INFO)  # under `bentoml serve` the root logger is at WARNING
 
 _project = get_project()
+if lifecycle.in_worker():
+    lifecycle.install(_project.settings.drain_timeout_s)
+    logging.getLogger("uvicorn.error").setLevel(logging.INFO)  # "Waiting for connections to close" on stop
 ComfyEngine = make_engine_service(_project, engine_resources(_project.settings))
 ComfyBento = make_front_service(_project, ComfyEngine)

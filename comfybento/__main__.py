@@ -32,12 +32,28 @@ def _models(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _object_info(args: argparse.Namespace) -> int:
+    """Import ComfyUI here and write its node definitions (the snapshot the web tier reads)."""
+    from pathlib import Path
+
+    from comfybento.runtime.bootstrap import bootstrap, comfy_version
+    from comfybento.runtime.registry import object_info
+    from comfybento.workflows.node_info import write_snapshot
+
+    bootstrap(get_settings())
+    write_snapshot(Path(args.out), object_info(), comfy_version())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comfybento")
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="fetch or verify the files in models.lock")
     models.add_argument("action", choices=["fetch", "verify"])
     models.set_defaults(func=_models)
+    info = sub.add_parser("object-info", help="write ComfyUI's node definitions to a JSON file (used by the web tier)")
+    info.add_argument("--out", required=True)
+    info.set_defaults(func=_object_info)
     from comfybento.jobs.cli import add_parser
 
     add_parser(sub)

@@ -81,6 +81,17 @@ class Settings:
     torch_threads: int
     # Ask BentoML for a GPU for the engine: True/False, or None to use one if present.
     gpu: bool | None
+    # Where the node-definition snapshot (ComfyUI's object_info) is cached, keyed by a fingerprint.
+    cache_dir: Path = Path.home() / ".cache" / "comfybento"
+    # On SIGTERM: seconds in-flight and queued requests get to finish before they are failed with 503.
+    drain_timeout_s: int = 20
+    # Threads that encode outputs (PNG/WebP/JPEG) beside the executor; 0 = one per core, at most 8.
+    encode_threads: int = 0
+    # How requests reach the engine: "scheduler" (comfybento's own, the default) or
+    # "bentoml" (BentoML's adaptive batcher in front of it: kept to benchmark the two).
+    engine_entry: str = "scheduler"
+    # Compile the diffusion model with torch.compile (ComfyUI's own model patching), warmed up before ready.
+    compile: bool = False
     # ---- batch jobs
     # Where jobs live: "sqlite" (an embedded file, the default) or "redis" (shared by replicas).
     jobs_backend: str = "sqlite"
@@ -118,6 +129,10 @@ class Settings:
         """Threads for torch's CPU ops: COMFYBENTO_TORCH_THREADS, else every core this process may use."""
         return self.torch_threads or len(os.sched_getaffinity(0))
 
+    @property
+    def encode_workers(self) -> int:
+        return self.encode_threads or min(8, len(os.sched_getaffinity(0)))
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
@@ -142,6 +157,11 @@ class Settings:
             torch_threads=_int(env, "COMFYBENTO_TORCH_THREADS", 0),
             fetch_models=_bool(env, "COMFYBENTO_FETCH_MODELS", False),
             gpu=_bool(env, "COMFYBENTO_GPU", False) if env.get("COMFYBENTO_GPU", "").strip() else None,
+            cache_dir=_path(env, "COMFYBENTO_CACHE_DIR", Path.home() / ".cache" / "comfybento"),
+            drain_timeout_s=_int(env, "COMFYBENTO_DRAIN_TIMEOUT_S", 20),
+            encode_threads=_int(env, "COMFYBENTO_ENCODE_THREADS", 0),
+            engine_entry=_choice(env, "COMFYBENTO_ENGINE_ENTRY", "scheduler", ("scheduler", "bentoml")),
+            compile=_bool(env, "COMFYBENTO_COMPILE", False),
             **_job_settings(env, work_dir),
         )
 

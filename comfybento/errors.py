@@ -9,6 +9,7 @@ tuples and dicts are converted to these in exactly one place:
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 from bentoml.exceptions import BentoMLException
 
@@ -61,3 +62,45 @@ class OutOfMemory(ComfyBentoError):
 
 class QueueFull(ComfyBentoError):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class EngineUnavailable(ComfyBentoError):
+    """The engine restarted, is shutting down or cannot be reached; retrying is safe."""
+
+    error_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class InternalError(ComfyBentoError):
+    """An unexpected failure; the client sees this message, the log has the traceback."""
+
+
+# What each error is called in results and job records (the first matching class wins).
+_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (InvalidRequest, "invalid"),
+    (NodeExecutionError, "node"),
+    (OutOfMemory, "oom"),
+    (WorkflowError, "workflow"),
+    (QueueFull, "unavailable"),
+    (EngineUnavailable, "unavailable"),
+)
+
+
+def describe(exc: Exception) -> dict[str, Any]:
+    """The client-safe fields of an error: status, kind, message and, for node errors, the node.
+
+    The one place where an exception becomes what a client sees. Anything that
+    is not a ComfyBentoError is an internal error: its message may hold server
+    paths, so the client gets a generic one (the caller logs the traceback).
+    """
+    kind = next((k for cls, k in _KINDS if isinstance(exc, cls)), "internal")
+    if getattr(exc, "error_code", None) == 499:
+        kind = "cancelled"
+    safe = isinstance(exc, ComfyBentoError)
+    fields: dict[str, Any] = {
+        "status": int(exc.error_code) if isinstance(exc, ComfyBentoError) else 500,
+        "error_kind": kind,
+        "error": str(exc) if safe else "internal error (see the server log)",
+    }
+    if isinstance(exc, NodeExecutionError):
+        fields.update(node_id=exc.node_id, class_type=exc.class_type)
+    return fields

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -83,4 +84,5 @@ def archive(job_id: str) -> FileResponse:
 
 @app.get("/jobs/{job_id}/files/{name}", summary="One output image (local storage)", response_class=Response)
 def file(job_id: str, name: str) -> Response:
-    return Response(jobs().file(job_id, name), media_type="image/png")
+    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Response(jobs().file(job_id, name), media_type=media_type)

@@ -42,7 +42,8 @@ class OutputRef(BaseModel):
     index: int = Field(description="Position in that node's batch.")
     width: int
     height: int
-    url: str = Field(description="Where to download the PNG (a presigned URL with S3 storage).")
+    media_type: str = Field(default="image/png", description="image/png, image/webp or image/jpeg.")
+    url: str = Field(description="Where to download the image (a presigned URL with S3 storage).")
 
 
 class ItemFailure(BaseModel):
@@ -70,6 +71,8 @@ class ItemProgress(BaseModel):
     index: int
     state: str
     attempts: int
+    step: int | None = Field(default=None, description="Sampler step of a running item (from the engine's events).")
+    steps: int | None = Field(default=None, description="Sampler steps of a running item.")
 
 
 class DeliveryOut(BaseModel):

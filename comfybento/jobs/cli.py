@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from comfybento.outputs.encoding import EXTENSIONS
+
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
@@ -59,7 +61,8 @@ def download_finished(http: httpx.Client, job_id: str, out: Path) -> tuple[int, 
         for item in page["items"]:
             if item["state"] == "succeeded":
                 for o in item["outputs"]:
-                    target = out / f"{item['index']:05d}-{o['output']}-{o['index']}.png"
+                    ext = EXTENSIONS.get(o.get("media_type", "image/png"), "png")
+                    target = out / f"{item['index']:05d}-{o['output']}-{o['index']}.{ext}"
                     if not target.exists():
                         data = http.get(o["url"]).raise_for_status().content
                         target.with_suffix(".part").write_bytes(data)

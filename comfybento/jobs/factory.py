@@ -35,4 +35,5 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
         webhook_secret=settings.webhook_secret, allow=allow, webhook_max_attempts=settings.webhook_max_attempts,
         webhook_backoff_s=settings.webhook_backoff_s,
     )
+    service.live_progress = runner.progress
     return service, runner

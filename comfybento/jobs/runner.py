@@ -15,17 +15,20 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from comfybento.jobs.records import Lease, backoff_s, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList, attempt
-from comfybento.outputs.encoding import decode_b64
+from comfybento.outputs.encoding import EXTENSIONS
 from comfybento.outputs.storage import Storage
-from comfybento.serving.messages import EngineItem, ItemResult
+from comfybento.serving.messages import ItemResult
 
 log = logging.getLogger(__name__)
 
-Execute = Callable[[str, EngineItem], Awaitable[ItemResult]]
+OnEvent = Callable[[dict[str, Any]], None]
+# (workflow, item values, seed, event callback) -> result; events are the engine's (queued, started, progress ...)
+Execute = Callable[[str, dict[str, Any], "int | None", OnEvent], Awaitable[ItemResult]]
 PERMANENT_KINDS = ("invalid", "workflow", "node")
 
 
@@ -49,6 +52,8 @@ class JobRunner:
         self.retention_s = retention_s
         self.webhook = (webhook_secret, allow, webhook_max_attempts, webhook_backoff_s)
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        # (job id, index) -> {"step": i, "steps": n} of the items running on this replica
+        self.progress: dict[tuple[str, int], dict[str, int]] = {}
         self._stop = asyncio.Event()
 
     async def run_forever(self) -> None:
@@ -83,7 +88,7 @@ class JobRunner:
             key = (lease.job_id, lease.index)
             task = asyncio.create_task(self._run_item(lease))
             self._running[key] = task
-            task.add_done_callback(lambda _t, k=key: self._running.pop(k, None))  # type: ignore[misc]
+            task.add_done_callback(lambda _t, k=key: (self._running.pop(k, None), self.progress.pop(k, None)))  # type: ignore[misc]
         return len(leases)
 
     async def _run_item(self, lease: Lease) -> None:
@@ -91,8 +96,12 @@ class JobRunner:
             if lease.use_cache and (cached := await asyncio.to_thread(self.store.cache_get, cache_key(lease))):
                 await asyncio.to_thread(self.store.complete, self.owner, lease, {**cached, "cached": True})
                 return
+            def on_event(event: dict[str, Any], key: tuple[str, int] = (lease.job_id, lease.index)) -> None:
+                if event.get("event") == "progress":
+                    self.progress[key] = {"step": int(event["value"]), "steps": int(event["max"])}
+
             try:
-                result = await self.execute(lease.workflow, EngineItem(values=lease.params, seed=lease.seed, submitted_at=now()))
+                result = await self.execute(lease.workflow, lease.params, lease.seed, on_event)
             except Exception as exc:  # engine unreachable, shutting down ...: transient
                 log.warning("job %s item %d: engine call failed: %s", lease.job_id, lease.index, exc)
                 result = ItemResult(ok=False, status=503, error=f"engine unavailable: {exc}", error_kind="internal")
@@ -107,11 +116,12 @@ class JobRunner:
 
     def _record_success(self, lease: Lease, result: ItemResult) -> None:
         outputs = []
-        for image in result.images:
-            key = f"{lease.job_id}/{lease.index:05d}-a{lease.attempt}-{image.output}-{image.index}.png"
-            self.storage.put(key, decode_b64(image.png), "image/png")
-            outputs.append({"output": image.output, "node_id": image.node_id, "index": image.index,
-                            "width": image.width, "height": image.height, "key": key})
+        for blob in result.outputs:
+            ext = EXTENSIONS.get(blob.media_type, "bin")
+            key = f"{lease.job_id}/{lease.index:05d}-a{lease.attempt}-{blob.output}-{blob.index}.{ext}"
+            self.storage.put(key, blob.data, blob.media_type)
+            outputs.append({"output": blob.output, "node_id": blob.node_id, "index": blob.index, "width": blob.width,
+                            "height": blob.height, "media_type": blob.media_type, "key": key})
         record = {"outputs": outputs, "queue_ms": result.queue_ms, "execution_ms": result.execution_ms, "batch_size": result.batch_size}
         if not self.store.complete(self.owner, lease, record):
             for out in outputs:  # the lease was lost: another worker owns this item now

@@ -72,8 +72,10 @@ class JobService:
         self.allow = allow
         self.max_items = max_items
         self.retention_s = retention_s
+        # (job id, index) -> {"step", "steps"} of items running on this replica (the runner fills it)
+        self.live_progress: dict[tuple[str, int], dict[str, int]] = {}
         self.item_models: dict[str, type[BaseModel]] = {
-            name: build_input_model(name, list(spec.params), images_as_base64=True) for name, spec in catalog.items()}
+            name: build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True) for name, spec in catalog.items()}
 
     # ------------------------------------------------------------ submit
 
@@ -132,7 +134,8 @@ class JobService:
         return JobStatus(
             id=job.id, workflow=job.workflow, state=job.state, priority=job.priority, total=job.total, counts=job.counts,
             created_at=job.created_at, finished_at=job.finished_at, eta_s=_eta(job, items),
-            items=[ItemProgress(index=i.index, state=i.state, attempts=i.attempts) for i in items],
+            items=[ItemProgress(index=i.index, state=i.state, attempts=i.attempts,
+                                **(self.live_progress.get((job_id, i.index), {}) if i.state == "running" else {})) for i in items],
             webhooks=[DeliveryOut(id=d.id, event=d.event, url=d.url, state=d.state, attempts=d.log) for d in self.store.deliveries(job_id)],
         )
 
@@ -160,7 +163,8 @@ class JobService:
             while batch := self.store.get_items(job_id, offset, 500):
                 for item in batch:
                     for out in (item.result or {}).get("outputs", []):
-                        zf.writestr(f"{item.index:05d}-{out['output']}-{out['index']}.png", self.storage.get(out["key"]))
+                        ext = str(out["key"]).rsplit(".", 1)[-1]
+                        zf.writestr(f"{item.index:05d}-{out['output']}-{out['index']}.{ext}", self.storage.get(out["key"]))
                 offset += len(batch)
         return target
 

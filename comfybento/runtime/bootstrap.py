@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import sys
 import threading
 import types
@@ -77,6 +78,7 @@ def _bootstrap(settings: Settings) -> ComfyRuntime:
     import comfy.model_management as mm  # probes the device, after args are set
 
     server = _install_server_stub()
+    _install_progress_hook(server)
     _load_nodes()
     from comfybento.runtime import nodes as our_nodes
     from comfybento.runtime import tiny_model
@@ -84,7 +86,7 @@ def _bootstrap(settings: Settings) -> ComfyRuntime:
     our_nodes.register()
     tiny_model.register_tiny_config()
     device = str(mm.get_torch_device())
-    log.info("ComfyUI %s from %s on %s", _comfy_version(), root, device)
+    log.info("ComfyUI %s from %s on %s", comfy_version(), root, device)
     return ComfyRuntime(root=root, device=device, server=server, cpu_threads=settings.cpu_threads)
 
 
@@ -117,16 +119,34 @@ def stub_missing_torchvision() -> None:
 
 def _configure_args(settings: Settings) -> None:
     import comfy.options
-    import torch
 
     comfy.options.enable_args_parsing(False)  # never parse the host process's argv
     from comfy.cli_args import LatentPreviewMethod, args
+
+    _choose_cuda_allocator(settings)
+    import torch
 
     args.cpu = settings.force_cpu or not torch.cuda.is_available()
     torch.set_num_threads(settings.cpu_threads)
     args.preview_method = LatentPreviewMethod.NoPreviews
     args.disable_auto_launch = True
     args.dont_print_server = True
+
+
+def _choose_cuda_allocator(settings: Settings) -> None:
+    """Use the CUDA allocator stock ComfyUI chooses (cudaMallocAsync where the GPU supports it).
+
+    ComfyUI's own `cuda_malloc` module decides and sets PYTORCH_CUDA_ALLOC_CONF;
+    it must run before torch is first imported, which is why the arbiter and
+    the front never import torch and the engine bootstraps first.
+    """
+    if settings.force_cpu:
+        return
+    if "torch" in sys.modules:
+        log.warning("torch was imported before ComfyUI's bootstrap: the CUDA allocator cannot be chosen")
+        return
+    importlib.import_module("cuda_malloc")
+    log.info("PYTORCH_CUDA_ALLOC_CONF=%s", os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""))
 
 
 def _configure_folders(settings: Settings, root: Path) -> None:
@@ -166,6 +186,19 @@ def _install_server_stub() -> PromptServerStandIn:
     return stand_in
 
 
+def _install_progress_hook(server: PromptServerStandIn) -> None:
+    """Sampler steps reach the running request as "progress" events; tqdm bars stay out of the log."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    def hook(value: int, total: int, preview_image: Any, prompt_id: Any = None, node_id: Any = None) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        server.send_sync("progress", {"value": int(value), "max": int(total), "node": node_id})
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    comfy.utils.set_progress_bar_enabled(False)
+
+
 def _load_nodes() -> None:
     import nodes
 
@@ -194,7 +227,7 @@ def run_coroutine(coro: Any) -> Any:
     return result.get("value")
 
 
-def _comfy_version() -> str:
+def comfy_version() -> str:
     try:
         import comfyui_version
 

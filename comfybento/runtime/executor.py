@@ -1,22 +1,25 @@
-"""Run graphs through ComfyUI's own executor: one per process, kept warm.
+"""Run graphs through ComfyUI's own executor: one per process, kept warm, on one thread.
 
-`ComfyExecutor.run(graph)` validates the graph with ComfyUI's validator, swaps
+All ComfyUI work runs on one dedicated thread: ComfyUI's executor and model
+management are process-global, and torch's CPU thread pool (OpenMP) is owned
+by the thread that uses it; switching threads between calls leaves the old
+pool spinning and halves CPU speed. The engine runs its scheduler loop on this
+thread (`start`), so `execute` is called there directly.
+
+`execute(graph)` validates the graph with ComfyUI's validator, swaps
 image-saving nodes for collectors and checkpoint loaders for pinned ones,
-executes, and returns each output node's image tensors. ComfyUI's caches and
-loaded models live across calls. All ComfyUI work runs on one dedicated thread:
-ComfyUI's executor and model management are process-global, and torch's CPU
-thread pool (OpenMP) is owned by the thread that uses it; switching threads
-between calls leaves the old pool spinning and halves CPU speed.
+executes, and returns each output node's images as uint8 tensors on the CPU.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
@@ -29,6 +32,8 @@ from comfybento.workflows.params import OUTPUT_IMAGE_CLASSES
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, dict[str, Any]], None]
+T = TypeVar("T")
+THREAD_NAME = "comfy-executor"
 
 
 def _preload(ckpt_name: str) -> None:
@@ -37,6 +42,15 @@ def _preload(ckpt_name: str) -> None:
     from comfybento.runtime.nodes import pinned_checkpoint
 
     mm.load_models_gpu([pinned_checkpoint(ckpt_name)[0]])
+
+
+def _compile(ckpt_name: str) -> None:
+    """torch.compile the diffusion model through ComfyUI's own model patching (applied at sample time)."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    from comfybento.runtime.nodes import pinned_checkpoint
+
+    set_torch_compile_wrapper(pinned_checkpoint(ckpt_name)[0], backend="inductor")
 
 
 def prepare_for_execution(graph: Graph) -> Graph:
@@ -54,24 +68,31 @@ def prepare_for_execution(graph: Graph) -> Graph:
 
 class ComfyExecutor:
     def __init__(self, runtime: ComfyRuntime) -> None:
+        self._runtime = runtime
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
+        self._executor = self.call(self._make_executor)
+
+    def _make_executor(self) -> Any:
         import execution
 
-        self._runtime = runtime
-        self._executor = execution.PromptExecutor(
-            runtime.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
-        )
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="comfy-executor")
-        self._thread.submit(torch.set_num_threads, runtime.cpu_threads).result()
+        torch.set_num_threads(self._runtime.cpu_threads)
+        return execution.PromptExecutor(self._runtime.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
 
-    def run(self, graph: Graph, field_names: FieldNames | None = None, listener: Listener | None = None) -> dict[str, torch.Tensor]:
-        """Execute a bound graph; returns {output node id: images (B, H, W, C)}."""
-        return self._thread.submit(self._run, graph, field_names, listener).result()
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn on the executor thread and wait for it."""
+        return self._thread.submit(fn, *args).result()
 
-    def _run(self, graph: Graph, field_names: FieldNames | None, listener: Listener | None) -> dict[str, torch.Tensor]:
+    def start(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run fn (the scheduler loop) on the executor thread without waiting."""
+        return self._thread.submit(fn, *args)
+
+    def execute(self, graph: Graph, field_names: FieldNames | None = None, listener: Listener | None = None) -> dict[str, torch.Tensor]:
+        """Execute a bound graph (on the executor thread); returns {output node id: uint8 images (B, H, W, C)}."""
         import execution
 
         from comfybento.runtime import nodes as our_nodes
 
+        assert threading.current_thread().name.startswith(THREAD_NAME), "ComfyExecutor.execute runs on the executor thread"
         prompt = prepare_for_execution(graph)
         prompt_id = uuid.uuid4().hex
         valid = run_coroutine(execution.validate_prompt(prompt_id, prompt, None))
@@ -90,10 +111,22 @@ class ComfyExecutor:
 
     def preload_checkpoint(self, ckpt_name: str) -> None:
         """Load a checkpoint and move its diffusion model onto the device now."""
-        self._thread.submit(_preload, ckpt_name).result()
+        self.call(_preload, ckpt_name)
+
+    def compile_checkpoint(self, ckpt_name: str) -> None:
+        self.call(_compile, ckpt_name)
+
+    @staticmethod
+    def prompt_chunks(ckpt_name: str, text: str) -> int:
+        from comfybento.runtime.nodes import prompt_chunks
+
+        return prompt_chunks(ckpt_name, text)
 
     @staticmethod
     def device_name() -> str:
         import comfy.model_management as mm
 
         return str(mm.get_torch_device())
+
+    def shutdown(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)

@@ -9,11 +9,12 @@
 - ComfyBentoPinnedCheckpoint: replaces CheckpointLoaderSimple; returns the
   checkpoint preloaded at startup, shared by every workflow.
 - ComfyBentoBatchConditioning / ComfyBentoBatchKSampler: the merged graph of
-  a cross-request batch (see runtime/batching.py).
+  a cross-request batch (see workflows/batchplan.py).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import threading
@@ -70,14 +71,39 @@ class CollectImages:
     def collect(self, images: torch.Tensor, slot: str) -> tuple[()]:
         bucket = getattr(_collect, "bucket", None)
         if bucket is not None:
-            bucket.setdefault(slot, []).append(images.detach().cpu())
+            bucket.setdefault(slot, []).append(to_uint8(images))
         return ()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """IMAGE floats in [0, 1] -> uint8 on the device, then to the CPU (4x less to copy).
+
+    Truncates like stock ComfyUI's SaveImage (numpy astype after * 255 and clip).
+    """
+    return (images.detach() * 255.0).clamp_(0, 255).to(torch.uint8).cpu()
 
 
 # ------------------------------------------------------------------ checkpoints
 
 _pinned: dict[str, tuple[Any, ...]] = {}
 _pinned_lock = threading.Lock()
+
+
+_tokenizers: dict[str, Any] = {}
+_tokenizer_lock = threading.Lock()
+
+
+def prompt_chunks(ckpt_name: str, text: str) -> int:
+    """How many 77-token chunks the checkpoint's text encoder makes of a prompt (its conditioning length).
+
+    Runs beside the executor (when a request is queued), on a private copy of
+    the tokenizer: the executor thread uses the original at the same time.
+    """
+    with _tokenizer_lock:
+        if ckpt_name not in _tokenizers:
+            _tokenizers[ckpt_name] = copy.deepcopy(pinned_checkpoint(ckpt_name)[1].tokenizer)
+        tokens = _tokenizers[ckpt_name].tokenize_with_weights(text)
+    return max((len(chunks) for chunks in tokens.values()), default=1) if isinstance(tokens, dict) else 1
 
 
 def pinned_checkpoint(ckpt_name: str) -> tuple[Any, ...]:
@@ -174,12 +200,22 @@ def _cpack_nodes() -> dict[str, type]:
 # ------------------------------------------------------------------ batching
 
 
+MAX_CONCAT_REPEAT = 4  # ComfyUI's CONDCrossAttn.can_concat refuses to pad beyond 4x too
+
+
 def _cat_conditioning(conds: list[Any]) -> Any:
-    """Batch single-entry conditionings: [[tensor(1,T,D), {...}]] x N -> [[tensor(N,T',D), {...}]]."""
+    """Batch single-entry conditionings: [[tensor(1,T,D), {...}]] x N -> [[tensor(N,T',D), {...}]].
+
+    The scheduler's token buckets give equal lengths; should they differ, each is
+    repeated to their least common multiple, but never more than 4x (the batch
+    then fails and the scheduler runs its requests one by one).
+    """
     tensors = [c[0][0] for c in conds]
     length = 1
     for t in tensors:
         length = length * t.shape[1] // _gcd(length, t.shape[1])
+    if length > MAX_CONCAT_REPEAT * min(t.shape[1] for t in tensors):
+        raise ValueError(f"prompt lengths {sorted({t.shape[1] for t in tensors})} are too different to share a batch")
     # Repeating a whole token sequence k times leaves cross-attention unchanged.
     tensors = [t.repeat(1, length // t.shape[1], 1) if t.shape[1] != length else t for t in tensors]
     extras: dict[str, Any] = {}

@@ -1,51 +1,49 @@
-"""ComfyUI's node registry as plain `NodeDef`s, for checks and parameter inference."""
+"""ComfyUI's node registry as JSON: the node-definition snapshot the front and arbiter read.
+
+`object_info()` describes every registered node class as ComfyUI's own
+`/object_info` route does (inputs with types, bounds and choices; outputs;
+whether it is an output node). `comfybento.workflows.node_info` writes it to a
+file in a child process and parses it back into `NodeDef`s, so processes that
+must not import torch still type every workflow exactly as the engine does.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
-
-from comfybento.workflows.graph import InputDef, NodeDef
 
 log = logging.getLogger(__name__)
 
 
-def _input_def(name: str, spec: Any, required: bool) -> InputDef:
-    if not isinstance(spec, (tuple, list)) or not spec:
-        return InputDef(name=name, type=str(spec), required=required)
-    typ, options = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
-    if isinstance(typ, (list, tuple)):
-        return InputDef(name=name, type="COMBO", required=required, options=options, choices=tuple(map(str, typ)))
-    if typ == "COMBO":
-        choices = tuple(map(str, options.get("options", ())))
-        return InputDef(name=name, type="COMBO", required=required, options=options, choices=choices)
-    return InputDef(name=name, type=str(typ), required=required, options=options)
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists, anything exotic (types, callables) to its string form."""
+    return json.loads(json.dumps(value, default=str))
 
 
-def node_def(class_type: str, cls: Any) -> NodeDef:
+def class_info(cls: Any) -> dict[str, Any]:
     spec = cls.INPUT_TYPES()
-    inputs: dict[str, InputDef] = {}
-    for section, required in (("required", True), ("optional", False)):
+    inputs: dict[str, dict[str, Any]] = {}
+    for section in ("required", "optional"):
         table = spec.get(section) or {}
-        for name in list(dict.keys(table)) if isinstance(table, dict) else []:
-            inputs[name] = _input_def(name, dict.__getitem__(table, name), required)
-    return NodeDef(
-        class_type=class_type,
-        inputs=inputs,
-        output_node=bool(getattr(cls, "OUTPUT_NODE", False)),
-        return_types=tuple(str(t) for t in getattr(cls, "RETURN_TYPES", ()) or ()),
-        description=str(getattr(cls, "DESCRIPTION", "") or ""),
-    )
+        names = list(dict.keys(table)) if isinstance(table, dict) else []
+        inputs[section] = {name: _jsonable(dict.__getitem__(table, name)) for name in names}
+    return {
+        "input": inputs,
+        "output": [str(t) for t in getattr(cls, "RETURN_TYPES", ()) or ()],
+        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+        "description": str(getattr(cls, "DESCRIPTION", "") or ""),
+    }
 
 
-def node_defs() -> dict[str, NodeDef]:
+def object_info() -> dict[str, dict[str, Any]]:
     """Every registered node class; classes whose INPUT_TYPES fails are skipped and logged."""
     import nodes
 
-    defs = {}
+    info = {}
     for class_type, cls in list(nodes.NODE_CLASS_MAPPINGS.items()):
         try:
-            defs[class_type] = node_def(class_type, cls)
+            info[class_type] = class_info(cls)
         except Exception as exc:
             log.warning("node %s: INPUT_TYPES failed (%s); workflows using it will not load", class_type, exc)
-    return defs
+    return info

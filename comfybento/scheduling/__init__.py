@@ -1,1 +1,1 @@
-"""Batch forming and admission control; testable without ComfyUI."""
+"""The scheduler (what runs next on the executor), its events, and admission control; no ComfyUI here."""

@@ -1,202 +1,337 @@
-"""The engine: turns a batch of requests for one workflow into ComfyUI executions.
+"""The engine: one scheduler in front of ComfyUI's executor, output encoding beside it.
 
-Runs in the GPU-side service. BentoML's adaptive batcher hands it a list of
-EngineItems; it binds each into the graph, groups items that can share an
-execution (batching.shape_key), merges each group into one graph
-(workflows/batchplan.py), executes it on the warm ComfyUI executor and splits
-the images back per request.
+Runs only in the engine service, the one process that imports torch and ComfyUI.
+
+    submit(workflow, item, sink)   bind the request into its graph, store its files, compute its
+                                   shape key (token-length bucket included), queue it
+    executor thread                scheduler.run_forever(self._execute): one graph per batch
+                                   (merged when several requests share it), uint8 images out
+    encoding pool                  each request's images -> PNG/WebP/JPEG -> OutputReady..., Done
+
+Each request's sink gets its events: queued, started, progress (sampler steps),
+one output per image as soon as it is encoded, then done or failed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import threading
 import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfybento.errors import ComfyBentoError, InvalidRequest, ModelLockError, NodeExecutionError, OutOfMemory, WorkflowError
-from comfybento.models.lock import verify_entry
-from comfybento.outputs.encoding import b64, decode_b64, png_bytes, to_pil
-from comfybento.runtime.executor import ComfyExecutor
-from comfybento.scheduling.batcher import Batcher
+from comfybento.config import Settings
+from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest, ModelLockError, WorkflowError, describe
+from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
+from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Progress
+from comfybento.scheduling.scheduler import Job, Scheduler, Stats
 from comfybento.serving import metrics
-from comfybento.serving.messages import EngineItem, ItemResult
-from comfybento.serving.project import Project
+from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob
 from comfybento.workflows.batchplan import BATCHABLE_ROLES, DETERMINISTIC_SAMPLERS, merge_graph
 from comfybento.workflows.binding import bind, shape_key
 from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.graph import Graph
-from comfybento.workflows.schema import ImageOutput
+from comfybento.workflows.graph import Graph, is_link
 
 log = logging.getLogger(__name__)
+
+Sink = Callable[[Event], None]
 
 
 @dataclass
 class Prepared:
+    spec: WorkflowSpec
     item: EngineItem
     graph: Graph
     seed: int | None
     texts: dict[str, str]
-    key: str
-    can_batch: bool
+    encoding: Encoding
     files: list[Path] = field(default_factory=list)
 
 
+class Collector:
+    """A sink that gathers one request's events into an ItemResult (tests, warm-up, BentoML's batcher)."""
+
+    def __init__(self) -> None:
+        self.outputs: list[OutputBlob] = []
+        self.events: list[Event] = []
+        self.result: ItemResult | None = None
+        self._done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, OutputReady):
+            self.outputs.append(event.output)
+        elif isinstance(event, Done):
+            self.result = event.result.model_copy(update={"outputs": list(self.outputs)})
+            self._done.set()
+        elif isinstance(event, Failed):
+            self.result = ItemResult.failure(event.error)
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> ItemResult:
+        if not self._done.wait(timeout):
+            return ItemResult.failure(EngineUnavailable(f"no result within {timeout} s"))
+        assert self.result is not None
+        return self.result
+
+
 class Engine:
-    def __init__(self, project: Project) -> None:
-        self.project = project
-        self.catalog = project.catalog
-        self.executor = ComfyExecutor(project.runtime)
-        self.batcher: Batcher[Prepared, ItemResult] = Batcher()
-        self.input_dir = project.settings.work_dir / "input"
+    def __init__(self, settings: Settings, catalog: dict[str, WorkflowSpec]) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.scheduler: Scheduler[Prepared] = Scheduler()
+        self.input_dir = settings.work_dir / "input"
+        self.executor: Any = None  # runtime.executor.ComfyExecutor once started
+        self._encoders = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="comfybento-encode")
+        self._loop: Future[Any] | None = None
+        self._stats = Stats(0.0, 0.0, 0.0, 0, 0)
 
     # ------------------------------------------------------------ startup
 
     def start(self) -> None:
-        """Verify model files, preload every checkpoint onto the device, warm up each workflow."""
-        settings = self.project.settings
-        used = {m for spec in self.catalog.values() for m in spec.models}
-        problems = [p for m in sorted(used, key=lambda m: m.path) if (p := verify_entry(m, settings.models_dir, not settings.skip_hash_check))]
-        if problems:
-            raise ModelLockError("model files do not match models.lock: " + "; ".join(problems))
+        """Bootstrap ComfyUI, make sure models are present and intact, preload them, start the loop, warm up."""
+        from comfybento.runtime.bootstrap import bootstrap
+        from comfybento.runtime.executor import ComfyExecutor
+
+        runtime = bootstrap(self.settings)
+        self._check_models()
+        self.executor = ComfyExecutor(runtime)
         for name in sorted({c for spec in self.catalog.values() for c in spec.checkpoints}):
             started = time.perf_counter()
             self.executor.preload_checkpoint(name)
+            if self.settings.compile:
+                self.executor.compile_checkpoint(name)
             log.info("preloaded %s on %s in %.2fs", name, self.executor.device_name(), time.perf_counter() - started)
+        self._loop = self.executor.start(self.scheduler.run_forever, self._execute)
         for spec in self.catalog.values():
             metrics.WORKFLOW_BATCHABLE.labels(workflow=spec.name).set(1 if spec.batch_plan else 0)
-            if settings.warmup:
+            if self.settings.warmup or self.settings.compile:
                 self._warm_up(spec)
 
+    def _check_models(self) -> None:
+        from comfybento.models.fetch import fetch_entry
+        from comfybento.models.lock import verify_entry
+
+        settings = self.settings
+        used = sorted({m for spec in self.catalog.values() for m in spec.models}, key=lambda m: m.path)
+        if settings.fetch_models:
+            for entry in used:
+                log.info("%s: %s", entry.path, fetch_entry(entry, settings.models_dir))
+        problems = [p for m in used if (p := verify_entry(m, settings.models_dir, not settings.skip_hash_check))]
+        if problems:
+            raise ModelLockError("model files do not match models.lock: " + "; ".join(problems)
+                                 + " (run `python -m comfybento models fetch`)")
+
     def _warm_up(self, spec: WorkflowSpec) -> None:
-        values: dict[str, Any] = {}
-        for param in spec.params:
-            if param.kind == "image":
-                values[param.name] = b64(png_bytes(to_pil([[[0.5, 0.5, 0.5]] * 64] * 64)))
-        started = time.perf_counter()
-        result = self.run(spec.name, [EngineItem(values=values, seed=0, submitted_at=time.time())])[0]
-        if not result.ok:
-            raise WorkflowError(f"{spec.path}: warm-up run with the graph's own values failed: {result.error}")
-        log.info("warmed up %s in %.2fs", spec.name, time.perf_counter() - started)
+        grey = png_bytes(_grey_image())
+        values: dict[str, Any] = {p.name: grey for p in spec.params if p.kind == "image"}
+        sizes = sorted({1, spec.max_batch_size}) if self.settings.compile and spec.batch_plan else [1]
+        for size in sizes:  # with torch.compile, the largest batch is compiled before ready too
+            started = time.perf_counter()
+            items = [EngineItem(values=values, seed=i) for i in range(size)]
+            result = self.run(spec.name, items)[0]
+            if not result.ok:
+                raise WorkflowError(f"{spec.path}: warm-up run with the graph's own values failed: {result.error}")
+            log.info("warmed up %s (batch %d) in %.2fs", spec.name, size, time.perf_counter() - started)
+
+    def stop(self, drain_s: float) -> None:
+        """Finish what is queued for up to drain_s, then fail the rest with 503 and stop the loop."""
+        self.scheduler.stop()
+        if self._loop is not None:
+            try:
+                self._loop.result(timeout=drain_s)
+            except Exception:  # the drain deadline passed (or the loop died): fail what is left
+                failed = self.scheduler.fail_queued(EngineUnavailable("the engine is shutting down; retry"))
+                log.warning("drain deadline of %ss passed; %d queued requests failed with 503", drain_s, failed)
+        self._encoders.shutdown(wait=True)
 
     # ------------------------------------------------------------ requests
 
-    def run(self, workflow: str, items: list[EngineItem]) -> list[ItemResult]:
-        spec = self.catalog[workflow]
-        started = time.time()
-        prepared: list[Prepared | Exception] = []
-        for item in items:
-            try:
-                prepared.append(self._prepare(spec, item))
-            except ComfyBentoError as exc:
-                prepared.append(exc)
-        ok = [p for p in prepared if isinstance(p, Prepared)]
+    def submit(self, workflow: str, item: EngineItem, sink: Sink) -> Job[Prepared] | None:
+        """Queue one request (thread-safe). Errors in the request itself go to the sink as Failed."""
+        spec = self.catalog.get(workflow)
+        if spec is None:
+            sink(Failed(InvalidRequest(f"unknown workflow {workflow!r}; known: {sorted(self.catalog)}")))
+            return None
         try:
-            outcomes = self.batcher.run(
-                ok, key=lambda p: p.key, can_batch=lambda p: p.can_batch,
-                execute=lambda chunk: self._execute(spec, chunk, started), max_batch=spec.max_batch_size,
-            )
-        finally:
-            for p in ok:
-                for path in p.files:
-                    path.unlink(missing_ok=True)
-        by_id = {id(p): o for p, o in zip(ok, outcomes, strict=True)}
-        results = []
-        for entry in prepared:
-            outcome = by_id[id(entry)] if isinstance(entry, Prepared) else entry
-            results.append(outcome if isinstance(outcome, ItemResult) else self._failure(spec, outcome, entry))
-        return results
+            prepared, key, can_batch = self._prepare(spec, item)
+        except Exception as exc:
+            self._finish_sink(spec, [], sink)(Failed(exc))
+            return None
+        job = Job(key=key, payload=prepared, max_batch=spec.max_batch_size, can_batch=can_batch,
+                  sink=self._finish_sink(spec, prepared.files, sink))
+        self.scheduler.submit(job)
+        return job
 
-    def _prepare(self, spec: WorkflowSpec, item: EngineItem) -> Prepared:
+    def cancel(self, job: Job[Prepared]) -> None:
+        self.scheduler.cancel(job)
+
+    def run(self, workflow: str, items: list[EngineItem], timeout: float | None = None) -> list[ItemResult]:
+        """Submit several requests and wait for all (they may share batches). Not on the executor thread."""
+        collectors = [Collector() for _ in items]
+        for item, collector in zip(items, collectors, strict=True):
+            self.submit(workflow, item, collector)
+        return [c.wait(timeout) for c in collectors]
+
+    def stats(self) -> Stats:
+        return self.scheduler.stats()
+
+    def _prepare(self, spec: WorkflowSpec, item: EngineItem) -> tuple[Prepared, str, bool]:
         values = dict(item.values)
-        files = []
-        for param in spec.params:
-            if param.kind == "image":
-                if not values.get(param.name):
-                    raise InvalidRequest(f"field '{param.name}': an image is required")
-                path = self._store_image(param.name, values[param.name])
-                files.append(path)
-                values[param.name] = path.name
-        graph = bind(spec.graph, spec.params, values, item.seed)
-        texts = {p.role: str(values.get(p.name, p.default)) for p in spec.params if p.role in ("prompt", "negative_prompt")}
-        sampler = graph[spec.batch_plan.sampler]["inputs"].get("sampler_name") if spec.batch_plan else None
-        return Prepared(
-            item=item, graph=graph, seed=item.seed, texts=texts,
-            key=shape_key(spec.params, values, BATCHABLE_ROLES),
-            can_batch=spec.batch_plan is not None and sampler in DETERMINISTIC_SAMPLERS,
-            files=files,
-        )
-
-    def _store_image(self, field_name: str, data: str) -> Path:
+        files: list[Path] = []
         try:
-            raw = decode_b64(data)
-        except ValueError:
-            raise InvalidRequest(f"field '{field_name}': not base64 image data") from None
-        path = self.input_dir / f"cb_{hashlib.sha256(raw).hexdigest()[:24]}.png"
+            for param in spec.params:
+                if param.kind == "image":
+                    path = self._store_upload(param.name, values.get(param.name))
+                    files.append(path)
+                    values[param.name] = path.name
+            graph = bind(spec.graph, spec.params, values, item.seed)
+        except Exception:
+            for path in files:
+                path.unlink(missing_ok=True)
+            raise
+        texts = {p.role: str(values.get(p.name, p.default)) for p in spec.params if p.role in ("prompt", "negative_prompt")}
+        encoding = Encoding(format=item.output_format or spec.encoding.format,
+                            quality=item.output_quality or spec.encoding.quality,
+                            png_compress_level=spec.encoding.png_compress_level)
+        prepared = Prepared(spec=spec, item=item, graph=graph, seed=item.seed, texts=texts, encoding=encoding, files=files)
+        plan = spec.batch_plan
+        can_batch = plan is not None and graph[plan.sampler]["inputs"].get("sampler_name") in DETERMINISTIC_SAMPLERS
+        key = f"{spec.name}|{shape_key(spec.params, values, BATCHABLE_ROLES)}"
+        if can_batch:
+            key += f"|tokens={self._token_bucket(spec, graph, texts)}"
+        return prepared, key, can_batch
+
+    def _token_bucket(self, spec: WorkflowSpec, graph: Graph, texts: dict[str, str]) -> str:
+        """Conditioning lengths (77-token chunks) of the prompts: requests batch only with equal lengths."""
+        plan = spec.batch_plan
+        assert plan is not None
+        chunks = []
+        for role, encoder in (("prompt", plan.positive_encoder), ("negative_prompt", plan.negative_encoder)):
+            if encoder is None or role not in texts:
+                continue
+            ckpt = _checkpoint_feeding(graph, encoder)
+            if ckpt is not None and self.executor is not None:
+                chunks.append(self.executor.prompt_chunks(ckpt, texts[role]))
+            else:  # a CLIP through other nodes: about 4 characters a token, 75 tokens a chunk
+                chunks.append(1 + len(texts[role]) // 300)
+        return ",".join(map(str, chunks))
+
+    def _store_upload(self, field_name: str, data: Any) -> Path:
+        if isinstance(data, str):
+            try:
+                data = decode_b64(data)
+            except ValueError:
+                raise InvalidRequest(f"field '{field_name}': not base64 image data") from None
+        if not isinstance(data, bytes) or not data:
+            raise InvalidRequest(f"field '{field_name}': an image is required")
         self.input_dir.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(raw)
+        path = self.input_dir / f"cb_{uuid.uuid4().hex}.png"
+        path.write_bytes(data)
         return path
 
-    def _execute(self, spec: WorkflowSpec, chunk: list[Prepared], started: float) -> list[ItemResult]:
-        exec_start = time.perf_counter()
-        if len(chunk) == 1 or spec.batch_plan is None:
-            graph, mode = chunk[0].graph, "single"
+    def _finish_sink(self, spec: WorkflowSpec, files: list[Path], sink: Sink) -> Sink:
+        """Wraps a request's sink: on its terminal event, delete its files and count/log failures once."""
+
+        def wrapped(event: Event) -> None:
+            if isinstance(event, (Done, Failed)):
+                for path in files:
+                    path.unlink(missing_ok=True)
+            if isinstance(event, Failed):
+                kind = describe(event.error)["error_kind"]
+                if not isinstance(event.error, ComfyBentoError):
+                    log.error("workflow %s: unexpected error", spec.name, exc_info=event.error)
+                metrics.ITEM_ERRORS.labels(workflow=spec.name, kind=kind).inc()
+            sink(event)
+
+        return wrapped
+
+    # ------------------------------------------------------------ executor thread
+
+    def _execute(self, jobs: list[Job[Prepared]]) -> None:
+        self._export_stats()
+        first = jobs[0].payload
+        spec = first.spec
+        started_at = time.monotonic()
+        queue_s = [max(0.0, started_at - job.arrived) for job in jobs]
+        for wait in queue_s:
+            metrics.QUEUE_WAIT.labels(workflow=spec.name).observe(wait)
+        if len(jobs) == 1 or spec.batch_plan is None:
+            graph, mode = first.graph, "single"
         else:
-            graph = merge_graph(spec.batch_plan, chunk[0].graph, [p.texts for p in chunk], [int(p.seed or 0) for p in chunk])
-            mode = "batched"
-        images = self.executor.run(graph, spec.field_names)
-        elapsed = time.perf_counter() - exec_start
+            texts, seeds = [j.payload.texts for j in jobs], [int(j.payload.seed or 0) for j in jobs]
+            graph, mode = merge_graph(spec.batch_plan, first.graph, texts, seeds), "batched"
+
+        def on_progress(event: str, data: dict[str, Any]) -> None:
+            if event == "progress":
+                step = Progress(int(data.get("value", 0)), int(data.get("max", 0)), data.get("node"))
+                for job in jobs:
+                    job.emit(step)
+
+        clock = time.perf_counter()
+        images = self.executor.execute(graph, spec.field_names, on_progress)
+        elapsed = time.perf_counter() - clock
         metrics.EXECUTIONS.labels(workflow=spec.name, mode=mode).inc()
-        metrics.BATCH_SIZE.labels(workflow=spec.name).observe(len(chunk))
+        metrics.BATCH_SIZE.labels(workflow=spec.name).observe(len(jobs))
         metrics.EXECUTION_TIME.labels(workflow=spec.name).observe(elapsed)
-        results = []
-        for index, p in enumerate(chunk):
-            queue_s = max(0.0, started - p.item.submitted_at) if p.item.submitted_at else 0.0
-            metrics.QUEUE_WAIT.labels(workflow=spec.name).observe(queue_s)
-            results.append(ItemResult(
-                ok=True, seed=p.seed, images=self._images(spec, images, index, len(chunk)),
-                queue_ms=queue_s * 1000, execution_ms=elapsed * 1000, batch_size=len(chunk),
-            ))
-        return results
+        for index, job in enumerate(jobs):
+            timings = {"queue_ms": queue_s[index] * 1000, "execution_ms": elapsed * 1000, "batch_size": len(jobs)}
+            self._encoders.submit(_encode_and_finish, job, _split(spec, images, index, len(jobs)), timings)
+        self._export_stats()
 
-    @staticmethod
-    def _images(spec: WorkflowSpec, images: dict[str, Any], index: int, n: int) -> list[ImageOutput]:
-        out = []
-        batched = spec.batch_plan.batched_outputs if spec.batch_plan else frozenset()
-        for output in spec.outputs:
-            tensor = images.get(output.node_id)
-            if tensor is None:
-                continue
-            if n > 1 and output.node_id in batched:
-                per = tensor.shape[0] // n
-                tensor = tensor[index * per:(index + 1) * per]
-            for i, image in enumerate(tensor):
-                pil = to_pil(image.numpy())
-                out.append(ImageOutput(output=output.name, node_id=output.node_id, index=i,
-                                       width=pil.width, height=pil.height, png=b64(png_bytes(pil))))
-        return out
+    def _export_stats(self) -> None:
+        new, old = self.scheduler.stats(), self._stats
+        metrics.EXECUTOR_BUSY.inc(max(0.0, new.busy_s - old.busy_s))
+        metrics.EXECUTOR_IDLE_WHILE_QUEUED.inc(max(0.0, new.idle_with_work_s - old.idle_with_work_s))
+        metrics.QUEUE_NONEMPTY.inc(max(0.0, new.queued_s - old.queued_s))
+        self._stats = new
 
-    @staticmethod
-    def _failure(spec: WorkflowSpec, exc: Exception, prepared: Any) -> ItemResult:
-        seed = prepared.seed if isinstance(prepared, Prepared) else None
-        kind = "internal"
-        extra: dict[str, Any] = {}
-        if isinstance(exc, InvalidRequest):
-            kind = "invalid"
-        elif isinstance(exc, OutOfMemory):
-            kind = "oom"
-        elif isinstance(exc, NodeExecutionError):
-            kind = "node"
-            extra = {"node_id": exc.node_id, "class_type": exc.class_type}
-        elif isinstance(exc, WorkflowError):
-            kind = "workflow"
-        if kind == "internal" and not isinstance(exc, ComfyBentoError):
-            log.exception("workflow %s: unexpected error", spec.name, exc_info=exc)
-            message = "internal error (see the server log)"
-        else:
-            message = str(exc)
-        metrics.ITEM_ERRORS.labels(workflow=spec.name, kind=kind).inc()
-        status = int(getattr(exc, "error_code", 500))
-        return ItemResult(ok=False, seed=seed, status=status, error=message, error_kind=kind, **extra)  # type: ignore[arg-type]
+
+def _split(spec: WorkflowSpec, images: dict[str, Any], index: int, n: int) -> list[tuple[str, str, int, Any]]:
+    """(output name, node id, index, uint8 HWC array) of request `index` of n, in output order."""
+    out: list[tuple[str, str, int, Any]] = []
+    batched = spec.batch_plan.batched_outputs if spec.batch_plan else frozenset()
+    for output in spec.outputs:
+        tensor = images.get(output.node_id)
+        if tensor is None:
+            continue
+        if n > 1 and output.node_id in batched:
+            per = tensor.shape[0] // n
+            tensor = tensor[index * per:(index + 1) * per]
+        out.extend((output.name, output.node_id, i, image.numpy()) for i, image in enumerate(tensor))
+    return out
+
+
+def _encode_and_finish(job: Job[Prepared], pictures: list[tuple[str, str, int, Any]], timings: dict[str, Any]) -> None:
+    """In the encoding pool: each image as soon as it is encoded, then Done."""
+    prepared = job.payload
+    encoding = prepared.encoding
+    try:
+        for name, node_id, index, pixels in pictures:
+            blob = OutputBlob(output=name, node_id=node_id, index=index, width=int(pixels.shape[1]), height=int(pixels.shape[0]),
+                              media_type=encoding.media_type, data=encode_image(pixels, encoding))
+            job.emit(OutputReady(blob))
+        job.emit(Done(ItemResult(ok=True, seed=prepared.seed, **timings)))
+    except Exception as exc:
+        job.emit(Failed(exc))
+
+
+def _checkpoint_feeding(graph: Graph, encoder: str) -> str | None:
+    """The checkpoint whose CLIP feeds a text encoder directly, if it does."""
+    clip = graph[encoder]["inputs"].get("clip")
+    if not is_link(clip) or clip[0] not in graph:
+        return None
+    source = graph[clip[0]]
+    if source["class_type"] != "CheckpointLoaderSimple":
+        return None
+    return str(source["inputs"].get("ckpt_name"))
+
+
+def _grey_image() -> Any:
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64), (128, 128, 128))

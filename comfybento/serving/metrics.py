@@ -12,7 +12,7 @@ BATCH_SIZE = bentoml.metrics.Histogram(
 )
 QUEUE_WAIT = bentoml.metrics.Histogram(
     name="comfybento_queue_wait_seconds",
-    documentation="Time from a request's arrival to the start of its execution.",
+    documentation="Time from a request's arrival in the engine to the start of its execution.",
     labelnames=["workflow"],
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
@@ -36,4 +36,17 @@ WORKFLOW_BATCHABLE = bentoml.metrics.Gauge(
     name="comfybento_workflow_batchable",
     documentation="1 if the workflow runs requests in shared batches, 0 if one by one.",
     labelnames=["workflow"],
+)
+EXECUTOR_BUSY = bentoml.metrics.Counter(
+    name="comfybento_executor_busy_seconds",
+    documentation="Seconds the engine's executor spent running batches.",
+)
+EXECUTOR_IDLE_WHILE_QUEUED = bentoml.metrics.Counter(
+    name="comfybento_executor_idle_while_queued_seconds",
+    documentation="Seconds the executor sat idle although requests were queued (scheduler overhead; the target is < 5% "
+                  "of comfybento_queue_nonempty_seconds).",
+)
+QUEUE_NONEMPTY = bentoml.metrics.Counter(
+    name="comfybento_queue_nonempty_seconds",
+    documentation="Seconds during which at least one request was queued for the executor.",
 )

@@ -1,48 +1,33 @@
-"""Load the project once per process: ComfyUI bootstrap, node registry, models.lock, workflows."""
+"""Load the project once per process: settings, models.lock and typed workflows. No ComfyUI import.
+
+Every process (arbiter, front, engine) declares the same endpoints from the
+same catalog. Node definitions come from the snapshot in
+`workflows/node_info.py`, so only the engine ever imports torch and ComfyUI.
+"""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
 from comfybento.config import Settings, get_settings
 from comfybento.models.lock import ModelLock, parse_lock
-from comfybento.runtime.bootstrap import ComfyRuntime, bootstrap
-from comfybento.runtime.registry import node_defs
 from comfybento.workflows.catalog import WorkflowSpec, load_catalog
-
-log = logging.getLogger(__name__)
+from comfybento.workflows.node_info import load_node_defs
 
 
 @dataclass(frozen=True)
 class Project:
     settings: Settings
-    runtime: ComfyRuntime
     lock: ModelLock
     catalog: dict[str, WorkflowSpec]
 
 
 def load_project(settings: Settings) -> Project:
     """Everything a service needs to declare its endpoints; fails fast with a named problem."""
-    runtime = bootstrap(settings)
     lock = parse_lock(settings.models_lock)
-    if settings.fetch_models:
-        _fetch_once(settings, lock)
-    catalog = load_catalog(settings, node_defs(), lock)
-    return Project(settings=settings, runtime=runtime, lock=lock, catalog=catalog)
-
-
-def _fetch_once(settings: Settings, lock: ModelLock) -> None:
-    """Fetch missing models; processes starting together take turns on a file lock."""
-    import fcntl
-
-    from comfybento.models.fetch import fetch_all
-
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.models_dir / ".fetch.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        fetch_all(lock, settings.models_dir)
+    catalog = load_catalog(settings, load_node_defs(settings), lock)
+    return Project(settings=settings, lock=lock, catalog=catalog)
 
 
 @lru_cache(maxsize=1)

@@ -1,12 +1,15 @@
 """Build the two BentoML services from the project's workflows.
 
-- `ComfyEngine` (GPU side, one worker): owns the embedded ComfyUI. One
-  batchable API per workflow, fed by BentoML's adaptive batcher.
-- `ComfyBento` (the entry service): one typed endpoint per workflow,
-  `POST /<name>` (JSON with base64 PNGs; also a BentoML task) and
-  `POST /<name>/png` (the first image as image/png). It validates, admits or
-  sheds load, and forwards to the engine. It also serves the jobs API and runs
-  this replica's job worker.
+- `ComfyEngine` (GPU side, one worker): the only process that imports torch
+  and ComfyUI. Its route `POST /engine/run` (serving/engine_route.py) feeds
+  comfybento's scheduler and streams each request's events back. With
+  COMFYBENTO_ENGINE_ENTRY=bentoml it also exposes one BentoML batchable API
+  per workflow instead (kept to benchmark BentoML's adaptive batcher).
+- `ComfyBento` (the entry service, a light web tier): one typed endpoint per
+  workflow, `POST /<name>` (JSON, base64 images; also a BentoML task) and
+  `POST /<name>/png` (the first image as bytes). It validates, admits or sheds
+  load, and forwards to the engine. It also serves the jobs API and runs this
+  replica's job worker.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import aiohttp
 import bentoml
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
@@ -24,20 +26,26 @@ from starlette.responses import JSONResponse, Response
 
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
+from comfybento.jobs.runner import OnEvent
 from comfybento.outputs.encoding import b64, decode_b64, normalize_upload
 from comfybento.scheduling.admission import Admission
+from comfybento.serving import engine_route, lifecycle
 from comfybento.serving.auth import ApiKeyMiddleware
-from comfybento.serving.engine import Engine
+from comfybento.serving.engine_client import EngineClient, engine_url
 from comfybento.serving.messages import EngineItem, ItemResult
 from comfybento.serving.project import Project
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.schema import GenerateResponse, Timings
+from comfybento.workflows.schema import GenerateResponse, ImageOutput, Timings
 
+ENGINE_NAME = "comfybento-engine"
 ENGINE_TIMEOUT_S = 900
 
 
-def _engine_api(spec: WorkflowSpec) -> Any:
+# ---------------------------------------------------------------- engine service
+
+
+def _batchable_api(spec: WorkflowSpec) -> Any:
     name = spec.name
 
     def run(self: Any, items: list[EngineItem]) -> list[ItemResult]:
@@ -48,58 +56,75 @@ def _engine_api(spec: WorkflowSpec) -> Any:
 
 
 def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
+    settings = project.settings
+
     def __init__(self: Any) -> None:
-        self.engine = Engine(project)
-        self.engine.start()
+        from comfybento.serving.engine import Engine  # torch and ComfyUI: this process only
+
+        lifecycle.watch_parent()
+        self.engine = Engine(settings, project.catalog)
+        try:
+            self.engine.start()
+        except Exception as exc:
+            lifecycle.fail_startup("engine", exc)
+            raise
+        engine_route.bind(self.engine)
+        lifecycle.on_shutdown(lambda: self.engine.stop(settings.drain_timeout_s))
 
     attrs: dict[str, Any] = {"__init__": __init__, "__doc__": "Embedded ComfyUI engine (internal)."}
-    for spec in project.catalog.values():
-        attrs[spec.name] = _engine_api(spec)
-    cls = type("ComfyEngine", (), attrs)
+    if settings.engine_entry == "bentoml":
+        attrs.update({spec.name: _batchable_api(spec) for spec in project.catalog.values()})
+    cls = bentoml.asgi_app(engine_route.app, path="/engine")(type("ComfyEngine", (), attrs))
     return bentoml.service(
-        name="comfybento-engine", workers=1, resources=resources, traffic={"timeout": ENGINE_TIMEOUT_S},
+        name=ENGINE_NAME, workers=1, resources=resources, traffic={"timeout": ENGINE_TIMEOUT_S},
         # BentoML's client to this service closes and replaces its connection pool every
-        # `max_requests` calls, aborting the calls still in flight on it (seen at ~100 calls
-        # under 16+ concurrent callers). Keep one pool for the life of the process.
+        # `max_requests` calls, aborting the calls still in flight on it. Keep one pool.
         runner_connection={"max_requests": 2**62, "max_age": 10.0**12},
     )(cls)
 
 
-async def call_engine(engine: Any, workflow: str, item: EngineItem) -> ItemResult:
-    """One request through the engine's batchable API; a dropped connection is retried once."""
-    method = getattr(engine.to_async, workflow)
-    try:
-        results = await method([item])
-    except aiohttp.ClientConnectionError:
-        results = await method([item])  # same seed and values: the same image
+# ---------------------------------------------------------------- front service
+
+
+def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None) -> EngineItem:
+    """A validated request (endpoint fields or a job item) as the engine's item: files as bytes."""
+    values = dict(values)
+    output_format, quality = values.pop("output_format", None), values.pop("output_quality", None)
+    for param in spec.params:
+        value = values.get(param.name)
+        if param.kind == "image" and value is not None:
+            values[param.name] = decode_b64(value) if isinstance(value, str) else normalize_upload(value)
+    return EngineItem(values=values, seed=seed, submitted_at=time.time(), output_format=output_format, output_quality=quality)
+
+
+async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnEvent | None = None) -> ItemResult:
+    if front.engine_client is not None:
+        return await front.engine_client.run(workflow, item, on_event)  # type: ignore[no-any-return]
+    try:  # COMFYBENTO_ENGINE_ENTRY=bentoml: through BentoML's adaptive batcher
+        results = await getattr(front.engine.to_async, workflow)([item])
+    except BentoMLException as exc:
+        if int(getattr(exc, "error_code", 500)) != 503:
+            raise
+        return ItemResult(ok=False, status=503, error_kind="unavailable", seed=item.seed,
+                          error=f"workflow '{workflow}' is at capacity (BentoML's batcher shed the request); retry later")
     return results[0] if isinstance(results[0], ItemResult) else ItemResult.model_validate(results[0])
 
 
-def _error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _error_response(self: Any, result: ItemResult) -> Response:
+    headers = {"Retry-After": str(self.admission.retry_after_s)} if result.status == 503 else None
+    return JSONResponse({"error": result.error or "failed"}, status_code=result.status, headers=headers)
 
 
 async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> ItemResult | Response:
-    ticket = self.admission.try_enter(spec.name)
-    if ticket is None:
-        return _error_response(503, f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later",
-                               {"Retry-After": str(self.admission.retry_after_s)})
+    if self.admission.try_enter(spec.name) is None:
+        return JSONResponse({"error": f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later"},
+                            status_code=503, headers={"Retry-After": str(self.admission.retry_after_s)})
     try:
-        for param in spec.params:
-            if param.kind == "image" and values.get(param.name) is not None:
-                values[param.name] = b64(normalize_upload(values[param.name]))
-        item = EngineItem(values=values, seed=resolve_seed(spec.params, values), submitted_at=time.time())
-        try:
-            return await call_engine(self.engine, spec.name, item)
-        except BentoMLException as exc:
-            if int(getattr(exc, "error_code", 500)) != 503:
-                raise
-            # BentoML's batcher sheds load it cannot serve within max_latency_ms.
-            return _error_response(503, f"workflow '{spec.name}' is at capacity (its batches would exceed "
-                                   f"max_latency_ms={spec.max_latency_ms}); retry later",
-                                   {"Retry-After": str(self.admission.retry_after_s)})
+        item = engine_item(spec, values, resolve_seed(spec.params, values))
+        result = await call_engine(self, spec.name, item)
     finally:
         self.admission.leave(spec.name)
+    return result if result.ok else _error_response(self, result)
 
 
 def _json_endpoint(spec: WorkflowSpec) -> Any:
@@ -107,41 +132,39 @@ def _json_endpoint(spec: WorkflowSpec) -> Any:
         result = await _generate(self, spec, values)
         if isinstance(result, Response):
             return result
-        if not result.ok:
-            return _error_response(result.status, result.error or "failed")
+        images = [ImageOutput(output=o.output, node_id=o.node_id, index=o.index, width=o.width, height=o.height,
+                              media_type=o.media_type, data=b64(o.data)) for o in result.outputs]
         timings = Timings(queue_ms=result.queue_ms, execution_ms=result.execution_ms, batch_size=result.batch_size)
-        return GenerateResponse(workflow=spec.name, seed=result.seed, images=result.images, timings=timings)
+        return GenerateResponse(workflow=spec.name, seed=result.seed, images=images, timings=timings)
 
     endpoint.__name__ = spec.name
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns every output image as base64 PNG. "
+    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns every output image, base64-encoded. "
                         f"Also a BentoML task: POST /{spec.name}/submit, GET /{spec.name}/status and /{spec.name}/get.")
     return bentoml.task(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
 
 
-async def _png_response(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> Response:
-    result = await _generate(self, spec, values)
-    if isinstance(result, Response):
-        return result
-    if not result.ok or not result.images:
-        return _error_response(result.status if not result.ok else 500, result.error or "no image produced")
-    headers = {"X-Seed": str(result.seed)} if result.seed is not None else {}
-    return Response(decode_b64(result.images[0].png), media_type="image/png", headers=headers)
-
-
 def _png_endpoint(spec: WorkflowSpec) -> Any:
-    # The annotation documents image/png in the OpenAPI; BentoML sends the Response as it is.
+    # The annotation documents an image in the OpenAPI; BentoML sends the Response as it is.
     async def endpoint(self: Any, **values: Any) -> Annotated[Path, ContentType("image/png")]:
-        return await _png_response(self, spec, values)  # type: ignore[return-value]
+        result = await _generate(self, spec, values)
+        if isinstance(result, Response):
+            return result  # type: ignore[return-value]
+        if not result.outputs:
+            return JSONResponse({"error": "the workflow produced no image"}, status_code=500)  # type: ignore[return-value]
+        first = result.outputs[0]
+        headers = {"X-Seed": str(result.seed)} if result.seed is not None else {}
+        return Response(first.data, media_type=first.media_type, headers=headers)  # type: ignore[return-value]
 
     endpoint.__name__ = f"{spec.name}_png"
-    endpoint.__doc__ = f"Run the '{spec.name}' workflow; returns its first image as image/png (seed in X-Seed)."
+    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns its first image as bytes (image/png unless "
+                        "output_format says otherwise; the seed is in X-Seed).")
     return bentoml.api(route=f"/{spec.name}/png", input_spec=spec.input_model)(endpoint)
 
 
 def _job_hooks(project: Project) -> dict[str, Any]:
     async def start_jobs(self: Any) -> None:
-        async def execute(workflow: str, item: EngineItem) -> ItemResult:
-            return await call_engine(self.engine, workflow, item)
+        async def execute(workflow: str, values: dict[str, Any], seed: int | None, on_event: OnEvent) -> ItemResult:
+            return await call_engine(self, workflow, engine_item(project.catalog[workflow], values, seed), on_event)
 
         service, self.job_runner = make_jobs(project.settings, project.catalog, execute)
         jobs_api.bind(service)
@@ -149,6 +172,8 @@ def _job_hooks(project: Project) -> dict[str, Any]:
 
     async def stop_jobs(self: Any) -> None:
         await self.job_runner.stop()
+        if self.engine_client is not None:
+            await self.engine_client.aclose()
 
     return {"start_jobs": bentoml.on_startup(start_jobs), "stop_jobs": bentoml.on_shutdown(stop_jobs)}
 
@@ -157,10 +182,18 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     settings = project.settings
 
     def __init__(self: Any) -> None:
+        lifecycle.watch_parent()
         self.admission = Admission(limit=settings.max_queue, retry_after_s=settings.retry_after_s)
+        self.engine_client = EngineClient(engine_url(ENGINE_NAME), ENGINE_TIMEOUT_S) if settings.engine_entry == "scheduler" else None
+
+    async def __is_ready__(self: Any) -> bool:
+        # BentoML's own dependency probe lets a connection error escape while the engine starts,
+        # and the probe request then hangs for the traffic timeout; answer it here first.
+        return await self.engine_client.ready() if self.engine_client is not None else True
 
     attrs: dict[str, Any] = {
         "__init__": __init__,
+        "__is_ready__": __is_ready__,
         "__doc__": "ComfyUI workflows as typed endpoints, and batch jobs at /jobs.",
         "engine": bentoml.depends(engine_service),
         **_job_hooks(project),
@@ -173,4 +206,3 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     if settings.api_key:
         service.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     return service
-

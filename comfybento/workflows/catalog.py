@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from comfybento.config import Settings
 from comfybento.errors import WorkflowError
 from comfybento.models.lock import ModelEntry, ModelLock
+from comfybento.outputs.encoding import Encoding
 from comfybento.workflows.batchplan import BatchPlan, plan_batching
 from comfybento.workflows.graph import Graph, NodeDefs, check_graph, is_link, load_graph, sorted_ids
 from comfybento.workflows.params import OutputSpec, Param, infer_outputs, infer_params
@@ -20,6 +21,8 @@ from comfybento.workflows.sidecar import apply_sidecar, load_sidecar
 
 log = logging.getLogger(__name__)
 
+# Request fields every endpoint has (a workflow parameter cannot take these names).
+COMMON_FIELDS = ("output_format", "output_quality")
 RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "schema", "api", "workflows", "static_content"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".pt2")
@@ -58,6 +61,7 @@ class WorkflowSpec:
     max_latency_ms: int
     batch_plan: BatchPlan | None
     batch_reason: str
+    encoding: Encoding
 
     @property
     def checkpoints(self) -> list[str]:
@@ -82,8 +86,8 @@ def model_references(graph: Graph) -> list[tuple[str, str, str | None, str]]:
     return refs
 
 
-def check_models(where: str, graph: Graph, lock: ModelLock, models_dir: Path) -> tuple[ModelEntry, ...]:
-    """Every model file the graph names must be in models.lock and on disk."""
+def check_models(where: str, graph: Graph, lock: ModelLock) -> tuple[ModelEntry, ...]:
+    """Every model file the graph names must be in models.lock (the engine checks the files themselves)."""
     entries = []
     for node_id, input_name, folder, filename in model_references(graph):
         label = f"{where}: node {node_id} ({graph[node_id]['class_type']}) input '{input_name}'"
@@ -92,11 +96,6 @@ def check_models(where: str, graph: Graph, lock: ModelLock, models_dir: Path) ->
             raise WorkflowError(
                 f"{label}: model '{filename}' is not in models.lock; add an entry with its path "
                 f"({folder or '<folder>'}/{filename}), size, sha256 and source"
-            )
-        if not entry.local_path(models_dir).is_file():
-            raise WorkflowError(
-                f"{label}: model '{entry.path}' is listed in models.lock but missing from "
-                f"{models_dir}; run `python -m comfybento models fetch`"
             )
         entries.append(entry)
     return tuple(dict.fromkeys(entries))
@@ -112,9 +111,12 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
         )
     graph = load_graph(path)
     check_graph(where, graph, node_defs)
-    models = check_models(where, graph, lock, settings.models_dir)
+    models = check_models(where, graph, lock)
     sidecar = load_sidecar(path.with_suffix(".yaml"))
     params = tuple(apply_sidecar(where, sidecar, graph, node_defs, infer_params(where, graph, node_defs)))
+    clash = sorted({p.name for p in params} & set(COMMON_FIELDS))
+    if clash:
+        raise WorkflowError(f"{where}: parameter names {clash} are reserved for every endpoint; rename them in the sidecar")
     outputs = tuple(infer_outputs(graph))
     if not outputs:
         raise WorkflowError(f"{where}: no image output node (SaveImage, PreviewImage or CPackOutputImage)")
@@ -125,12 +127,13 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
         graph=graph,
         params=params,
         outputs=outputs,
-        input_model=build_input_model(name, list(params)),
+        input_model=build_input_model(name, list(params), sidecar.encoding),
         models=models,
         max_batch_size=sidecar.max_batch_size or settings.max_batch_size,
         max_latency_ms=sidecar.max_latency_ms or settings.max_latency_ms,
         batch_plan=plan,
         batch_reason=reason,
+        encoding=sidecar.encoding,
     )
 
 

@@ -12,6 +12,7 @@ import bentoml
 from PIL import Image as PILImage
 from pydantic import BaseModel, Field, create_model
 
+from comfybento.outputs.encoding import Encoding
 from comfybento.workflows.params import MAX_SEED, Param
 
 
@@ -23,7 +24,8 @@ class ImageOutput(BaseModel):
     index: int = Field(description="Position of the image in that node's batch.")
     width: int = Field(description="Width in pixels.")
     height: int = Field(description="Height in pixels.")
-    png: str = Field(description="The image as base64-encoded PNG data.")
+    media_type: str = Field(description="image/png, image/webp or image/jpeg (the request's output_format).")
+    data: str = Field(description="The encoded image, base64.")
 
 
 class Timings(BaseModel):
@@ -79,12 +81,24 @@ def field_for(param: Param, images_as_base64: bool = False) -> tuple[Any, Any]:
     )
 
 
-def build_input_model(workflow: str, params: list[Param], images_as_base64: bool = False) -> type[BaseModel]:
+def encoding_fields(encoding: Encoding) -> dict[str, tuple[Any, Any]]:
+    """The output-format fields every endpoint has; defaults from the workflow's sidecar."""
+    return {
+        "output_format": (Literal["png", "webp", "jpeg"], Field(
+            default=encoding.format, description="Image format of the outputs (the workflow's sidecar sets the default).")),
+        "output_quality": (Annotated[int | None, Field(ge=1, le=100)], Field(
+            default=None, description=f"WebP/JPEG quality, 1-100 (default {encoding.quality}); ignored for PNG.")),
+    }
+
+
+def build_input_model(workflow: str, params: list[Param], encoding: Encoding | None = None,
+                      images_as_base64: bool = False) -> type[BaseModel]:
     """The request model of one workflow endpoint; unknown fields are rejected.
 
     With images_as_base64, image fields are base64 strings (batch-job items are JSON).
     """
     fields = {param.name: field_for(param, images_as_base64) for param in params}
+    fields.update(encoding_fields(encoding or Encoding()))
     model_name = "".join(part.capitalize() for part in workflow.replace("-", "_").split("_"))
     model_name += "JobItem" if images_as_base64 else "Input"
     model = create_model(  # type: ignore[call-overload]

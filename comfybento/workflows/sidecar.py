@@ -1,7 +1,10 @@
 """Optional per-workflow sidecar: `workflows/<name>.yaml` next to `<name>.json`.
 
-    max_batch_size: 8        # adaptive batching limits for this workflow
-    max_latency_ms: 2000
+    max_batch_size: 8        # the largest batch the scheduler forms for this workflow
+    max_latency_ms: 2000     # (used only with COMFYBENTO_ENGINE_ENTRY=bentoml)
+    output_format: webp      # default image format: png (default), webp or jpeg
+    output_quality: 90       # WebP/JPEG quality, 1-100
+    png_compress_level: 4    # PNG zlib level, 0-9
     params:                  # by node id and input name
       - {node: "6", input: text, name: positive}          # rename
       - {node: "3", input: denoise, hide: true}           # hide (graph value is used)
@@ -18,16 +21,21 @@ from typing import Any
 import yaml
 
 from comfybento.errors import WorkflowError
+from comfybento.outputs.encoding import FORMATS, Encoding
 from comfybento.workflows.graph import Graph, NodeDefs, is_link
 from comfybento.workflows.params import Param, identifier, param_from_input
 
 ENTRY_KEYS = {"node", "input", "name", "hide", "description", "default", "min", "max"}
 
 
+TOP_KEYS = {"params", "max_batch_size", "max_latency_ms", "output_format", "output_quality", "png_compress_level"}
+
+
 @dataclass(frozen=True)
 class Sidecar:
     max_batch_size: int | None = None
     max_latency_ms: int | None = None
+    encoding: Encoding = field(default_factory=Encoding)
     entries: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
 
@@ -39,8 +47,8 @@ def load_sidecar(path: Path) -> Sidecar:
     except yaml.YAMLError as exc:
         raise WorkflowError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise WorkflowError(f"{path}: expected a mapping with 'params', 'max_batch_size', 'max_latency_ms'")
-    unknown = set(data) - {"params", "max_batch_size", "max_latency_ms"}
+        raise WorkflowError(f"{path}: expected a mapping with {sorted(TOP_KEYS)}")
+    unknown = set(data) - TOP_KEYS
     if unknown:
         raise WorkflowError(f"{path}: unknown keys {sorted(unknown)}")
     entries = data.get("params") or []
@@ -51,8 +59,23 @@ def load_sidecar(path: Path) -> Sidecar:
     return Sidecar(
         max_batch_size=_positive(path, data, "max_batch_size"),
         max_latency_ms=_positive(path, data, "max_latency_ms"),
+        encoding=_encoding(path, data),
         entries=tuple(entries),
     )
+
+
+def _encoding(path: Path, data: dict[str, Any]) -> Encoding:
+    fmt = data.get("output_format", "png")
+    if fmt not in FORMATS:
+        raise WorkflowError(f"{path}: 'output_format' must be one of {sorted(FORMATS)}, got {fmt!r}")
+    limits = {"output_quality": (1, 100, 90), "png_compress_level": (0, 9, 4)}
+    values = {}
+    for key, (lo, hi, default) in limits.items():
+        value = data.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise WorkflowError(f"{path}: '{key}' must be an integer from {lo} to {hi}, got {value!r}")
+        values[key] = value
+    return Encoding(format=fmt, quality=values["output_quality"], png_compress_level=values["png_compress_level"])
 
 
 def _positive(path: Path, data: dict[str, Any], key: str) -> int | None:

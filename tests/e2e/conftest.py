@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
+from tests.conftest import processes_with, wait_gone
 from tests.helpers import ROOT, free_port, make_workflows_dir, service_env
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -27,16 +30,37 @@ JOB_ENV = {
 }
 
 
+SERVER_MARKER = "COMFYBENTO_TEST_SERVER"
+
+
 def start_server(env_overrides: dict[str, str], log_path: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """`bentoml serve` in the background; every process of it carries proc.marker in SERVER_MARKER."""
     port = port or free_port()
+    marker = uuid.uuid4().hex
     # Each server its own BentoML home: servers sharing one race on BentoML's task-result database.
-    env = {**os.environ, "BENTOML_HOME": str(log_path.parent / f"{log_path.stem}-bentoml-home"), **env_overrides}
+    env = {**os.environ, "BENTOML_HOME": str(log_path.parent / f"{log_path.stem}-bentoml-home"), **env_overrides,
+           SERVER_MARKER: marker}
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [BENTOML, "serve", "service:ComfyBento", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    proc.marker = marker  # type: ignore[attr-defined]
     return proc, f"http://127.0.0.1:{port}"
+
+
+def server_processes(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The arbiter and every worker of a server started by start_server."""
+    return processes_with(SERVER_MARKER, proc.marker)  # type: ignore[attr-defined]
+
+
+def worker(proc: subprocess.Popen[bytes], service_name: str) -> psutil.Process:
+    """The worker process of one service ('comfybento' is the front, 'comfybento-engine' the engine)."""
+    for p in server_processes(proc):
+        cmd = p.cmdline()
+        if "--service-name" in cmd and cmd[cmd.index("--service-name") + 1] == service_name:
+            return p
+    raise AssertionError(f"no worker for {service_name}")
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 240) -> None:
@@ -54,20 +78,27 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout:
 
 
 def kill_server(proc: subprocess.Popen[bytes]) -> None:
-    """kill -9 of the whole server: arbiter and every worker, no cleanup."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+    """kill -9 of the whole server at once, a crash: the arbiter and every worker, no cleanup."""
+    for p in [*server_processes(proc)]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
     proc.wait()
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the arbiter, as a process manager stops it; whatever outlives it by 40 s is killed."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
+    marker = getattr(proc, "marker", None)
+    for p in wait_gone(SERVER_MARKER, marker, timeout=40) if marker else []:
+        p.kill()
 
 
 @pytest.fixture(scope="session")

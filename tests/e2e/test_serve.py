@@ -30,7 +30,7 @@ def test_sync_client_returns_a_png_of_the_requested_size(server):
         result = client.txt2img(prompt="a lighthouse", width=64, height=96, steps=4, seed=77)
     image = result["images"][0]
     assert result["seed"] == 77 and (image["width"], image["height"]) == (64, 96)
-    assert png_array(image["png"]).shape == (96, 64, 3)
+    assert png_array(image["data"]).shape == (96, 64, 3)
 
 
 def test_omitted_seed_is_drawn_and_returned(server):
@@ -91,7 +91,7 @@ def test_concurrent_callers_share_batches_with_solo_images(server):
     for body, result in zip(bodies, together, strict=True):
         alone = _solo(server, body)
         assert alone["timings"]["batch_size"] == 1 or alone["seed"] == body["seed"]
-        diff = np.abs(png_array(result["images"][0]["png"]) - png_array(alone["images"][0]["png"])).max()
+        diff = np.abs(png_array(result["images"][0]["data"]) - png_array(alone["images"][0]["data"])).max()
         assert diff <= 2, (body, diff)
     metrics = httpx.get(f"{server}/metrics").text
     assert 'comfybento_executions_total{mode="batched",workflow="txt2img"}' in metrics

@@ -6,10 +6,9 @@ from comfybento.jobs.records import ItemRecord, JobRecord, now
 from comfybento.jobs.runner import JobRunner
 from comfybento.jobs.store import SQLiteJobStore
 from comfybento.jobs.webhooks import AllowList
-from comfybento.outputs.encoding import b64, png_bytes
+from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.messages import ItemResult
-from comfybento.workflows.schema import ImageOutput
+from comfybento.serving.messages import ItemResult, OutputBlob
 from tests.helpers import sample_image
 
 
@@ -17,7 +16,7 @@ def _runner(tmp_path):
     store = SQLiteJobStore(tmp_path / "jobs.db")
     storage = LocalStorage(tmp_path / "out")
 
-    async def never(workflow, item):  # not called here
+    async def never(workflow, values, seed, on_event):  # not called here
         raise AssertionError
 
     runner = JobRunner(store, storage, never, concurrency=4, lease_s=60, max_attempts=3, retry_base_s=1.0, retention_s=60,
@@ -26,8 +25,9 @@ def _runner(tmp_path):
 
 
 def _result() -> ItemResult:
-    png = b64(png_bytes(sample_image(8, 8)))
-    return ItemResult(ok=True, seed=1, images=[ImageOutput(output="save_image", node_id="9", index=0, width=8, height=8, png=png)])
+    png = png_bytes(sample_image(8, 8))
+    return ItemResult(ok=True, seed=1, outputs=[OutputBlob(output="save_image", node_id="9", index=0, width=8, height=8,
+                                                           media_type="image/png", data=png)])
 
 
 def test_results_are_stored_once_and_a_lost_lease_leaves_no_files(tmp_path):

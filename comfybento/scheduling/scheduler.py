@@ -1,0 +1,280 @@
+"""The one scheduler: decides what the engine's executor runs next.
+
+Contract (tests/unit/test_scheduler.py checks each point, without ComfyUI):
+
+1. `submit(job)` queues a job under its shape key (workflow + everything that
+   must be equal to share one execution, token-length bucket included) and
+   returns at once; the job's sink gets `Queued(position)`.
+2. The executor thread loops on `next_batch()`. When work is waiting it
+   returns at once: no waiting at low load. While a batch executes, new
+   arrivals gather in their queues and form the next batch.
+3. A batch holds jobs of one key, at most `cap(key)`: the job's `max_batch`
+   (the workflow's sidecar or default), lowered by what out-of-memory errors
+   taught (`run`). A job with `can_batch=False` always runs alone.
+4. Policy: the queue whose oldest job arrived first goes next. A job waits at
+   most for the batches ahead of it in its own queue plus one batch of every
+   other queue that was waiting before it: nothing starves.
+5. `run(batch, execute)` emits `Started` to each job, then calls
+   `execute(jobs)`. Returning normally hands the jobs over to the caller (the
+   engine finishes them: outputs, Done). `OutOfMemory` caps the key below the
+   failed size and retries in halves; any other error of a shared batch reruns
+   its jobs one by one, so one bad request does not fail its neighbours; an
+   error of a single job is that job's `Failed`.
+6. `cancel(job)` removes a queued job (it gets `Failed(Cancelled)`); a running
+   job is only flagged (`job.cancelled`), its batch runs on.
+7. `stop()` lets `next_batch()` drain what is queued, then return None;
+   `fail_queued(error)` fails whatever is still queued (a drain deadline).
+8. `stats()`: seconds the executor was busy, and seconds it sat idle while
+   jobs were queued (the scheduler's own overhead: the target is < 5%).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from comfybento.errors import ComfyBentoError, OutOfMemory
+from comfybento.scheduling.events import Event, Failed, Queued, Started
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+_ids = itertools.count()
+
+
+class Cancelled(ComfyBentoError):
+    """The caller went away before its request ran."""
+
+    error_code = 499  # type: ignore[assignment]
+
+
+def _no_events(event: Event) -> None:
+    pass
+
+
+@dataclass(eq=False)
+class Job(Generic[P]):
+    """One request waiting for, or in, an execution."""
+
+    key: str
+    payload: P
+    max_batch: int = 1
+    can_batch: bool = True
+    sink: Callable[[Event], None] = _no_events
+    id: int = field(default_factory=lambda: next(_ids))
+    arrived: float = field(default_factory=time.monotonic)
+    state: Literal["new", "queued", "running", "handed_off", "failed", "cancelled"] = "new"
+    cancelled: bool = False
+
+    def emit(self, event: Event) -> None:
+        try:
+            self.sink(event)
+        except Exception:  # a sink must never break the executor loop
+            log.exception("event sink of job %d failed on %s", self.id, type(event).__name__)
+
+
+@dataclass(frozen=True)
+class Stats:
+    busy_s: float  # executing batches
+    idle_with_work_s: float  # not executing although jobs were queued
+    queued_s: float  # time with at least one job queued
+    batches: int
+    jobs: int
+
+
+class Scheduler(Generic[P]):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._queues: dict[str, deque[Job[P]]] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._fits: dict[str, int] = {}
+        self._largest_ok: dict[str, int] = {}
+        # accounting (under _cond)
+        self._executing = False
+        self._waiting = 0
+        self._mark_at = clock()
+        self._busy = self._idle_with_work = self._queued_time = 0.0
+        self._batches = self._jobs_run = 0
+
+    # ------------------------------------------------------------ callers
+
+    def submit(self, job: Job[P]) -> None:
+        """Queue a job; a stopped scheduler fails it at once."""
+        with self._cond:
+            if self._stopping:
+                job.state = "failed"
+                stopped = True
+            else:
+                stopped = False
+                self._account()
+                position = self._waiting
+                job.arrived = self._clock()
+                job.state = "queued"
+                key = job.key if job.can_batch else f"{job.key}#solo{job.id}"
+                self._queues.setdefault(key, deque()).append(job)
+                self._waiting += 1
+                self._cond.notify()
+        if stopped:
+            from comfybento.errors import QueueFull
+
+            job.emit(Failed(QueueFull("the engine is shutting down; retry on another replica")))
+        else:
+            job.emit(Queued(position))
+
+    def cancel(self, job: Job[P]) -> bool:
+        """Drop a queued job (True), or flag a running one (False)."""
+        with self._cond:
+            job.cancelled = True
+            if job.state != "queued":
+                return False
+            self._account()
+            for key, queue in self._queues.items():
+                if job in queue:
+                    queue.remove(job)
+                    if not queue:
+                        del self._queues[key]
+                    break
+            self._waiting -= 1
+            job.state = "cancelled"
+        job.emit(Failed(Cancelled("the request was cancelled before it ran")))
+        return True
+
+    def queued(self) -> int:
+        with self._cond:
+            return self._waiting
+
+    def largest_fit(self, key: str) -> int | None:
+        """The largest batch known to fit in device memory for a key, once one ran out."""
+        with self._cond:
+            return self._fits.get(key)
+
+    def stats(self) -> Stats:
+        with self._cond:
+            self._account()
+            return Stats(self._busy, self._idle_with_work, self._queued_time, self._batches, self._jobs_run)
+
+    # ------------------------------------------------------------ executor side
+
+    def next_batch(self, timeout: float | None = None) -> list[Job[P]] | None:
+        """The next batch by the policy; blocks while nothing is queued. None: stopped (or timed out)."""
+        deadline = None if timeout is None else self._clock() + timeout
+        with self._cond:
+            while not self._queues:
+                if self._stopping:
+                    return None
+                remaining = None if deadline is None else deadline - self._clock()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            self._account()
+            key = min(self._queues, key=lambda k: self._queues[k][0].arrived)
+            queue = self._queues[key]
+            batch = [queue.popleft() for _ in range(min(len(queue), self._cap(key, queue[0])))]
+            if not queue:
+                del self._queues[key]
+            self._waiting -= len(batch)
+            self._executing = True
+            for job in batch:
+                job.state = "running"
+            return batch
+
+    def run(self, batch: list[Job[P]], execute: Callable[[list[Job[P]]], Any]) -> None:
+        """Execute one batch from next_batch(), splitting on OOM and isolating failures."""
+        now = self._clock()
+        for job in batch:
+            job.emit(Started(len(batch), max(0.0, now - job.arrived) * 1000))
+        try:
+            self._run_chunk(batch, execute)
+        finally:
+            with self._cond:
+                self._account()
+                self._executing = False
+                self._batches += 1
+                self._jobs_run += len(batch)
+
+    def run_forever(self, execute: Callable[[list[Job[P]]], Any]) -> None:
+        """The executor loop: returns once stopped and drained."""
+        while (batch := self.next_batch()) is not None:
+            self.run(batch, execute)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def fail_queued(self, error: Exception) -> int:
+        """Fail every job still queued (a drain deadline passed); returns how many."""
+        with self._cond:
+            self._account()
+            jobs = [job for queue in self._queues.values() for job in queue]
+            self._queues.clear()
+            self._waiting = 0
+            for job in jobs:
+                job.state = "failed"
+        for job in jobs:
+            job.emit(Failed(error))
+        return len(jobs)
+
+    # ------------------------------------------------------------ internals
+
+    def _cap(self, key: str, head: Job[P]) -> int:
+        if not head.can_batch:
+            return 1
+        return max(1, min(head.max_batch, self._fits.get(key, head.max_batch)))
+
+    def _account(self) -> None:
+        """Advance the busy / idle-with-work clocks to now (caller holds _cond)."""
+        now = self._clock()
+        elapsed, self._mark_at = now - self._mark_at, now
+        if self._executing:
+            self._busy += elapsed
+        if self._waiting:
+            self._queued_time += elapsed
+            if not self._executing:
+                self._idle_with_work += elapsed
+
+    def _run_chunk(self, chunk: list[Job[P]], execute: Callable[[list[Job[P]]], Any]) -> None:
+        key = chunk[0].key
+        try:
+            execute(chunk)
+        except OutOfMemory as exc:
+            if len(chunk) == 1:
+                self._fail(chunk, exc)
+                return
+            self._remember_oom(key, len(chunk))
+            half = len(chunk) // 2
+            self._run_chunk(chunk[:half], execute)
+            self._run_chunk(chunk[half:], execute)
+            return
+        except Exception as exc:
+            if len(chunk) == 1:
+                self._fail(chunk, exc)
+                return
+            log.info("a shared execution of %d requests failed (%s); running them one by one", len(chunk), exc)
+            for job in chunk:
+                self._run_chunk([job], execute)
+            return
+        with self._cond:
+            self._largest_ok[key] = max(len(chunk), self._largest_ok.get(key, 0))
+        for job in chunk:
+            job.state = "handed_off"
+
+    def _remember_oom(self, key: str, failed_size: int) -> None:
+        with self._cond:
+            cap = max(self._largest_ok.get(key, 0), failed_size // 2, 1)
+            self._fits[key] = min(cap, self._fits.get(key, cap))
+            cap = self._fits[key]
+        log.warning("out of memory at batch %d: batches for %s are capped at %d", failed_size, key, cap)
+
+    @staticmethod
+    def _fail(chunk: list[Job[P]], exc: Exception) -> None:
+        for job in chunk:
+            job.state = "failed"
+            job.emit(Failed(exc))

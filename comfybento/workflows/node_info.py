@@ -1,0 +1,147 @@
+"""Node definitions without importing ComfyUI: a snapshot of its object_info, refreshed when it changes.
+
+Only the engine may import torch and ComfyUI. The arbiter and the front still
+need every node's inputs, types, bounds and choices to build typed endpoints,
+so they read a snapshot file. The snapshot is keyed by a fingerprint of what
+can change the node registry: the ComfyUI tree and its version, the custom
+node folders, comfybento's own nodes, the installed torch, and the model
+files (their names are the choices of loader inputs). A missing or stale
+snapshot is written by a child process (`python -m comfybento object-info`),
+which imports ComfyUI on the CPU and exits, so its memory goes with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from comfybento.config import PROJECT_ROOT, Settings
+from comfybento.errors import ConfigError
+from comfybento.workflows.graph import InputDef, NodeDef
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_VERSION = 1
+_SKIP_DIRS = {"__pycache__", ".git", "node_modules", ".venv"}
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _input_def(name: str, spec: Any, required: bool) -> InputDef:
+    if not isinstance(spec, (tuple, list)) or not spec:
+        return InputDef(name=name, type=str(spec), required=required)
+    typ, options = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+    if isinstance(typ, (list, tuple)):
+        return InputDef(name=name, type="COMBO", required=required, options=options, choices=tuple(map(str, typ)))
+    if typ == "COMBO":
+        choices = tuple(map(str, options.get("options", ())))
+        return InputDef(name=name, type="COMBO", required=required, options=options, choices=choices)
+    return InputDef(name=name, type=str(typ), required=required, options=options)
+
+
+def node_def_from_info(class_type: str, info: Mapping[str, Any]) -> NodeDef:
+    inputs: dict[str, InputDef] = {}
+    for section, required in (("required", True), ("optional", False)):
+        for name, spec in (info.get("input", {}).get(section) or {}).items():
+            inputs[name] = _input_def(name, spec, required)
+    return NodeDef(
+        class_type=class_type,
+        inputs=inputs,
+        output_node=bool(info.get("output_node")),
+        return_types=tuple(str(t) for t in info.get("output", ())),
+        description=str(info.get("description") or ""),
+    )
+
+
+def node_defs_from_info(info: Mapping[str, Mapping[str, Any]]) -> dict[str, NodeDef]:
+    return {class_type: node_def_from_info(class_type, entry) for class_type, entry in info.items()}
+
+
+# ---------------------------------------------------------------- snapshot file
+
+
+def _files(root: Path, suffixes: tuple[str, ...] | None) -> Iterator[Path]:
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        for name in sorted(filenames):
+            if suffixes is None or name.endswith(suffixes):
+                yield Path(dirpath) / name
+
+
+def fingerprint(settings: Settings) -> str:
+    """Changes whenever the node registry could: ComfyUI, custom nodes, our nodes, torch, model files."""
+    from comfybento.runtime.bootstrap import find_comfyui_root  # locates the tree; imports nothing of it
+
+    root = find_comfyui_root(settings)
+    digest = hashlib.sha256(f"v{SNAPSHOT_VERSION}|{sys.version}|{root}|".encode())
+    for dist in ("torch", "torchvision", "torchaudio", "spandrel", "kornia"):
+        try:
+            digest.update(f"{dist}={importlib.metadata.version(dist)}|".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{dist}=absent|".encode())
+    version_file = root / "comfyui_version.py"
+    digest.update(version_file.read_bytes() if version_file.is_file() else b"")
+    for path in _files(PROJECT_ROOT / "comfybento" / "runtime", (".py",)):
+        digest.update(path.read_bytes())
+    for folder, suffixes in ((root / "custom_nodes", (".py", ".txt")), (settings.custom_nodes_dir, (".py", ".txt")),
+                             (settings.models_dir, None)):
+        for path in _files(folder, suffixes):
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+    return digest.hexdigest()[:32]
+
+
+def snapshot_path(settings: Settings, print_: str) -> Path:
+    return settings.cache_dir / f"object_info-{print_}.json"
+
+
+def load_node_defs(settings: Settings) -> dict[str, NodeDef]:
+    """The node registry's definitions from a fresh snapshot (written first if missing or stale)."""
+    path = snapshot_path(settings, fingerprint(settings))
+    if not path.is_file():
+        write_snapshot_in_child(settings, path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return node_defs_from_info(data["nodes"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"node-definition snapshot {path} is unreadable ({exc}); delete it and start again") from None
+
+
+def write_snapshot_in_child(settings: Settings, path: Path) -> None:
+    """Import ComfyUI in a child process (CPU only) and write its object_info to path."""
+    env = {
+        **os.environ,
+        "COMFYBENTO_CPU": "1",
+        "COMFYBENTO_CUSTOM_NODES": str(settings.custom_nodes_dir),
+        "COMFYBENTO_MODELS": str(settings.models_dir),
+        "COMFYBENTO_WORK_DIR": str(settings.work_dir),
+        "COMFYBENTO_CACHE_DIR": str(settings.cache_dir),
+    }
+    env.pop("COMFYUI_PATH", None)
+    if settings.comfyui_path is not None:
+        env["COMFYUI_PATH"] = str(settings.comfyui_path)
+    log.info("writing the node-definition snapshot %s (ComfyUI or custom nodes changed)", path.name)
+    cmd = [sys.executable, "-m", "comfybento", "object-info", "--out", str(path)]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0 or not path.is_file():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise ConfigError(f"could not read ComfyUI's node definitions (python -m comfybento object-info failed):\n{tail}")
+
+
+def write_snapshot(path: Path, nodes: Mapping[str, Any], comfyui_version: str) -> None:
+    """Write atomically: processes starting together may race to write the same snapshot."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"version": SNAPSHOT_VERSION, "comfyui_version": comfyui_version, "nodes": nodes}), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,217 @@
+"""The scheduler's contract (comfybento/scheduling/scheduler.py), without ComfyUI: a fake executor thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from comfybento.errors import NodeExecutionError, OutOfMemory
+from comfybento.scheduling.events import Failed, Queued, Started
+from comfybento.scheduling.scheduler import Cancelled, Job, Scheduler
+
+
+class Recorder:
+    """An executor that records each batch (job payloads) and takes `seconds` per batch."""
+
+    def __init__(self, seconds: float = 0.0, fail: object = None) -> None:
+        self.seconds = seconds
+        self.fail = fail
+        self.batches: list[list[str]] = []
+        self.started = threading.Event()
+
+    def __call__(self, jobs: list[Job[str]]) -> None:
+        self.batches.append([j.payload for j in jobs])
+        self.started.set()
+        if callable(self.fail):
+            self.fail(jobs)
+        time.sleep(self.seconds)
+
+
+def _job(key: str, payload: str, max_batch: int = 8, can_batch: bool = True, events: list | None = None) -> Job[str]:
+    sink = events.append if events is not None else (lambda e: None)
+    return Job(key=key, payload=payload, max_batch=max_batch, can_batch=can_batch, sink=sink)
+
+
+def _serve(scheduler: Scheduler[str], execute: Recorder) -> threading.Thread:
+    thread = threading.Thread(target=scheduler.run_forever, args=(execute,), daemon=True)
+    thread.start()
+    return thread
+
+
+def _drain(scheduler: Scheduler[str], thread: threading.Thread) -> None:
+    scheduler.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_idle_executor_dispatches_at_once():
+    scheduler: Scheduler[str] = Scheduler()
+    execute = Recorder()
+    thread = _serve(scheduler, execute)
+    time.sleep(0.05)  # the executor is idle and waiting
+    started = time.monotonic()
+    scheduler.submit(_job("a", "x"))
+    assert execute.started.wait(2)
+    assert time.monotonic() - started < 0.05  # no batching window at low load
+    _drain(scheduler, thread)
+    assert execute.batches == [["x"]]
+
+
+def test_arrivals_during_an_execution_form_the_next_batch():
+    scheduler: Scheduler[str] = Scheduler()
+    execute = Recorder(seconds=0.3)
+    thread = _serve(scheduler, execute)
+    scheduler.submit(_job("a", "first"))
+    assert execute.started.wait(2)
+    for i in range(6):
+        scheduler.submit(_job("a", f"r{i}"))
+    _drain(scheduler, thread)
+    assert execute.batches == [["first"], [f"r{i}" for i in range(6)]]
+
+
+def test_batches_are_capped_per_key_and_keys_never_mix():
+    scheduler: Scheduler[str] = Scheduler()
+    for i in range(5):
+        scheduler.submit(_job("a", f"a{i}", max_batch=2))
+    scheduler.submit(_job("b", "b0", max_batch=2))
+    scheduler.submit(_job("a", "solo", can_batch=False))
+    execute = Recorder()
+    _drain(scheduler, _serve(scheduler, execute))
+    # first come, first served across queues: b0 arrived after a0..a4, "solo" last of all
+    assert execute.batches == [["a0", "a1"], ["a2", "a3"], ["a4"], ["b0"], ["solo"]]
+
+
+def test_oldest_waiting_queue_goes_next_so_nothing_starves():
+    """A busy key with a full queue cannot keep a rare key waiting for more than one batch."""
+    scheduler: Scheduler[str] = Scheduler()
+    execute = Recorder(seconds=0.02)
+    thread = _serve(scheduler, execute)
+    scheduler.submit(_job("busy", "warm"))
+    assert execute.started.wait(2)
+    for i in range(20):
+        scheduler.submit(_job("busy", f"b{i}", max_batch=4))
+    scheduler.submit(_job("rare", "r"))
+    for i in range(20, 40):
+        scheduler.submit(_job("busy", f"b{i}", max_batch=4))
+    _drain(scheduler, thread)
+    order = [batch for batch in execute.batches]
+    rare_at = order.index(["r"])
+    # ahead of "r": the warm-up batch and the busy batches holding jobs that arrived before it (b0..b19: 5 batches)
+    assert rare_at <= 1 + 5
+    assert sorted(p for batch in order for p in batch) == sorted(["warm", "r", *(f"b{i}" for i in range(40))])
+
+
+def test_out_of_memory_splits_in_halves_and_caps_the_key():
+    scheduler: Scheduler[str] = Scheduler()
+    events: list = []
+
+    def too_big(jobs):
+        if len(jobs) > 2:
+            raise OutOfMemory("simulated")
+
+    for i in range(8):
+        scheduler.submit(_job("k", f"j{i}", events=events))
+    execute = Recorder(fail=too_big)
+    while (batch := scheduler.next_batch(timeout=0.1)) is not None:
+        scheduler.run(batch, execute)
+    assert [len(b) for b in execute.batches] == [8, 4, 2, 2, 4, 2, 2]
+    assert scheduler.largest_fit("k") == 2
+    assert not [e for e in events if isinstance(e, Failed)]
+    execute.batches.clear()
+    for i in range(8):
+        scheduler.submit(_job("k", f"again{i}"))
+    scheduler.stop()
+    scheduler.run_forever(execute)
+    assert [len(b) for b in execute.batches] == [2, 2, 2, 2]  # the learned cap is used straight away
+
+
+def test_a_failing_request_does_not_fail_its_neighbours():
+    scheduler: Scheduler[str] = Scheduler()
+    events: dict[str, list] = {}
+
+    def poison(jobs):
+        if any(j.payload == "bad" for j in jobs):
+            raise NodeExecutionError("3", "KSampler", "boom")
+
+    for name in ("ok1", "bad", "ok2"):
+        scheduler.submit(_job("k", name, events=events.setdefault(name, [])))
+    execute = Recorder(fail=poison)
+    _drain(scheduler, _serve(scheduler, execute))
+    assert execute.batches == [["ok1", "bad", "ok2"], ["ok1"], ["bad"], ["ok2"]]
+    failed = [e for e in events["bad"] if isinstance(e, Failed)]
+    assert len(failed) == 1 and "node 3 (KSampler)" in str(failed[0].error)
+    assert not [e for e in events["ok1"] + events["ok2"] if isinstance(e, Failed)]
+
+
+def test_out_of_memory_of_a_single_request_is_its_failure():
+    scheduler: Scheduler[str] = Scheduler()
+    events: list = []
+
+    def no_room(jobs):
+        raise OutOfMemory("no room")
+
+    scheduler.submit(_job("k", "x", events=events))
+    scheduler.stop()
+    scheduler.run_forever(Recorder(fail=no_room))
+    assert isinstance(events[-1], Failed) and isinstance(events[-1].error, OutOfMemory)
+
+
+def test_events_queued_with_position_then_started():
+    scheduler: Scheduler[str] = Scheduler()
+    events: list[list] = [[], [], []]
+    for i in range(3):
+        scheduler.submit(_job("k", str(i), events=events[i]))
+    scheduler.stop()
+    scheduler.run_forever(Recorder())
+    assert [e[0] for e in events] == [Queued(0), Queued(1), Queued(2)]
+    assert all(isinstance(e[1], Started) and e[1].batch_size == 3 for e in events)
+
+
+def test_cancel_drops_a_queued_request():
+    scheduler: Scheduler[str] = Scheduler()
+    events: list = []
+    keep, drop = _job("k", "keep"), _job("k", "drop", events=events)
+    scheduler.submit(keep)
+    scheduler.submit(drop)
+    assert scheduler.cancel(drop) and scheduler.queued() == 1
+    assert isinstance(events[-1], Failed) and isinstance(events[-1].error, Cancelled)
+    scheduler.stop()
+    execute = Recorder()
+    scheduler.run_forever(execute)
+    assert execute.batches == [["keep"]]
+    assert not scheduler.cancel(keep)  # already ran: only flagged
+
+
+def test_stop_drains_then_refuses_and_fail_queued_ends_the_rest():
+    scheduler: Scheduler[str] = Scheduler()
+    left: list = []
+    scheduler.submit(_job("k", "queued", events=left))
+    scheduler.stop()
+    late: list = []
+    scheduler.submit(_job("k", "late", events=late))
+    assert isinstance(late[-1], Failed) and "shutting down" in str(late[-1].error)
+    assert scheduler.fail_queued(RuntimeError("drain deadline")) == 1
+    assert isinstance(left[-1], Failed)
+    assert scheduler.next_batch(timeout=0.1) is None
+
+
+def test_idle_time_with_work_waiting_is_accounted():
+    now = [0.0]
+    scheduler: Scheduler[str] = Scheduler(clock=lambda: now[0])
+    scheduler.submit(_job("k", "a"))
+    now[0] = 1.0  # queued, executor idle for 1 s
+    batch = scheduler.next_batch()
+    assert batch is not None
+    scheduler.submit(_job("k", "b"))
+    now[0] = 3.0  # executing for 2 s while "b" waits
+
+    def advance(jobs):
+        now[0] += 0.0
+
+    scheduler.run(batch, advance)
+    stats = scheduler.stats()
+    assert stats.idle_with_work_s == pytest.approx(1.0)
+    assert stats.busy_s == pytest.approx(2.0)
+    assert stats.queued_s == pytest.approx(3.0)
