@@ -148,8 +148,17 @@ def engine_figures(before: dict[str, float], after: dict[str, float]) -> dict[st
     return {
         "mean_batch": d["comfybento_batch_size_sum"] / batches if batches else 0.0,
         "executor_idle_while_queued": d["comfybento_executor_idle_while_queued_seconds_total"] / queued if queued else 0.0,
+        "queued_s": queued,
         "executor_busy_s": d["comfybento_executor_busy_seconds_total"],
     }
+
+
+def idle_text(row: dict[str, Any]) -> str:
+    """The executor's idle share while requests waited; meaningless when (almost) nothing waited."""
+    queued = row.get("queued_s")
+    if queued is None:  # results written before queued_s was recorded
+        return f"{100 * row['executor_idle_while_queued']:.1f}%"
+    return f"{100 * row['executor_idle_while_queued']:.1f}% of {queued:.0f} s" if queued >= 1.0 else "(nothing waited)"
 
 
 def process_memory(proc: subprocess.Popen[bytes]) -> dict[str, float]:
@@ -288,7 +297,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {c} | {stock['images_per_s']:.2f} | {off['images_per_s']:.2f} | {ours['images_per_s']:.2f} | "
             f"{bento['images_per_s']:.2f} | {ours['images_per_s'] / stock['images_per_s']:.2f}x | {ours['images_per_s'] / limit:.2f} | "
             f"{ours['images_per_s'] / bento['images_per_s']:.2f}x | {ours['mean_batch']:.1f} / {bento['mean_batch']:.1f} | "
-            f"{100 * ours['executor_idle_while_queued']:.1f}% | {stock['p50_s']:.2f} / {off['p50_s']:.2f} / {ours['p50_s']:.2f} | "
+            f"{idle_text(ours)} | {stock['p50_s']:.2f} / {off['p50_s']:.2f} / {ours['p50_s']:.2f} | "
             f"{stock['p95_s']:.2f} / {ours['p95_s']:.2f} |")
     lines += ["", "Limit (sampler + decoder in a loop, one process, no serving): " + ", ".join(
         f"batch {r['batch']}: {r['images_per_s']:.2f} img/s" for r in result["limit"]), ""]
@@ -303,12 +312,19 @@ def prepare_models(profile: dict[str, Any], lock: Path, models: Path) -> None:
     subprocess.run([sys.executable, "-m", "comfybento", "models", "fetch"], cwd=ROOT, env=env, check=True)
 
 
+def rewrite_markdown(json_path: Path) -> None:
+    """Regenerate a result's .md from its .json (after a change to the table)."""
+    result = json.loads(json_path.read_text())
+    json_path.with_suffix(".md").write_text(markdown(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--levels", default=None, help="client counts (default: the profile's)")
     parser.add_argument("--per-client", type=int, default=3, help="requests per client at each level (at least 8 in all)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="a subset of " + ",".join(SYSTEMS))
+    parser.add_argument("--warmup", type=int, default=8, help="requests (4 at a time) before measuring each system")
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
@@ -333,7 +349,7 @@ def main() -> None:
         "workload": f"txt2img, {profile['ckpt']}, {body['width']}x{body['height']}, {body['steps']} steps, euler, cfg 8",
         "command": "python bench/run.py " + " ".join(sys.argv[1:]),
     }
-    warmup = 4 if args.quick else 8
+    warmup = 4 if args.quick else args.warmup
     for system in args.systems.split(","):
         proc, url = serve_stock(work / "stock", models, cpu) if system == "stock" else serve_ours(system, work / system, env_extra)
         try:

@@ -85,6 +85,8 @@ class Settings:
     cache_dir: Path = Path.home() / ".cache" / "comfybento"
     # On SIGTERM: seconds in-flight and queued requests get to finish before they are failed with 503.
     drain_timeout_s: int = 20
+    # Longest the executor waits for the callers of a just-finished batch to come back (0: never waits).
+    coalesce_ms: int = 500
     # Threads that encode outputs (PNG/WebP/JPEG) beside the executor; 0 = one per core, at most 8.
     encode_threads: int = 0
     # How requests reach the engine: "scheduler" (comfybento's own, the default) or
@@ -160,6 +162,7 @@ class Settings:
             cache_dir=_path(env, "COMFYBENTO_CACHE_DIR", Path.home() / ".cache" / "comfybento"),
             drain_timeout_s=_int(env, "COMFYBENTO_DRAIN_TIMEOUT_S", 20),
             encode_threads=_int(env, "COMFYBENTO_ENCODE_THREADS", 0),
+            coalesce_ms=_int(env, "COMFYBENTO_COALESCE_MS", 500),
             engine_entry=_choice(env, "COMFYBENTO_ENGINE_ENTRY", "scheduler", ("scheduler", "bentoml")),
             compile=_bool(env, "COMFYBENTO_COMPILE", False),
             **_job_settings(env, work_dir),

@@ -7,7 +7,16 @@ Contract (tests/unit/test_scheduler.py checks each point, without ComfyUI):
    returns at once; the job's sink gets `Queued(position)`.
 2. The executor thread loops on `next_batch()`. When work is waiting it
    returns at once: no waiting at low load. While a batch executes, new
-   arrivals gather in their queues and form the next batch.
+   arrivals gather in their queues and form the next batch. One bounded
+   exception, coalescing: right after a batch of k requests of a key ended,
+   their callers typically send their next requests within a round trip, so
+   while fewer than k are queued for that key, all of them arrived after that
+   batch ended (callers coming back, not a backlog), the executor waits for
+   more, at most `coalesce` (a fraction of that batch's execution time,
+   capped) after the batch ended. After a batch of one it never waits, so a
+   lone client is served at once, and a request that already waited through a
+   batch is never held back; under load batches stay full instead of
+   alternating the first callers back with the rest.
 3. A batch holds jobs of one key, at most `cap(key)`: the job's `max_batch`
    (the workflow's sidecar or default), lowered by what out-of-memory errors
    taught (`run`). A job with `can_batch=False` always runs alone.
@@ -89,8 +98,12 @@ class Stats:
 
 
 class Scheduler(Generic[P]):
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, coalesce_fraction: float = 0.25,
+                 coalesce_max_s: float = 0.25) -> None:
         self._clock = clock
+        self._coalesce_fraction = coalesce_fraction
+        self._coalesce_max_s = coalesce_max_s
+        self._recent: dict[str, tuple[int, float, float]] = {}  # key -> (size, ended at, seconds) of its last batch
         self._queues: dict[str, deque[Job[P]]] = {}
         self._cond = threading.Condition()
         self._stopping = False
@@ -166,15 +179,20 @@ class Scheduler(Generic[P]):
         """The next batch by the policy; blocks while nothing is queued. None: stopped (or timed out)."""
         deadline = None if timeout is None else self._clock() + timeout
         with self._cond:
-            while not self._queues:
-                if self._stopping:
-                    return None
-                remaining = None if deadline is None else deadline - self._clock()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            while True:
+                while not self._queues:
+                    if self._stopping:
+                        return None
+                    remaining = None if deadline is None else deadline - self._clock()
+                    if remaining is not None and remaining <= 0:
+                        return None
+                    self._cond.wait(remaining)
+                key = min(self._queues, key=lambda k: self._queues[k][0].arrived)
+                wait = self._coalesce_wait(key)
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
             self._account()
-            key = min(self._queues, key=lambda k: self._queues[k][0].arrived)
             queue = self._queues[key]
             batch = [queue.popleft() for _ in range(min(len(queue), self._cap(key, queue[0])))]
             if not queue:
@@ -187,14 +205,19 @@ class Scheduler(Generic[P]):
 
     def run(self, batch: list[Job[P]], execute: Callable[[list[Job[P]]], Any]) -> None:
         """Execute one batch from next_batch(), splitting on OOM and isolating failures."""
-        now = self._clock()
+        started = self._clock()
         for job in batch:
-            job.emit(Started(len(batch), max(0.0, now - job.arrived) * 1000))
+            job.emit(Started(len(batch), max(0.0, started - job.arrived) * 1000))
         try:
             self._run_chunk(batch, execute)
         finally:
             with self._cond:
                 self._account()
+                ended = self._clock()
+                self._recent[batch[0].key] = (len(batch), ended, ended - started)
+                if len(self._recent) > 256:  # shapes come and go: keep the recent ones
+                    for key in sorted(self._recent, key=lambda k: self._recent[k][1])[:128]:
+                        del self._recent[key]
                 self._executing = False
                 self._batches += 1
                 self._jobs_run += len(batch)
@@ -223,6 +246,18 @@ class Scheduler(Generic[P]):
         return len(jobs)
 
     # ------------------------------------------------------------ internals
+
+    def _coalesce_wait(self, key: str) -> float:
+        """Seconds to wait for the callers of the key's last batch to come back (0: dispatch now)."""
+        if self._stopping or key not in self._recent:
+            return 0.0
+        size, ended, seconds = self._recent[key]
+        queue = self._queues[key]
+        expected = min(size, self._cap(key, queue[0]))
+        if len(queue) >= expected or queue[0].arrived <= ended:  # enough, or a backlog: go
+            return 0.0
+        until = ended + min(self._coalesce_fraction * seconds, self._coalesce_max_s)
+        return max(0.0, until - self._clock())
 
     def _cap(self, key: str, head: Job[P]) -> int:
         if not head.can_batch:

@@ -83,7 +83,7 @@ class Engine:
     def __init__(self, settings: Settings, catalog: dict[str, WorkflowSpec]) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.scheduler: Scheduler[Prepared] = Scheduler()
+        self.scheduler: Scheduler[Prepared] = Scheduler(coalesce_max_s=settings.coalesce_ms / 1000)
         self.input_dir = settings.work_dir / "input"
         self.executor: Any = None  # runtime.executor.ComfyExecutor once started
         self._encoders = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="comfybento-encode")

@@ -101,3 +101,4 @@ def fail_startup(role: str, exc: BaseException) -> None:
     log.error("comfybento %s failed to start: %s", role, exc)
     if in_worker():
         os.kill(os.getppid(), signal.SIGTERM)
+        time.sleep(2.0)  # let the arbiter begin its stop before this worker exits, so it is not respawned

@@ -30,7 +30,10 @@ from comfybento.workflows.graph import InputDef, NodeDef
 log = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 1
+KEEP_SNAPSHOTS = 8
 _SKIP_DIRS = {"__pycache__", ".git", "node_modules", ".venv"}
+# Model files (loader inputs list them); not the hash stamps the engine writes beside them.
+_MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".pt2", ".onnx", ".yaml")
 
 
 # ---------------------------------------------------------------- parsing
@@ -69,13 +72,13 @@ def node_defs_from_info(info: Mapping[str, Mapping[str, Any]]) -> dict[str, Node
 # ---------------------------------------------------------------- snapshot file
 
 
-def _files(root: Path, suffixes: tuple[str, ...] | None) -> Iterator[Path]:
+def _files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
     if not root.is_dir():
         return
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         for name in sorted(filenames):
-            if suffixes is None or name.endswith(suffixes):
+            if name.endswith(suffixes):
                 yield Path(dirpath) / name
 
 
@@ -95,7 +98,7 @@ def fingerprint(settings: Settings) -> str:
     for path in _files(PROJECT_ROOT / "comfybento" / "runtime", (".py",)):
         digest.update(path.read_bytes())
     for folder, suffixes in ((root / "custom_nodes", (".py", ".txt")), (settings.custom_nodes_dir, (".py", ".txt")),
-                             (settings.models_dir, None)):
+                             (settings.models_dir, _MODEL_SUFFIXES)):
         for path in _files(folder, suffixes):
             stat = path.stat()
             digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
@@ -145,3 +148,6 @@ def write_snapshot(path: Path, nodes: Mapping[str, Any], comfyui_version: str) -
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"version": SNAPSHOT_VERSION, "comfyui_version": comfyui_version, "nodes": nodes}), encoding="utf-8")
     tmp.replace(path)
+    older = sorted(path.parent.glob("object_info-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_SNAPSHOTS:]
+    for stale in older:
+        stale.unlink(missing_ok=True)

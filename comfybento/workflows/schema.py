@@ -86,8 +86,9 @@ def encoding_fields(encoding: Encoding) -> dict[str, tuple[Any, Any]]:
     return {
         "output_format": (Literal["png", "webp", "jpeg"], Field(
             default=encoding.format, description="Image format of the outputs (the workflow's sidecar sets the default).")),
-        "output_quality": (Annotated[int | None, Field(ge=1, le=100)], Field(
-            default=None, description=f"WebP/JPEG quality, 1-100 (default {encoding.quality}); ignored for PNG.")),
+        "output_quality": (Annotated[int, Field(ge=1, le=100)], Field(
+            default=encoding.quality, description="WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); "
+                                                  "ignored for PNG.")),
     }
 
 

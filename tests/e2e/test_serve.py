@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from concurrent.futures import ThreadPoolExecutor
 
 import bentoml
@@ -23,6 +24,7 @@ def test_openapi_schema_is_typed(server):
     assert props["steps"]["type"] == "integer" and props["steps"]["minimum"] == 1
     assert "euler" in props["sampler_name"]["enum"]
     assert props["width"]["default"] == 128 and all(p.get("description") for p in props.values())
+    assert props["output_format"]["enum"] == ["png", "webp", "jpeg"] and props["output_format"]["default"] == "png"
 
 
 def test_sync_client_returns_a_png_of_the_requested_size(server):
@@ -43,6 +45,16 @@ def test_plain_png_download(server):
     resp = httpx.post(f"{server}/txt2img/png", json={"prompt": "a boat", "width": 64, "height": 64, "steps": 2, "seed": 3}, timeout=120)
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
     assert resp.headers["x-seed"] == "3" and png_array(resp.content).shape == (64, 64, 3)
+
+
+def test_output_formats_over_http(server):
+    body = {"prompt": "a boat", "width": 64, "height": 64, "steps": 2, "seed": 3}
+    webp = httpx.post(f"{server}/txt2img/png", json={**body, "output_format": "webp", "output_quality": 70}, timeout=120)
+    assert webp.status_code == 200 and webp.headers["content-type"] == "image/webp" and webp.content[:4] == b"RIFF"
+    image = httpx.post(f"{server}/txt2img", json={**body, "output_format": "jpeg"}, timeout=120).json()["images"][0]
+    assert image["media_type"] == "image/jpeg" and base64.b64decode(image["data"])[:2] == b"\xff\xd8"
+    bad = httpx.post(f"{server}/txt2img", json={**body, "output_format": "gif"}, timeout=60)
+    assert 400 <= bad.status_code < 500 and "output_format" in bad.text
 
 
 @pytest.mark.parametrize(

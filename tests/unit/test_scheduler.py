@@ -215,3 +215,77 @@ def test_idle_time_with_work_waiting_is_accounted():
     assert stats.idle_with_work_s == pytest.approx(1.0)
     assert stats.busy_s == pytest.approx(2.0)
     assert stats.queued_s == pytest.approx(3.0)
+
+
+class ClosedLoop:
+    """n clients that each send their next request shortly after their previous one finished."""
+
+    def __init__(self, scheduler: Scheduler[str], clients: int, rounds: int, exec_s: float, return_s: float) -> None:
+        self.scheduler, self.rounds, self.exec_s, self.return_s = scheduler, rounds, exec_s, return_s
+        self.batches: list[int] = []
+        self.left = {f"c{i}": rounds for i in range(clients)}
+        self.waits: list[float] = []
+
+    def send(self, client: str) -> None:
+        self.scheduler.submit(Job(key="k", payload=client, max_batch=16))
+
+    def __call__(self, jobs: list[Job[str]]) -> None:
+        self.batches.append(len(jobs))
+        self.waits += [time.monotonic() - j.arrived for j in jobs]
+        time.sleep(self.exec_s)
+        for i, job in enumerate(jobs):  # the callers come back one after another
+            self.left[job.payload] -= 1
+            if self.left[job.payload]:
+                threading.Timer(self.return_s * (i + 1), self.send, args=(job.payload,)).start()
+
+    def run(self) -> None:
+        thread = _serve(self.scheduler, self)
+        for client in self.left:
+            self.send(client)
+        deadline = time.monotonic() + 20
+        while any(self.left.values()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _drain(self.scheduler, thread)
+
+
+def test_under_load_batches_stay_full_instead_of_alternating():
+    loop = ClosedLoop(Scheduler(), clients=8, rounds=6, exec_s=0.2, return_s=0.005)
+    loop.run()
+    # the first request runs alone (idle dispatch), then 7 + 1 at most once, then full batches of 8
+    assert sum(loop.batches) == 48 and loop.batches.count(8) >= 4, loop.batches
+
+
+def test_without_coalescing_batches_split_into_the_first_callers_back_and_the_rest():
+    """What coalescing prevents: 8, 2, 6, 3, 5, 4, ... (the callers back first run apart from the rest)."""
+    loop = ClosedLoop(Scheduler(coalesce_max_s=0.0), clients=8, rounds=6, exec_s=0.2, return_s=0.005)
+    loop.run()
+    assert sum(loop.batches) == 48 and loop.batches.count(8) <= 2 and len(loop.batches) >= 9, loop.batches
+
+
+def test_a_lone_client_is_never_held_back():
+    loop = ClosedLoop(Scheduler(), clients=1, rounds=5, exec_s=0.1, return_s=0.001)
+    loop.run()
+    assert loop.batches == [1] * 5 and max(loop.waits) < 0.02, loop.waits
+
+
+def test_coalescing_waits_a_bounded_time_and_never_for_a_backlog():
+    now = [0.0]
+    scheduler: Scheduler[str] = Scheduler(clock=lambda: now[0], coalesce_fraction=0.25, coalesce_max_s=0.25)
+    for i in range(4):
+        scheduler.submit(_job("k", f"a{i}"))
+    batch = scheduler.next_batch()
+    assert batch is not None and len(batch) == 4
+    scheduler.submit(_job("k", "backlog"))  # queued while the batch ran
+
+    def four_seconds(jobs):
+        now[0] += 4.0
+
+    scheduler.run(batch, four_seconds)  # a batch of 4 that took 4 s, ended at t=4
+    assert scheduler._coalesce_wait("k") == 0.0  # it waited through a batch already: it goes at once
+    assert [j.payload for j in scheduler.next_batch()] == ["backlog"]
+    now[0] += 0.01
+    scheduler.submit(_job("k", "back"))  # a caller of the batch of 4 came back
+    assert scheduler._coalesce_wait("k") == pytest.approx(0.24)  # until t = 4 + min(25% of 4 s, 0.25 s)
+    now[0] += 0.3
+    assert scheduler._coalesce_wait("k") == 0.0
+    assert [j.payload for j in scheduler.next_batch()] == ["back"]
