@@ -8,15 +8,16 @@ Contract (tests/unit/test_scheduler.py checks each point, without ComfyUI):
 2. The executor thread loops on `next_batch()`. When work is waiting it
    returns at once: no waiting at low load. While a batch executes, new
    arrivals gather in their queues and form the next batch. One bounded
-   exception, coalescing: right after a batch of k requests of a key ended,
-   their callers typically send their next requests within a round trip, so
-   while fewer than k are queued for that key, all of them arrived after that
-   batch ended (callers coming back, not a backlog), the executor waits for
-   more, at most `coalesce` (a fraction of that batch's execution time,
-   capped) after the batch ended. After a batch of one it never waits, so a
-   lone client is served at once, and a request that already waited through a
-   batch is never held back; under load batches stay full instead of
-   alternating the first callers back with the rest.
+   exception, coalescing: the callers of a batch that just ended usually send
+   their next requests within a round trip. For each key the scheduler learns
+   which share of a batch's callers come back within the coalescing window (a
+   moving average, starting at 1). While fewer of them than expected are back,
+   the queue cannot fill a batch and the key's last batch was not already full,
+   the executor waits, at most `coalesce` (a quarter of that batch's execution
+   time, capped) after it ended. A lone client is served at once (its one
+   expected caller is the request at hand); clients that do not come back
+   (an open queue) soon stop causing any wait; under closed-loop load batches
+   merge to full instead of alternating the first callers back with the rest.
 3. A batch holds jobs of one key, at most `cap(key)`: the job's `max_batch`
    (the workflow's sidecar or default), lowered by what out-of-memory errors
    taught (`run`). A job with `can_batch=False` always runs alone.
@@ -104,6 +105,8 @@ class Scheduler(Generic[P]):
         self._coalesce_fraction = coalesce_fraction
         self._coalesce_max_s = coalesce_max_s
         self._recent: dict[str, tuple[int, float, float]] = {}  # key -> (size, ended at, seconds) of its last batch
+        self._returned: dict[str, int] = {}  # key -> arrivals within the window after its last batch ended
+        self._return_rate: dict[str, float] = {}  # key -> moving average of returned / batch size
         self._queues: dict[str, deque[Job[P]]] = {}
         self._cond = threading.Condition()
         self._stopping = False
@@ -132,6 +135,8 @@ class Scheduler(Generic[P]):
                 job.state = "queued"
                 key = job.key if job.can_batch else f"{job.key}#solo{job.id}"
                 self._queues.setdefault(key, deque()).append(job)
+                if key in self._recent and job.arrived <= self._window_end(key):
+                    self._returned[key] = self._returned.get(key, 0) + 1
                 self._waiting += 1
                 self._cond.notify()
         if stopped:
@@ -214,10 +219,16 @@ class Scheduler(Generic[P]):
             with self._cond:
                 self._account()
                 ended = self._clock()
-                self._recent[batch[0].key] = (len(batch), ended, ended - started)
+                key = batch[0].key
+                if key in self._recent:  # how many of the previous batch's callers came back in time
+                    share = min(1.0, self._returned.get(key, 0) / self._recent[key][0])
+                    self._return_rate[key] = 0.5 * self._return_rate.get(key, 1.0) + 0.5 * share
+                self._recent[key] = (len(batch), ended, ended - started)
+                self._returned[key] = 0
                 if len(self._recent) > 256:  # shapes come and go: keep the recent ones
-                    for key in sorted(self._recent, key=lambda k: self._recent[k][1])[:128]:
-                        del self._recent[key]
+                    for old in sorted(self._recent, key=lambda k: self._recent[k][1])[:128]:
+                        for table in (self._recent, self._returned, self._return_rate):
+                            table.pop(old, None)
                 self._executing = False
                 self._batches += 1
                 self._jobs_run += len(batch)
@@ -247,17 +258,21 @@ class Scheduler(Generic[P]):
 
     # ------------------------------------------------------------ internals
 
+    def _window_end(self, key: str) -> float:
+        _, ended, seconds = self._recent[key]
+        return ended + min(self._coalesce_fraction * seconds, self._coalesce_max_s)
+
     def _coalesce_wait(self, key: str) -> float:
-        """Seconds to wait for the callers of the key's last batch to come back (0: dispatch now)."""
+        """Seconds to wait for more callers of the key's last batch to come back (0: dispatch now)."""
         if self._stopping or key not in self._recent:
             return 0.0
-        size, ended, seconds = self._recent[key]
+        size, _, _ = self._recent[key]
         queue = self._queues[key]
-        expected = min(size, self._cap(key, queue[0]))
-        if len(queue) >= expected or queue[0].arrived <= ended:  # enough, or a backlog: go
+        cap = self._cap(key, queue[0])
+        expected = self._return_rate.get(key, 1.0) * size
+        if size >= cap or len(queue) >= cap or self._returned.get(key, 0) + 0.5 >= expected:
             return 0.0
-        until = ended + min(self._coalesce_fraction * seconds, self._coalesce_max_s)
-        return max(0.0, until - self._clock())
+        return max(0.0, self._window_end(key) - self._clock())
 
     def _cap(self, key: str, head: Job[P]) -> int:
         if not head.can_batch:

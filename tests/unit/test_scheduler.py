@@ -268,24 +268,58 @@ def test_a_lone_client_is_never_held_back():
     assert loop.batches == [1] * 5 and max(loop.waits) < 0.02, loop.waits
 
 
-def test_coalescing_waits_a_bounded_time_and_never_for_a_backlog():
-    now = [0.0]
-    scheduler: Scheduler[str] = Scheduler(clock=lambda: now[0], coalesce_fraction=0.25, coalesce_max_s=0.25)
-    for i in range(4):
-        scheduler.submit(_job("k", f"a{i}"))
+def _fake_clock_scheduler(now: list[float]) -> Scheduler[str]:
+    return Scheduler(clock=lambda: now[0], coalesce_fraction=0.25, coalesce_max_s=0.25)
+
+
+def _run_batch(scheduler: Scheduler[str], now: list[float], seconds: float) -> list[str]:
     batch = scheduler.next_batch()
-    assert batch is not None and len(batch) == 4
-    scheduler.submit(_job("k", "backlog"))  # queued while the batch ran
+    assert batch is not None
 
-    def four_seconds(jobs):
-        now[0] += 4.0
+    def takes(jobs):
+        now[0] += seconds
 
-    scheduler.run(batch, four_seconds)  # a batch of 4 that took 4 s, ended at t=4
-    assert scheduler._coalesce_wait("k") == 0.0  # it waited through a batch already: it goes at once
-    assert [j.payload for j in scheduler.next_batch()] == ["backlog"]
+    scheduler.run(batch, takes)
+    return [j.payload for j in batch]
+
+
+def test_coalescing_waits_a_bounded_time_for_the_callers_coming_back():
+    now = [0.0]
+    scheduler = _fake_clock_scheduler(now)
+    for i in range(4):
+        scheduler.submit(_job("k", f"a{i}", max_batch=16))
+    assert len(_run_batch(scheduler, now, 4.0)) == 4  # a batch of 4 that took 4 s, ended at t=4
     now[0] += 0.01
-    scheduler.submit(_job("k", "back"))  # a caller of the batch of 4 came back
+    scheduler.submit(_job("k", "back", max_batch=16))  # one of its callers came back
     assert scheduler._coalesce_wait("k") == pytest.approx(0.24)  # until t = 4 + min(25% of 4 s, 0.25 s)
     now[0] += 0.3
     assert scheduler._coalesce_wait("k") == 0.0
-    assert [j.payload for j in scheduler.next_batch()] == ["back"]
+    assert _run_batch(scheduler, now, 1.0) == ["back"]
+
+
+def test_no_wait_after_a_full_batch_or_when_the_queue_fills_one():
+    now = [0.0]
+    scheduler = _fake_clock_scheduler(now)
+    for i in range(5):
+        scheduler.submit(_job("k", f"a{i}", max_batch=2))
+    assert _run_batch(scheduler, now, 1.0) == ["a0", "a1"]  # full: the rest goes at once
+    assert scheduler._coalesce_wait("k") == 0.0
+
+
+def test_callers_that_do_not_come_back_soon_cause_no_wait():
+    """An open queue (e.g. independent users, or jobs): the learned return rate drops, and so does the waiting."""
+    now = [0.0]
+    scheduler = _fake_clock_scheduler(now)
+    for i in range(6):
+        for j in range(4):
+            scheduler.submit(_job("k", f"r{i}-{j}", max_batch=16))
+            now[0] += 0.5  # arrivals spread out, never right after a batch ended
+        _run_batch(scheduler, now, 1.0)
+        now[0] += 1.0
+    assert scheduler._return_rate["k"] < 0.1
+    for j in range(4):
+        scheduler.submit(_job("k", f"last{j}", max_batch=16))
+    _run_batch(scheduler, now, 1.0)
+    now[0] += 0.01
+    scheduler.submit(_job("k", "new", max_batch=16))  # right after the batch: with a return rate of 1 it would wait
+    assert scheduler._coalesce_wait("k") == 0.0
