@@ -132,7 +132,8 @@ def scrape(url: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     wanted = {"comfybento_batch_size_sum", "comfybento_batch_size_count", "comfybento_executor_busy_seconds_total",
-              "comfybento_executor_idle_while_queued_seconds_total", "comfybento_queue_nonempty_seconds_total"}
+              "comfybento_executor_idle_while_queued_seconds_total", "comfybento_queue_nonempty_seconds_total",
+              "comfybento_executor_coalescing_seconds_total"}
     totals = dict.fromkeys(wanted, 0.0)
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
         for sample in family.samples:
@@ -149,16 +150,20 @@ def engine_figures(before: dict[str, float], after: dict[str, float]) -> dict[st
         "mean_batch": d["comfybento_batch_size_sum"] / batches if batches else 0.0,
         "executor_idle_while_queued": d["comfybento_executor_idle_while_queued_seconds_total"] / queued if queued else 0.0,
         "queued_s": queued,
+        "coalescing_s": d["comfybento_executor_coalescing_seconds_total"],
         "executor_busy_s": d["comfybento_executor_busy_seconds_total"],
     }
 
 
 def idle_text(row: dict[str, Any]) -> str:
-    """The executor's idle share while requests waited; meaningless when (almost) nothing waited."""
+    """The executor's idle share while requests waited (and its coalescing waits); n/a when (almost) nothing waited."""
     queued = row.get("queued_s")
     if queued is None:  # results written before queued_s was recorded
         return f"{100 * row['executor_idle_while_queued']:.1f}%"
-    return f"{100 * row['executor_idle_while_queued']:.1f}% of {queued:.0f} s" if queued >= 1.0 else "(nothing waited)"
+    if queued < 1.0:
+        return "(nothing waited)"
+    text = f"{100 * row['executor_idle_while_queued']:.1f}% of {queued:.0f} s"
+    return text + f" (+{row['coalescing_s']:.1f} s coalescing)" if "coalescing_s" in row else text
 
 
 def process_memory(proc: subprocess.Popen[bytes]) -> dict[str, float]:
@@ -286,7 +291,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Benchmark: {result['name']}", "", f"Machine: {result['machine']}. Workload: {result['workload']}.", "",
              f"Command: `{result['command']}`", "",
              "| clients | stock img/s | off img/s | ours img/s | bentoml img/s | ours vs stock | ours vs limit | ours vs bentoml "
-             "| mean batch ours / bentoml | executor idle while queued | p50 stock / off / ours (s) | p95 stock / ours (s) |",
+             "| mean batch ours / bentoml | ours: executor idle while queued | p50 stock / off / ours (s) | p95 stock / ours (s) |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     limit_by_batch = {r["batch"]: r["images_per_s"] for r in result["limit"]}
     rows = zip(*(result[s] for s in SYSTEMS), strict=True)

@@ -34,8 +34,9 @@ Contract (tests/unit/test_scheduler.py checks each point, without ComfyUI):
    job is only flagged (`job.cancelled`), its batch runs on.
 7. `stop()` lets `next_batch()` drain what is queued, then return None;
    `fail_queued(error)` fails whatever is still queued (a drain deadline).
-8. `stats()`: seconds the executor was busy, and seconds it sat idle while
-   jobs were queued (the scheduler's own overhead: the target is < 5%).
+8. `stats()`: seconds the executor was busy, seconds it sat idle while jobs
+   were queued (the scheduler's own overhead: the target is < 5%), and, apart
+   from those, seconds it waited on purpose to coalesce (point 2).
 """
 
 from __future__ import annotations
@@ -92,10 +93,11 @@ class Job(Generic[P]):
 @dataclass(frozen=True)
 class Stats:
     busy_s: float  # executing batches
-    idle_with_work_s: float  # not executing although jobs were queued
+    idle_with_work_s: float  # not executing although jobs were queued (coalescing waits excluded)
     queued_s: float  # time with at least one job queued
     batches: int
     jobs: int
+    coalescing_s: float = 0.0  # waiting on purpose for the callers of a batch to come back
 
 
 class Scheduler(Generic[P]):
@@ -116,7 +118,8 @@ class Scheduler(Generic[P]):
         self._executing = False
         self._waiting = 0
         self._mark_at = clock()
-        self._busy = self._idle_with_work = self._queued_time = 0.0
+        self._busy = self._idle_with_work = self._queued_time = self._coalescing_time = 0.0
+        self._coalescing = False
         self._batches = self._jobs_run = 0
 
     # ------------------------------------------------------------ callers
@@ -176,7 +179,7 @@ class Scheduler(Generic[P]):
     def stats(self) -> Stats:
         with self._cond:
             self._account()
-            return Stats(self._busy, self._idle_with_work, self._queued_time, self._batches, self._jobs_run)
+            return Stats(self._busy, self._idle_with_work, self._queued_time, self._batches, self._jobs_run, self._coalescing_time)
 
     # ------------------------------------------------------------ executor side
 
@@ -196,7 +199,13 @@ class Scheduler(Generic[P]):
                 wait = self._coalesce_wait(key)
                 if wait <= 0:
                     break
-                self._cond.wait(wait)
+                self._account()
+                self._coalescing = True
+                try:
+                    self._cond.wait(wait)
+                finally:
+                    self._account()
+                    self._coalescing = False
             self._account()
             queue = self._queues[key]
             batch = [queue.popleft() for _ in range(min(len(queue), self._cap(key, queue[0])))]
@@ -287,7 +296,9 @@ class Scheduler(Generic[P]):
             self._busy += elapsed
         if self._waiting:
             self._queued_time += elapsed
-            if not self._executing:
+            if self._coalescing:
+                self._coalescing_time += elapsed
+            elif not self._executing:
                 self._idle_with_work += elapsed
 
     def _run_chunk(self, chunk: list[Job[P]], execute: Callable[[list[Job[P]]], Any]) -> None:

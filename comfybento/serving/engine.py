@@ -88,7 +88,7 @@ class Engine:
         self.executor: Any = None  # runtime.executor.ComfyExecutor once started
         self._encoders = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="comfybento-encode")
         self._loop: Future[Any] | None = None
-        self._stats = Stats(0.0, 0.0, 0.0, 0, 0)
+        self._stats = Stats(0.0, 0.0, 0.0, 0, 0, 0.0)
 
     # ------------------------------------------------------------ startup
 
@@ -288,6 +288,7 @@ class Engine:
         metrics.EXECUTOR_BUSY.inc(max(0.0, new.busy_s - old.busy_s))
         metrics.EXECUTOR_IDLE_WHILE_QUEUED.inc(max(0.0, new.idle_with_work_s - old.idle_with_work_s))
         metrics.QUEUE_NONEMPTY.inc(max(0.0, new.queued_s - old.queued_s))
+        metrics.EXECUTOR_COALESCING.inc(max(0.0, new.coalescing_s - old.coalescing_s))
         self._stats = new
 
 

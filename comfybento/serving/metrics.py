@@ -46,6 +46,11 @@ EXECUTOR_IDLE_WHILE_QUEUED = bentoml.metrics.Counter(
     documentation="Seconds the executor sat idle although requests were queued (scheduler overhead; the target is < 5% "
                   "of comfybento_queue_nonempty_seconds).",
 )
+EXECUTOR_COALESCING = bentoml.metrics.Counter(
+    name="comfybento_executor_coalescing_seconds",
+    documentation="Seconds the executor waited on purpose for the callers of a finished batch to come back "
+                  "(bounded coalescing; not counted as idle).",
+)
 QUEUE_NONEMPTY = bentoml.metrics.Counter(
     name="comfybento_queue_nonempty_seconds",
     documentation="Seconds during which at least one request was queued for the executor.",
