@@ -312,7 +312,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def prepare_models(profile: dict[str, Any], lock: Path, models: Path) -> None:
+def prepare_models(lock: Path, models: Path) -> None:
     env = {**os.environ, "COMFYBENTO_MODELS_LOCK": str(lock), "COMFYBENTO_MODELS": str(models)}
     subprocess.run([sys.executable, "-m", "comfybento", "models", "fetch"], cwd=ROOT, env=env, check=True)
 
@@ -340,7 +340,7 @@ def main() -> None:
     cpu = bool(profile["cpu"])
     lock = ROOT / ("models.lock" if cpu else "bench/models.gpu.lock")
     models = Path(os.environ.get("COMFYBENTO_MODELS", ROOT / "models"))
-    prepare_models(profile, lock, models)
+    prepare_models(lock, models)
     work = Path(tempfile.mkdtemp(prefix="comfybento-bench-"))
     workflows = work / "workflows"
     workflows.mkdir()

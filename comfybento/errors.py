@@ -70,6 +70,12 @@ class EngineUnavailable(ComfyBentoError):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class Cancelled(ComfyBentoError):
+    """The caller went away before its request ran (nobody is left to read this status)."""
+
+    error_code = 499  # type: ignore[assignment]
+
+
 class InternalError(ComfyBentoError):
     """An unexpected failure; the client sees this message, the log has the traceback."""
 
@@ -82,6 +88,7 @@ _KINDS: tuple[tuple[type[Exception], str], ...] = (
     (WorkflowError, "workflow"),
     (QueueFull, "unavailable"),
     (EngineUnavailable, "unavailable"),
+    (Cancelled, "cancelled"),
 )
 
 
@@ -93,8 +100,6 @@ def describe(exc: Exception) -> dict[str, Any]:
     paths, so the client gets a generic one (the caller logs the traceback).
     """
     kind = next((k for cls, k in _KINDS if isinstance(exc, cls)), "internal")
-    if getattr(exc, "error_code", None) == 499:
-        kind = "cancelled"
     safe = isinstance(exc, ComfyBentoError)
     fields: dict[str, Any] = {
         "status": int(exc.error_code) if isinstance(exc, ComfyBentoError) else 500,

@@ -28,12 +28,12 @@ def make_storage(settings: Settings) -> Storage:
 def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Execute) -> tuple[JobService, JobRunner]:
     store, storage = make_store(settings), make_storage(settings)
     allow = AllowList(settings.webhook_allowlist)
-    service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s)
     runner = JobRunner(
         store, storage, execute, concurrency=settings.job_concurrency, lease_s=settings.job_lease_s,
         max_attempts=settings.job_max_attempts, retry_base_s=settings.job_retry_base_s, retention_s=settings.job_retention_s,
         webhook_secret=settings.webhook_secret, allow=allow, webhook_max_attempts=settings.webhook_max_attempts,
         webhook_backoff_s=settings.webhook_backoff_s,
     )
-    service.live_progress = runner.progress
+    service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s,
+                         live_progress=runner.progress)
     return service, runner

@@ -65,15 +65,15 @@ def expand(req: JobSubmit) -> list[dict[str, Any]]:
 
 class JobService:
     def __init__(self, catalog: dict[str, WorkflowSpec], store: JobStore, storage: Storage, allow: AllowList,
-                 max_items: int, retention_s: int) -> None:
+                 max_items: int, retention_s: int, live_progress: dict[tuple[str, int], dict[str, int]] | None = None) -> None:
         self.catalog = catalog
         self.store = store
         self.storage = storage
         self.allow = allow
         self.max_items = max_items
         self.retention_s = retention_s
-        # (job id, index) -> {"step", "steps"} of items running on this replica (the runner fills it)
-        self.live_progress: dict[tuple[str, int], dict[str, int]] = {}
+        # (job id, index) -> {"step", "steps"} of items running on this replica (the runner's dict, which it fills)
+        self.live_progress = live_progress if live_progress is not None else {}
         self.item_models: dict[str, type[BaseModel]] = {
             name: build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True) for name, spec in catalog.items()}
 

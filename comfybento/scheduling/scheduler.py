@@ -50,19 +50,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from comfybento.errors import ComfyBentoError, OutOfMemory
+from comfybento.errors import Cancelled, OutOfMemory, QueueFull
 from comfybento.scheduling.events import Event, Failed, Queued, Started
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 _ids = itertools.count()
-
-
-class Cancelled(ComfyBentoError):
-    """The caller went away before its request ran."""
-
-    error_code = 499  # type: ignore[assignment]
 
 
 def _no_events(event: Event) -> None:
@@ -143,8 +137,6 @@ class Scheduler(Generic[P]):
                 self._waiting += 1
                 self._cond.notify()
         if stopped:
-            from comfybento.errors import QueueFull
-
             job.emit(Failed(QueueFull("the engine is shutting down; retry on another replica")))
         else:
             job.emit(Queued(position))

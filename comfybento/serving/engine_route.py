@@ -9,7 +9,6 @@ the request ran, the request is dropped from the scheduler's queue.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,8 +20,6 @@ from starlette.routing import Route
 from comfybento.scheduling.events import TERMINAL, Event
 from comfybento.serving.messages import event_to_frame, item_from_frame
 from comfybento.serving.wire import MEDIA_TYPE, WireError, decode_frame, encode_frame
-
-log = logging.getLogger(__name__)
 
 _state: dict[str, Any] = {}
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from comfybento.config import Settings
+from comfybento.errors import Cancelled
 from comfybento.outputs.encoding import png_bytes
 from comfybento.scheduling.events import Done, Failed, OutputReady, Progress, Queued, Started
-from comfybento.scheduling.scheduler import Cancelled
 from comfybento.serving.engine import Collector, Engine
 from comfybento.serving.messages import EngineItem
 from comfybento.serving.project import load_project

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from comfybento.errors import NodeExecutionError, OutOfMemory
+from comfybento.errors import Cancelled, NodeExecutionError, OutOfMemory
 from comfybento.scheduling.events import Failed, Queued, Started
-from comfybento.scheduling.scheduler import Cancelled, Job, Scheduler
+from comfybento.scheduling.scheduler import Job, Scheduler
 
 
 class Recorder:
