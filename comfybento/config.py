@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from comfybento.errors import ConfigError
+from comfybento.workflows.limits import ENV_NAMES, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,6 +95,9 @@ class Settings:
     engine_entry: str = "scheduler"
     # Compile the diffusion model with torch.compile (ComfyUI's own model patching), warmed up before ready.
     compile: bool = False
+    # What one request may ask of the machine (COMFYBENTO_MAX_IMAGE_PIXELS, ...; see workflows/limits.py);
+    # a workflow's sidecar can change them for that workflow.
+    limits: Limits = field(default_factory=Limits)
     # ---- batch jobs
     # Where jobs live: "sqlite" (an embedded file, the default) or "redis" (shared by replicas).
     jobs_backend: str = "sqlite"
@@ -165,8 +169,14 @@ class Settings:
             coalesce_ms=_int(env, "COMFYBENTO_COALESCE_MS", 500),
             engine_entry=_choice(env, "COMFYBENTO_ENGINE_ENTRY", "scheduler", ("scheduler", "bentoml")),
             compile=_bool(env, "COMFYBENTO_COMPILE", False),
+            limits=_limits(env),
             **_job_settings(env, work_dir),
         )
+
+
+def _limits(env: dict[str, str]) -> Limits:
+    defaults = Limits()
+    return Limits(**{name: _int(env, var, getattr(defaults, name), minimum=1) for name, var in ENV_NAMES.items()})
 
 
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

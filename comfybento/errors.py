@@ -38,6 +38,15 @@ class InvalidRequest(ComfyBentoError):
     error_code = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
+class TooLarge(ComfyBentoError):
+    """A request, upload or body is over a configured limit, or cannot fit on this device even alone.
+
+    The message names the limit. Not transient: retrying the same request gets the same answer.
+    """
+
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
 class NotFound(ComfyBentoError):
     error_code = HTTPStatus.NOT_FOUND
 
@@ -83,6 +92,7 @@ class InternalError(ComfyBentoError):
 # What each error is called in results and job records (the first matching class wins).
 _KINDS: tuple[tuple[type[Exception], str], ...] = (
     (InvalidRequest, "invalid"),
+    (TooLarge, "too_large"),
     (NodeExecutionError, "node"),
     (OutOfMemory, "oom"),
     (WorkflowError, "workflow"),
@@ -92,7 +102,7 @@ _KINDS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-def describe(exc: Exception) -> dict[str, Any]:
+def describe(exc: BaseException) -> dict[str, Any]:
     """The client-safe fields of an error: status, kind, message and, for node errors, the node.
 
     The one place where an exception becomes what a client sees. Anything that

@@ -75,7 +75,7 @@ class JobService:
         # (job id, index) -> {"step", "steps"} of items running on this replica (the runner's dict, which it fills)
         self.live_progress = live_progress if live_progress is not None else {}
         self.item_models: dict[str, type[BaseModel]] = {
-            name: build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True) for name, spec in catalog.items()}
+            name: build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True, limits=spec.limits) for name, spec in catalog.items()}
 
     # ------------------------------------------------------------ submit
 

@@ -109,6 +109,13 @@ class ComfyExecutor:
             raise runtime_errors.from_execution(self._executor.status_messages)
         return {slot: torch.cat(parts) for slot, parts in bucket.items()}
 
+    @staticmethod
+    def interrupt() -> None:
+        """Make the running execution stop at its next step (from any thread). The next execution clears the flag."""
+        import comfy.model_management
+
+        comfy.model_management.interrupt_current_processing(True)
+
     def preload_checkpoint(self, ckpt_name: str) -> None:
         """Load a checkpoint and move its diffusion model onto the device now."""
         self.call(_preload, ckpt_name)

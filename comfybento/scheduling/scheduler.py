@@ -27,11 +27,17 @@ Contract (tests/unit/test_scheduler.py checks each point, without ComfyUI):
 5. `run(batch, execute)` emits `Started` to each job, then calls
    `execute(jobs)`. Returning normally hands the jobs over to the caller (the
    engine finishes them: outputs, Done). `OutOfMemory` caps the key below the
-   failed size and retries in halves; any other error of a shared batch reruns
+   failed size and retries in halves (a single job that still does not fit
+   fails with `TooLarge`, a 413: retrying cannot help); any other error of a shared batch reruns
    its jobs one by one, so one bad request does not fail its neighbours; an
    error of a single job is that job's `Failed`.
-6. `cancel(job)` removes a queued job (it gets `Failed(Cancelled)`); a running
-   job is only flagged (`job.cancelled`), its batch runs on.
+6. `cancel(job)` removes a queued job (it gets `Failed(Cancelled)`). A running
+   job is flagged (`job.cancelled`); once every job of the running batch is
+   flagged, `on_abandoned()` is called (the engine sets ComfyUI's interrupt
+   flag), under the scheduler's lock, so it can never reach the next batch.
+   A cancelled job is never rerun: when its batch fails (interrupted, or a
+   neighbour's error) it gets `Failed(Cancelled)`, and the one-by-one reruns
+   skip it.
 7. `stop()` lets `next_batch()` drain what is queued, then return None;
    `fail_queued(error)` fails whatever is still queued (a drain deadline).
 8. `stats()`: seconds the executor was busy, seconds it sat idle while jobs
@@ -50,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from comfybento.errors import Cancelled, OutOfMemory, QueueFull
+from comfybento.errors import Cancelled, OutOfMemory, QueueFull, TooLarge
 from comfybento.scheduling.events import Event, Failed, Queued, Started
 
 log = logging.getLogger(__name__)
@@ -96,8 +102,10 @@ class Stats:
 
 class Scheduler(Generic[P]):
     def __init__(self, clock: Callable[[], float] = time.monotonic, coalesce_fraction: float = 0.25,
-                 coalesce_max_s: float = 0.25) -> None:
+                 coalesce_max_s: float = 0.25, on_abandoned: Callable[[], None] | None = None) -> None:
         self._clock = clock
+        self._on_abandoned = on_abandoned
+        self._running: list[Job[P]] = []
         self._coalesce_fraction = coalesce_fraction
         self._coalesce_max_s = coalesce_max_s
         self._recent: dict[str, tuple[int, float, float]] = {}  # key -> (size, ended at, seconds) of its last batch
@@ -146,6 +154,10 @@ class Scheduler(Generic[P]):
         with self._cond:
             job.cancelled = True
             if job.state != "queued":
+                if job.state == "running" and self._running and all(j.cancelled for j in self._running):
+                    log.info("every caller of the running batch of %d left: interrupting it", len(self._running))
+                    if self._on_abandoned is not None:
+                        self._on_abandoned()
                 return False
             self._account()
             for key, queue in self._queues.items():
@@ -207,6 +219,7 @@ class Scheduler(Generic[P]):
             self._executing = True
             for job in batch:
                 job.state = "running"
+            self._running = batch
             return batch
 
     def run(self, batch: list[Job[P]], execute: Callable[[list[Job[P]]], Any]) -> None:
@@ -231,6 +244,7 @@ class Scheduler(Generic[P]):
                         for table in (self._recent, self._returned, self._return_rate):
                             table.pop(old, None)
                 self._executing = False
+                self._running = []
                 self._batches += 1
                 self._jobs_run += len(batch)
 
@@ -294,12 +308,19 @@ class Scheduler(Generic[P]):
                 self._idle_with_work += elapsed
 
     def _run_chunk(self, chunk: list[Job[P]], execute: Callable[[list[Job[P]]], Any]) -> None:
+        gone = [job for job in chunk if job.cancelled]
+        if gone:  # their callers left: never (re)run them
+            self._fail(gone, Cancelled("the caller went away; the request was cancelled"))
+            chunk = [job for job in chunk if not job.cancelled]
+            if not chunk:
+                return
         key = chunk[0].key
         try:
             execute(chunk)
         except OutOfMemory as exc:
             if len(chunk) == 1:
-                self._fail(chunk, exc)
+                self._fail(chunk, TooLarge(f"this request does not fit in this device's memory even alone; ask for fewer "
+                                           f"or smaller images ({exc})"))
                 return
             self._remember_oom(key, len(chunk))
             half = len(chunk) // 2
@@ -307,6 +328,9 @@ class Scheduler(Generic[P]):
             self._run_chunk(chunk[half:], execute)
             return
         except Exception as exc:
+            if all(job.cancelled for job in chunk):
+                self._fail(chunk, Cancelled("the caller went away; the request was interrupted"))
+                return
             if len(chunk) == 1:
                 self._fail(chunk, exc)
                 return

@@ -35,6 +35,7 @@ from comfybento.workflows.batchplan import BATCHABLE_ROLES, DETERMINISTIC_SAMPLE
 from comfybento.workflows.binding import bind, shape_key
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.graph import Graph, is_link
+from comfybento.workflows.limits import check_graph_limits
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Engine:
     def __init__(self, settings: Settings, catalog: dict[str, WorkflowSpec]) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.scheduler: Scheduler[Prepared] = Scheduler(coalesce_max_s=settings.coalesce_ms / 1000)
+        self.scheduler: Scheduler[Prepared] = Scheduler(coalesce_max_s=settings.coalesce_ms / 1000, on_abandoned=self._interrupt)
         self.input_dir = settings.work_dir / "input"
         self.executor: Any = None  # runtime.executor.ComfyExecutor once started
         self._encoders = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="comfybento-encode")
@@ -167,6 +168,11 @@ class Engine:
         self.scheduler.submit(job)
         return job
 
+    def _interrupt(self) -> None:
+        """Every caller of the running batch left: stop it at its next step (ComfyUI's interrupt flag)."""
+        if self.executor is not None:
+            self.executor.interrupt()
+
     def cancel(self, job: Job[Prepared]) -> None:
         self.scheduler.cancel(job)
 
@@ -190,6 +196,7 @@ class Engine:
                     files.append(path)
                     values[param.name] = path.name
             graph = bind(spec.graph, spec.params, values, item.seed)
+            check_graph_limits(spec.name, graph, spec.limits)
         except Exception:
             for path in files:
                 path.unlink(missing_ok=True)

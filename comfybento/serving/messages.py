@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from comfybento.errors import describe
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Progress, Queued, Started
 
-ErrorKind = Literal["invalid", "node", "oom", "workflow", "unavailable", "cancelled", "internal"]
+ErrorKind = Literal["invalid", "too_large", "node", "oom", "workflow", "unavailable", "cancelled", "internal"]
 OutputFormat = Literal["png", "webp", "jpeg"]
 
 

@@ -15,28 +15,36 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFull
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
 from comfybento.jobs.runner import OnEvent
-from comfybento.outputs.encoding import b64, decode_b64, normalize_upload
+from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission
 from comfybento.serving import engine_route, lifecycle
 from comfybento.serving.auth import ApiKeyMiddleware
 from comfybento.serving.engine_client import EngineClient, engine_url
+from comfybento.serving.http import RequestEdgeMiddleware, error_response, quiet_client_errors, request_id, until_client_disconnects
 from comfybento.serving.messages import EngineItem, ItemResult
 from comfybento.serving.project import Project
-from comfybento.workflows.binding import resolve_seed
+from comfybento.serving.uploads import read_upload
+from comfybento.workflows.binding import bind, resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.limits import check_graph_limits
 from comfybento.workflows.schema import GenerateResponse, ImageOutput, Timings
+
+log = logging.getLogger(__name__)
 
 ENGINE_NAME = "comfybento-engine"
 ENGINE_TIMEOUT_S = 900
@@ -87,14 +95,19 @@ def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
 
 
 def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None) -> EngineItem:
-    """A validated request (endpoint fields or a job item) as the engine's item: files as bytes."""
+    """A validated request (endpoint fields or a job item) as the engine's item: uploads checked and read as bytes.
+
+    Blocking (reads and decodes uploads): call it in a thread. Raises TooLarge / InvalidRequest.
+    """
     values = dict(values)
     output_format, quality = values.pop("output_format", None), values.pop("output_quality", None)
-    for param in spec.params:
-        value = values.get(param.name)
-        if param.kind == "image" and value is not None:
-            values[param.name] = decode_b64(value) if isinstance(value, str) else normalize_upload(value)
-    return EngineItem(values=values, seed=seed, submitted_at=time.time(), output_format=output_format, output_quality=quality)
+    uploads = {p.name for p in spec.params if p.kind == "image"}
+    check_graph_limits(spec.name, bind(spec.graph, spec.params, {k: v for k, v in values.items() if k not in uploads}, seed),
+                       spec.limits)
+    for name in uploads:
+        values[name] = read_upload(name, values.get(name), spec.limits)
+    return EngineItem(values=values, seed=seed, submitted_at=time.time(), output_format=output_format, output_quality=quality,
+                      request_id=request_id())
 
 
 async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnEvent | None = None) -> ItemResult:
@@ -105,26 +118,47 @@ async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnE
     except BentoMLException as exc:
         if int(getattr(exc, "error_code", 500)) != 503:
             raise
-        return ItemResult(ok=False, status=503, error_kind="unavailable", seed=item.seed,
-                          error=f"workflow '{workflow}' is at capacity (BentoML's batcher shed the request); retry later")
+        return ItemResult.failure(QueueFull(f"workflow '{workflow}' is at capacity (BentoML's batcher shed the request); "
+                                            "retry later"), item.seed)
     return results[0] if isinstance(results[0], ItemResult) else ItemResult.model_validate(results[0])
 
 
-def _error_response(self: Any, result: ItemResult) -> Response:
-    headers = {"Retry-After": str(self.admission.retry_after_s)} if result.status == 503 else None
-    return JSONResponse({"error": result.error or "failed"}, status_code=result.status, headers=headers)
+async def _while_connected(call: Coroutine[Any, Any, ItemResult]) -> ItemResult | None:
+    """Run the engine call; if the client disconnects first, cancel it (queued work is dropped, a batch
+    whose every caller left is interrupted) and return None."""
+    task = asyncio.ensure_future(call)
+    watcher = asyncio.ensure_future(until_client_disconnects())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    log.info("request %s: the client went away; its work is cancelled", request_id())
+    return None
 
 
 async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> ItemResult | Response:
-    if self.admission.try_enter(spec.name) is None:
-        return JSONResponse({"error": f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later"},
-                            status_code=503, headers={"Retry-After": str(self.admission.retry_after_s)})
+    """Validate, admit, run on the engine: the result, or the error response (the one mapping: serving/http.py)."""
+    retry = self.admission.retry_after_s
     try:
-        item = engine_item(spec, values, resolve_seed(spec.params, values))
-        result = await call_engine(self, spec.name, item)
+        item = await asyncio.to_thread(engine_item, spec, values, resolve_seed(spec.params, values))
+    except ComfyBentoError as exc:
+        return error_response(exc)
+    if self.admission.try_enter(spec.name) is None:
+        return error_response(QueueFull(f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later"), retry)
+    try:
+        result = await _while_connected(call_engine(self, spec.name, item))
     finally:
         self.admission.leave(spec.name)
-    return result if result.ok else _error_response(self, result)
+    if result is None:
+        return error_response(Cancelled("the client went away"))
+    if not result.ok:
+        return error_response(result.model_dump(), retry)
+    log.info("request %s: %s ok, seed %s, batch %d, queued %.0f ms, ran %.0f ms", request_id(), spec.name, result.seed,
+             result.batch_size, result.queue_ms, result.execution_ms)
+    return result
 
 
 def _json_endpoint(spec: WorkflowSpec) -> Any:
@@ -138,9 +172,9 @@ def _json_endpoint(spec: WorkflowSpec) -> Any:
         return GenerateResponse(workflow=spec.name, seed=result.seed, images=images, timings=timings)
 
     endpoint.__name__ = spec.name
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns every output image, base64-encoded. "
-                        f"Also a BentoML task: POST /{spec.name}/submit, GET /{spec.name}/status and /{spec.name}/get.")
-    return bentoml.task(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
+    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns every output image, base64-encoded. For many "
+                        "prompts at once, submit a batch job (POST /jobs).")
+    return bentoml.api(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
 
 
 def _png_endpoint(spec: WorkflowSpec) -> Any:
@@ -150,7 +184,7 @@ def _png_endpoint(spec: WorkflowSpec) -> Any:
         if isinstance(result, Response):
             return result  # type: ignore[return-value]
         if not result.outputs:
-            return JSONResponse({"error": "the workflow produced no image"}, status_code=500)  # type: ignore[return-value]
+            return error_response(InternalError("the workflow produced no image"))  # type: ignore[return-value]
         first = result.outputs[0]
         headers = {"X-Seed": str(result.seed)} if result.seed is not None else {}
         return Response(first.data, media_type=first.media_type, headers=headers)  # type: ignore[return-value]
@@ -203,6 +237,14 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         attrs[f"{spec.name}_png"] = _png_endpoint(spec)
     cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
     service = bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
+    # The first added runs first: every answer (a 401 included) carries the request id.
+    service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project))
     if settings.api_key:
         service.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    quiet_client_errors()
     return service
+
+
+def max_body_bytes(project: Project) -> int:
+    """The largest body any endpoint takes: the global limit, or a workflow's own if it set a larger one."""
+    return max([project.settings.limits.max_body_bytes, *(s.limits.max_body_bytes for s in project.catalog.values())])

@@ -15,6 +15,7 @@ from comfybento.models.lock import ModelEntry, ModelLock
 from comfybento.outputs.encoding import Encoding
 from comfybento.workflows.batchplan import BatchPlan, plan_batching
 from comfybento.workflows.graph import Graph, NodeDefs, check_graph, is_link, load_graph, sorted_ids
+from comfybento.workflows.limits import Limits
 from comfybento.workflows.params import OutputSpec, Param, infer_outputs, infer_params
 from comfybento.workflows.schema import build_input_model
 from comfybento.workflows.sidecar import apply_sidecar, load_sidecar
@@ -62,6 +63,7 @@ class WorkflowSpec:
     batch_plan: BatchPlan | None
     batch_reason: str
     encoding: Encoding
+    limits: Limits
 
     @property
     def checkpoints(self) -> list[str]:
@@ -121,19 +123,21 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
     if not outputs:
         raise WorkflowError(f"{where}: no image output node (SaveImage, PreviewImage or CPackOutputImage)")
     plan, reason = plan_batching(graph, params) if settings.batching else (None, "batching disabled")
+    limits = settings.limits.override(sidecar.limits, f"{path.with_suffix('.yaml')}")
     return WorkflowSpec(
         name=name,
         path=path,
         graph=graph,
         params=params,
         outputs=outputs,
-        input_model=build_input_model(name, list(params), sidecar.encoding),
+        input_model=build_input_model(name, list(params), sidecar.encoding, limits=limits),
         models=models,
         max_batch_size=sidecar.max_batch_size or settings.max_batch_size,
         max_latency_ms=sidecar.max_latency_ms or settings.max_latency_ms,
         batch_plan=plan,
         batch_reason=reason,
         encoding=sidecar.encoding,
+        limits=limits,
     )
 
 

@@ -6,14 +6,54 @@ schema is the user's documentation.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
-from PIL import Image as PILImage
-from pydantic import BaseModel, Field, create_model
+from bentoml.exceptions import BentoMLException
+from bentoml.validators import ContentType
+from pydantic import BaseModel, Field, ValidationError, WithJsonSchema, create_model
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
 
 from comfybento.outputs.encoding import Encoding
+from comfybento.workflows.limits import Limits
 from comfybento.workflows.params import MAX_SEED, Param
+
+# An uploaded file: BentoML stores a multipart part in a temp file and hands over its path. A JSON string is
+# refused (BentoML would otherwise read it as file content or fetch it as a URL).
+Upload = Annotated[Path, ContentType("image/*")]
+
+
+def malformed(model: str, field: str, message: str) -> ValidationError:
+    """A validation error (BentoML answers 400 with `detail`) for a body that cannot be read at all."""
+    detail = InitErrorDetails(type=PydanticCustomError("malformed", message), loc=(field,), input=None)
+    return ValidationError.from_exception_data(model, [detail])
+
+
+class RequestModel(bentoml.IODescriptor):
+    """Base of every endpoint's request model: a body that cannot be parsed is a 400 naming why, never a 500.
+
+    BentoML reads the body; its multipart reader lets parser errors escape as 500s and treats a file field
+    sent as text as a URL to download. Here multipart bodies are read first, bounded, and every file field
+    must be a file part.
+    """
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> Any:
+        name = cls.__name__
+        try:
+            if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+                form = await request.form(max_files=max(1, len(cls.multipart_fields)), max_fields=len(cls.model_fields) + 1)
+                for field in cls.multipart_fields:
+                    if any(not isinstance(part, UploadFile) for part in form.getlist(field)):
+                        raise malformed(name, field, "must be a file part (multipart/form-data with a filename)")
+            return await super().from_http_request(request, serde)
+        except (ValidationError, BentoMLException):
+            raise
+        except Exception as exc:  # the multipart/JSON parsers' own errors
+            raise malformed(name, "body", f"the request body cannot be read: {exc}") from None
 
 
 class ImageOutput(BaseModel):
@@ -45,38 +85,52 @@ class GenerateResponse(BaseModel):
 
 def _field_type(param: Param) -> Any:
     if param.kind == "image":
-        return PILImage.Image
+        return Upload
     if param.kind == "enum":
         return Literal[param.choices] if param.choices else str  # type: ignore[valid-type]
     return {"int": int, "float": float, "string": str, "bool": bool}.get(param.kind, Any)
 
 
-def _constraints(param: Param) -> dict[str, Any]:
+# Server-side limits that lower a node's own bound, by parameter role (workflows/limits.py).
+ROLE_LIMITS = {"steps": "max_steps", "batch_size": "max_images"}
+
+
+def _constraints(param: Param, limits: Limits) -> dict[str, Any]:
+    if param.kind == "string":
+        return {"max_length": limits.max_text_chars}
     if param.kind not in ("int", "float"):
         return {}
     out: dict[str, Any] = {}
     if param.minimum is not None:
         out["ge"] = param.minimum
-    if param.maximum is not None:
-        out["le"] = param.maximum
+    maximum = param.maximum
+    if param.role in ROLE_LIMITS:
+        limit = getattr(limits, ROLE_LIMITS[param.role])
+        maximum = limit if maximum is None else min(maximum, limit)
+    if maximum is not None:
+        out["le"] = maximum
     return out
 
 
-def field_for(param: Param, images_as_base64: bool = False) -> tuple[Any, Any]:
+def _seed_field(param: Param) -> tuple[Any, Any]:
+    # OpenAPI 3.0 states "may be null" as `nullable`, not as a second `type: null` schema.
+    schema = {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True, "description": param.description}
+    return (Annotated[int | None, Field(ge=0, le=MAX_SEED), WithJsonSchema(schema)], Field(default=None, description=param.description))
+
+
+def field_for(param: Param, limits: Limits, images_as_base64: bool = False) -> tuple[Any, Any]:
     """(annotation, FieldInfo) for one parameter."""
     typ = _field_type(param)
     if param.kind == "image" and images_as_base64:
         return (str, Field(description=f"{param.description} Base64-encoded PNG/JPEG/WebP.", min_length=1))
     if param.role == "seed":
-        return (
-            Annotated[int | None, Field(ge=0, le=MAX_SEED)],
-            Field(default=None, description=param.description),
-        )
+        return _seed_field(param)
     if param.kind == "image":
-        return (typ, Field(description=param.description))
-    extra: dict[str, Any] | None = {"multiline": True} if param.multiline else None
+        return (typ, Field(description=f"{param.description} A PNG, JPEG or WebP file, at most "
+                                       f"{limits.max_upload_bytes} bytes and {limits.max_upload_pixels} pixels."))
+    extra: dict[str, Any] | None = {"x-multiline": True} if param.multiline else None
     return (
-        Annotated[typ, Field(**_constraints(param))],
+        Annotated[typ, Field(**_constraints(param, limits))],
         Field(default=param.default, description=param.description, json_schema_extra=extra),
     )
 
@@ -93,18 +147,19 @@ def encoding_fields(encoding: Encoding) -> dict[str, tuple[Any, Any]]:
 
 
 def build_input_model(workflow: str, params: list[Param], encoding: Encoding | None = None,
-                      images_as_base64: bool = False) -> type[BaseModel]:
+                      images_as_base64: bool = False, limits: Limits | None = None) -> type[BaseModel]:
     """The request model of one workflow endpoint; unknown fields are rejected.
 
     With images_as_base64, image fields are base64 strings (batch-job items are JSON).
     """
-    fields = {param.name: field_for(param, images_as_base64) for param in params}
+    limits = limits or Limits()
+    fields = {param.name: field_for(param, limits, images_as_base64) for param in params}
     fields.update(encoding_fields(encoding or Encoding()))
     model_name = "".join(part.capitalize() for part in workflow.replace("-", "_").split("_"))
     model_name += "JobItem" if images_as_base64 else "Input"
     model = create_model(  # type: ignore[call-overload]
         model_name,
-        __base__=bentoml.IODescriptor,
+        __base__=bentoml.IODescriptor if images_as_base64 else RequestModel,
         __doc__=f"Parameters of the '{workflow}' workflow.",
         **fields,
     )

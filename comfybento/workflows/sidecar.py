@@ -5,6 +5,9 @@
     output_format: webp      # default image format: png (default), webp or jpeg
     output_quality: 90       # WebP/JPEG quality, 1-100
     png_compress_level: 4    # PNG zlib level, 0-9
+    limits:                  # server-side limits for this workflow (see workflows/limits.py)
+      max_steps: 60
+      max_image_pixels: 4194304
     params:                  # by node id and input name
       - {node: "6", input: text, name: positive}          # rename
       - {node: "3", input: denoise, hide: true}           # hide (graph value is used)
@@ -28,7 +31,7 @@ from comfybento.workflows.params import Param, identifier, param_from_input
 ENTRY_KEYS = {"node", "input", "name", "hide", "description", "default", "min", "max"}
 
 
-TOP_KEYS = {"params", "max_batch_size", "max_latency_ms", "output_format", "output_quality", "png_compress_level"}
+TOP_KEYS = {"params", "max_batch_size", "max_latency_ms", "output_format", "output_quality", "png_compress_level", "limits"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Sidecar:
     max_latency_ms: int | None = None
     encoding: Encoding = field(default_factory=Encoding)
     entries: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    limits: dict[str, Any] = field(default_factory=dict)
 
 
 def load_sidecar(path: Path) -> Sidecar:
@@ -56,7 +60,11 @@ def load_sidecar(path: Path) -> Sidecar:
         raise WorkflowError(f"{path}: 'params' must be a list")
     for index, entry in enumerate(entries):
         _check_entry(path, index, entry)
+    limits = data.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise WorkflowError(f"{path}: 'limits' must be a mapping, e.g. {{max_steps: 60}}")
     return Sidecar(
+        limits=limits,
         max_batch_size=_positive(path, data, "max_batch_size"),
         max_latency_ms=_positive(path, data, "max_latency_ms"),
         encoding=_encoding(path, data),

@@ -106,6 +106,7 @@ def server(tmp_path_factory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("serve")
     env = service_env(make_workflows_dir(root / "workflows"), root / "work")
     env["COMFYBENTO_MAX_QUEUE"] = "12"
+    env["COMFYBENTO_MAX_BODY_BYTES"] = str(8 * 1024 * 1024)
     env["COMFYBENTO_MAX_LATENCY_MS"] = "120000"
     env.update(JOB_ENV)
     log_path = root / "serve.log"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from comfybento.errors import Cancelled, NodeExecutionError, OutOfMemory
+from comfybento.errors import Cancelled, NodeExecutionError, OutOfMemory, TooLarge
 from comfybento.scheduling.events import Failed, Queued, Started
 from comfybento.scheduling.scheduler import Job, Scheduler
 
@@ -145,7 +145,7 @@ def test_a_failing_request_does_not_fail_its_neighbours():
     assert not [e for e in events["ok1"] + events["ok2"] if isinstance(e, Failed)]
 
 
-def test_out_of_memory_of_a_single_request_is_its_failure():
+def test_out_of_memory_of_a_single_request_is_its_failure_as_too_large_not_retry_later():
     scheduler: Scheduler[str] = Scheduler()
     events: list = []
 
@@ -155,7 +155,65 @@ def test_out_of_memory_of_a_single_request_is_its_failure():
     scheduler.submit(_job("k", "x", events=events))
     scheduler.stop()
     scheduler.run_forever(Recorder(fail=no_room))
-    assert isinstance(events[-1], Failed) and isinstance(events[-1].error, OutOfMemory)
+    error = events[-1].error
+    assert isinstance(events[-1], Failed) and isinstance(error, TooLarge) and int(error.error_code) == 413
+    assert "does not fit" in str(error) and "no room" in str(error)
+
+
+class Interruptible(Recorder):
+    """An executor whose batch runs until interrupted (like ComfyUI's interrupt flag), or `seconds` pass."""
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        super().__init__()
+        self.interrupted = threading.Event()
+        self.seconds = seconds
+
+    def __call__(self, jobs: list[Job[str]]) -> None:
+        self.batches.append([j.payload for j in jobs])
+        self.started.set()
+        if self.interrupted.wait(self.seconds):
+            self.interrupted.clear()
+            raise NodeExecutionError("3", "KSampler", "interrupted")
+
+
+def test_running_batch_is_interrupted_once_every_caller_left_and_never_rerun():
+    execute = Interruptible()
+    scheduler: Scheduler[str] = Scheduler(on_abandoned=execute.interrupted.set)
+    events: dict[str, list] = {"a": [], "b": []}
+    jobs = {name: _job("k", name, events=events[name]) for name in events}
+    for job in jobs.values():
+        scheduler.submit(job)
+    thread = _serve(scheduler, execute)
+    assert execute.started.wait(2)
+    assert not scheduler.cancel(jobs["a"])
+    time.sleep(0.1)
+    assert not execute.interrupted.is_set()  # "b" still waits for the shared batch
+    started = time.monotonic()
+    scheduler.cancel(jobs["b"])
+    _drain(scheduler, thread)
+    assert time.monotonic() - started < 2  # interrupted, not run to its end
+    assert execute.batches == [["a", "b"]]  # no one-by-one rerun of abandoned jobs
+    for name in events:
+        assert isinstance(events[name][-1], Failed) and isinstance(events[name][-1].error, Cancelled)
+
+
+def test_a_caller_that_left_is_not_rerun_when_its_shared_batch_fails():
+    scheduler: Scheduler[str] = Scheduler(on_abandoned=lambda: None)
+    events: dict[str, list] = {n: [] for n in ("ok", "gone", "bad")}
+    jobs = {name: _job("k", name, events=events[name]) for name in events}
+
+    def poison(batch):
+        scheduler.cancel(jobs["gone"])  # its caller leaves while the batch runs
+        if any(j.payload == "bad" for j in batch):
+            raise NodeExecutionError("3", "KSampler", "boom")
+
+    for job in jobs.values():
+        scheduler.submit(job)
+    execute = Recorder(fail=poison)
+    _drain(scheduler, _serve(scheduler, execute))
+    assert execute.batches == [["ok", "gone", "bad"], ["ok"], ["bad"]]
+    assert isinstance(events["gone"][-1].error, Cancelled)
+    assert not [e for e in events["ok"] if isinstance(e, Failed)]
 
 
 def test_events_queued_with_position_then_started():

@@ -1,0 +1,98 @@
+"""Server-side limits: what one request may ask of the machine.
+
+Set globally (COMFYBENTO_MAX_* settings) and per workflow (the sidecar's
+`limits:` mapping). They apply in three places:
+  - the request schema: text fields get `max_length`, and the inferred
+    steps / width / height / batch_size fields get a lower `maximum`, so the
+    OpenAPI states them and a bad value is refused naming its field;
+  - `check_graph_limits`, on the bound graph, whatever the parameter is called
+    (comfy-pack inputs and sidecar-added ones included): pixels per image and
+    per request, images per request, steps;
+  - uploads (serving/uploads.py): bytes, pixels and frames, read from the
+    image header before any pixel is decoded.
+An over-limit request gets a 413 naming the limit and how to raise it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from comfybento.errors import TooLarge, WorkflowError
+from comfybento.workflows.graph import Graph, is_link
+
+# Node inputs that size the work of a request, wherever they appear in a graph.
+WIDTH_INPUTS = ("width", "empty_latent_width")
+HEIGHT_INPUTS = ("height", "empty_latent_height")
+BATCH_INPUTS = ("batch_size", "amount")
+STEP_INPUTS = ("steps",)
+
+
+@dataclass(frozen=True)
+class Limits:
+    # Pixels of one generated image (width x height): 4096 x 4096.
+    max_image_pixels: int = 4096 * 4096
+    # Pixels of all images one request makes (width x height x batch_size): 16 images of 1024 x 1024.
+    max_request_pixels: int = 16 * 1024 * 1024
+    # Images one request may ask for (a latent's batch_size).
+    max_images: int = 16
+    # Sampling steps of one sampler.
+    max_steps: int = 150
+    # Characters of any text field (prompts).
+    max_text_chars: int = 20_000
+    # Bytes of one uploaded file, and its pixels (width x height x frames) read from its header.
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_upload_pixels: int = 4096 * 4096
+    # Smallest side of an uploaded image (the VAE works in 8-pixel cells).
+    min_upload_side: int = 8
+    # Bytes of a whole request body (multipart uploads included).
+    max_body_bytes: int = 64 * 1024 * 1024
+
+    def override(self, values: dict[str, Any], where: str) -> Limits:
+        """These limits with a sidecar's `limits:` mapping applied (positive integers, known names)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(values) - known
+        if unknown:
+            raise WorkflowError(f"{where}: unknown limits {sorted(unknown)}; known: {sorted(known)}")
+        for name, value in values.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise WorkflowError(f"{where}: limits.{name} must be a positive integer, got {value!r}")
+        return replace(self, **values)
+
+
+ENV_NAMES = {f.name: f"COMFYBENTO_{f.name.upper()}" for f in fields(Limits)}
+
+
+def _literal_ints(graph: Graph, node_id: str, names: tuple[str, ...]) -> Iterator[tuple[str, int]]:
+    inputs = graph[node_id].get("inputs", {})
+    for name in names:
+        value = inputs.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not is_link(value):
+            yield name, int(value)
+
+
+def check_graph_limits(workflow: str, graph: Graph, limits: Limits) -> None:
+    """Refuse a bound graph that asks for more pixels, images or steps than the limits allow."""
+    total = 0
+    for node_id, node in graph.items():
+        where = f"node {node_id} ({node.get('class_type')})"
+        sizes = dict(_literal_ints(graph, node_id, WIDTH_INPUTS + HEIGHT_INPUTS + BATCH_INPUTS + STEP_INPUTS))
+        width = next((sizes[n] for n in WIDTH_INPUTS if n in sizes), None)
+        height = next((sizes[n] for n in HEIGHT_INPUTS if n in sizes), None)
+        images = next((sizes[n] for n in BATCH_INPUTS if n in sizes), 1)
+        for name in STEP_INPUTS:
+            if sizes.get(name, 0) > limits.max_steps:
+                raise TooLarge(f"{name}: {sizes[name]} steps at {where} is more than the limit of {limits.max_steps} "
+                               "(max_steps)")
+        if images > limits.max_images:
+            raise TooLarge(f"batch_size: {images} images at {where} is more than the limit of {limits.max_images} (max_images)")
+        if width is None or height is None:
+            continue
+        if width * height > limits.max_image_pixels:
+            raise TooLarge(f"width x height: {width} x {height} at {where} is more than the limit of "
+                           f"{limits.max_image_pixels} pixels per image (max_image_pixels)")
+        total += width * height * max(1, images)
+    if total > limits.max_request_pixels:
+        raise TooLarge(f"{workflow}: this request makes {total} pixels, more than the limit of {limits.max_request_pixels} "
+                       "pixels per request (max_request_pixels; lower width, height or batch_size)")
