@@ -29,8 +29,7 @@ from comfybento.jobs.factory import make_jobs
 from comfybento.jobs.runner import OnEvent
 from comfybento.outputs.encoding import b64, decode_b64, normalize_upload
 from comfybento.scheduling.admission import Admission
-from comfybento.serving import engine_route, lifecycle
-from comfybento.serving.auth import ApiKeyMiddleware
+from comfybento.serving import access, engine_route, lifecycle
 from comfybento.serving.engine_client import EngineClient, engine_url
 from comfybento.serving.messages import EngineItem, ItemResult
 from comfybento.serving.project import Project
@@ -124,6 +123,8 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> It
         result = await call_engine(self, spec.name, item)
     finally:
         self.admission.leave(spec.name)
+    if result.ok:  # draw the images from the caller's API key (serving/access.py)
+        await access.charge(images=len(result.outputs), gpu_seconds=result.execution_ms / 1000 / max(1, result.batch_size))
     return result if result.ok else _error_response(self, result)
 
 
@@ -203,6 +204,5 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         attrs[f"{spec.name}_png"] = _png_endpoint(spec)
     cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
     service = bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
-    if settings.api_key:
-        service.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    access.install(service, settings)
     return service
