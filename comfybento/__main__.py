@@ -1,13 +1,16 @@
-"""Command line: `python -m comfybento models fetch|verify` and `python -m comfybento batch ...`."""
+"""Command line: `python -m comfybento models fetch|verify`, `... keys add NAME` and `python -m comfybento batch ...`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Any
+
+from pydantic import ValidationError
 
 from comfybento.config import get_settings
-from comfybento.errors import ComfyBentoError
+from comfybento.errors import ComfyBentoError, ConfigError
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -45,6 +48,38 @@ def _object_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    """Make a key, append its hash to the keys file, and print the key (the only time it is shown)."""
+    from pathlib import Path
+
+    from comfybento.config import keys_file_from_env
+    from comfybento.serving.keys import ApiKey, append_key, hash_key, new_key
+
+    path = Path(args.file).expanduser().resolve() if args.file else keys_file_from_env()
+    if path is None:
+        raise ConfigError("no keys file: pass --file PATH or set COMFYBENTO_API_KEYS_FILE")
+    key = new_key()
+    try:
+        entry = ApiKey(name=args.name, sha256=hash_key(key), rate_per_min=args.rate_per_min, images_per_day=args.images_per_day)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
+    append_key(path, entry)
+    print(key)
+    print(f"added key {entry.name!r} to {path}; the key above is shown only now (the file keeps its sha256)", file=sys.stderr)
+    return 0
+
+
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="API keys: add one to the keys file")
+    actions = keys.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="make a new key, print it once and append its sha256 to the keys file")
+    add.add_argument("name", help="unique name of the key (labels its metrics and limits)")
+    add.add_argument("--rate-per-min", type=int, default=None, help="requests per minute (default: unlimited)")
+    add.add_argument("--images-per-day", type=int, default=None, help="images per day (default: unlimited)")
+    add.add_argument("--file", default=None, help="keys file (default: COMFYBENTO_API_KEYS_FILE)")
+    add.set_defaults(func=_keys)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comfybento")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("object-info", help="write ComfyUI's node definitions to a JSON file (used by the web tier)")
     info.add_argument("--out", required=True)
     info.set_defaults(func=_object_info)
+    _add_keys_parser(sub)
     from comfybento.jobs.cli import add_parser
 
     add_parser(sub)

@@ -7,12 +7,14 @@ reads `os.environ` for a comfybento setting. Each field says what it is for.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from comfybento.errors import ConfigError
+from comfybento.serving.keys import ApiKey, server_keys
 from comfybento.workflows.limits import ENV_NAMES, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -126,9 +128,21 @@ class Settings:
     webhook_allowlist: tuple[str, ...] = ()
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 1.0
-    # When set, every request must send "Authorization: Bearer <key>" (health and metrics excepted).
+    # ---- access (comfybento/serving/access.py)
+    # One unlimited key (kept for compatibility; it is the key named "default" in api_keys).
     api_key: str = ""
+    # YAML/JSON list of {name, sha256, rate_per_min, images_per_day}; `python -m comfybento keys add` appends to it.
+    api_keys_file: Path | None = None
+    # Every key the server accepts (the file's and COMFYBENTO_API_KEY's), read and checked at startup.
+    api_keys: tuple[ApiKey, ...] = ()
+    # Origins allowed to call from a browser (CORS): exact "scheme://host[:port]" values, or ("*",). Empty: no CORS.
+    cors_origins: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def keys_required(self) -> bool:
+        """Requests need a key as soon as a key or a keys file is configured (an empty keys file admits nobody)."""
+        return bool(self.api_key) or self.api_keys_file is not None
 
     @property
     def cpu_threads(self) -> int:
@@ -171,6 +185,7 @@ class Settings:
             compile=_bool(env, "COMFYBENTO_COMPILE", False),
             limits=_limits(env),
             **_job_settings(env, work_dir),
+            **_access_settings(env),
         )
 
 
@@ -216,7 +231,37 @@ def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
         "webhook_allowlist": allow,
         "webhook_max_attempts": _int(env, "COMFYBENTO_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1),
         "webhook_backoff_s": float(_int(env, "COMFYBENTO_WEBHOOK_BACKOFF_MS", 1000, minimum=1)) / 1000,
-        "api_key": env.get("COMFYBENTO_API_KEY", ""),
+    }
+
+
+def keys_file_from_env(environ: dict[str, str] | None = None) -> Path | None:
+    """COMFYBENTO_API_KEYS_FILE, or None (read alone by `python -m comfybento keys add`: the file may not exist yet)."""
+    raw = (os.environ if environ is None else environ).get("COMFYBENTO_API_KEYS_FILE", "").strip()
+    return Path(raw).expanduser().resolve() if raw else None
+
+
+_ORIGIN = re.compile(r"https?://[^/\s?#]+")
+
+
+def _cors_origins(env: dict[str, str]) -> tuple[str, ...]:
+    origins = tuple(x.strip() for x in env.get("COMFYBENTO_CORS_ORIGINS", "").split(",") if x.strip())
+    if "*" in origins and len(origins) > 1:
+        raise ConfigError("COMFYBENTO_CORS_ORIGINS: '*' allows every origin; give it alone or list origins instead")
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"COMFYBENTO_CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com "
+                              "(scheme, host and optional port; no path or trailing slash)")
+    return origins
+
+
+def _access_settings(env: dict[str, str]) -> dict[str, Any]:
+    api_key = env.get("COMFYBENTO_API_KEY", "").strip()
+    keys_file = keys_file_from_env(env)
+    return {
+        "api_key": api_key,
+        "api_keys_file": keys_file,
+        "api_keys": server_keys(keys_file, api_key),
+        "cors_origins": _cors_origins(env),
     }
 
 

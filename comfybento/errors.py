@@ -47,6 +47,18 @@ class TooLarge(ComfyBentoError):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class Unauthorized(ComfyBentoError):
+    """No API key, a malformed Authorization header, or an unknown key."""
+
+    error_code = HTTPStatus.UNAUTHORIZED
+
+
+class RateLimited(ComfyBentoError):
+    """The API key is over its rate limit or its daily image quota."""
+
+    error_code = HTTPStatus.TOO_MANY_REQUESTS
+
+
 class NotFound(ComfyBentoError):
     error_code = HTTPStatus.NOT_FOUND
 
@@ -93,6 +105,9 @@ class InternalError(ComfyBentoError):
 _KINDS: tuple[tuple[type[Exception], str], ...] = (
     (InvalidRequest, "invalid"),
     (TooLarge, "too_large"),
+    (Unauthorized, "unauthorized"),
+    (RateLimited, "rate_limited"),
+    (NotFound, "not_found"),
     (NodeExecutionError, "node"),
     (OutOfMemory, "oom"),
     (WorkflowError, "workflow"),

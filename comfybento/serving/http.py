@@ -49,7 +49,8 @@ async def until_client_disconnects() -> None:
         await asyncio.sleep(0.05)
 
 
-def error_response(error: BaseException | Mapping[str, Any], retry_after_s: int | None = None) -> JSONResponse:
+def error_response(error: BaseException | Mapping[str, Any], retry_after_s: int | None = None,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     """An error (an exception, or the fields of an engine result) as a JSON answer, logged in one line.
 
     Body: {"error", "error_kind", "request_id"} and, for node errors, "node_id" and "class_type".
@@ -62,7 +63,9 @@ def error_response(error: BaseException | Mapping[str, Any], retry_after_s: int 
     for key in ("node_id", "class_type"):
         if fields.get(key):
             body[key] = fields[key]
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s and status in (429, 503) else None
+    headers = dict(headers or {})
+    if retry_after_s and status in (429, 503):
+        headers["Retry-After"] = str(retry_after_s)
     level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
     log.log(level, "request %s answered %d (%s): %s", request_id(), status, body["error_kind"], body["error"])
     return JSONResponse(body, status_code=status, headers=headers)

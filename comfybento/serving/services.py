@@ -32,8 +32,7 @@ from comfybento.jobs.factory import make_jobs
 from comfybento.jobs.runner import OnEvent
 from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission
-from comfybento.serving import engine_route, lifecycle
-from comfybento.serving.auth import ApiKeyMiddleware
+from comfybento.serving import access, engine_route, lifecycle
 from comfybento.serving.engine_client import EngineClient, engine_url
 from comfybento.serving.http import RequestEdgeMiddleware, error_response, quiet_client_errors, request_id, until_client_disconnects
 from comfybento.serving.messages import EngineItem, ItemResult
@@ -156,6 +155,8 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> It
         return error_response(Cancelled("the client went away"))
     if not result.ok:
         return error_response(result.model_dump(), retry)
+    # Draw the images from the caller's API key (serving/access.py).
+    await access.charge(images=len(result.outputs), gpu_seconds=result.execution_ms / 1000 / max(1, result.batch_size))
     log.info("request %s: %s ok, seed %s, batch %d, queued %.0f ms, ran %.0f ms", request_id(), spec.name, result.seed,
              result.batch_size, result.queue_ms, result.execution_ms)
     return result
@@ -239,8 +240,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     service = bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
     # The first added runs first: every answer (a 401 included) carries the request id.
     service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project))
-    if settings.api_key:
-        service.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    access.install(service, settings)  # CORS, then API keys, rate limits and quotas
     quiet_client_errors()
     return service
 

@@ -1,0 +1,130 @@
+"""API keys, limits and CORS on the real service (`bentoml serve`), limits shared through a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import redis
+
+from comfybento.serving.keys import hash_key, new_key
+from tests.e2e.conftest import start_server, stop_server, wait_ready
+from tests.helpers import make_workflows_dir, service_env
+from tests.redis_server import redis_server
+
+pytestmark = pytest.mark.e2e
+
+ORIGIN = "https://app.example"
+SMALL = {"prompt": "a kite", "width": 64, "height": 64, "steps": 1, "seed": 5}
+
+
+@dataclass
+class Served:
+    url: str
+    redis_url: str
+    keys: dict[str, str]  # name -> secret
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("access")
+    keys = {name: new_key() for name in ("alice", "slow", "tiny")}
+    limits = {"alice": "", "slow": "  rate_per_min: 2\n", "tiny": "  images_per_day: 1\n"}
+    (root / "keys.yaml").write_text("".join(f'- name: {n}\n  sha256: "{hash_key(k)}"\n{limits[n]}' for n, k in keys.items()))
+    keys["default"] = new_key()
+    with redis_server(root) as redis_url:
+        env = service_env(make_workflows_dir(root / "workflows", ()), root / "work")
+        env.update(
+            COMFYBENTO_API_KEYS_FILE=str(root / "keys.yaml"),
+            COMFYBENTO_API_KEY=keys["default"],
+            COMFYBENTO_CORS_ORIGINS=ORIGIN,
+            COMFYBENTO_REDIS_URL=redis_url,
+        )
+        log_path = root / "serve.log"
+        proc, url = start_server(env, log_path)
+        try:
+            wait_ready(proc, url, log_path)
+            yield Served(url, redis_url, keys)
+        finally:
+            stop_server(proc)
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_requests_need_a_bearer_key(served):
+    missing = httpx.get(f"{served.url}/jobs", timeout=30)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == 'Bearer realm="comfybento"'
+    assert "Authorization: Bearer <key>" in missing.json()["error"]
+    no_scheme = httpx.get(f"{served.url}/jobs", headers={"Authorization": served.keys["alice"]}, timeout=30)
+    assert no_scheme.status_code == 401 and "Bearer <key>" in no_scheme.json()["error"]
+    wrong = httpx.get(f"{served.url}/jobs", headers=_auth(served.keys["alice"] + "x"), timeout=30)
+    assert wrong.status_code == 401 and 'error="invalid_token"' in wrong.headers["www-authenticate"]
+    assert httpx.post(f"{served.url}/txt2img", json=SMALL, timeout=30).status_code == 401
+    for path in ("/healthz", "/livez", "/readyz", "/metrics"):
+        assert httpx.get(f"{served.url}{path}", timeout=30).status_code == 200, path
+
+
+def test_good_keys_are_served(served):
+    assert httpx.get(f"{served.url}/jobs", headers=_auth(served.keys["alice"]), timeout=30).status_code == 200
+    lower = httpx.get(f"{served.url}/jobs", headers={"Authorization": f"bearer {served.keys['alice']}"}, timeout=30)
+    assert lower.status_code == 200  # the scheme is case-insensitive (RFC 6750)
+    assert httpx.get(f"{served.url}/jobs", headers=_auth(served.keys["default"]), timeout=30).status_code == 200  # COMFYBENTO_API_KEY
+    image = httpx.post(f"{served.url}/txt2img/png", json=SMALL, headers=_auth(served.keys["alice"]), timeout=300)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert "ratelimit-limit" not in image.headers  # alice has no limits
+    data = httpx.post(f"{served.url}/txt2img", json=SMALL, headers=_auth(served.keys["alice"]), timeout=300)
+    assert data.status_code == 200 and len(data.json()["images"]) == 1
+    metrics = httpx.get(f"{served.url}/metrics", timeout=30).text
+    assert 'comfybento_key_images_total{key="alice"} 2.0' in metrics
+
+
+def test_rate_limit_answers_429_with_retry_after(served):
+    codes = [httpx.get(f"{served.url}/jobs", headers=_auth(served.keys["slow"]), timeout=30) for _ in range(3)]
+    assert [r.status_code for r in codes] == [200, 200, 429]
+    assert [r.headers["ratelimit-remaining"] for r in codes] == ["1", "0", "0"]
+    third = codes[2]
+    assert 1 <= int(third.headers["retry-after"]) <= 30 and third.headers["ratelimit-limit"] == "2"
+    assert third.headers["ratelimit-policy"] == "2;w=60" and "2 requests/min" in third.json()["error"]
+    # the bucket lives in Redis, where every replica would find it
+    assert redis.Redis.from_url(served.redis_url).exists("comfybento:bucket:slow:requests")
+
+
+def test_images_are_charged_and_a_spent_quota_is_refused_up_front(served):
+    first = httpx.post(f"{served.url}/txt2img", json=SMALL, headers=_auth(served.keys["tiny"]), timeout=300)
+    assert first.status_code == 200 and len(first.json()["images"]) == 1
+    assert first.headers["ratelimit-limit"] == "1" and first.headers["ratelimit-policy"] == "1;w=86400"
+    second = httpx.post(f"{served.url}/txt2img", json=SMALL, headers=_auth(served.keys["tiny"]), timeout=60)
+    assert second.status_code == 429 and "1 images/day" in second.json()["error"]
+    assert int(second.headers["retry-after"]) > 80_000 and second.headers["ratelimit-remaining"] == "0"
+    assert httpx.get(f"{served.url}/jobs", headers=_auth(served.keys["tiny"]), timeout=30).status_code == 200  # reads still pass
+    metrics = httpx.get(f"{served.url}/metrics", timeout=30).text
+    assert 'comfybento_key_images_total{key="tiny"} 1.0' in metrics
+    assert 'comfybento_key_refused_total{key="tiny",limit="quota"} 1.0' in metrics
+    assert 'comfybento_key_requests_total{key="alice"}' in metrics and 'comfybento_key_gpu_seconds_total{key="tiny"}' in metrics
+
+
+def test_cors_preflight_is_answered_before_auth(served):
+    preflight = httpx.options(
+        f"{served.url}/txt2img",
+        timeout=30,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    other = httpx.options(
+        f"{served.url}/txt2img", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}, timeout=30
+    )
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    refused = httpx.get(f"{served.url}/jobs", headers={"Origin": ORIGIN}, timeout=30)  # a browser can read why it was refused
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == ORIGIN
+    assert "www-authenticate" in refused.headers["access-control-expose-headers"].lower()

@@ -1,0 +1,129 @@
+"""Bearer parsing, key lookup, limits and charging (the HTTP wiring is checked in tests/e2e/test_access.py)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+from starlette.requests import Request
+
+from comfybento.serving import access
+from comfybento.serving.access import Access, Grant, parse_bearer, rate_limit_headers
+from comfybento.serving.keys import ApiKey, hash_key, new_key
+from comfybento.serving.ratelimit import MemoryBuckets, RedisBuckets
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer abc", "abc"),
+        ("BEARER abc", "abc"),
+        ("Bearer   abc", "abc"),
+        (" Bearer abc ", "abc"),
+        ("Bearer cb_x-Y.z~+/==", "cb_x-Y.z~+/=="),
+        ("abc", None),
+        ("Basic abc", None),
+        ("Bearer", None),
+        ("Bearer ", None),
+        ("Bearerabc", None),
+        ("Bearer a b", None),
+        ("Token abc", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_only_bearer_credentials_are_read(header, token):
+    assert parse_bearer(header) == token
+
+
+def _access(*keys: ApiKey) -> Access:
+    return Access(keys, MemoryBuckets())
+
+
+def test_keys_are_found_by_hash_and_refusals_say_why():
+    secret = new_key()
+    key = ApiKey(name="alice", sha256=hash_key(secret))
+    acl = _access(key)
+    assert acl.authenticate([f"Bearer {secret}"]) == (key, "")
+    assert acl.authenticate([f"bearer {secret}"]) == (key, "")
+    assert acl.authenticate([]) == (None, "missing")
+    assert acl.authenticate([secret]) == (None, "malformed")  # the key without "Bearer"
+    assert acl.authenticate([f"Bearer {secret}", f"Bearer {secret}"]) == (None, "malformed")
+    assert acl.authenticate([f"Bearer {secret}x"]) == (None, "unknown")
+
+
+async def test_rate_limit_and_headers():
+    key = ApiKey(name="r", sha256=hash_key("r"), rate_per_min=2)
+    acl = _access(key)
+    first = await acl.admit(key, makes_images=False)
+    assert rate_limit_headers(first) == {
+        "RateLimit-Limit": "2",
+        "RateLimit-Remaining": "1",
+        "RateLimit-Reset": "30",
+        "RateLimit-Policy": "2;w=60",
+    }
+    await acl.admit(key, makes_images=False)
+    third = await acl.admit(key, makes_images=False)
+    assert [(name, d.allowed, d.retry_after_s) for name, d in third] == [("rate", False, 30)]
+    assert rate_limit_headers(third)["RateLimit-Remaining"] == "0"
+    unlimited = ApiKey(name="u", sha256=hash_key("u"))
+    assert await acl.admit(unlimited, makes_images=True) == [] and rate_limit_headers([]) == {}
+
+
+async def test_quota_refuses_once_charged_images_are_spent():
+    key = ApiKey(name="q", sha256=hash_key("q"), rate_per_min=100, images_per_day=4)
+    acl = _access(key)
+    checks = await acl.admit(key, makes_images=True)
+    assert [name for name, d in checks if d.allowed] == ["quota", "rate"]
+    assert rate_limit_headers(checks)["RateLimit-Policy"] == "4;w=86400, 100;w=60"
+    await acl.charge(key, images=3, gpu_seconds=0.5)
+    assert all(d.allowed for _, d in await acl.admit(key, makes_images=True))  # one image left
+    await acl.charge(key, images=2, gpu_seconds=0.5)
+    refused = await acl.admit(key, makes_images=True)
+    assert [(name, d.allowed) for name, d in refused] == [("quota", False)]  # the rate bucket is not drawn from
+    headers = rate_limit_headers(refused)
+    assert headers["RateLimit-Limit"] == "4" and headers["RateLimit-Remaining"] == "0"
+    assert refused[0][1].retry_after_s == 2 * 86400 // 4  # two images to earn back at 4/day
+    assert all(d.allowed for _, d in await acl.admit(key, makes_images=False))  # status polls still pass
+
+
+def _sample(name: str, key: str) -> float:
+    return REGISTRY.get_sample_value(name, {"key": key}) or 0.0
+
+
+async def test_charge_finds_the_key_in_the_scope_or_the_context():
+    key = ApiKey(name="metered", sha256=hash_key("metered"), images_per_day=10)
+    acl = _access(key)
+    before = (_sample("comfybento_key_images_total", "metered"), _sample("comfybento_key_gpu_seconds_total", "metered"))
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "state": {"access_grant": Grant(key, acl)}}
+    await access.charge(Request(scope), images=2, gpu_seconds=1.5)
+    await access.charge(scope, images=1)
+    token = access._current.set(Grant(key, acl))
+    try:
+        await access.charge(images=3, gpu_seconds=0.5)
+    finally:
+        access._current.reset(token)
+    await access.charge(images=100)  # outside a request: nobody to charge
+    assert _sample("comfybento_key_images_total", "metered") - before[0] == 6
+    assert _sample("comfybento_key_gpu_seconds_total", "metered") - before[1] == pytest.approx(2.0)
+    quota = await acl.admit(key, makes_images=True)
+    assert quota[0][1].remaining == 4
+
+
+async def test_limits_fail_open_when_redis_is_down():
+    key = ApiKey(name="down", sha256=hash_key("down"), rate_per_min=1)
+    acl = Access((key,), RedisBuckets(f"redis://127.0.0.1:{free_port()}/0"))
+    before = REGISTRY.get_sample_value("comfybento_access_limiter_errors_total") or 0.0
+    try:
+        assert await acl.admit(key, makes_images=True) == [] and await acl.admit(key, makes_images=True) == []
+    finally:
+        await acl.buckets.aclose()
+    assert REGISTRY.get_sample_value("comfybento_access_limiter_errors_total") - before == 2
