@@ -36,6 +36,7 @@ from comfybento.serving import access, engine_route, lifecycle
 from comfybento.serving.engine_client import EngineClient, engine_url
 from comfybento.serving.http import RequestEdgeMiddleware, error_response, quiet_client_errors, request_id, until_client_disconnects
 from comfybento.serving.messages import EngineItem, ItemResult
+from comfybento.serving.openapi import OpenAPIMiddleware, fix_openapi
 from comfybento.serving.project import Project
 from comfybento.serving.uploads import read_upload
 from comfybento.workflows.binding import bind, resolve_seed
@@ -238,11 +239,19 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         attrs[f"{spec.name}_png"] = _png_endpoint(spec)
     cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
     service = bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
-    # The first added runs first: every answer (a 401 included) carries the request id.
+    # The first added runs first: every answer (a 401 included) carries the request id; the docs need no key.
     service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project))
+    service.add_asgi_middleware(OpenAPIMiddleware, build=lambda: fix_openapi(service.openapi_spec.asdict(), project.catalog,
+                                                                              _bento_version(service)))
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas
     quiet_client_errors()
     return service
+
+
+def _bento_version(service: Any) -> str | None:
+    """The Bento's version when served from a built Bento (else the package's version is used)."""
+    bento = getattr(service, "bento", None)
+    return str(bento.tag.version) if bento is not None and bento.tag.version else None
 
 
 def max_body_bytes(project: Project) -> int:
