@@ -72,7 +72,7 @@ def expand(req: JobSubmit, max_items: int) -> list[dict[str, Any]]:
     sizes = [len(values) for values in fanout.values()]
     count = len(req.items) if req.items is not None else math.prod(sizes)
     if count > max_items:
-        what = "items" if req.items is not None else "fanout: " + " x ".join(map(str, sizes)) + " ="
+        what = "items:" if req.items is not None else "fanout: " + " x ".join(map(str, sizes)) + " ="
         raise TooManyItems(f"{what} {count} items is more than the limit of {max_items} (COMFYBENTO_JOB_MAX_ITEMS)")
     if req.items is not None:
         return req.items
@@ -212,9 +212,10 @@ def read_local(root: Path, key: str) -> bytes:
             os.close(folder)
     except OSError:
         raise NotFound(f"no such file: {key}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotFound(f"no such file: {key}")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise NotFound(f"no such file: {key}")
         return fh.read()
 
 

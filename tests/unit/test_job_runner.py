@@ -139,7 +139,7 @@ def test_a_poison_item_is_given_up_after_max_attempts_across_restarts(tmp_path):
     for restart in range(3):
         engine = Engine(hang=(0,))
         r = runner(tmp_path, engine, lease_s=0.5)
-        run_until(r, lambda e=engine: 0 in e.calls)  # noqa: B023 - each run has its own engine
+        run_until(r, lambda e=engine: 0 in e.calls)
         poison_calls += engine.calls.count(0)
         assert r.store.get_items(job.id, 0, 1)[0].attempts == restart + 1
     engine = Engine(hang=(0,))

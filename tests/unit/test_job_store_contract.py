@@ -289,3 +289,16 @@ def test_a_delivery_finished_after_its_job_expired_leaves_nothing(store):
     assert store.deliveries(job.id) == [] and store.due_deliveries("w", 10, 0) == []
     if isinstance(store, RedisJobStore):
         assert sorted(store.r.scan_iter("*")) == []
+
+
+def test_redis_create_is_one_transaction(store):
+    """A key left naming no job (what a crash between two writes used to leave) is no 409; a create writes all or nothing."""
+    if not isinstance(store, RedisJobStore):
+        pytest.skip("Redis only: SQLite creates in one transaction")
+    store.r.set("cb:idem:crashed", "a-job-that-was-never-written")
+    job, items = _job(2, key="crashed")
+    created, is_new = store.create_job(job, items)
+    assert is_new and created.id == job.id and store.r.get("cb:idem:crashed") == job.id
+    with pytest.raises(IdempotencyConflict):
+        store.create_job(*_job(3, key="crashed"))
+    assert store.r.zcard("cb:jobs") == 1 and store.r.zcard("cb:ready") == 2  # the refused create wrote nothing
