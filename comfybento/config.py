@@ -6,6 +6,8 @@ reads `os.environ` for a comfybento setting. Each field says what it is for.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from dataclasses import dataclass, field
@@ -123,8 +125,11 @@ class Settings:
     s3_endpoint_url: str = ""
     s3_prefix: str = "comfybento"
     s3_url_ttl_s: int = 3600
-    # Webhooks: HMAC secret, allowed callback hosts/networks, retries.
+    # Webhooks are always signed (Standard Webhooks). The secret, "whsec_<base64>": COMFYBENTO_WEBHOOK_SECRET,
+    # or, when that is unset, one generated once into webhook_secret_file (mode 0600) and reused by the replica.
     webhook_secret: str = ""
+    webhook_secret_file: Path = Path(".comfybento/webhook-secret")
+    # Allowed callback hosts/networks, attempts per delivery and the backoff between them.
     webhook_allowlist: tuple[str, ...] = ()
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 1.0
@@ -211,6 +216,7 @@ def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
     if storage == "s3" and not bucket:
         raise ConfigError("COMFYBENTO_STORAGE=s3 needs COMFYBENTO_S3_BUCKET")
     allow = tuple(x.strip() for x in env.get("COMFYBENTO_WEBHOOK_ALLOWLIST", "").split(",") if x.strip())
+    secret = env.get("COMFYBENTO_WEBHOOK_SECRET", "").strip()
     return {
         "jobs_backend": backend,
         "jobs_db": _path(env, "COMFYBENTO_JOBS_DB", work_dir / "jobs.sqlite3"),
@@ -227,7 +233,8 @@ def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
         "s3_endpoint_url": env.get("COMFYBENTO_S3_ENDPOINT_URL", "").strip(),
         "s3_prefix": env.get("COMFYBENTO_S3_PREFIX", "comfybento").strip(),
         "s3_url_ttl_s": _int(env, "COMFYBENTO_S3_URL_TTL_S", 3600, minimum=1),
-        "webhook_secret": env.get("COMFYBENTO_WEBHOOK_SECRET", ""),
+        "webhook_secret": parse_webhook_secret(secret, "COMFYBENTO_WEBHOOK_SECRET") if secret else "",
+        "webhook_secret_file": work_dir / "webhook-secret",
         "webhook_allowlist": allow,
         "webhook_max_attempts": _int(env, "COMFYBENTO_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1),
         "webhook_backoff_s": float(_int(env, "COMFYBENTO_WEBHOOK_BACKOFF_MS", 1000, minimum=1)) / 1000,
@@ -263,6 +270,21 @@ def _access_settings(env: dict[str, str]) -> dict[str, Any]:
         "api_keys": server_keys(keys_file, api_key),
         "cors_origins": _cors_origins(env),
     }
+
+
+WEBHOOK_SECRET_MIN_BYTES = 16
+
+
+def parse_webhook_secret(value: str, source: str) -> str:
+    """A Standard Webhooks secret: "whsec_" then the base64 of at least 16 random bytes; anything else is a ConfigError."""
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True) if value.startswith("whsec_") else b""
+    except binascii.Error:
+        key = b""
+    if len(key) < WEBHOOK_SECRET_MIN_BYTES:
+        raise ConfigError(f"{source}: a webhook secret is written whsec_<base64 of at least {WEBHOOK_SECRET_MIN_BYTES} bytes>, "
+                          "e.g. from: python -c \"import base64,os; print('whsec_'+base64.b64encode(os.urandom(32)).decode())\"")
+    return value
 
 
 @lru_cache(maxsize=1)

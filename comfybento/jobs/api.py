@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import mimetypes
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.background import BackgroundTask
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from comfybento.errors import ComfyBentoError
 from comfybento.jobs.api_models import JobList, JobResults, JobStatus, JobSubmit
@@ -50,8 +51,12 @@ def submit(req: JobSubmit, request: Request) -> JSONResponse:
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)
 
 
+# Query bounds: anything outside them is a 422 naming the parameter, never a store error.
+Offset = Annotated[int, Query(ge=0, le=10**9, description="Rows to skip.")]
+
+
 @app.get("/jobs", summary="List jobs")
-def list_jobs(limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0) -> JobList:
+def list_jobs(limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0) -> JobList:
     service = jobs()
     return JobList(jobs=[service.status(j.id) for j in service.store.list_jobs(limit, offset)])
 
@@ -63,7 +68,7 @@ def status(job_id: str) -> JobStatus:
 
 
 @app.get("/jobs/{job_id}/results", summary="Item results, paged")
-def results(job_id: str, request: Request, offset: Annotated[int, Query(ge=0)] = 0,
+def results(job_id: str, request: Request, offset: Offset = 0,
             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobResults:
     return jobs().results(job_id, offset, limit, _base_url(request))
 
@@ -74,12 +79,24 @@ def cancel(job_id: str) -> JobStatus:
     return jobs().status(job_id)
 
 
-@app.get("/jobs/{job_id}/archive", summary="Every image of the job as one zip", response_class=FileResponse)
-def archive(job_id: str) -> FileResponse:
-    tmp = Path(tempfile.mkdtemp(prefix="comfybento-archive-")) / f"{job_id}.zip"
-    jobs().archive(job_id, tmp)
-    return FileResponse(tmp, media_type="application/zip", filename=f"{job_id}.zip",
-                        background=BackgroundTask(lambda: tmp.unlink(missing_ok=True)))
+@app.get("/jobs/{job_id}/archive", summary="Every image of the job as one zip", response_class=StreamingResponse)
+def archive(job_id: str) -> StreamingResponse:
+    """The zip is built in a temporary folder that is removed before the first byte is sent (the open file is streamed)."""
+    folder = Path(tempfile.mkdtemp(prefix="comfybento-archive-"))
+    try:
+        path = jobs().archive(job_id, folder / f"{job_id}.zip")
+        size = path.stat().st_size
+        fh = path.open("rb")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    headers = {"content-length": str(size), "content-disposition": f'attachment; filename="{job_id}.zip"'}
+    return StreamingResponse(_chunks(fh), media_type="application/zip", headers=headers)
+
+
+def _chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    with fh:
+        while chunk := fh.read(size):
+            yield chunk
 
 
 @app.get("/jobs/{job_id}/files/{name}", summary="One output image (local storage)", response_class=Response)

@@ -6,7 +6,7 @@ from comfybento.config import Settings
 from comfybento.jobs.runner import Execute, JobRunner
 from comfybento.jobs.service import JobService
 from comfybento.jobs.store import JobStore, SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.jobs.webhooks import AllowList, WebhookPolicy, load_or_create_secret
 from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
 from comfybento.workflows.catalog import WorkflowSpec
 
@@ -31,8 +31,8 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
     runner = JobRunner(
         store, storage, execute, concurrency=settings.job_concurrency, lease_s=settings.job_lease_s,
         max_attempts=settings.job_max_attempts, retry_base_s=settings.job_retry_base_s, retention_s=settings.job_retention_s,
-        webhook_secret=settings.webhook_secret, allow=allow, webhook_max_attempts=settings.webhook_max_attempts,
-        webhook_backoff_s=settings.webhook_backoff_s,
+        webhook_secret=settings.webhook_secret or load_or_create_secret(settings.webhook_secret_file), allow=allow,
+        webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s),
     )
     service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s,
                          live_progress=runner.progress)

@@ -86,6 +86,12 @@ def job_state_from_counts(counts: dict[str, int], total: int, cancelled: bool) -
     return "queued"
 
 
+def gave_up_error(attempts: int) -> dict[str, Any]:
+    """The error of an item that was leased `attempts` times and never finished (its worker died or hung each time)."""
+    return {"kind": "internal", "message": f"gave up after {attempts} attempts: the item never finished (its worker died or hung)",
+            "retryable": False, "node_id": None, "class_type": None}
+
+
 def backoff_s(attempt: int, base: float, cap: float = 300.0) -> float:
     """Exponential backoff after the given (1-based) attempt."""
     return float(min(cap, base * (2 ** max(0, attempt - 1))))

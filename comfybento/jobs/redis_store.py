@@ -1,10 +1,17 @@
 """A job store in Redis, so several `bentoml serve` replicas share one queue.
 
-Keys (prefix `cb:`): a hash per job (fields + per-state counters), a hash per
-item, sorted sets for ready items (by priority, age, index), delayed retries
-and leases, and pending webhook deliveries. Leasing and finishing are Lua
-scripts, so each is atomic across replicas. Lua never decodes JSON (seeds are
-64-bit integers): parameters and results are stored as opaque strings.
+Keys (prefix `cb:`), each deleted with its job by `delete_job`:
+- `job:<id>` (fields + per-state counters), `item:<id>:<index>` (fields, its queue score);
+- `idem:<key>` -> job id, set in the same MULTI/EXEC as the job, so a create is all or nothing;
+- `deliveries:<id>` (the job's delivery ids) and `delivery:<delivery id>` (its attempt log);
+- `cache:<key>` (a result and the job whose files it names) and `jobcache:<id>` (the cache keys the job made).
+Shared sorted sets hold members `<id>|<index>`: `ready` (by priority, age, index),
+`delayed` (retries), `leases` (by expiry), `deliveries:due`, and `jobs` (by
+creation); `delete_job` removes the job's members, so nothing outlives it.
+
+Leasing and finishing are Lua scripts, so each is atomic across replicas. Lua
+never decodes JSON (seeds are 64-bit integers): parameters and results are
+stored as opaque strings.
 """
 
 from __future__ import annotations
@@ -20,12 +27,43 @@ from comfybento.jobs.store import IdempotencyConflict
 
 P = "cb:"
 
-_LEASE = """
-local now, owner, limit, lease_s = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+# finish(member, state, field, payload, now, due): record an item's final state, count it, queue webhooks, finish the job.
+_FINISH_ITEM = """
+local function split(m)
+  local sep = string.find(m, '|', 1, true)
+  return string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+end
+local function finish(m, state, field, payload, now, due)
+  local job, idx = split(m)
+  local jkey, ikey = 'cb:job:' .. job, 'cb:item:' .. job .. ':' .. idx
+  redis.call('HINCRBY', jkey, 'n:' .. redis.call('HGET', ikey, 'state'), -1)
+  redis.call('HSET', ikey, 'state', state, 'owner', '', field, payload, 'finished_at', now)
+  redis.call('HINCRBY', jkey, 'n:' .. state, 1)
+  local url = redis.call('HGET', jkey, 'webhook_url')
+  if url and url ~= '' and redis.call('HGET', jkey, 'webhook_per_item') == '1' then
+    redis.call('ZADD', due, 0, job .. ':item:' .. idx)
+  end
+  local done = 0
+  for _, s in ipairs({'succeeded', 'failed', 'cancelled'}) do done = done + tonumber(redis.call('HGET', jkey, 'n:' .. s) or '0') end
+  local jstate = redis.call('HGET', jkey, 'state')
+  if done >= tonumber(redis.call('HGET', jkey, 'total')) and jstate ~= 'succeeded' and jstate ~= 'failed' and jstate ~= 'cancelled' then
+    local final = 'succeeded'
+    if tonumber(redis.call('HGET', jkey, 'n:failed') or '0') > 0 then final = 'failed' end
+    redis.call('HSET', jkey, 'state', final, 'finished_at', now)
+    if url and url ~= '' then redis.call('ZADD', due, 0, job .. ':job') end
+  end
+end
+"""
+
+# KEYS: ready, leases, delayed, deliveries:due. ARGV: now, owner, limit, lease_s, max_attempts.
+_LEASE = _FINISH_ITEM + """
+local now, owner, limit, lease_s, max_attempts = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 for _, zset in ipairs({KEYS[2], KEYS[3]}) do
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', now)) do
     redis.call('ZREM', zset, m)
-    redis.call('ZADD', KEYS[1], redis.call('HGET', KEYS[4], m), m)
+    local job, idx = split(m)
+    local score = redis.call('HGET', 'cb:item:' .. job .. ':' .. idx, 'score')
+    if score then redis.call('ZADD', KEYS[1], score, m) end
   end
 end
 local out = {}
@@ -33,58 +71,79 @@ while #out < limit do
   local popped = redis.call('ZPOPMIN', KEYS[1], 1)
   if #popped == 0 then break end
   local m = popped[1]
-  local sep = string.find(m, '|', 1, true)
-  local job, idx = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+  local job, idx = split(m)
   local jkey, ikey = 'cb:job:' .. job, 'cb:item:' .. job .. ':' .. idx
   local jstate = redis.call('HGET', jkey, 'state')
   local state = redis.call('HGET', ikey, 'state')
   if jstate and jstate ~= 'cancelled' and (state == 'queued' or state == 'running') then
-    redis.call('HINCRBY', jkey, 'n:' .. state, -1)
-    redis.call('HINCRBY', jkey, 'n:running', 1)
-    local attempts = redis.call('HINCRBY', ikey, 'attempts', 1)
-    redis.call('HSET', ikey, 'state', 'running', 'owner', owner, 'lease_expires', now + lease_s)
-    redis.call('HSETNX', ikey, 'started_at', now)
-    redis.call('ZADD', KEYS[2], now + lease_s, m)
-    if jstate == 'queued' then redis.call('HSET', jkey, 'state', 'running') end
-    table.insert(out, m)
+    local attempts = tonumber(redis.call('HGET', ikey, 'attempts') or '0')
+    if attempts >= max_attempts then
+      local msg = 'gave up after ' .. attempts .. ' attempts: the item never finished (its worker died or hung)'
+      finish(m, 'failed', 'error', '{"kind":"internal","message":"' .. msg .. '","retryable":false,"node_id":null,"class_type":null}',
+             now, KEYS[4])
+    else
+      redis.call('HINCRBY', jkey, 'n:' .. state, -1)
+      redis.call('HINCRBY', jkey, 'n:running', 1)
+      redis.call('HINCRBY', ikey, 'attempts', 1)
+      redis.call('HSET', ikey, 'state', 'running', 'owner', owner, 'lease_expires', now + lease_s)
+      redis.call('HSETNX', ikey, 'started_at', now)
+      redis.call('ZADD', KEYS[2], now + lease_s, m)
+      if jstate == 'queued' then redis.call('HSET', jkey, 'state', 'running') end
+      table.insert(out, m)
+    end
   end
 end
 return out
 """
 
-_FINISH = """
+# KEYS: ready, leases, delayed, deliveries:due. ARGV: member, owner, state, payload, field, now, retry_at ('' = final).
+_FINISH = _FINISH_ITEM + """
 local m, owner, state, payload, field, now, retry_at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local sep = string.find(m, '|', 1, true)
-local job, idx = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+local job, idx = split(m)
 local jkey, ikey = 'cb:job:' .. job, 'cb:item:' .. job .. ':' .. idx
 if redis.call('HGET', ikey, 'state') ~= 'running' or redis.call('HGET', ikey, 'owner') ~= owner then return 0 end
 redis.call('ZREM', KEYS[2], m)
-redis.call('HINCRBY', jkey, 'n:running', -1)
 if retry_at ~= '' then
+  redis.call('HINCRBY', jkey, 'n:running', -1)
   redis.call('HSET', ikey, 'state', 'queued', 'owner', '', field, payload)
   redis.call('HINCRBY', jkey, 'n:queued', 1)
   redis.call('ZADD', KEYS[3], tonumber(retry_at), m)
   return 1
 end
-redis.call('HSET', ikey, 'state', state, 'owner', '', field, payload, 'finished_at', now)
-redis.call('HINCRBY', jkey, 'n:' .. state, 1)
-local url = redis.call('HGET', jkey, 'webhook_url')
-if url and url ~= '' and redis.call('HGET', jkey, 'webhook_per_item') == '1' then
-  redis.call('ZADD', KEYS[5], 0, job .. ':item:' .. idx)
-end
-local done = 0
-for _, s in ipairs({'succeeded', 'failed', 'cancelled'}) do done = done + tonumber(redis.call('HGET', jkey, 'n:' .. s) or '0') end
-local jstate = redis.call('HGET', jkey, 'state')
-if done >= tonumber(redis.call('HGET', jkey, 'total')) and jstate ~= 'succeeded' and jstate ~= 'failed' and jstate ~= 'cancelled' then
-  local final = 'succeeded'
-  if tonumber(redis.call('HGET', jkey, 'n:failed') or '0') > 0 then final = 'failed' end
-  redis.call('HSET', jkey, 'state', final, 'finished_at', now)
-  if url and url ~= '' then redis.call('ZADD', KEYS[5], 0, job .. ':job') end
+finish(m, state, field, payload, now, KEYS[4])
+return 1
+"""
+
+# KEYS: job, cache entry, the job's cache-key set. ARGV: result, job id, cache key. Only while the job exists.
+_CACHE_PUT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'result', ARGV[1], 'job_id', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
+# KEYS: job, delivery, the job's delivery list, deliveries:due. ARGV: delivery json, id, state, next attempt. Only while the job exists.
+_SAVE_DELIVERY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('RPUSH', KEYS[3], ARGV[2]) end
+redis.call('SET', KEYS[2], ARGV[1])
+if ARGV[3] == 'pending' then redis.call('ZADD', KEYS[4], tonumber(ARGV[4]), ARGV[2]) else redis.call('ZREM', KEYS[4], ARGV[2]) end
+return 1
+"""
+
+# KEYS: cache entries the job made. ARGV: job id. Deletes those that still name the job (a later job may have replaced one).
+_CACHE_DROP = """
+for _, k in ipairs(KEYS) do
+  if redis.call('HGET', k, 'job_id') == ARGV[1] then redis.call('DEL', k) end
 end
 return 1
 """
 
-_KEYS = [P + "ready", P + "leases", P + "delayed", P + "score", P + "deliveries:due"]
+_QUEUES = [P + "ready", P + "leases", P + "delayed", P + "deliveries:due"]
+
+
+def _member(job_id: str, index: int) -> str:
+    return f"{job_id}|{index:06d}"
 
 
 class RedisJobStore:
@@ -93,35 +152,52 @@ class RedisJobStore:
         self.r.ping()
         self._lease = self.r.register_script(_LEASE)
         self._finish = self.r.register_script(_FINISH)
+        self._cache_put = self.r.register_script(_CACHE_PUT)
+        self._save_delivery = self.r.register_script(_SAVE_DELIVERY)
+        self._cache_drop = self.r.register_script(_CACHE_DROP)
 
     # ------------------------------------------------------------ jobs
 
     def create_job(self, job: JobRecord, items: list[ItemRecord]) -> tuple[JobRecord, bool]:
-        if job.idempotency_key and not self.r.set(P + "idem:" + job.idempotency_key, job.id, nx=True):
-            existing_id = self.r.get(P + "idem:" + job.idempotency_key)
-            existing = self.get_job(str(existing_id))
-            if existing is None or existing.request_hash != job.request_hash:
-                raise IdempotencyConflict(f"idempotency_key {job.idempotency_key!r} was used for job {existing_id} with a different request")
-            return existing, False
+        """One MULTI/EXEC writes the idempotency key, the job and its items (WATCH on the key: a racing create retries)."""
+        idem = P + "idem:" + job.idempotency_key if job.idempotency_key else None
+        while True:
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    if idem is not None:
+                        pipe.watch(idem)
+                        existing_id = pipe.get(idem)
+                        if existing_id is not None and (existing := self.get_job(str(existing_id))) is not None:
+                            if existing.request_hash != job.request_hash:
+                                raise IdempotencyConflict(
+                                    f"idempotency_key {job.idempotency_key!r} was used for job {existing_id} with a different request")
+                            return existing, False
+                    pipe.multi()
+                    if idem is not None:
+                        pipe.set(idem, job.id)
+                    self._write_job(pipe, job, items)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        created = self.get_job(job.id)
+        assert created is not None
+        return created, True
+
+    @staticmethod
+    def _write_job(pipe: Any, job: JobRecord, items: list[ItemRecord]) -> None:
         score = (100 - job.priority) * 1e13 + job.created_at * 1000
-        pipe = self.r.pipeline(transaction=True)
         for item in items:
-            member = f"{job.id}|{item.index:06d}"
             pipe.hset(P + f"item:{job.id}:{item.index:06d}", mapping={
                 "index": item.index, "params": json.dumps(item.params), "seed": "" if item.seed is None else str(item.seed),
-                "state": "queued", "attempts": 0})
-            pipe.hset(P + "score", member, score)
-            pipe.zadd(P + "ready", {member: score})
+                "state": "queued", "attempts": 0, "score": score})
+        pipe.zadd(P + "ready", {_member(job.id, item.index): score for item in items})
         pipe.hset(P + "job:" + job.id, mapping={
             "workflow": job.workflow, "priority": job.priority, "created_at": job.created_at, "total": job.total,
             "state": "queued", "idempotency_key": job.idempotency_key or "", "request_hash": job.request_hash,
             "webhook_url": job.webhook_url or "", "webhook_per_item": int(job.webhook_per_item), "use_cache": int(job.use_cache),
             "n:queued": job.total})
         pipe.zadd(P + "jobs", {job.id: job.created_at})
-        pipe.execute()
-        created = self.get_job(job.id)
-        assert created is not None
-        return created, True
 
     def get_job(self, job_id: str) -> JobRecord | None:
         h = self.r.hgetall(P + "job:" + job_id)
@@ -164,8 +240,8 @@ class RedisJobStore:
 
     # ------------------------------------------------------------ leases
 
-    def lease(self, owner: str, limit: int, lease_s: float) -> list[Lease]:
-        members = self._lease(keys=[P + "ready", P + "leases", P + "delayed", P + "score"], args=[now(), owner, limit, lease_s])
+    def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int) -> list[Lease]:
+        members = self._lease(keys=_QUEUES, args=[now(), owner, limit, lease_s, max_attempts])
         leases = []
         for member in members:
             job_id, idx = member.split("|")
@@ -179,7 +255,7 @@ class RedisJobStore:
     def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> None:
         pipe = self.r.pipeline()
         for job_id, idx in keys:
-            pipe.zadd(P + "leases", {f"{job_id}|{idx:06d}": now() + lease_s}, xx=True)
+            pipe.zadd(P + "leases", {_member(job_id, idx): now() + lease_s}, xx=True)
         pipe.execute()
 
     def complete(self, owner: str, lease: Lease, result: dict[str, Any]) -> bool:
@@ -189,8 +265,8 @@ class RedisJobStore:
         return self._call_finish(owner, lease, "failed", json.dumps(error), "error", retry_at)
 
     def _call_finish(self, owner: str, lease: Lease, state: str, payload: str, field: str, retry_at: float | None) -> bool:
-        member = f"{lease.job_id}|{lease.index:06d}"
-        return bool(self._finish(keys=_KEYS, args=[member, owner, state, payload, field, now(), "" if retry_at is None else retry_at]))
+        args = [_member(lease.job_id, lease.index), owner, state, payload, field, now(), "" if retry_at is None else retry_at]
+        return bool(self._finish(keys=_QUEUES, args=args))
 
     def cancel(self, job_id: str) -> JobRecord | None:
         job = self.get_job(job_id)
@@ -215,17 +291,20 @@ class RedisJobStore:
                 pipe.hset(ikey, mapping={"state": "cancelled", "owner": "", "finished_at": now()})
                 pipe.hincrby(P + "job:" + job.id, f"n:{state}", -1)
                 pipe.hincrby(P + "job:" + job.id, "n:cancelled", 1)
-                pipe.zrem(P + "ready", f"{job.id}|{idx:06d}")
+                pipe.zrem(P + "ready", _member(job.id, idx))
                 pipe.execute()
 
     # ------------------------------------------------------------ cache
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
-        raw = self.r.get(P + "cache:" + key)
+        raw = self.r.hget(P + "cache:" + key, "result")
         return json.loads(raw) if raw else None
 
-    def cache_put(self, key: str, result: dict[str, Any]) -> None:
-        self.r.set(P + "cache:" + key, json.dumps(result))
+    def cache_put(self, key: str, result: dict[str, Any], job_id: str) -> None:
+        self._cache_put(keys=[P + "job:" + job_id, P + "cache:" + key, P + "jobcache:" + job_id], args=[json.dumps(result), job_id, key])
+
+    def cache_delete(self, key: str) -> None:
+        self.r.delete(P + "cache:" + key)
 
     # ------------------------------------------------------------ webhooks
 
@@ -248,6 +327,8 @@ class RedisJobStore:
             delivery = self._delivery(delivery_id)
             if delivery is not None:
                 out.append(delivery)
+            else:  # its job expired
+                self.r.zrem(P + "deliveries:due", delivery_id)
         return out
 
     def _delivery(self, delivery_id: str) -> Delivery | None:
@@ -265,17 +346,12 @@ class RedisJobStore:
             payload = item_event(job, item)
         else:
             payload = job_event(job)
-        self.r.rpush(P + "deliveries:" + job_id, delivery_id)
         return Delivery(id=delivery_id, job_id=job_id, event=payload["type"], payload=payload, url=job.webhook_url)
 
     def save_delivery(self, delivery: Delivery) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(P + "delivery:" + delivery.id, json.dumps(delivery.__dict__))
-        if delivery.state == "pending":
-            pipe.zadd(P + "deliveries:due", {delivery.id: delivery.next_attempt_at})
-        else:
-            pipe.zrem(P + "deliveries:due", delivery.id)
-        pipe.execute()
+        self._save_delivery(
+            keys=[P + "job:" + delivery.job_id, P + "delivery:" + delivery.id, P + "deliveries:" + delivery.job_id, P + "deliveries:due"],
+            args=[json.dumps(delivery.__dict__), delivery.id, delivery.state, delivery.next_attempt_at])
 
     def deliveries(self, job_id: str) -> list[Delivery]:
         ids = dict.fromkeys(self.r.lrange(P + "deliveries:" + job_id, 0, -1))
@@ -283,15 +359,32 @@ class RedisJobStore:
 
     # ------------------------------------------------------------ retention
 
-    def expire(self, before: float) -> list[str]:
+    def expirable(self, before: float) -> list[str]:
         expired = []
         for job_id in self.r.zrangebyscore(P + "jobs", "-inf", before):
             job = self.get_job(job_id)
-            if job is None or job.state not in TERMINAL_JOB_STATES or (job.finished_at or now()) >= before:
-                continue
-            keys = [P + f"item:{job_id}:{i:06d}" for i in range(job.total)]
-            keys += [P + "job:" + job_id, P + "deliveries:" + job_id]
-            self.r.delete(*keys)
-            self.r.zrem(P + "jobs", job_id)
-            expired.append(job_id)
+            if job is not None and job.state in TERMINAL_JOB_STATES and job.finished_at is not None and job.finished_at < before:
+                expired.append(job_id)
         return expired
+
+    def delete_job(self, job_id: str) -> None:
+        """Every key of the job, and its members of the shared sets, in one MULTI/EXEC."""
+        job = self.get_job(job_id)
+        if job is None:
+            return
+        members = [_member(job.id, i) for i in range(job.total)]
+        delivery_ids = self.r.lrange(P + "deliveries:" + job.id, 0, -1)
+        cache_keys = [P + "cache:" + k for k in self.r.smembers(P + "jobcache:" + job.id)]
+        if cache_keys:
+            self._cache_drop(keys=cache_keys, args=[job.id])
+        idem = P + "idem:" + job.idempotency_key if job.idempotency_key else None
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(P + "job:" + job.id, P + "deliveries:" + job.id, P + "jobcache:" + job.id,
+                    *(P + f"item:{job.id}:{i:06d}" for i in range(job.total)), *(P + "delivery:" + d for d in delivery_ids))
+        for queue in (P + "ready", P + "leases", P + "delayed"):
+            pipe.zrem(queue, *members)
+        pipe.zrem(P + "deliveries:due", f"{job.id}:job", *(f"{job.id}:item:{i:06d}" for i in range(job.total)))
+        pipe.zrem(P + "jobs", job.id)
+        pipe.execute()
+        if idem is not None and self.r.get(idem) == job.id:  # no other job can hold the key while it names this one
+            self.r.delete(idem)

@@ -4,7 +4,14 @@ Items go to the engine through the same batchable API as live requests, so a
 job's items share GPU batches with them. A lease is renewed while its item
 runs; if this replica dies, the lease expires and another replica (or this
 one after a restart) runs the item. A result is recorded only while the lease
-is held, so it is stored exactly once.
+is held, so it is stored exactly once. Every lease counts an attempt, so an
+item that kills or hangs the engine each time is given up after
+`max_attempts` leases.
+
+`run_forever` runs four loops side by side, so none can hold up another:
+leasing, lease renewal (on its own thread, so slow storage writes or store
+reads never delay it), webhook delivery (its own task, a bounded number of
+POSTs in flight, each with a deadline) and retention.
 """
 
 from __future__ import annotations
@@ -15,11 +22,16 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-from comfybento.jobs.records import Lease, backoff_s, now
+import httpx
+from standardwebhooks import Webhook
+
+from comfybento.errors import NotFound
+from comfybento.jobs.records import Delivery, Lease, backoff_s, now
 from comfybento.jobs.store import JobStore
-from comfybento.jobs.webhooks import AllowList, attempt
+from comfybento.jobs.webhooks import AllowList, WebhookPolicy, attempt
 from comfybento.outputs.encoding import EXTENSIONS
 from comfybento.outputs.storage import Storage
 from comfybento.serving.messages import ItemResult
@@ -30,6 +42,8 @@ OnEvent = Callable[[dict[str, Any]], None]
 # (workflow, item values, seed, event callback) -> result; events are the engine's (queued, started, progress ...)
 Execute = Callable[[str, dict[str, Any], "int | None", OnEvent], Awaitable[ItemResult]]
 PERMANENT_KINDS = ("invalid", "workflow", "node")
+RETENTION_EVERY_S = 60.0
+T = TypeVar("T")
 
 
 def cache_key(lease: Lease) -> str:
@@ -37,10 +51,15 @@ def cache_key(lease: Lease) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def output_key(lease: Lease, output: str, index: int, ext: str) -> str:
+    """Where an item's output goes: under its job, named by attempt (a lost lease's files never collide with the winner's)."""
+    return f"{lease.job_id}/{lease.index:05d}-a{lease.attempt}-{output}-{index}.{ext}"
+
+
 class JobRunner:
-    def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, concurrency: int, lease_s: int,
-                 max_attempts: int, retry_base_s: float, retention_s: int, webhook_secret: str, allow: AllowList,
-                 webhook_max_attempts: int, webhook_backoff_s: float) -> None:
+    def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, concurrency: int, lease_s: float,
+                 max_attempts: int, retry_base_s: float, retention_s: float, webhook_secret: str, allow: AllowList,
+                 webhooks: WebhookPolicy) -> None:
         self.store = store
         self.storage = storage
         self.execute = execute
@@ -50,40 +69,109 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self.retention_s = retention_s
-        self.webhook = (webhook_secret, allow, webhook_max_attempts, webhook_backoff_s)
+        self.signer = Webhook(webhook_secret)  # an empty secret raises: no webhook is ever sent unsigned
+        self.allow = allow
+        self.webhooks = webhooks
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._deliveries: set[asyncio.Task[None]] = set()
         # (job id, index) -> {"step": i, "steps": n} of the items running on this replica
         self.progress: dict[tuple[str, int], dict[str, int]] = {}
         self._stop = asyncio.Event()
+        self._leases = ThreadPoolExecutor(1, thread_name_prefix="comfybento-leases")
+        self._resolver = ThreadPoolExecutor(webhooks.concurrency, thread_name_prefix="comfybento-webhooks")
 
     async def run_forever(self) -> None:
-        last_renew = last_expire = 0.0
-        while not self._stop.is_set():
-            try:
-                leased = await self._fill()
-                t = now()
-                if self._running and t - last_renew > self.lease_s / 3:
-                    await asyncio.to_thread(self.store.renew, self.owner, list(self._running), self.lease_s)
-                    last_renew = t
-                await self._deliver()
-                if t - last_expire > 60:
-                    await self._expire()
-                    last_expire = t
-            except Exception:
-                log.exception("job runner loop failed; retrying")
-                leased = 0
-            await asyncio.sleep(0.05 if leased else 0.25)
+        client = httpx.AsyncClient(follow_redirects=False, timeout=self.webhooks.timeout_s)
+        loops = [self._lease_loop(), self._renew_loop(), self._webhook_loop(client), self._retention_loop()]
+        tasks = [asyncio.create_task(loop) for loop in loops]
+        try:
+            await self._stop.wait()
+        finally:
+            for task in [*tasks, *self._deliveries, *self._running.values()]:
+                task.cancel()
+            await asyncio.gather(*tasks, *self._deliveries, *self._running.values(), return_exceptions=True)
+            await client.aclose()
+            self._leases.shutdown(wait=False, cancel_futures=True)
+            self._resolver.shutdown(wait=False, cancel_futures=True)
 
     async def stop(self) -> None:
+        """Stop every loop; items still running keep their leases until they expire (then they rerun, counted)."""
         self._stop.set()
         for task in list(self._running.values()):
             task.cancel()
+
+    async def _idle(self, seconds: float) -> bool:
+        """Sleep, waking early on stop; False once stopping."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
+        return not self._stop.is_set()
+
+    async def _on_leases(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._leases, fn, *args)
+
+    # ------------------------------------------------------------ loops
+
+    async def _lease_loop(self) -> None:
+        leased = 0
+        while await self._idle(0.05 if leased else 0.25):
+            try:
+                leased = await self._fill()
+            except Exception:
+                log.exception("job runner: leasing failed; retrying")
+                leased = 0
+
+    async def _renew_loop(self) -> None:
+        while await self._idle(self.lease_s / 3):
+            if not self._running:
+                continue
+            try:
+                await self._on_leases(self.store.renew, self.owner, list(self._running), self.lease_s)
+            except Exception:
+                log.exception("job runner: renewing leases failed; retrying")
+
+    async def _webhook_loop(self, client: httpx.AsyncClient) -> None:
+        claim_s = 2 * self.webhooks.timeout_s + 30  # longer than an attempt can take: nobody else sends it meanwhile
+        while await self._idle(0.25):
+            free = self.webhooks.concurrency - len(self._deliveries)
+            if free <= 0:
+                continue
+            try:
+                due = await asyncio.to_thread(self.store.due_deliveries, self.owner, free, claim_s)
+            except Exception:
+                log.exception("job runner: reading due webhooks failed; retrying")
+                continue
+            for delivery in due:
+                task = asyncio.create_task(self._deliver(delivery, client))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, delivery: Delivery, client: httpx.AsyncClient) -> None:
+        try:
+            done = await attempt(delivery, self.signer, self.allow, client, self.webhooks, self._resolver)
+            await asyncio.to_thread(self.store.save_delivery, done)
+        except Exception:
+            log.exception("webhook %s: delivery failed; its claim expires and it is retried", delivery.id)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                for job_id in await asyncio.to_thread(self.store.expirable, now() - self.retention_s):
+                    await asyncio.to_thread(self.storage.delete_prefix, job_id)  # files first: a crash leaves no orphan
+                    await asyncio.to_thread(self.store.delete_job, job_id)
+            except Exception:
+                log.exception("job runner: retention failed; retrying")
+            if not await self._idle(RETENTION_EVERY_S):
+                return
+
+    # ------------------------------------------------------------ items
 
     async def _fill(self) -> int:
         free = self.concurrency - len(self._running)
         if free <= 0:
             return 0
-        leases = await asyncio.to_thread(self.store.lease, self.owner, free, self.lease_s)
+        leases = await self._on_leases(self.store.lease, self.owner, free, self.lease_s, self.max_attempts)
         for lease in leases:
             key = (lease.job_id, lease.index)
             task = asyncio.create_task(self._run_item(lease))
@@ -93,9 +181,9 @@ class JobRunner:
 
     async def _run_item(self, lease: Lease) -> None:
         try:
-            if lease.use_cache and (cached := await asyncio.to_thread(self.store.cache_get, cache_key(lease))):
-                await asyncio.to_thread(self.store.complete, self.owner, lease, {**cached, "cached": True})
+            if lease.use_cache and await asyncio.to_thread(self._reuse_cached, lease):
                 return
+
             def on_event(event: dict[str, Any], key: tuple[str, int] = (lease.job_id, lease.index)) -> None:
                 if event.get("event") == "progress":
                     self.progress[key] = {"step": int(event["value"]), "steps": int(event["max"])}
@@ -114,21 +202,43 @@ class JobRunner:
         except Exception:
             log.exception("job %s item %d: could not record the result; the lease will expire and it reruns", lease.job_id, lease.index)
 
+    def _reuse_cached(self, lease: Lease) -> bool:
+        """Complete the item from the result cache, copying the files into its own job; False on a miss."""
+        key = cache_key(lease)
+        cached = self.store.cache_get(key)
+        if cached is None:
+            return False
+        copied: list[dict[str, Any]] = []
+        try:
+            for out in cached["outputs"]:
+                new_key = output_key(lease, out["output"], out["index"], str(out["key"]).rsplit(".", 1)[-1])
+                self.storage.put(new_key, self.storage.get(out["key"]), out["media_type"])
+                copied.append({**out, "key": new_key})
+        except NotFound:  # the files went (an entry made before entries were deleted with their job): a miss
+            self.store.cache_delete(key)
+            self._delete_outputs(copied)
+            return False
+        if not self.store.complete(self.owner, lease, {**cached, "outputs": copied, "cached": True}):
+            self._delete_outputs(copied)
+        return True
+
     def _record_success(self, lease: Lease, result: ItemResult) -> None:
         outputs = []
         for blob in result.outputs:
-            ext = EXTENSIONS.get(blob.media_type, "bin")
-            key = f"{lease.job_id}/{lease.index:05d}-a{lease.attempt}-{blob.output}-{blob.index}.{ext}"
+            key = output_key(lease, blob.output, blob.index, EXTENSIONS.get(blob.media_type, "bin"))
             self.storage.put(key, blob.data, blob.media_type)
             outputs.append({"output": blob.output, "node_id": blob.node_id, "index": blob.index, "width": blob.width,
                             "height": blob.height, "media_type": blob.media_type, "key": key})
         record = {"outputs": outputs, "queue_ms": result.queue_ms, "execution_ms": result.execution_ms, "batch_size": result.batch_size}
         if not self.store.complete(self.owner, lease, record):
-            for out in outputs:  # the lease was lost: another worker owns this item now
-                self.storage.delete(str(out["key"]))
+            self._delete_outputs(outputs)  # the lease was lost: another worker owns this item now
             return
         if lease.use_cache:
-            self.store.cache_put(cache_key(lease), record)
+            self.store.cache_put(cache_key(lease), record, lease.job_id)
+
+    def _delete_outputs(self, outputs: list[dict[str, Any]]) -> None:
+        for out in outputs:
+            self.storage.delete(str(out["key"]))
 
     def _record_failure(self, lease: Lease, result: ItemResult) -> None:
         kind: str = result.error_kind or "internal"
@@ -139,15 +249,3 @@ class JobRunner:
                  "node_id": result.node_id, "class_type": result.class_type}
         retry_at = now() + backoff_s(lease.attempt, self.retry_base_s) if transient and lease.attempt < self.max_attempts else None
         self.store.fail(self.owner, lease, error, retry_at)
-
-    async def _deliver(self) -> None:
-        secret, allow, max_attempts, base = self.webhook
-        due = await asyncio.to_thread(self.store.due_deliveries, self.owner, 20, 30.0)
-        for delivery in due:
-            done = await asyncio.to_thread(attempt, delivery, secret, allow, max_attempts, base, 10.0)
-            await asyncio.to_thread(self.store.save_delivery, done)
-
-    async def _expire(self) -> None:
-        expired = await asyncio.to_thread(self.store.expire, now() - self.retention_s)
-        for job_id in expired:
-            await asyncio.to_thread(self.storage.delete_prefix, job_id)

@@ -6,6 +6,9 @@ import hashlib
 import io
 import itertools
 import json
+import math
+import os
+import stat
 import uuid
 import zipfile
 from pathlib import Path
@@ -29,7 +32,7 @@ from comfybento.jobs.records import ItemRecord, JobRecord, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList
 from comfybento.outputs.encoding import decode_b64
-from comfybento.outputs.storage import Storage
+from comfybento.outputs.storage import LocalStorage, Storage
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.schema import build_input_model
@@ -49,16 +52,30 @@ class InvalidItems(ComfyBentoError):
         super().__init__(f"{len(errors)} invalid item field(s), nothing was queued: {shown}{more}")
 
 
-def expand(req: JobSubmit) -> list[dict[str, Any]]:
-    """The submission's items: the list as given, or base x the cartesian product of the fan-out."""
+class TooManyItems(InvalidRequest):
+    """The submission has more items than COMFYBENTO_JOB_MAX_ITEMS allows (checked before a fan-out is built)."""
+
+    error_code = 413  # type: ignore[assignment]
+
+
+def expand(req: JobSubmit, max_items: int) -> list[dict[str, Any]]:
+    """The submission's items: the list as given, or base x the cartesian product of the fan-out.
+
+    The count is checked against `max_items` first: a fan-out is built only once its size is known to fit.
+    """
     if req.items is not None and (req.base is not None or req.fanout is not None):
         raise InvalidRequest("give either 'items' or 'base'/'fanout', not both")
-    if req.items is not None:
-        return req.items
     fanout = req.fanout or {}
     for key, values in fanout.items():
         if not isinstance(values, list) or not values:
             raise InvalidRequest(f"fanout.{key} must be a non-empty list")
+    sizes = [len(values) for values in fanout.values()]
+    count = len(req.items) if req.items is not None else math.prod(sizes)
+    if count > max_items:
+        what = "items:" if req.items is not None else "fanout: " + " x ".join(map(str, sizes)) + " ="
+        raise TooManyItems(f"{what} {count} items is more than the limit of {max_items} (COMFYBENTO_JOB_MAX_ITEMS)")
+    if req.items is not None:
+        return req.items
     keys = list(fanout)
     return [{**(req.base or {}), **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*(fanout[k] for k in keys))]
 
@@ -83,11 +100,9 @@ class JobService:
         spec = self.catalog.get(req.workflow)
         if spec is None:
             raise InvalidRequest(f"workflow: unknown workflow {req.workflow!r}; known: {sorted(self.catalog)}")
-        raw = expand(req)
+        raw = expand(req, self.max_items)
         if not raw:
             raise InvalidRequest("items: a job needs at least one item")
-        if len(raw) > self.max_items:
-            raise InvalidRequest(f"items: {len(raw)} items is more than the limit of {self.max_items}")
         values = self._validate(spec, raw)
         if req.webhook is not None:
             self.allow.check(req.webhook.url)
@@ -164,19 +179,44 @@ class JobService:
                 for item in batch:
                     for out in (item.result or {}).get("outputs", []):
                         ext = str(out["key"]).rsplit(".", 1)[-1]
-                        zf.writestr(f"{item.index:05d}-{out['output']}-{out['index']}.{ext}", self.storage.get(out["key"]))
+                        zf.writestr(f"{item.index:05d}-{out['output']}-{out['index']}.{ext}", self._read(out["key"]))
                 offset += len(batch)
         return target
 
     def file(self, job_id: str, name: str) -> bytes:
         self.job(job_id)
-        return self.storage.get(f"{job_id}/{name}")
+        return self._read(f"{job_id}/{name}")
+
+    def _read(self, key: str) -> bytes:
+        if isinstance(self.storage, LocalStorage):
+            return read_local(self.storage.root, key)
+        return self.storage.get(key)
 
     def cancel(self, job_id: str) -> JobRecord:
         job = self.store.cancel(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} does not exist (or expired)")
         return job
+
+
+def read_local(root: Path, key: str) -> bytes:
+    """The regular file at root/<job>/<name>, opened without following any link: a link is reported as missing."""
+    parts = key.split("/")
+    if len(parts) != 2 or any(p in ("", ".", "..") or "\\" in p for p in parts):
+        raise NotFound(f"no such file: {key!r}")
+    try:
+        folder = os.open(root / parts[0], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(parts[1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+        finally:
+            os.close(folder)
+    except OSError:
+        raise NotFound(f"no such file: {key}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotFound(f"no such file: {key}")
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
 
 
 def _is_image(data: str) -> bool:

@@ -3,11 +3,18 @@
 Contract (both stores keep it; tests run against both):
 - `create_job` is atomic and idempotent per idempotency key.
 - `lease` hands each runnable item to one owner until its lease expires; an
-  expired lease (a dead worker) makes the item runnable again.
+  expired lease (a dead worker) makes the item runnable again. Every lease
+  counts an attempt; an item that has used `max_attempts` leases without
+  finishing (a poison item that kills or hangs the engine) is failed with
+  "gave up after N attempts" instead of being leased again.
 - `complete`/`fail` record a result only while the caller still holds the
   lease, so a result is stored exactly once and a finished item never reruns.
 - When an item or job reaches a final state and a webhook is configured, the
   delivery is queued in the same transaction, so a crash cannot lose it.
+- Retention is two steps, so a crash between them leaves no orphan: the
+  runner asks `expirable` for jobs finished before a time, deletes their
+  files, then `delete_job` deletes the job with everything that refers to
+  it: items, deliveries, its idempotency key and the result-cache entries it made.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from comfybento.jobs.records import (
     ItemRecord,
     JobRecord,
     Lease,
+    gave_up_error,
     job_state_from_counts,
     now,
 )
@@ -42,17 +50,19 @@ class JobStore(Protocol):
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def list_jobs(self, limit: int, offset: int) -> list[JobRecord]: ...
     def get_items(self, job_id: str, offset: int, limit: int) -> list[ItemRecord]: ...
-    def lease(self, owner: str, limit: int, lease_s: float) -> list[Lease]: ...
+    def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int) -> list[Lease]: ...
     def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> None: ...
     def complete(self, owner: str, lease: Lease, result: dict[str, Any]) -> bool: ...
     def fail(self, owner: str, lease: Lease, error: dict[str, Any], retry_at: float | None) -> bool: ...
     def cancel(self, job_id: str) -> JobRecord | None: ...
     def cache_get(self, key: str) -> dict[str, Any] | None: ...
-    def cache_put(self, key: str, result: dict[str, Any]) -> None: ...
+    def cache_put(self, key: str, result: dict[str, Any], job_id: str) -> None: ...
+    def cache_delete(self, key: str) -> None: ...
     def due_deliveries(self, owner: str, limit: int, claim_s: float) -> list[Delivery]: ...
     def save_delivery(self, delivery: Delivery) -> None: ...
     def deliveries(self, job_id: str) -> list[Delivery]: ...
-    def expire(self, before: float) -> list[str]: ...
+    def expirable(self, before: float) -> list[str]: ...
+    def delete_job(self, job_id: str) -> None: ...
 
 
 SCHEMA = """
@@ -74,8 +84,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
   claim_owner TEXT, claim_expires REAL
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS result_cache (key TEXT PRIMARY KEY, result TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS result_cache (key TEXT PRIMARY KEY, result TEXT NOT NULL, created_at REAL NOT NULL, job_id TEXT);
 """
+
+# Items a worker may lease: queued and due, or running under an expired lease (a dead or hung worker).
+_RUNNABLE = """jobs.state NOT IN ('cancelled') AND (
+    (items.state = 'queued' AND items.next_attempt_at <= ?) OR (items.state = 'running' AND items.lease_expires < ?))"""
 
 _JOB_COLS = ("id, workflow, priority, created_at, total, state, updated_at, finished_at, idempotency_key, "
              "request_hash, webhook_url, webhook_per_item, use_cache, expires_at")
@@ -92,6 +106,9 @@ class SQLiteJobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        if "job_id" not in {r["name"] for r in self._db.execute("PRAGMA table_info(result_cache)")}:
+            self._db.execute("ALTER TABLE result_cache ADD COLUMN job_id TEXT")  # a file made before entries named their job
+        self._db.execute("CREATE INDEX IF NOT EXISTS result_cache_job ON result_cache (job_id)")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -153,17 +170,15 @@ class SQLiteJobStore:
 
     # ------------------------------------------------------------ leases
 
-    def lease(self, owner: str, limit: int, lease_s: float) -> list[Lease]:
+    def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int) -> list[Lease]:
         t = now()
         with self._tx() as db:
+            self._give_up(db, t, max_attempts)
             rows = db.execute(
-                """SELECT items.job_id, items.idx, items.params, items.seed, items.attempts, jobs.workflow,
+                f"""SELECT items.job_id, items.idx, items.params, items.seed, items.attempts, jobs.workflow,
                           jobs.use_cache, jobs.webhook_per_item
                    FROM items JOIN jobs ON jobs.id = items.job_id
-                   WHERE jobs.state NOT IN ('cancelled') AND (
-                         (items.state = 'queued' AND items.next_attempt_at <= ?)
-                      OR (items.state = 'running' AND items.lease_expires < ?))
-                   ORDER BY jobs.priority DESC, jobs.created_at, items.idx LIMIT ?""",
+                   WHERE {_RUNNABLE} ORDER BY jobs.priority DESC, jobs.created_at, items.idx LIMIT ?""",
                 (t, t, limit),
             ).fetchall()
             leases = []
@@ -178,6 +193,15 @@ class SQLiteJobStore:
                                     seed=r["seed"], attempt=r["attempts"] + 1, use_cache=bool(r["use_cache"]),
                                     webhook_per_item=bool(r["webhook_per_item"])))
         return leases
+
+    def _give_up(self, db: sqlite3.Connection, t: float, max_attempts: int) -> None:
+        """Fail the runnable items that have had every attempt (each lease was one) without finishing."""
+        rows = db.execute(f"SELECT items.job_id, items.idx, items.attempts FROM items JOIN jobs ON jobs.id = items.job_id "
+                          f"WHERE {_RUNNABLE} AND items.attempts >= ?", (t, t, max_attempts)).fetchall()
+        for r in rows:
+            db.execute("UPDATE items SET state='failed', error=?, finished_at=?, lease_owner=NULL, lease_expires=NULL "
+                       "WHERE job_id=? AND idx=?", (json.dumps(gave_up_error(r["attempts"])), t, r["job_id"], r["idx"]))
+            self._after_item(db, r["job_id"], r["idx"], t)
 
     def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> None:
         with self._tx() as db:
@@ -246,9 +270,16 @@ class SQLiteJobStore:
             row = self._db.execute("SELECT result FROM result_cache WHERE key=?", (key,)).fetchone()
         return json.loads(row["result"]) if row else None
 
-    def cache_put(self, key: str, result: dict[str, Any]) -> None:
+    def cache_put(self, key: str, result: dict[str, Any], job_id: str) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO result_cache (key, result, created_at) VALUES (?,?,?)", (key, json.dumps(result), now()))
+            if db.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone() is None:
+                return  # the job expired meanwhile: its files are gone
+            db.execute("INSERT OR REPLACE INTO result_cache (key, result, created_at, job_id) VALUES (?,?,?,?)",
+                       (key, json.dumps(result), now(), job_id))
+
+    def cache_delete(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM result_cache WHERE key=?", (key,))
 
     # ------------------------------------------------------------ webhooks
 
@@ -280,14 +311,15 @@ class SQLiteJobStore:
 
     # ------------------------------------------------------------ retention
 
-    def expire(self, before: float) -> list[str]:
-        with self._tx() as db:
-            ids = [r["id"] for r in db.execute(
+    def expirable(self, before: float) -> list[str]:
+        with self._lock:
+            return [r["id"] for r in self._db.execute(
                 "SELECT id FROM jobs WHERE state IN ('succeeded','failed','cancelled') AND finished_at < ?", (before,))]
-            for job_id in ids:
-                for table, col in (("items", "job_id"), ("deliveries", "job_id"), ("jobs", "id")):
-                    db.execute(f"DELETE FROM {table} WHERE {col}=?", (job_id,))
-        return ids
+
+    def delete_job(self, job_id: str) -> None:
+        with self._tx() as db:
+            for table, col in (("items", "job_id"), ("deliveries", "job_id"), ("result_cache", "job_id"), ("jobs", "id")):
+                db.execute(f"DELETE FROM {table} WHERE {col}=?", (job_id,))
 
 
 def _job_from_row(row: sqlite3.Row, counts: dict[str, int]) -> JobRecord:

@@ -1,50 +1,81 @@
 """Signed webhook deliveries (Standard Webhooks), with an allow-list and retries.
 
-Each POST carries `webhook-id`, `webhook-timestamp` and `webhook-signature:
-v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">`. A secret written as
-`whsec_<base64>` is base64-decoded first, as the spec says; any other secret
-is used as UTF-8 bytes.
+Each POST carries `webhook-id`, `webhook-timestamp` and `webhook-signature`,
+made by the `standardwebhooks` library with a `whsec_<base64>` secret: the
+configured one, or one generated once per replica and kept in its work dir.
+Nothing is ever sent unsigned. Deliveries run on their own task with bounded
+concurrency and a deadline per attempt (see the runner), never on the loop
+that renews leases.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import fnmatch
-import hashlib
-import hmac
 import ipaddress
 import json
+import logging
+import os
+import secrets
 import socket
-import time
+import uuid
 from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+from standardwebhooks import Webhook
 
+from comfybento.config import parse_webhook_secret
 from comfybento.errors import InvalidRequest
 from comfybento.jobs.records import Delivery, backoff_s, now
 
-
-def secret_bytes(secret: str) -> bytes:
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret.removeprefix("whsec_"))
-    return secret.encode("utf-8")
+log = logging.getLogger(__name__)
 
 
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_bytes(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+@dataclass(frozen=True)
+class WebhookPolicy:
+    max_attempts: int
+    backoff_s: float
+    # Longest one attempt may take (the allow-list's DNS look-up, then the POST), start to end.
+    timeout_s: float = 10.0
+    # Deliveries in flight at once on a replica.
+    concurrency: int = 4
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes, tolerance_s: int = 300) -> bool:
-    """What a receiver does: check the timestamp window and any v1 signature."""
-    msg_id, ts = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "0")
-    if abs(time.time() - int(ts)) > tolerance_s:
-        return False
-    expected = sign(secret, msg_id, int(ts), body)
-    return any(hmac.compare_digest(expected, sig) for sig in headers.get("webhook-signature", "").split(" "))
+def load_or_create_secret(path: Path) -> str:
+    """The secret kept at `path`; the first process to need it writes a new one (mode 0600), the others read that one."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # whole file or nothing: a racing process either wins or reads the winner's
+            log.warning("COMFYBENTO_WEBHOOK_SECRET is not set: webhooks are signed with a secret generated in %s", path)
+        except FileExistsError:
+            log.info("COMFYBENTO_WEBHOOK_SECRET is not set: webhooks are signed with the secret in %s", path)
+        finally:
+            tmp.unlink()
+    else:
+        log.info("COMFYBENTO_WEBHOOK_SECRET is not set: webhooks are signed with the secret in %s", path)
+    return parse_webhook_secret(path.read_text(encoding="utf-8").strip(), str(path))
+
+
+def signed_request(delivery: Delivery, signer: Webhook) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(delivery.payload, separators=(",", ":"))
+    at = datetime.now(tz=UTC)
+    headers = {"content-type": "application/json", "webhook-id": delivery.id, "webhook-timestamp": str(int(at.timestamp())),
+               "webhook-signature": signer.sign(delivery.id, at, body)}
+    return body.encode(), headers
 
 
 class AllowList:
@@ -97,28 +128,30 @@ def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     return sorted({ipaddress.ip_address(info[4][0]) for info in infos}, key=str)
 
 
-def attempt(delivery: Delivery, secret: str, allow: AllowList, max_attempts: int, base_backoff_s: float, timeout_s: float) -> Delivery:
-    """One POST; updates the delivery's state, log and next attempt time."""
-    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
-    timestamp = int(time.time())
+async def attempt(delivery: Delivery, signer: Webhook, allow: AllowList, client: httpx.AsyncClient, policy: WebhookPolicy,
+                  resolver: Executor) -> Delivery:
+    """One POST within policy.timeout_s; updates the delivery's state, log and next attempt time."""
     entry: dict[str, Any] = {"attempt": delivery.attempts + 1, "at": now()}
     try:
-        allow.check(delivery.url)  # again at delivery time: DNS may have changed
-        headers = {"content-type": "application/json", "webhook-id": delivery.id, "webhook-timestamp": str(timestamp),
-                   "webhook-signature": sign(secret, delivery.id, timestamp, body)}
-        resp = httpx.post(delivery.url, content=body, headers=headers, timeout=timeout_s, follow_redirects=False)
+        async with asyncio.timeout(policy.timeout_s):
+            await asyncio.get_running_loop().run_in_executor(resolver, allow.check, delivery.url)  # again: DNS may have changed
+            body, headers = signed_request(delivery, signer)
+            resp = await client.post(delivery.url, content=body, headers=headers)
         entry["status_code"] = resp.status_code
         ok = 200 <= resp.status_code < 300
+    except TimeoutError:
+        entry["error"] = f"no answer within {policy.timeout_s:g} s"
+        ok = False
     except (httpx.HTTPError, InvalidRequest) as exc:
-        entry["error"] = str(exc)
+        entry["error"] = str(exc) or type(exc).__name__
         ok = False
     delivery.attempts += 1
     entry["ok"] = ok
     delivery.log.append(entry)
     if ok:
         delivery.state = "delivered"
-    elif delivery.attempts >= max_attempts:
+    elif delivery.attempts >= policy.max_attempts:
         delivery.state = "failed"
     else:
-        delivery.next_attempt_at = now() + backoff_s(delivery.attempts, base_backoff_s)
+        delivery.next_attempt_at = now() + backoff_s(delivery.attempts, policy.backoff_s)
     return delivery

@@ -7,7 +7,7 @@ import pytest
 from comfybento.config import Settings
 from comfybento.errors import InvalidRequest
 from comfybento.jobs.api_models import JobSubmit
-from comfybento.jobs.service import InvalidItems, JobService, expand
+from comfybento.jobs.service import InvalidItems, JobService, TooManyItems, expand
 from comfybento.jobs.store import SQLiteJobStore
 from comfybento.jobs.webhooks import AllowList
 from comfybento.models.lock import parse_lock
@@ -27,10 +27,20 @@ def service(node_defs, tmp_path):
 
 def test_fanout_is_the_cartesian_product():
     req = JobSubmit(workflow="w", base={"steps": 4}, fanout={"prompt": ["a", "b"], "seed": [1, 2, 3]})
-    items = expand(req)
+    items = expand(req, 10)
     assert len(items) == 6 and items[0] == {"steps": 4, "prompt": "a", "seed": 1} and items[-1]["seed"] == 3
     with pytest.raises(InvalidRequest):
-        expand(JobSubmit(workflow="w", items=[{}], base={}))
+        expand(JobSubmit(workflow="w", items=[{}], base={}), 10)
+
+
+def test_fanout_size_is_checked_before_it_is_built():
+    huge = JobSubmit(workflow="w", base={}, fanout={"prompt": list(range(2000)), "seed": list(range(2000))})
+    with pytest.raises(TooManyItems, match=r"fanout: 2000 x 2000 = 4000000 items is more than the limit of 10000 \(COMFYBENTO_JOB_MAX_ITEMS\)"):
+        expand(huge, 10_000)  # no 4 M dicts: the product of the lengths is checked first
+    assert TooManyItems("x").error_code == 413
+    with pytest.raises(TooManyItems, match="items: 3 items is more than the limit of 2"):
+        expand(JobSubmit(workflow="w", items=[{}] * 3), 2)
+    assert len(expand(JobSubmit(workflow="w", base={}, fanout={"a": [1, 2], "b": [1, 2]}), 4)) == 4
 
 
 def test_invalid_items_reject_the_whole_submission(service):

@@ -1,0 +1,101 @@
+"""The jobs HTTP API on a real FastAPI app (in-process client), with a real SQLite store and output folder."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from comfybento.config import Settings
+from comfybento.jobs import api
+from comfybento.jobs.service import JobService
+from comfybento.jobs.store import SQLiteJobStore
+from comfybento.jobs.webhooks import AllowList
+from comfybento.models.lock import parse_lock
+from comfybento.outputs.encoding import png_bytes
+from comfybento.outputs.storage import LocalStorage
+from comfybento.workflows.catalog import load_workflow
+from tests.helpers import sample_image
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG = png_bytes(sample_image(8, 8))
+
+
+@pytest.fixture
+def client(node_defs, tmp_path, monkeypatch):
+    settings = Settings.from_env({"COMFYBENTO_MODELS": str(ROOT / "models")})
+    spec = load_workflow(ROOT / "workflows" / "txt2img.json", node_defs, parse_lock(ROOT / "models.lock"), settings)
+    service = JobService({"txt2img": spec}, SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out"),
+                         AllowList(["127.0.0.1"]), max_items=10_000, retention_s=60)
+    api.bind(service)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    with TestClient(api.app) as c:
+        yield c, service
+
+
+def _finished_job(service: JobService) -> str:
+    """A job whose one item finished with one image (as the runner records it)."""
+    job, _ = service.submit(api.JobSubmit(workflow="txt2img", items=[{"prompt": "a"}]))
+    (lease,) = service.store.lease("w", 1, 60, 3)
+    key = f"{job.id}/00000-a1-save_image-0.png"
+    service.storage.put(key, PNG, "image/png")
+    output = {"output": "save_image", "node_id": "9", "index": 0, "width": 8, "height": 8, "media_type": "image/png", "key": key}
+    assert service.store.complete("w", lease, {"outputs": [output]})
+    return job.id
+
+
+def test_offsets_and_limits_out_of_bounds_are_a_422_naming_the_parameter(client):
+    c, service = client
+    job_id = _finished_job(service)
+    for url in ("/jobs", f"/jobs/{job_id}/results"):
+        for params in ({"offset": 2**70}, {"offset": -1}, {"limit": 0}, {"limit": 10**6}):
+            resp = c.get(url, params=params)
+            assert resp.status_code == 422, (url, params, resp.text)
+            assert next(iter(params)) in resp.text
+    assert c.get(f"/jobs/{job_id}/results", params={"offset": 10**9}).json()["items"] == []
+
+
+def test_a_fanout_over_the_limit_is_refused_before_it_is_built(client):
+    c, _ = client
+    resp = c.post("/jobs", json={"workflow": "txt2img", "base": {}, "fanout": {"prompt": ["x"] * 2000, "seed": list(range(2000))}})
+    assert resp.status_code == 413
+    assert "4000000 items" in resp.json()["error"] and "COMFYBENTO_JOB_MAX_ITEMS" in resp.json()["error"]
+
+
+def test_archive_leaves_no_temporary_folder(client, tmp_path):
+    c, service = client
+    job_id = _finished_job(service)
+    resp = c.get(f"/jobs/{job_id}/archive")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/zip"
+    zf = zipfile.ZipFile(io.BytesIO(resp.content))
+    assert zf.namelist() == ["00000-save_image-0.png"] and zf.read("00000-save_image-0.png") == PNG
+    assert c.get("/jobs/nope/archive").status_code == 404
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_files_route_never_follows_links(client, tmp_path):
+    c, service = client
+    job_id = _finished_job(service)
+    assert c.get(f"/jobs/{job_id}/files/00000-a1-save_image-0.png").content == PNG
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not yours")
+    job_dir = tmp_path / "out" / job_id
+    (job_dir / "link.png").symlink_to(outside)
+    assert c.get(f"/jobs/{job_id}/files/link.png").status_code == 404
+    (job_dir / "dir").mkdir()
+    assert c.get(f"/jobs/{job_id}/files/dir").status_code == 404
+    for name in ("%2E%2E", "%2E", "..%2Fj.db", "%2E%2E%2Fj.db"):  # (a bare ".." is resolved by the client)
+        assert c.get(f"/jobs/{job_id}/files/{name}").status_code == 404, name
+    # the job's folder itself replaced by a link to another folder
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "00000-a1-save_image-0.png").write_bytes(b"planted")
+    job_dir.rename(tmp_path / "moved")
+    job_dir.symlink_to(other)
+    assert c.get(f"/jobs/{job_id}/files/00000-a1-save_image-0.png").status_code == 404
+    assert c.get(f"/jobs/{job_id}/archive").status_code == 404

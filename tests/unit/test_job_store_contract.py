@@ -1,0 +1,304 @@
+"""The job-store contract: one suite, run against SQLite and against a real redis-server.
+
+Covers create/lease/finish, idempotency (also after retention), expiry (nothing
+left behind), the result cache and attempts (a poison item is given up).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from comfybento.jobs.records import Delivery, ItemRecord, JobRecord, now
+from comfybento.jobs.redis_store import RedisJobStore
+from comfybento.jobs.store import IdempotencyConflict, JobStore, SQLiteJobStore
+from tests.redis_server import redis_server
+
+MAX = 3  # max_attempts in these tests
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path, redis_url) -> JobStore:
+    if request.param == "sqlite":
+        return SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    s = RedisJobStore(redis_url)
+    s.r.flushdb()
+    return s
+
+
+def _job(n: int, priority: int = 0, key: str | None = None, webhook: str | None = None, per_item: bool = False,
+         request_hash: str | None = None):
+    job = JobRecord(id=uuid.uuid4().hex, workflow="txt2img", priority=priority, created_at=now(), total=n,
+                    idempotency_key=key, request_hash=request_hash or f"h{n}", webhook_url=webhook, webhook_per_item=per_item)
+    items = [ItemRecord(job_id=job.id, index=i, params={"prompt": f"p{i}"}, seed=2**53 - i) for i in range(n)]
+    return job, items
+
+
+def _run_to_end(store: JobStore, job: JobRecord, result: dict | None = None) -> None:
+    for lease in store.lease("w", job.total, 60, MAX):
+        assert store.complete("w", lease, result or {"outputs": []})
+
+
+def _expire_all(store: JobStore, before: float | None = None) -> list[str]:
+    """What the runner's retention does (less the files): delete every job finished before `before`."""
+    ids = store.expirable(now() + 1 if before is None else before)
+    for job_id in ids:
+        store.delete_job(job_id)
+    return ids
+
+
+# ------------------------------------------------------------ create / lease / finish
+
+
+def test_every_item_leased_once_and_completed_once(store):
+    job, items = _job(5)
+    store.create_job(job, items)
+    a = store.lease("a", 3, 60, MAX)
+    b = store.lease("b", 10, 60, MAX)
+    assert sorted(x.index for x in a + b) == [0, 1, 2, 3, 4]
+    assert a[0].seed == 2**53 and a[0].params == {"prompt": "p0"} and a[0].attempt == 1
+    assert store.lease("c", 10, 60, MAX) == []
+    assert store.complete("a", a[0], {"outputs": []})
+    assert not store.complete("a", a[0], {"outputs": []})  # already recorded
+    assert not store.complete("b", a[1], {"outputs": []})  # not b's lease
+    for lease in a[1:]:
+        assert store.complete("a", lease, {"outputs": []})
+    for lease in b:
+        assert store.complete("b", lease, {"outputs": []})
+    done = store.get_job(job.id)
+    assert done.state == "succeeded" and done.counts == {"succeeded": 5}
+
+
+def test_expired_lease_is_taken_over_and_the_old_owner_cannot_record(store):
+    job, items = _job(1)
+    store.create_job(job, items)
+    (first,) = store.lease("dead", 1, 0.01, MAX)
+    time.sleep(0.05)
+    (second,) = store.lease("alive", 1, 60, MAX)
+    assert second.index == first.index and second.attempt == 2
+    assert not store.complete("dead", first, {"outputs": ["late"]})
+    assert store.complete("alive", second, {"outputs": ["ok"]})
+    assert store.get_items(job.id, 0, 10)[0].result == {"outputs": ["ok"]}
+
+
+def test_renewed_lease_is_not_taken_over(store):
+    job, items = _job(1)
+    store.create_job(job, items)
+    (lease,) = store.lease("a", 1, 0.3, MAX)
+    for _ in range(4):
+        time.sleep(0.1)
+        store.renew("a", [(job.id, 0)], 0.3)
+    assert store.lease("b", 1, 60, MAX) == []
+    assert store.complete("a", lease, {"outputs": []})
+
+
+def test_retry_later_then_permanent_failure(store):
+    job, items = _job(1)
+    store.create_job(job, items)
+    (lease,) = store.lease("w", 1, 60, MAX)
+    assert store.fail("w", lease, {"kind": "oom", "retryable": True}, retry_at=now() + 0.05)
+    assert store.lease("w", 1, 60, MAX) == []  # not before its retry time
+    time.sleep(0.1)
+    (again,) = store.lease("w", 1, 60, MAX)
+    assert again.attempt == 2
+    assert store.fail("w", again, {"kind": "node", "retryable": False}, retry_at=None)
+    job_now = store.get_job(job.id)
+    assert job_now.state == "failed" and store.get_items(job.id, 0, 1)[0].error["kind"] == "node"
+
+
+def test_priority_orders_leases(store):
+    low, low_items = _job(2, priority=0)
+    high, high_items = _job(2, priority=5)
+    store.create_job(low, low_items)
+    store.create_job(high, high_items)
+    leases = store.lease("w", 4, 60, MAX)
+    assert [x.job_id for x in leases] == [high.id, high.id, low.id, low.id]
+
+
+def test_cancel_stops_leasing_and_queues_the_webhook(store):
+    job, items = _job(3, webhook="http://127.0.0.1:1/hook")
+    store.create_job(job, items)
+    (lease,) = store.lease("w", 1, 60, MAX)
+    cancelled = store.cancel(job.id)
+    assert cancelled.state == "cancelled"
+    assert store.lease("w", 10, 60, MAX) == []
+    assert not store.complete("w", lease, {"outputs": []})
+    due = store.due_deliveries("w", 10, 30)
+    assert [d.event for d in due] == ["job.cancelled"]
+    assert store.due_deliveries("other", 10, 30) == []  # claimed
+
+
+def test_completion_queues_job_and_item_webhooks_once(store):
+    job, items = _job(2, webhook="http://127.0.0.1:1/hook", per_item=True)
+    store.create_job(job, items)
+    _run_to_end(store, job)
+    events = sorted(d.event for d in store.due_deliveries("w", 10, 30))
+    assert events == ["item.succeeded", "item.succeeded", "job.succeeded"]
+
+
+# ------------------------------------------------------------ attempts: a poison item is given up
+
+
+def test_every_lease_counts_and_a_poison_item_is_given_up(store):
+    """Lease, crash (never finish), lease again after expiry ... until max attempts: then failed, not leased again."""
+    job, items = _job(2, webhook="http://127.0.0.1:1/hook")
+    store.create_job(job, items)
+    healthy = None
+    for attempt in range(1, MAX + 1):
+        leases = store.lease(f"worker-{attempt}", 2, 0.05, MAX)  # each worker "dies" holding its leases
+        poison = next(x for x in leases if x.index == 0)
+        assert poison.attempt == attempt
+        healthy = healthy or next((x for x in leases if x.index == 1), None)
+        if attempt == 1:
+            assert healthy is not None and store.complete("worker-1", healthy, {"outputs": []})
+        time.sleep(0.1)
+    assert store.lease("worker-last", 2, 60, MAX) == []
+    item = store.get_items(job.id, 0, 1)[0]
+    assert item.state == "failed" and item.attempts == MAX
+    assert item.error["message"].startswith(f"gave up after {MAX} attempts") and item.error["retryable"] is False
+    final = store.get_job(job.id)
+    assert final.state == "failed" and final.counts == {"succeeded": 1, "failed": 1}
+    assert [d.event for d in store.due_deliveries("w", 10, 30)] == ["job.failed"]
+
+
+def test_attempts_survive_a_new_store_on_the_same_data(store, tmp_path, redis_url):
+    """A restart: the count lives in the store, so a new process continues it."""
+    job, items = _job(1)
+    store.create_job(job, items)
+    for _ in range(MAX - 1):
+        store.lease("before-restart", 1, 0.05, MAX)
+        time.sleep(0.1)
+    reopened = SQLiteJobStore(tmp_path / "jobs.sqlite3") if isinstance(store, SQLiteJobStore) else RedisJobStore(redis_url)
+    (last,) = reopened.lease("after-restart", 1, 0.05, MAX)
+    assert last.attempt == MAX
+    time.sleep(0.1)
+    assert reopened.lease("after-restart", 1, 60, MAX) == []
+    assert reopened.get_items(job.id, 0, 1)[0].error["message"].startswith(f"gave up after {MAX} attempts")
+
+
+# ------------------------------------------------------------ idempotency
+
+
+def test_idempotency_key(store):
+    job, items = _job(2, key="nightly-1")
+    first, created = store.create_job(job, items)
+    again, created_again = store.create_job(_job(2, key="nightly-1")[0], items)
+    assert created and not created_again and again.id == first.id
+    assert len(store.list_jobs(10, 0)) == 1
+    other = _job(3, key="nightly-1")
+    with pytest.raises(IdempotencyConflict):
+        store.create_job(*other)
+
+
+def test_idempotency_key_is_free_again_after_retention(store):
+    job, items = _job(1, key="weekly")
+    store.create_job(job, items)
+    _run_to_end(store, job)
+    assert _expire_all(store) == [job.id]
+    different = _job(4, key="weekly", request_hash="another request")
+    fresh, created = store.create_job(*different)  # not a 409: the old job and its key are gone
+    assert created and fresh.id == different[0].id and fresh.total == 4
+
+
+# ------------------------------------------------------------ cache
+
+
+def test_cache_hit_and_no_hit_after_the_source_job_expired(store):
+    job, items = _job(1)
+    store.create_job(job, items)
+    _run_to_end(store, job, {"outputs": [{"key": f"{job.id}/a.png"}]})
+    store.cache_put("k", {"outputs": [{"key": f"{job.id}/a.png"}]}, job.id)
+    assert store.cache_get("k") == {"outputs": [{"key": f"{job.id}/a.png"}]} and store.cache_get("missing") is None
+    assert _expire_all(store) == [job.id]
+    assert store.cache_get("k") is None
+
+
+def test_cache_entry_of_an_expired_job_is_not_written(store):
+    job, items = _job(1)
+    store.create_job(job, items)
+    _run_to_end(store, job)
+    _expire_all(store)
+    store.cache_put("late", {"outputs": []}, job.id)
+    assert store.cache_get("late") is None
+
+
+def test_cache_delete(store):
+    job, items = _job(1)
+    store.create_job(job, items)
+    store.cache_put("k", {"outputs": []}, job.id)
+    store.cache_delete("k")
+    assert store.cache_get("k") is None
+
+
+# ------------------------------------------------------------ expiry
+
+
+def test_expiry_deletes_finished_jobs_only_after_retention(store):
+    done, done_items = _job(1)
+    running, running_items = _job(1)
+    store.create_job(done, done_items)
+    _run_to_end(store, done)
+    store.create_job(running, running_items)
+    assert _expire_all(store, now() - 3600) == []
+    assert _expire_all(store) == [done.id]
+    assert store.get_job(done.id) is None and store.get_items(done.id, 0, 10) == []
+    assert store.get_job(running.id) is not None
+
+
+def test_expiry_leaves_nothing_behind(store):
+    """A job that used every feature (key, webhooks with saved attempts, a retry, cache, a cancelled sibling) leaves no trace."""
+    job, items = _job(3, key="all-features", webhook="http://127.0.0.1:1/hook", per_item=True)
+    store.create_job(job, items)
+    first, *rest = store.lease("w", 3, 60, MAX)
+    store.fail("w", first, {"kind": "oom", "retryable": True}, retry_at=now())
+    for lease in rest + store.lease("w", 1, 60, MAX):
+        store.complete("w", lease, {"outputs": []})
+    store.cache_put("k", {"outputs": []}, job.id)
+    cancelled, cancelled_items = _job(4, webhook="http://127.0.0.1:1/hook")
+    store.create_job(cancelled, cancelled_items)
+    store.lease("w", 1, 60, MAX)
+    store.cancel(cancelled.id)
+    for delivery in store.due_deliveries("w", 10, 30):
+        store.save_delivery(Delivery(**{**delivery.__dict__, "attempts": 1, "state": "delivered", "log": [{"ok": True}]}))
+    assert len(store.deliveries(job.id)) == 4
+    assert sorted(_expire_all(store)) == sorted([job.id, cancelled.id])
+    assert store.list_jobs(10, 0) == [] and store.deliveries(job.id) == [] and store.cache_get("k") is None
+    if isinstance(store, RedisJobStore):
+        assert sorted(store.r.scan_iter("*")) == []
+    else:
+        db = store._db
+        assert [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("jobs", "items", "deliveries", "result_cache")] == [0] * 4
+
+
+def test_a_delivery_finished_after_its_job_expired_leaves_nothing(store):
+    job, items = _job(1, webhook="http://127.0.0.1:1/hook")
+    store.create_job(job, items)
+    _run_to_end(store, job)
+    (delivery,) = store.due_deliveries("w", 10, 30)
+    _expire_all(store)
+    delivery.state = "delivered"
+    store.save_delivery(delivery)  # the POST was in flight while retention ran
+    assert store.deliveries(job.id) == [] and store.due_deliveries("w", 10, 0) == []
+    if isinstance(store, RedisJobStore):
+        assert sorted(store.r.scan_iter("*")) == []
+
+
+def test_redis_create_is_one_transaction(store):
+    """A key left naming no job (what a crash between two writes used to leave) is no 409; a create writes all or nothing."""
+    if not isinstance(store, RedisJobStore):
+        pytest.skip("Redis only: SQLite creates in one transaction")
+    store.r.set("cb:idem:crashed", "a-job-that-was-never-written")
+    job, items = _job(2, key="crashed")
+    created, is_new = store.create_job(job, items)
+    assert is_new and created.id == job.id and store.r.get("cb:idem:crashed") == job.id
+    with pytest.raises(IdempotencyConflict):
+        store.create_job(*_job(3, key="crashed"))
+    assert store.r.zcard("cb:jobs") == 1 and store.r.zcard("cb:ready") == 2  # the refused create wrote nothing
