@@ -24,6 +24,7 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from starlette.responses import JSONResponse, Response
 
+from comfybento.errors import InvalidRequest
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
 from comfybento.jobs.runner import OnEvent
@@ -36,6 +37,7 @@ from comfybento.serving.messages import EngineItem, ItemResult
 from comfybento.serving.project import Project
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.params import MAX_FILE_BYTES
 from comfybento.workflows.schema import GenerateResponse, ImageOutput, Timings
 
 ENGINE_NAME = "comfybento-engine"
@@ -90,11 +92,27 @@ def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None) ->
     """A validated request (endpoint fields or a job item) as the engine's item: files as bytes."""
     values = dict(values)
     output_format, quality = values.pop("output_format", None), values.pop("output_quality", None)
+    suffixes = {}
     for param in spec.params:
         value = values.get(param.name)
         if param.kind == "image" and value is not None:
             values[param.name] = decode_b64(value) if isinstance(value, str) else normalize_upload(value)
-    return EngineItem(values=values, seed=seed, submitted_at=time.time(), output_format=output_format, output_quality=quality)
+        elif param.kind == "file" and value is not None:
+            values[param.name] = file_upload(param.name, value)
+            suffixes[param.name] = value.suffix if isinstance(value, Path) else ""
+    return EngineItem(values=values, seed=seed, submitted_at=time.time(), output_format=output_format, output_quality=quality,
+                      file_suffixes=suffixes)
+
+
+def file_upload(field: str, value: Path | str) -> bytes:
+    """A file field's bytes: a multipart upload (a temporary file BentoML wrote) or base64 (job items)."""
+    size = value.stat().st_size if isinstance(value, Path) else len(value) * 3 // 4
+    if size > MAX_FILE_BYTES:
+        raise InvalidRequest(f"field '{field}': the file is {size} bytes; the limit is {MAX_FILE_BYTES} bytes")
+    try:
+        return value.read_bytes() if isinstance(value, Path) else decode_b64(value)
+    except ValueError:
+        raise InvalidRequest(f"field '{field}': not base64 data") from None
 
 
 async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnEvent | None = None) -> ItemResult:

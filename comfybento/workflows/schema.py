@@ -6,6 +6,8 @@ schema is the user's documentation.
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
@@ -13,7 +15,7 @@ from PIL import Image as PILImage
 from pydantic import BaseModel, Field, create_model
 
 from comfybento.outputs.encoding import Encoding
-from comfybento.workflows.params import MAX_SEED, Param
+from comfybento.workflows.params import MAX_FILE_BYTES, MAX_SEED, Param
 
 
 class ImageOutput(BaseModel):
@@ -43,9 +45,14 @@ class GenerateResponse(BaseModel):
     timings: Timings
 
 
+BASE64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
+
+
 def _field_type(param: Param) -> Any:
     if param.kind == "image":
         return PILImage.Image
+    if param.kind == "file":
+        return Path  # BentoML: a multipart upload only (it refuses a string, so never a server path)
     if param.kind == "enum":
         return Literal[param.choices] if param.choices else str  # type: ignore[valid-type]
     return {"int": int, "float": float, "string": str, "bool": bool}.get(param.kind, Any)
@@ -67,12 +74,15 @@ def field_for(param: Param, images_as_base64: bool = False) -> tuple[Any, Any]:
     typ = _field_type(param)
     if param.kind == "image" and images_as_base64:
         return (str, Field(description=f"{param.description} Base64-encoded PNG/JPEG/WebP.", min_length=1))
+    if param.kind == "file" and images_as_base64:
+        return (str, Field(description=f"{param.description} Base64-encoded.", min_length=1,
+                           max_length=4 * math.ceil(MAX_FILE_BYTES / 3), pattern=BASE64_PATTERN))
     if param.role == "seed":
         return (
             Annotated[int | None, Field(ge=0, le=MAX_SEED)],
             Field(default=None, description=param.description),
         )
-    if param.kind == "image":
+    if param.kind in ("image", "file"):
         return (typ, Field(description=param.description))
     extra: dict[str, Any] | None = {"multiline": True} if param.multiline else None
     return (
