@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 OnEvent = Callable[[dict[str, Any]], None]
 # (workflow, item values, seed, event callback) -> result; events are the engine's (queued, started, progress ...)
 Execute = Callable[[str, dict[str, Any], "int | None", OnEvent], Awaitable[ItemResult]]
-PERMANENT_KINDS = ("invalid", "workflow", "node")
+PERMANENT_KINDS = ("invalid", "too_large", "workflow", "node")
 RETENTION_EVERY_S = 60.0
 T = TypeVar("T")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import math
@@ -31,11 +30,12 @@ from comfybento.jobs.api_models import (
 from comfybento.jobs.records import ItemRecord, JobRecord, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList
-from comfybento.outputs.encoding import decode_b64
 from comfybento.outputs.storage import LocalStorage, Storage
-from comfybento.workflows.binding import resolve_seed
+from comfybento.workflows.binding import bind, resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.limits import check_graph_limits
 from comfybento.workflows.schema import build_input_model
+from comfybento.workflows.uploads import read_upload
 
 PROGRESS_LIMIT = 1000
 
@@ -127,9 +127,7 @@ class JobService:
             except ValidationError as exc:
                 errors += [ItemError(index=index, field=".".join(map(str, e["loc"])) or "(item)", message=e["msg"]) for e in exc.errors()]
                 continue
-            for name in images:
-                if not _is_image(validated[name]):
-                    errors.append(ItemError(index=index, field=name, message="not a base64-encoded image"))
+            errors += _item_limit_errors(spec, index, validated, images)
             out.append(validated)
         if errors:
             raise InvalidItems(errors)
@@ -219,15 +217,20 @@ def read_local(root: Path, key: str) -> bytes:
         return fh.read()
 
 
-def _is_image(data: str) -> bool:
-    from PIL import Image
-
+def _item_limit_errors(spec: WorkflowSpec, index: int, values: dict[str, Any], images: list[str]) -> list[ItemError]:
+    """An item's uploads (header first: no bomb is decoded) and graph sizes against the workflow's limits."""
+    errors = []
+    for name in images:
+        try:
+            read_upload(name, values[name], spec.limits)
+        except ComfyBentoError as exc:
+            errors.append(ItemError(index=index, field=name, message=str(exc)))
     try:
-        with Image.open(io.BytesIO(decode_b64(data))) as img:
-            img.verify()
-        return True
-    except Exception:
-        return False
+        plain = {k: v for k, v in values.items() if k not in images}
+        check_graph_limits(spec.name, bind(spec.graph, spec.params, plain, None), spec.limits)
+    except ComfyBentoError as exc:
+        errors.append(ItemError(index=index, field=str(exc).split(":", 1)[0], message=str(exc)))
+    return errors
 
 
 def _request_hash(req: JobSubmit, raw: list[dict[str, Any]]) -> str:

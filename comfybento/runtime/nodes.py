@@ -180,18 +180,37 @@ class CPackOutputImage:
         return comfy_nodes.SaveImage().save_images(images, filename_prefix or "cpack_output_")  # type: ignore[no-any-return]
 
 
+class CPackInputFile:
+    """A file the request uploaded: the engine stores it in the input folder and binds its path here."""
+
+    RETURN_TYPES = (ANY,)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "identity"
+    CATEGORY = "ComfyPack/input"
+    CPACK_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"path": ("STRING", {"default": ""})}}
+
+    def identity(self, path: str) -> tuple[str]:
+        return (path,)
+
+
 def _cpack_nodes() -> dict[str, type]:
-    big = sys.maxsize
+    # comfy-pack's CPackInputInt declares value, min and max without bounds (its min and max
+    # default to -sys.maxsize and sys.maxsize, and graphs exported by its UI carry values
+    # beyond them); ComfyUI checks literal INT inputs against declared bounds, so declare none.
     return {
         "CPackInputString": _identity_node("CPackInputString", {"value": ("STRING", {"default": ""})}, "STRING"),
         "CPackInputInt": _identity_node(
             "CPackInputInt",
-            {"value": ("INT", {"default": 0, "min": -big, "max": big})},
+            {"value": ("INT", {"default": 0})},
             "INT",
-            {"min": ("INT", {"default": -big, "min": -big, "max": big}), "max": ("INT", {"default": big, "min": -big, "max": big})},
+            {"min": ("INT", {"default": -sys.maxsize}), "max": ("INT", {"default": sys.maxsize})},
         ),
         "CPackInputAny": _identity_node("CPackInputAny", {"input": (ANY, {})}, ANY),
-        "CPackInputFile": _identity_node("CPackInputFile", {"path": ("STRING", {"default": ""})}, ANY),
+        "CPackInputFile": CPackInputFile,
         "CPackInputImage": CPackInputImage,
         "CPackOutputImage": CPackOutputImage,
     }

@@ -15,6 +15,7 @@ one output per image as soon as it is encoded, then done or failed.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -128,6 +129,9 @@ class Engine:
                                  + " (run `python -m comfybento models fetch`)")
 
     def _warm_up(self, spec: WorkflowSpec) -> None:
+        if any(p.kind == "file" for p in spec.params):
+            log.info("no warm-up for %s: it takes a file upload, which cannot be made up", spec.name)
+            return
         grey = png_bytes(_grey_image())
         values: dict[str, Any] = {p.name: grey for p in spec.params if p.kind == "image"}
         sizes = sorted({1, spec.max_batch_size}) if self.settings.compile and spec.batch_plan else [1]
@@ -195,6 +199,11 @@ class Engine:
                     path = self._store_upload(param.name, values.get(param.name))
                     files.append(path)
                     values[param.name] = path.name
+                elif param.kind == "file":  # CPackInputFile: the node gets the stored file's full path
+                    suffix = item.file_suffixes.get(param.name, "")
+                    path = self._store_upload(param.name, values.get(param.name), suffix, spec.limits.max_upload_bytes)
+                    files.append(path)
+                    values[param.name] = str(path)
             graph = bind(spec.graph, spec.params, values, item.seed)
             check_graph_limits(spec.name, graph, spec.limits)
         except Exception:
@@ -228,16 +237,22 @@ class Engine:
                 chunks.append(1 + len(texts[role]) // 300)
         return ",".join(map(str, chunks))
 
-    def _store_upload(self, field_name: str, data: Any) -> Path:
+    def _store_upload(self, field_name: str, data: Any, suffix: str = ".png", max_bytes: int | None = None) -> Path:
+        """An uploaded image or file (bytes or base64) in ComfyUI's input folder, under a fresh name."""
+        what = "an image" if max_bytes is None else "a file"
         if isinstance(data, str):
             try:
                 data = decode_b64(data)
             except ValueError:
-                raise InvalidRequest(f"field '{field_name}': not base64 image data") from None
+                raise InvalidRequest(f"field '{field_name}': not base64 data") from None
         if not isinstance(data, bytes) or not data:
-            raise InvalidRequest(f"field '{field_name}': an image is required")
+            raise InvalidRequest(f"field '{field_name}': {what} is required")
+        if max_bytes is not None and len(data) > max_bytes:
+            raise InvalidRequest(f"field '{field_name}': the file is {len(data)} bytes; the limit is {max_bytes} bytes")
+        if not re.fullmatch(r"\.[A-Za-z0-9]{1,16}", suffix):
+            suffix = ""  # the client's name is never used, only a plain extension of it
         self.input_dir.mkdir(parents=True, exist_ok=True)
-        path = self.input_dir / f"cb_{uuid.uuid4().hex}.png"
+        path = self.input_dir / f"cb_{uuid.uuid4().hex}{suffix}"
         path.write_bytes(data)
         return path
 

@@ -27,6 +27,7 @@ class EngineItem(BaseModel):
     output_format: OutputFormat | None = None  # None: the workflow's default
     output_quality: int | None = None  # WebP/JPEG quality; None: the workflow's default
     request_id: str = ""
+    file_suffixes: dict[str, str] = Field(default_factory=dict)  # file field -> its upload's extension (".wav")
 
 
 class OutputBlob(BaseModel):

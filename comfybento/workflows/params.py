@@ -11,13 +11,14 @@ A sidecar file (see sidecar.py) can then rename, hide or add parameters.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from comfybento.errors import WorkflowError
 from comfybento.workflows.graph import Graph, InputDef, NodeDefs, is_link, links_into, node_title, sorted_ids
 
-Kind = Literal["int", "float", "string", "bool", "enum", "image", "any"]
+Kind = Literal["int", "float", "string", "bool", "enum", "image", "file", "any"]
 
 SAMPLER_CLASSES = ("KSampler", "KSamplerAdvanced")
 SEED_INPUTS = ("seed", "noise_seed")
@@ -32,6 +33,7 @@ CPACK_INPUTS = {
 IMAGE_LOADERS = {"LoadImage": "image", "CPackInputImage": "image"}
 OUTPUT_IMAGE_CLASSES = ("SaveImage", "PreviewImage", "CPackOutputImage")
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def _kind_and_bounds(input_def: InputDef) -> tuple[Kind, float | None, float | N
 def infer_params(where: str, graph: Graph, node_defs: NodeDefs) -> list[Param]:
     """Parameters for a graph: comfy-pack annotations if any, else the plain-graph rules."""
     if any(node["class_type"].startswith("CPackInput") for node in graph.values()):
-        params = _cpack_params(graph, node_defs)
+        params = _cpack_params(where, graph, node_defs)
     else:
         params = _plain_params(graph, node_defs)
     return _dedupe(where, params)
@@ -140,59 +142,146 @@ def _dedupe(where: str, params: list[Param]) -> list[Param]:
 
 
 # ---------------------------------------------------------------- comfy-pack
+#
+# comfy-pack (github.com/bentoml/comfy-pack) types its request fields so:
+#   CPackInputString  str, the node's value as default
+#   CPackInputInt     int, bounded by the node's own min and max inputs (+-sys.maxsize and beyond: unbounded)
+#   CPackInputImage   an image upload; CPackInputFile: a file upload, whose path the node gets
+#   CPackInputAny     from _meta.options, the widget options its UI copies from the input it feeds:
+#                     "values" -> an enum; min/max/round/precision/step -> a number (a float if round < 1);
+#                     no options -> the type of the node's value
+# Here too; and, where comfy-pack is silent, ComfyUI's definition of the input the node feeds decides:
+# an Any without options takes its type, numbers are kept within its bounds, and an int feeding a
+# sampler's seed is the request's seed (drawn at random when omitted, returned in the response).
 
 
-def _cpack_params(graph: Graph, node_defs: NodeDefs) -> list[Param]:
-    fed = _fed_inputs(graph)
+def _cpack_params(where: str, graph: Graph, node_defs: NodeDefs) -> list[Param]:
+    feeds = _feeds(graph)
     params = []
+    has_seed = False
     for node_id in sorted_ids(graph):
         class_type = graph[node_id]["class_type"]
-        input_name = CPACK_INPUTS.get(class_type)
-        if input_name is None:
+        if class_type not in CPACK_INPUTS:
             continue
-        name = _cpack_name(graph, node_id, fed)
-        node_def = node_defs[class_type]
-        value = graph[node_id]["inputs"].get(input_name)
-        if class_type == "CPackInputImage":
-            params.append(_image_param(name, node_id, class_type))
-            continue
-        param = param_from_input(name, node_id, class_type, node_def.inputs[input_name], value)
-        if class_type == "CPackInputInt":
-            param = _cpack_int_bounds(param, graph[node_id]["inputs"])
-        if class_type == "CPackInputAny":
-            param = replace(param, kind="any")
+        name = _cpack_name(graph, node_id, feeds)
+        fed_defs = [d for c, i in feeds.get(node_id, []) if (d := _input_def(node_defs, graph[c]["class_type"], i))]
+        param = _cpack_param(where, name, node_id, graph[node_id], node_defs, fed_defs)
+        if not has_seed and param.kind == "int" and any(i in SEED_INPUTS for _, i in feeds.get(node_id, [])):
+            param = replace(param, role="seed", description="Random seed; omit it to draw a random seed, which the "
+                            f"response returns. (node {node_id} {class_type}, input '{param.input_name}')")
+            has_seed = True
         params.append(param)
     return params
 
 
-def _cpack_int_bounds(param: Param, inputs: dict[str, Any]) -> Param:
-    lo, hi = inputs.get("min"), inputs.get("max")
-    lo = lo if isinstance(lo, int) and lo > -(2**63) else None
-    hi = hi if isinstance(hi, int) and hi < 2**63 - 1 else None
+def _cpack_param(where: str, name: str, node_id: str, node: dict[str, Any], node_defs: NodeDefs, fed: list[InputDef]) -> Param:
+    class_type = node["class_type"]
+    input_name = CPACK_INPUTS[class_type]
+    value = node["inputs"].get(input_name)
+    if class_type == "CPackInputImage":
+        return _image_param(name, node_id, class_type)
+    if class_type == "CPackInputFile":
+        return _file_param(name, node_id, class_type)
+    if class_type == "CPackInputString":
+        return param_from_input(name, node_id, class_type, node_defs[class_type].inputs[input_name], value)
+    if class_type == "CPackInputInt":
+        lo, hi = _int_bound(node["inputs"].get("min")), _int_bound(node["inputs"].get("max"))
+        if lo is not None and hi is not None and lo > hi:
+            raise WorkflowError(f"{where}: node {node_id} ({class_type}): its min {lo} is greater than its max {hi}")
+        base = Param(name, node_id, input_name, "int", value, f"(node {node_id} {class_type}, input '{input_name}')",
+                     minimum=lo, maximum=hi)
+        return _within(base, fed)
+    return _within(_any_param(name, node_id, node, fed), fed)
+
+
+def _any_param(name: str, node_id: str, node: dict[str, Any], fed: list[InputDef]) -> Param:
+    """CPackInputAny: typed by its _meta.options as comfy-pack reads them, else by the input it feeds."""
+    class_type = node["class_type"]
+    value = node["inputs"].get("input")
+    default = None if is_link(value) else value  # omitted: the node keeps its link
+    options = (node.get("_meta") or {}).get("options") or {}
+    label = f"(node {node_id} {class_type}, input 'input')"
+    if isinstance(options.get("values"), list) and options["values"]:
+        choices = tuple(str(v) for v in options["values"])
+        default = choices[0] if default is not None and default not in choices else default
+        return Param(name, node_id, "input", "enum", default, label, choices=choices)
+    if any(k in options for k in ("min", "max", "round", "precision", "step")):
+        round_ = options.get("round", 1)
+        is_float = (isinstance(round_, (int, float)) and round_ < 1) or (isinstance(default, float) and not default.is_integer())
+        lo, hi = _number(options.get("min")), _number(options.get("max"))
+        if not is_float:
+            lo, hi = _int_bound(lo), _int_bound(hi)
+        return Param(name, node_id, "input", "float" if is_float else "int", default, label, minimum=lo, maximum=hi)
+    widget = next((d for d in fed if d.type in WIDGET_TYPES or d.choices), None)
+    if widget is not None:
+        return replace(param_from_input(name, node_id, class_type, widget, default), input_name="input", description=label)
+    kind: Kind = "bool" if isinstance(value, bool) else "int" if isinstance(value, int) else \
+        "float" if isinstance(value, float) else "string"
+    return Param(name, node_id, "input", kind, default, label)
+
+
+def _within(param: Param, fed: list[InputDef]) -> Param:
+    """A number kept within the declared bounds of every input it feeds (ComfyUI checks no linked value)."""
+    if param.kind not in ("int", "float"):
+        return param
+    lo, hi = param.minimum, param.maximum
+    for input_def in fed:
+        if input_def.type in ("INT", "FLOAT"):
+            low, high = _number(input_def.options.get("min")), _number(input_def.options.get("max"))
+            lo = low if lo is None else lo if low is None else max(lo, low)
+            hi = high if hi is None else hi if high is None else min(hi, high)
     return replace(param, minimum=lo, maximum=hi)
 
 
-def _fed_inputs(graph: Graph) -> dict[str, str]:
-    """node id -> name of the first input its output 0 feeds (in node id order)."""
-    fed: dict[str, str] = {}
+def _input_def(node_defs: NodeDefs, class_type: str, input_name: str) -> InputDef | None:
+    node_def = node_defs.get(class_type)
+    return node_def.inputs.get(input_name) if node_def is not None else None
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _int_bound(value: Any) -> int | None:
+    """An int bound; comfy-pack's -sys.maxsize / sys.maxsize defaults (and beyond) mean none."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not -sys.maxsize < value < sys.maxsize:
+        return None
+    return int(value)
+
+
+def _feeds(graph: Graph) -> dict[str, list[tuple[str, str]]]:
+    """node id -> (consumer, input name) for every input its output 0 feeds, in node id order."""
+    feeds: dict[str, list[tuple[str, str]]] = {}
     for consumer in sorted_ids(graph):
         for input_name, source, slot in links_into(graph, consumer):
             if slot == 0:
-                fed.setdefault(source, input_name)
-    return fed
+                feeds.setdefault(source, []).append((consumer, input_name))
+    return feeds
 
 
-def _cpack_name(graph: Graph, node_id: str, fed: dict[str, str]) -> str:
+def _cpack_name(graph: Graph, node_id: str, feeds: dict[str, list[tuple[str, str]]]) -> str:
     """comfy-pack's naming: the title if it is an identifier, else the input it feeds."""
     title = node_title(graph, node_id)
     if title.isidentifier():
         return title
-    if node_id in fed:
-        return identifier(fed[node_id])
+    if node_id in feeds:
+        return identifier(feeds[node_id][0][1])
     if title:
         return identifier(title)
     class_type = graph[node_id]["class_type"]
     return identifier(class_type.removeprefix("CPackInput"), "input")
+
+
+def _file_param(name: str, node_id: str, class_type: str) -> Param:
+    return Param(
+        name=name,
+        node_id=node_id,
+        input_name=CPACK_INPUTS[class_type],
+        kind="file",
+        default=None,
+        description=f"Input file (upload; base64 in job items) for node {node_id} "
+                    f"{class_type}: stored in ComfyUI's input folder under a fresh name, whose path the node gets.",
+    )
 
 
 def _image_param(name: str, node_id: str, class_type: str) -> Param:

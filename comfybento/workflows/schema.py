@@ -6,6 +6,7 @@ schema is the user's documentation.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -83,9 +84,14 @@ class GenerateResponse(BaseModel):
     timings: Timings
 
 
+BASE64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
+
+
 def _field_type(param: Param) -> Any:
     if param.kind == "image":
         return Upload
+    if param.kind == "file":
+        return Path  # BentoML: a multipart upload only (it refuses a string, so never a server path)
     if param.kind == "enum":
         return Literal[param.choices] if param.choices else str  # type: ignore[valid-type]
     return {"int": int, "float": float, "string": str, "bool": bool}.get(param.kind, Any)
@@ -93,6 +99,8 @@ def _field_type(param: Param) -> Any:
 
 # Server-side limits that lower a node's own bound, by parameter role (workflows/limits.py).
 ROLE_LIMITS = {"steps": "max_steps", "batch_size": "max_images"}
+# Smallest values that keep a node's arithmetic finite (KSampler divides steps by denoise).
+ROLE_MINIMUMS = {"denoise": 0.01}
 
 
 def _constraints(param: Param, limits: Limits) -> dict[str, Any]:
@@ -101,8 +109,11 @@ def _constraints(param: Param, limits: Limits) -> dict[str, Any]:
     if param.kind not in ("int", "float"):
         return {}
     out: dict[str, Any] = {}
-    if param.minimum is not None:
-        out["ge"] = param.minimum
+    minimum = param.minimum
+    if param.role in ROLE_MINIMUMS:
+        minimum = ROLE_MINIMUMS[param.role] if minimum is None else max(minimum, ROLE_MINIMUMS[param.role])
+    if minimum is not None:
+        out["ge"] = minimum
     maximum = param.maximum
     if param.role in ROLE_LIMITS:
         limit = getattr(limits, ROLE_LIMITS[param.role])
@@ -123,11 +134,16 @@ def field_for(param: Param, limits: Limits, images_as_base64: bool = False) -> t
     typ = _field_type(param)
     if param.kind == "image" and images_as_base64:
         return (str, Field(description=f"{param.description} Base64-encoded PNG/JPEG/WebP.", min_length=1))
+    if param.kind == "file" and images_as_base64:
+        return (str, Field(description=f"{param.description} Base64-encoded.", min_length=1,
+                           max_length=4 * math.ceil(limits.max_upload_bytes / 3), pattern=BASE64_PATTERN))
     if param.role == "seed":
         return _seed_field(param)
     if param.kind == "image":
         return (typ, Field(description=f"{param.description} A PNG, JPEG or WebP file, at most "
                                        f"{limits.max_upload_bytes} bytes and {limits.max_upload_pixels} pixels."))
+    if param.kind == "file":
+        return (typ, Field(description=f"{param.description} At most {limits.max_upload_bytes} bytes."))
     extra: dict[str, Any] | None = {"x-multiline": True} if param.multiline else None
     return (
         Annotated[typ, Field(**_constraints(param, limits))],

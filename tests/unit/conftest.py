@@ -8,6 +8,7 @@ from comfybento.workflows.graph import InputDef, NodeDef
 
 SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m", "ddim")
 SCHEDULERS = ("normal", "karras", "simple")
+UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
 
 
 def _d(class_type: str, inputs: list[InputDef], output: bool = False, returns: tuple[str, ...] = ()) -> NodeDef:
@@ -39,7 +40,11 @@ def node_defs() -> dict[str, NodeDef]:
         _d("PreviewImage", [_i("images", "IMAGE")], output=True),
         _d("LoadImage", [_i("image", "COMBO", choices=("example.png",))], returns=("IMAGE", "MASK")),
         _d("CPackInputString", [_i("value", "STRING")], returns=("STRING",)),
-        _d("CPackInputInt", [_i("value", "INT", min=-(2**63), max=2**63), _i("min", "INT", False), _i("max", "INT", False)], returns=("INT",)),
+        _d("ImageScaleBy", [_i("image", "IMAGE"), _i("upscale_method", "COMBO", choices=UPSCALE_METHODS),
+                            _i("scale_by", "FLOAT", min=0.01, max=8.0, step=0.01)], returns=("IMAGE",)),
+        _d("CPackInputInt", [_i("value", "INT"), _i("min", "INT", False), _i("max", "INT", False)], returns=("INT",)),
+        _d("CPackInputAny", [_i("input", "*")], returns=("*",)),
+        _d("CPackInputFile", [_i("path", "STRING")], returns=("*",)),
         _d("CPackInputImage", [_i("image", "COMBO", choices=("example.png",))], returns=("IMAGE", "MASK")),
         _d("CPackOutputImage", [_i("images", "IMAGE"), _i("filename_prefix", "STRING")], output=True),
     ]

@@ -1,14 +1,21 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from comfybento.workflows.graph import load_graph
+from comfybento.errors import WorkflowError
+from comfybento.workflows.graph import NodeDef, load_graph
+from comfybento.workflows.limits import Limits
 from comfybento.workflows.params import infer_outputs, infer_params
 from comfybento.workflows.schema import build_input_model
+from tests.unit.conftest import UPSCALE_METHODS
+
+MAX_FILE_BYTES = Limits().max_upload_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = ROOT / "tests" / "graphs"
@@ -79,3 +86,101 @@ def test_input_model_enforces_bounds_enums_and_unknown_fields(node_defs):
     schema = model.model_json_schema()["properties"]
     assert schema["steps"]["minimum"] == 1 and "euler" in schema["sampler_name"]["enum"]
     assert all("description" in field for field in schema.values())
+
+
+# ---------------------------------------------------------------- comfy-pack
+
+
+def _cpack_int(value, lo, hi):
+    return {
+        "1": {"class_type": "CPackInputInt", "inputs": {"value": value, "min": lo, "max": hi}, "_meta": {"title": "steps"}},
+        "2": {"class_type": "KSampler", "inputs": {"steps": ["1", 0]}},
+    }
+
+
+def test_comfy_pack_example_graph_is_typed_like_comfy_pack_types_it(node_defs):
+    # comfy-pack's own example (tests/graphs/README.md): bounds from each CPackInputInt's min and max,
+    # and its seed a CPackInputInt feeding the sampler's seed, whose min and max are beyond +-sys.maxsize.
+    graph = load_graph(GRAPHS / "comfy_pack_example.json")
+    params = _params(graph, node_defs)
+    assert list(params) == ["prompt", "height", "width", "seed"]
+    assert params["prompt"].kind == "string" and params["prompt"].default == "rose in a glass bottle"
+    assert (params["width"].node_id, params["width"].default, params["width"].minimum, params["width"].maximum) == ("14", 512, 24, 2048)
+    seed = params["seed"]
+    assert (seed.node_id, seed.input_name, seed.kind, seed.role) == ("27", "value", "int", "seed")
+    model = build_input_model("cpack_example", list(params.values()))
+    request = model()
+    assert request.seed is None and request.width == 512 and request.prompt == "rose in a glass bottle"
+    assert model(seed=2**63).seed == 2**63
+    for bad in ({"width": 23}, {"height": 2049}, {"seed": -1}, {"seed": 2**64}, {"prompt": 3}, {"ckpt_name": "x"}):
+        with pytest.raises(ValidationError) as err:
+            model(**bad)
+        assert next(iter(bad)) in str(err.value)
+    schema = model.model_json_schema()["properties"]
+    assert schema["width"]["minimum"] == 24 and schema["width"]["maximum"] == 2048 and schema["seed"]["default"] is None
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(-sys.maxsize, sys.maxsize), (-9223372036854776000, 9223372036854776000), (None, None)])
+def test_comfy_pack_int_without_bounds_keeps_those_of_the_input_it_feeds(node_defs, lo, hi):
+    graph = _cpack_int(4, lo, hi)
+    if lo is None:
+        graph["1"]["inputs"] = {"value": 4}
+    steps = _params(graph, node_defs)["steps"]
+    assert (steps.kind, steps.minimum, steps.maximum, steps.role) == ("int", 1, 10000, "")
+
+
+def test_comfy_pack_int_whose_min_exceeds_its_max_is_a_workflow_error(node_defs):
+    with pytest.raises(WorkflowError, match="node 1 \\(CPackInputInt\\): its min 9 is greater than its max 2"):
+        infer_params("w.json", _cpack_int(4, 9, 2), node_defs)
+
+
+def test_comfy_pack_any_is_typed_by_its_options(node_defs):
+    graph = load_graph(GRAPHS / "cpack_inputs.json")
+    params = _params(graph, node_defs)
+    scale, method = params["scale"], params["method"]
+    assert (scale.kind, scale.minimum, scale.maximum, scale.input_name) == ("float", 0.01, 8, "input")
+    assert method.kind == "enum" and method.choices == UPSCALE_METHODS and method.default == "nearest-exact"
+    model = build_input_model("cpack_inputs", list(params.values()), images_as_base64=True)
+    assert model(picture="aGVsbG8=", scale=0.5).scale == 0.5
+    for bad in ({"scale": 9}, {"scale": 0}, {"scale": "big"}, {"method": "warp"}):
+        with pytest.raises(ValidationError) as err:
+            model(picture="aGVsbG8=", **bad)
+        assert next(iter(bad)) in str(err.value)
+    # comfy-pack's rule: a number without a round below 1 is an int (its UI writes round 1 for INT widgets)
+    graph["4"]["_meta"]["options"] = {"min": 0, "max": 4, "step": 10, "round": 1, "precision": 0}
+    scale = _params(graph, node_defs)["scale"]
+    assert (scale.kind, scale.minimum, scale.maximum) == ("int", 0.01, 4)  # and within the input it feeds
+
+
+def test_comfy_pack_any_without_options_takes_the_definition_of_the_input_it_feeds(node_defs):
+    graph = load_graph(GRAPHS / "cpack_inputs.json")
+    for node_id in ("4", "5"):
+        del graph[node_id]["_meta"]["options"]
+    params = _params(graph, node_defs)
+    assert (params["scale"].kind, params["scale"].minimum, params["scale"].maximum) == ("float", 0.01, 8.0)
+    assert params["method"].kind == "enum" and params["method"].choices == UPSCALE_METHODS
+    graph["6"]["class_type"] = "SomethingUnknownToUs"
+    graph["6"]["inputs"] = {"a": ["4", 0], "b": ["5", 0]}
+    node_defs = {**node_defs, "SomethingUnknownToUs": NodeDef("SomethingUnknownToUs", {})}
+    params = _params(graph, node_defs)
+    assert (params["scale"].kind, params["method"].kind) == ("int", "string")  # the type of the node's own value
+
+
+def test_comfy_pack_file_is_an_upload_never_a_server_path(node_defs):
+    graph = load_graph(GRAPHS / "cpack_inputs.json")
+    picture = _params(graph, node_defs)["picture"]
+    assert (picture.kind, picture.node_id, picture.input_name, picture.default) == ("file", "1", "path", None)
+    params = infer_params("t", graph, node_defs)
+    endpoint = build_input_model("cpack_inputs", params)
+    schema = endpoint.model_json_schema()
+    assert schema["properties"]["picture"]["type"] == "file" and "picture" in schema["required"]
+    with pytest.raises(ValidationError, match="picture"):
+        endpoint(picture="/etc/passwd")
+    with pytest.raises(ValidationError, match="picture"):
+        endpoint()
+    item = build_input_model("cpack_inputs", params, images_as_base64=True)
+    assert item(picture="aGVsbG8=").picture == "aGVsbG8="
+    for bad in ("", "not base64!", "../../etc/passwd?"):
+        with pytest.raises(ValidationError, match="picture"):
+            item(picture=bad)
+    assert item.model_json_schema()["properties"]["picture"]["maxLength"] == 4 * math.ceil(MAX_FILE_BYTES / 3)
