@@ -9,6 +9,11 @@ worker does, when its service starts (comfybento/serving/engine.py).
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
+
+if (Path(__file__).resolve().parent.parent / "bento.yaml").is_file():  # served from a built Bento: never write into it
+    sys.pycache_prefix = str(Path.home() / ".cache" / "comfybento" / "pycache")
 
 from comfybento.runtime.devices import engine_resources
 from comfybento.serving import lifecycle

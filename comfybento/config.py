@@ -20,6 +20,8 @@ from comfybento.serving.keys import ApiKey, server_keys
 from comfybento.workflows.limits import ENV_NAMES, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A built Bento keeps the project in <bento>/src beside <bento>/bento.yaml.
+IN_BENTO = (PROJECT_ROOT.parent / "bento.yaml").is_file() and PROJECT_ROOT.name == "src"
 
 
 def _path(env: dict[str, str], name: str, default: Path) -> Path:
@@ -161,8 +163,11 @@ class Settings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
-        models_dir = _path(env, "COMFYBENTO_MODELS", PROJECT_ROOT / "models")
-        work_dir = _path(env, "COMFYBENTO_WORK_DIR", PROJECT_ROOT / ".comfybento")
+        cache_dir = _path(env, "COMFYBENTO_CACHE_DIR", Path.home() / ".cache" / "comfybento")
+        # Served from a built Bento, the project folder is the Bento store's: never write into it.
+        writable_root = cache_dir if IN_BENTO else PROJECT_ROOT
+        models_dir = _path(env, "COMFYBENTO_MODELS", writable_root / "models")
+        work_dir = _path(env, "COMFYBENTO_WORK_DIR", writable_root / ".comfybento")
         comfy_raw = env.get("COMFYUI_PATH", "").strip()
         return cls(
             workflows_dir=_path(env, "COMFYBENTO_WORKFLOWS", PROJECT_ROOT / "workflows"),
@@ -180,9 +185,9 @@ class Settings:
             retry_after_s=_int(env, "COMFYBENTO_RETRY_AFTER_S", 5, minimum=1),
             batching=_bool(env, "COMFYBENTO_BATCHING", True),
             torch_threads=_int(env, "COMFYBENTO_TORCH_THREADS", 0),
-            fetch_models=_bool(env, "COMFYBENTO_FETCH_MODELS", False),
+            fetch_models=_bool(env, "COMFYBENTO_FETCH_MODELS", IN_BENTO),
             gpu=_bool(env, "COMFYBENTO_GPU", False) if env.get("COMFYBENTO_GPU", "").strip() else None,
-            cache_dir=_path(env, "COMFYBENTO_CACHE_DIR", Path.home() / ".cache" / "comfybento"),
+            cache_dir=cache_dir,
             drain_timeout_s=_int(env, "COMFYBENTO_DRAIN_TIMEOUT_S", 20),
             encode_threads=_int(env, "COMFYBENTO_ENCODE_THREADS", 0),
             coalesce_ms=_int(env, "COMFYBENTO_COALESCE_MS", 500),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import shutil
 import tempfile
@@ -15,7 +16,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from comfybento.errors import ComfyBentoError
 from comfybento.jobs.api_models import JobList, JobResults, JobStatus, JobSubmit
 from comfybento.jobs.service import InvalidItems, JobService
+from comfybento.serving.http import error_response, request_id
 
+log = logging.getLogger(__name__)
 app = FastAPI(title="comfybento jobs", version="1", docs_url=None, redoc_url=None, openapi_url=None)
 _service: dict[str, JobService] = {}
 
@@ -33,10 +36,14 @@ def jobs() -> JobService:
 
 @app.exception_handler(ComfyBentoError)
 async def _error(request: Request, exc: ComfyBentoError) -> JSONResponse:
-    body: dict[str, object] = {"error": str(exc)}
-    if isinstance(exc, InvalidItems):
-        body["items"] = [e.model_dump() for e in exc.errors]
-    return JSONResponse(body, status_code=int(exc.error_code))
+    extra = {"items": [e.model_dump() for e in exc.errors]} if isinstance(exc, InvalidItems) else None
+    return error_response(exc, extra=extra)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("request %s: %s %s failed", request_id(), request.method, request.url.path, exc_info=exc)
+    return error_response(exc)
 
 
 def _base_url(request: Request) -> str:

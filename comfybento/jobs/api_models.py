@@ -25,7 +25,7 @@ class JobSubmit(BaseModel):
         default=None, description="Field -> values; items are the cartesian product, e.g. prompts x seeds.")
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
     idempotency_key: str | None = Field(
-        default=None, max_length=200, description="Submitting again with the same key returns the same job.")
+        default=None, min_length=1, max_length=200, description="Submitting again with the same key returns the same job.")
     webhook: WebhookSpec | None = Field(default=None, description="Where to POST signed completion events.")
     cache: bool = Field(default=False, description="Reuse a stored result for an identical (workflow, parameters, seed) item.")
 

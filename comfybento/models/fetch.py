@@ -46,13 +46,13 @@ def _download_url(entry: ModelEntry, dest: Path) -> None:
 
 
 def _download_hf(entry: ModelEntry, dest: Path) -> None:
+    """Written in place (local_dir) next to its target: no second copy in the Hugging Face cache."""
     from huggingface_hub import hf_hub_download
 
     src = entry.source
-    cached = hf_hub_download(
-        repo_id=src["hf"], filename=src.get("file") or Path(entry.path).name, revision=src.get("revision")
-    )
-    shutil.copyfile(cached, dest)
+    written = Path(hf_hub_download(repo_id=src["hf"], filename=src.get("file") or Path(entry.path).name,
+                                   revision=src.get("revision"), local_dir=dest.parent / "hf"))
+    written.replace(dest)
 
 
 def fetch_entry(entry: ModelEntry, models_dir: Path) -> str:

@@ -50,7 +50,7 @@ async def until_client_disconnects() -> None:
 
 
 def error_response(error: BaseException | Mapping[str, Any], retry_after_s: int | None = None,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+                   headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None) -> JSONResponse:
     """An error (an exception, or the fields of an engine result) as a JSON answer, logged in one line.
 
     Body: {"error", "error_kind", "request_id"} and, for node errors, "node_id" and "class_type".
@@ -63,6 +63,7 @@ def error_response(error: BaseException | Mapping[str, Any], retry_after_s: int 
     for key in ("node_id", "class_type"):
         if fields.get(key):
             body[key] = fields[key]
+    body.update(extra or {})
     headers = dict(headers or {})
     if retry_after_s and status in (429, 503):
         headers["Retry-After"] = str(retry_after_s)

@@ -84,7 +84,9 @@ def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
         attrs.update({spec.name: _batchable_api(spec) for spec in project.catalog.values()})
     cls = bentoml.asgi_app(engine_route.app, path="/engine")(type("ComfyEngine", (), attrs))
     return bentoml.service(
-        name=ENGINE_NAME, workers=1, resources=resources, traffic={"timeout": ENGINE_TIMEOUT_S},
+        name=ENGINE_NAME, workers=1, resources=resources,
+        # BentoCloud scales the engine on in-flight requests: two full batches keep one GPU busy.
+        traffic={"timeout": ENGINE_TIMEOUT_S, "concurrency": 2 * settings.max_batch_size, "external_queue": False},
         # BentoML's client to this service closes and replaces its connection pool every
         # `max_requests` calls, aborting the calls still in flight on it. Keep one pool.
         runner_connection={"max_requests": 2**62, "max_age": 10.0**12},
@@ -255,7 +257,10 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         attrs[spec.name] = _json_endpoint(spec)
         attrs[f"{spec.name}_png"] = _png_endpoint(spec)
     cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
-    service = bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S})(cls)
+    # Many requests in flight per replica (they must reach the engine together to share batches): no
+    # external queue; BentoCloud scales this light tier on its in-flight requests, up to the admission limit.
+    service = bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S, "concurrency": settings.max_queue,
+                                                          "external_queue": False})(cls)
     # The first added runs first: every answer (a 401 included) carries the request id; the docs need no key.
     service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project))
     service.add_asgi_middleware(OpenAPIMiddleware, build=lambda: fix_openapi(service.openapi_spec.asdict(), project.catalog,
