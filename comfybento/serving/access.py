@@ -50,6 +50,7 @@ EXPOSED_HEADERS = (
     "RateLimit-Policy",
     "WWW-Authenticate",
     "X-Seed",
+    "X-Request-ID",
 )
 _current: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("comfybento_access_grant", default=None)
 

@@ -69,7 +69,7 @@ def test_fuzzing_finds_no_server_error(fuzzed, tmp_path):
     st = str(Path(sys.executable).with_name("st"))
     command = [
         st, "run", f"{fuzzed}/docs.json", "--checks", "not_a_server_error", "--mode", "all", "--max-examples", "12",
-        "--seed", "7", "--workers", "1", "--request-timeout", "120", "--max-time", "420", "--continue-on-failure",
+        "--seed", "7", "--workers", "1", "--request-timeout", "120", "--max-time", "300", "--continue-on-failure",
         "--generation-database", "none", "--suppress-health-check", "all",
         # /failing fails on purpose (its node raises: a 500 by design); the infra routes are BentoML's.
         "--exclude-path-regex", "^/(failing|healthz|livez|readyz|metrics)",
