@@ -35,6 +35,8 @@ class ComfyRuntime:
     device: str
     server: PromptServerStandIn
     cpu_threads: int
+    # ComfyUI's input folder (process-wide: set by the first bootstrap); uploads are stored there.
+    input_dir: Path
 
 
 def find_comfyui_root(settings: Settings) -> Path:
@@ -87,7 +89,8 @@ def _bootstrap(settings: Settings) -> ComfyRuntime:
     tiny_model.register_tiny_config()
     device = str(mm.get_torch_device())
     log.info("ComfyUI %s from %s on %s", comfy_version(), root, device)
-    return ComfyRuntime(root=root, device=device, server=server, cpu_threads=settings.cpu_threads)
+    return ComfyRuntime(root=root, device=device, server=server, cpu_threads=settings.cpu_threads,
+                        input_dir=settings.work_dir / "input")
 
 
 class _MissingModule(types.ModuleType):

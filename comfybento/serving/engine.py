@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from comfybento.config import Settings
-from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest, ModelLockError, WorkflowError, describe
+from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest, ModelLockError, TooLarge, WorkflowError, describe
 from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Progress
 from comfybento.scheduling.scheduler import Job, Scheduler, Stats
@@ -100,6 +100,7 @@ class Engine:
         from comfybento.runtime.executor import ComfyExecutor
 
         runtime = bootstrap(self.settings)
+        self.input_dir = runtime.input_dir  # where LoadImage reads (ComfyUI's folder is one per process)
         self._check_models()
         self.executor = ComfyExecutor(runtime)
         for name in sorted({c for spec in self.catalog.values() for c in spec.checkpoints}):
@@ -248,7 +249,7 @@ class Engine:
         if not isinstance(data, bytes) or not data:
             raise InvalidRequest(f"field '{field_name}': {what} is required")
         if max_bytes is not None and len(data) > max_bytes:
-            raise InvalidRequest(f"field '{field_name}': the file is {len(data)} bytes; the limit is {max_bytes} bytes")
+            raise TooLarge(f"{field_name}: the file is {len(data)} bytes, more than the limit of {max_bytes} (max_upload_bytes)")
         if not re.fullmatch(r"\.[A-Za-z0-9]{1,16}", suffix):
             suffix = ""  # the client's name is never used, only a plain extension of it
         self.input_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -101,6 +102,18 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         p.kill()
 
 
+@contextlib.contextmanager
+def serving(env: dict[str, str], root: Path) -> Iterator[str]:
+    """A ready `bentoml serve` with these settings (log in root/serve.log), stopped on exit; yields its URL."""
+    log_path = root / "serve.log"
+    proc, url = start_server(env, log_path)
+    try:
+        wait_ready(proc, url, log_path)
+        yield url
+    finally:
+        stop_server(proc)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("serve")
@@ -109,10 +122,5 @@ def server(tmp_path_factory) -> Iterator[str]:
     env["COMFYBENTO_MAX_BODY_BYTES"] = str(8 * 1024 * 1024)
     env["COMFYBENTO_MAX_LATENCY_MS"] = "120000"
     env.update(JOB_ENV)
-    log_path = root / "serve.log"
-    proc, url = start_server(env, log_path)
-    try:
-        wait_ready(proc, url, log_path)
+    with serving(env, root) as url:
         yield url
-    finally:
-        stop_server(proc)

@@ -17,7 +17,7 @@ import pytest
 
 from comfybento.workflows.limits import Limits
 from tests.cpack_example import write_example
-from tests.e2e.conftest import JOB_ENV, start_server, stop_server, wait_ready
+from tests.e2e.conftest import JOB_ENV, serving
 from tests.e2e.test_jobs import wait_job
 from tests.helpers import make_workflows_dir, png_array, sample_image, service_env
 
@@ -31,14 +31,8 @@ def server(tmp_path_factory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("cpack_serve")
     workflows = make_workflows_dir(root / "workflows", extra=("cpack_inputs",))
     write_example(workflows)
-    env = {**service_env(workflows, root / "work"), **JOB_ENV, "COMFYBENTO_WARMUP": "0"}
-    log_path = root / "serve.log"
-    proc, url = start_server(env, log_path)
-    try:
-        wait_ready(proc, url, log_path)
+    with serving({**service_env(workflows, root / "work"), **JOB_ENV, "COMFYBENTO_WARMUP": "0"}, root) as url:
         yield url
-    finally:
-        stop_server(proc)
 
 
 def _props(server: str, prefix: str) -> dict:
@@ -51,7 +45,7 @@ def test_the_example_is_typed_as_comfy_pack_types_it(server):
     assert list(props)[:4] == ["prompt", "height", "width", "seed"]
     assert (props["width"]["minimum"], props["width"]["maximum"], props["width"]["default"]) == (24, 2048, 512)
     inputs = _props(server, "CpackInputsInput")
-    assert inputs["picture"]["type"] == "file"
+    assert (inputs["picture"]["type"], inputs["picture"]["format"]) == ("string", "binary")  # an upload, in OpenAPI 3.0
     assert inputs["method"]["enum"][0] == "nearest-exact" and inputs["scale"]["maximum"] == 8
 
 

@@ -217,4 +217,4 @@ def test_out_of_memory_splits_the_batch_and_remembers_what_fits(engine, monkeypa
     assert sizes[-3:] == [2, 2, 1]  # the remembered fit is used straight away
     monkeypatch.setattr(comfy.sample, "sample", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated")))
     alone = _run(engine, "txt2img", prompt="x", width=64, height=64, steps=2, seed=1)
-    assert not alone.ok and alone.error_kind == "oom" and alone.status == 503
+    assert not alone.ok and alone.error_kind == "too_large" and alone.status == 413 and "even alone" in alone.error
