@@ -8,6 +8,13 @@ is held, so it is stored exactly once. Every lease counts an attempt, so an
 item that kills or hangs the engine each time is given up after
 `max_attempts` leases.
 
+Each succeeded item's usage (`records.item_usage`: images, GPU-seconds; a
+cached result counts its images and no GPU-seconds) is added to its job by the
+store, and, once the store accepted the result, handed to `on_usage(owner,
+images, gpu_seconds)` with the job's owner (the API key that submitted it), which
+charges that key (serving/access.py `charge_owner`). A failing hook is logged;
+it never stops the runner.
+
 `run_forever` runs four loops side by side, so none can hold up another:
 leasing, lease renewal (on its own thread, so slow storage writes or store
 reads never delay it), webhook delivery (its own task, a bounded number of
@@ -29,7 +36,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from comfybento.errors import NotFound
-from comfybento.jobs.records import Delivery, Lease, backoff_s, now
+from comfybento.jobs.records import Delivery, Lease, backoff_s, item_usage, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList, WebhookPolicy, attempt
 from comfybento.outputs.encoding import EXTENSIONS
@@ -41,6 +48,8 @@ log = logging.getLogger(__name__)
 OnEvent = Callable[[dict[str, Any]], None]
 # (workflow, item values, seed, event callback) -> result; events are the engine's (queued, started, progress ...)
 Execute = Callable[[str, dict[str, Any], "int | None", OnEvent], Awaitable[ItemResult]]
+# (owner: the job's API key name or None, images, GPU-seconds) of a succeeded item
+OnUsage = Callable[["str | None", int, float], Awaitable[None]]
 PERMANENT_KINDS = ("invalid", "too_large", "workflow", "node")
 RETENTION_EVERY_S = 60.0
 T = TypeVar("T")
@@ -51,6 +60,10 @@ def cache_key(lease: Lease) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+async def no_usage_hook(owner: str | None, images: int, gpu_seconds: float) -> None:
+    """The default `on_usage`: nothing to charge (API keys are off)."""
+
+
 def output_key(lease: Lease, output: str, index: int, ext: str) -> str:
     """Where an item's output goes: under its job, named by attempt (a lost lease's files never collide with the winner's)."""
     return f"{lease.job_id}/{lease.index:05d}-a{lease.attempt}-{output}-{index}.{ext}"
@@ -59,7 +72,7 @@ def output_key(lease: Lease, output: str, index: int, ext: str) -> str:
 class JobRunner:
     def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, concurrency: int, lease_s: float,
                  max_attempts: int, retry_base_s: float, retention_s: float, webhook_secret: str, allow: AllowList,
-                 webhooks: WebhookPolicy) -> None:
+                 webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook) -> None:
         self.store = store
         self.storage = storage
         self.execute = execute
@@ -72,6 +85,7 @@ class JobRunner:
         self.signer = Webhook(webhook_secret)  # an empty secret raises: no webhook is ever sent unsigned
         self.allow = allow
         self.webhooks = webhooks
+        self.on_usage = on_usage
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
         # (job id, index) -> {"step": i, "steps": n} of the items running on this replica
@@ -181,8 +195,11 @@ class JobRunner:
 
     async def _run_item(self, lease: Lease) -> None:
         try:
-            if lease.use_cache and await asyncio.to_thread(self._reuse_cached, lease):
-                return
+            if lease.use_cache:
+                hit, recorded = await asyncio.to_thread(self._reuse_cached, lease)
+                if hit:
+                    await self._charge(lease, recorded)
+                    return
 
             def on_event(event: dict[str, Any], key: tuple[str, int] = (lease.job_id, lease.index)) -> None:
                 if event.get("event") == "progress":
@@ -194,7 +211,7 @@ class JobRunner:
                 log.warning("job %s item %d: engine call failed: %s", lease.job_id, lease.index, exc)
                 result = ItemResult(ok=False, status=503, error=f"engine unavailable: {exc}", error_kind="internal")
             if result.ok:
-                await asyncio.to_thread(self._record_success, lease, result)
+                await self._charge(lease, await asyncio.to_thread(self._record_success, lease, result))
             else:
                 await asyncio.to_thread(self._record_failure, lease, result)
         except asyncio.CancelledError:
@@ -202,12 +219,25 @@ class JobRunner:
         except Exception:
             log.exception("job %s item %d: could not record the result; the lease will expire and it reruns", lease.job_id, lease.index)
 
-    def _reuse_cached(self, lease: Lease) -> bool:
-        """Complete the item from the result cache, copying the files into its own job; False on a miss."""
+    async def _charge(self, lease: Lease, recorded: dict[str, Any] | None) -> None:
+        """Hand a recorded success's usage to `on_usage` (nothing when the store refused the result: the lease was lost)."""
+        if recorded is None:
+            return
+        images, gpu_seconds = item_usage(recorded)
+        try:
+            await self.on_usage(lease.job_owner, images, gpu_seconds)
+        except Exception:
+            log.exception("job %s item %d: charging its usage to %r failed", lease.job_id, lease.index, lease.job_owner)
+
+    def _reuse_cached(self, lease: Lease) -> tuple[bool, dict[str, Any] | None]:
+        """Complete the item from the result cache, copying the files into its own job.
+
+        (hit, the recorded result, or None when the store refused it); (False, None) on a miss.
+        """
         key = cache_key(lease)
         cached = self.store.cache_get(key)
         if cached is None:
-            return False
+            return False, None
         copied: list[dict[str, Any]] = []
         try:
             for out in cached["outputs"]:
@@ -217,12 +247,15 @@ class JobRunner:
         except NotFound:  # the files went (an entry made before entries were deleted with their job): a miss
             self.store.cache_delete(key)
             self._delete_outputs(copied)
-            return False
-        if not self.store.complete(self.owner, lease, {**cached, "outputs": copied, "cached": True}):
+            return False, None
+        record = {**cached, "outputs": copied, "cached": True}
+        if not self.store.complete(self.owner, lease, record):
             self._delete_outputs(copied)
-        return True
+            return True, None
+        return True, record
 
-    def _record_success(self, lease: Lease, result: ItemResult) -> None:
+    def _record_success(self, lease: Lease, result: ItemResult) -> dict[str, Any] | None:
+        """Store the outputs and the result; the recorded result, or None when the lease was lost."""
         outputs = []
         for blob in result.outputs:
             key = output_key(lease, blob.output, blob.index, EXTENSIONS.get(blob.media_type, "bin"))
@@ -232,9 +265,13 @@ class JobRunner:
         record = {"outputs": outputs, "queue_ms": result.queue_ms, "execution_ms": result.execution_ms, "batch_size": result.batch_size}
         if not self.store.complete(self.owner, lease, record):
             self._delete_outputs(outputs)  # the lease was lost: another worker owns this item now
-            return
+            return None
         if lease.use_cache:
-            self.store.cache_put(cache_key(lease), record, lease.job_id)
+            try:
+                self.store.cache_put(cache_key(lease), record, lease.job_id)
+            except Exception:  # the item is recorded (and is charged); only a later reuse is lost
+                log.exception("job %s item %d: could not add the result to the cache", lease.job_id, lease.index)
+        return record
 
     def _delete_outputs(self, outputs: list[dict[str, Any]]) -> None:
         for out in outputs:
