@@ -13,7 +13,9 @@ cached result counts its images and no GPU-seconds) is added to its job by the
 store, and, once the store accepted the result, handed to `on_usage(owner,
 images, gpu_seconds)` with the job's owner (the API key that submitted it), which
 charges that key (serving/access.py `charge_owner`). A failing hook is logged;
-it never stops the runner.
+it never stops the runner. Recording a success and charging it run to their end
+even when a stop cancels the item (`run_forever` waits up to FINISH_TIMEOUT_S for
+them), so a result the store accepted is charged.
 
 `run_forever` runs four loops side by side, so none can hold up another:
 leasing, lease renewal (on its own thread, so slow storage writes or store
@@ -28,7 +30,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -52,6 +54,8 @@ Execute = Callable[[str, dict[str, Any], "int | None", OnEvent], Awaitable[ItemR
 OnUsage = Callable[["str | None", int, float], Awaitable[None]]
 PERMANENT_KINDS = ("invalid", "too_large", "workflow", "node")
 RETENTION_EVERY_S = 60.0
+# How long a stop waits for successes being recorded and charged.
+FINISH_TIMEOUT_S = 10.0
 T = TypeVar("T")
 
 
@@ -87,6 +91,7 @@ class JobRunner:
         self.webhooks = webhooks
         self.on_usage = on_usage
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._finishing: set[asyncio.Task[Any]] = set()  # successes being recorded and charged (see `_unstoppable`)
         self._deliveries: set[asyncio.Task[None]] = set()
         # (job id, index) -> {"step": i, "steps": n} of the items running on this replica
         self.progress: dict[tuple[str, int], dict[str, int]] = {}
@@ -104,6 +109,7 @@ class JobRunner:
             for task in [*tasks, *self._deliveries, *self._running.values()]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._deliveries, *self._running.values(), return_exceptions=True)
+            await self._drain_finishing()
             await client.aclose()
             self._leases.shutdown(wait=False, cancel_futures=True)
             self._resolver.shutdown(wait=False, cancel_futures=True)
@@ -113,6 +119,24 @@ class JobRunner:
         self._stop.set()
         for task in list(self._running.values()):
             task.cancel()
+
+    async def _drain_finishing(self) -> None:
+        """Wait for the successes still being recorded and charged; log what failed (their item tasks are gone)."""
+        if not self._finishing:
+            return
+        done, pending = await asyncio.wait(list(self._finishing), timeout=FINISH_TIMEOUT_S)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("job runner: recording a result during the stop failed", exc_info=task.exception())
+        if pending:
+            log.warning("job runner: %d results were still being recorded after %.0f s", len(pending), FINISH_TIMEOUT_S)
+
+    async def _unstoppable(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` to its end even if the calling item task is cancelled (a stop); `run_forever` waits for it."""
+        task = asyncio.create_task(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return await asyncio.shield(task)
 
     async def _idle(self, seconds: float) -> bool:
         """Sleep, waking early on stop; False once stopping."""
@@ -195,11 +219,8 @@ class JobRunner:
 
     async def _run_item(self, lease: Lease) -> None:
         try:
-            if lease.use_cache:
-                hit, recorded = await asyncio.to_thread(self._reuse_cached, lease)
-                if hit:
-                    await self._charge(lease, recorded)
-                    return
+            if lease.use_cache and await self._unstoppable(self._complete_from_cache(lease)):
+                return
 
             def on_event(event: dict[str, Any], key: tuple[str, int] = (lease.job_id, lease.index)) -> None:
                 if event.get("event") == "progress":
@@ -211,13 +232,23 @@ class JobRunner:
                 log.warning("job %s item %d: engine call failed: %s", lease.job_id, lease.index, exc)
                 result = ItemResult(ok=False, status=503, error=f"engine unavailable: {exc}", error_kind="internal")
             if result.ok:
-                await self._charge(lease, await asyncio.to_thread(self._record_success, lease, result))
+                await self._unstoppable(self._record_and_charge(lease, result))
             else:
                 await asyncio.to_thread(self._record_failure, lease, result)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("job %s item %d: could not record the result; the lease will expire and it reruns", lease.job_id, lease.index)
+
+    async def _complete_from_cache(self, lease: Lease) -> bool:
+        """Complete the item from the result cache and charge it; False on a miss."""
+        hit, recorded = await asyncio.to_thread(self._reuse_cached, lease)
+        if hit:
+            await self._charge(lease, recorded)
+        return hit
+
+    async def _record_and_charge(self, lease: Lease, result: ItemResult) -> None:
+        await self._charge(lease, await asyncio.to_thread(self._record_success, lease, result))
 
     async def _charge(self, lease: Lease, recorded: dict[str, Any] | None) -> None:
         """Hand a recorded success's usage to `on_usage` (nothing when the store refused the result: the lease was lost)."""

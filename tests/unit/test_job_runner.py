@@ -216,13 +216,15 @@ def test_a_cache_entry_whose_files_are_gone_is_a_miss(tmp_path):
 
 
 class Charges:
-    """The `on_usage` hook: records each call; raises on the first `fail_first` calls."""
+    """The `on_usage` hook: records each call (after `delay_s`); raises on the first `fail_first` calls."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, delay_s: float = 0.0) -> None:
         self.calls: list[tuple[str | None, int, float]] = []
         self.fail_first = fail_first
+        self.delay_s = delay_s
 
     async def __call__(self, owner: str | None, images: int, gpu_seconds: float) -> None:
+        await asyncio.sleep(self.delay_s)
         self.calls.append((owner, images, gpu_seconds))
         if len(self.calls) <= self.fail_first:
             raise RuntimeError("the usage backend is down")
@@ -260,7 +262,7 @@ def test_a_cached_item_is_charged_its_images_and_no_gpu_time(tmp_path):
     assert (r.store.get_job(second.id).images, r.store.get_job(second.id).gpu_seconds) == (1, 0.0)
 
 
-def test_a_failing_hook_never_stops_the_runner(tmp_path):
+def test_a_failing_hook_never_stops_the_runner(tmp_path, caplog):
     job = submit(tmp_path, 4, owner="alice")
     charges = Charges(fail_first=2)
     r = runner(tmp_path, Engine(delay_s=0.05), concurrency=1, on_usage=charges)
@@ -269,3 +271,15 @@ def test_a_failing_hook_never_stops_the_runner(tmp_path):
     items = r.store.get_items(job.id, 0, 10)
     assert [(i.state, i.attempts) for i in items] == [("succeeded", 1)] * 4
     assert r.store.get_job(job.id).images == 4  # (run_until also checks that the loop never ended on its own)
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "comfybento.jobs.runner"]
+    assert sum("charging its usage to 'alice' failed" in m for m in logged) == 2
+    assert not any("could not record" in m for m in logged)  # reported as what it is: the results were recorded
+
+
+def test_a_stop_right_after_a_result_is_recorded_still_charges_it(tmp_path):
+    """The job is finished in the store before its charge is made; a stop at that moment waits for the charge."""
+    job = submit(tmp_path, 1, owner="alice")
+    charges = Charges(delay_s=0.5)
+    r = runner(tmp_path, Engine(), on_usage=charges)
+    run_until(r, finished(r, job.id))
+    assert charges.calls == [("alice", 1, 0.0)]
