@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from comfybento.errors import ComfyBentoError
 from comfybento.jobs.api_models import JobList, JobResults, JobStatus, JobSubmit
 from comfybento.jobs.service import InvalidItems, JobService
+from comfybento.serving import access
 from comfybento.serving.http import error_response, request_id
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,11 @@ def _base_url(request: Request) -> str:
 
 @app.post("/jobs", status_code=202, summary="Submit a batch job")
 def submit(req: JobSubmit, request: Request) -> JSONResponse:
-    """Validates every item (a 422 lists each bad item's index and field; nothing is queued), then returns the job id at once."""
-    job, created = jobs().submit(req)
+    """Validates every item (a 422 lists each bad item's index and field; nothing is queued), then returns the job id at once.
+
+    The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish.
+    """
+    job, created = jobs().submit(req, owner=access.key_name(request))
     status = jobs().status(job.id)
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)
 

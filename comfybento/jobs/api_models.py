@@ -83,6 +83,13 @@ class DeliveryOut(BaseModel):
     attempts: list[dict[str, Any]] = Field(description="One entry per attempt: time, status code or error.")
 
 
+class JobUsage(BaseModel):
+    """What the job's succeeded items used so far; charged to the owner's API key as each item finishes."""
+
+    images: int = Field(ge=0, description="Images made (a result reused from the cache counts its images).")
+    gpu_seconds: float = Field(ge=0, description="GPU-seconds: each item's share of its engine batch (0 for a cached result).")
+
+
 class JobStatus(BaseModel):
     id: str
     workflow: str
@@ -95,6 +102,8 @@ class JobStatus(BaseModel):
     eta_s: float | None = Field(description="Estimated seconds to completion, from the rate so far.")
     items: list[ItemProgress] = Field(description="Per-item progress (first 1000 items; see /results for all).")
     webhooks: list[DeliveryOut] = Field(description="Webhook delivery log.")
+    owner: str | None = Field(default=None, description="Name of the API key that submitted the job (null when API keys are off).")
+    usage: JobUsage = Field(default_factory=lambda: JobUsage(images=0, gpu_seconds=0.0), description="Usage of the job's items.")
 
 
 class JobResults(BaseModel):

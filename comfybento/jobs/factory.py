@@ -8,6 +8,7 @@ from comfybento.jobs.service import JobService
 from comfybento.jobs.store import JobStore, SQLiteJobStore
 from comfybento.jobs.webhooks import AllowList, WebhookPolicy, load_or_create_secret
 from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
+from comfybento.serving import access
 from comfybento.workflows.catalog import WorkflowSpec
 
 
@@ -33,6 +34,7 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
         max_attempts=settings.job_max_attempts, retry_base_s=settings.job_retry_base_s, retention_s=settings.job_retention_s,
         webhook_secret=settings.webhook_secret or load_or_create_secret(settings.webhook_secret_file), allow=allow,
         webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s),
+        on_usage=access.charge_owner,  # each succeeded item is charged to the API key that submitted its job
     )
     service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s,
                          live_progress=runner.progress)

@@ -29,6 +29,10 @@ class JobRecord:
     use_cache: bool = False
     expires_at: float | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    # The name of the API key that submitted the job (None when API keys are off), and what its items used.
+    owner: str | None = None
+    images: int = 0
+    gpu_seconds: float = 0.0
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Lease:
     attempt: int
     use_cache: bool
     webhook_per_item: bool
+    job_owner: str | None = None  # the API key the item's images are charged to
 
 
 @dataclass
@@ -90,6 +95,18 @@ def gave_up_error(attempts: int) -> dict[str, Any]:
     """The error of an item that was leased `attempts` times and never finished (its worker died or hung each time)."""
     return {"kind": "internal", "message": f"gave up after {attempts} attempts: the item never finished (its worker died or hung)",
             "retryable": False, "node_id": None, "class_type": None}
+
+
+def item_usage(result: dict[str, Any]) -> tuple[int, float]:
+    """What a succeeded item used: (images, GPU-seconds), counted into its job and charged to the job's owner.
+
+    GPU-seconds are the item's share of its engine batch (execution time / batch size), as for
+    live requests; a result reused from the cache (`cached`) made its images without the GPU: 0.
+    """
+    images = len(result.get("outputs") or [])
+    if result.get("cached"):
+        return images, 0.0
+    return images, float(result.get("execution_ms") or 0) / 1000 / max(1, int(result.get("batch_size") or 0))
 
 
 def backoff_s(attempt: int, base: float, cap: float = 300.0) -> float:

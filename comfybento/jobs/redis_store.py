@@ -1,7 +1,9 @@
 """A job store in Redis, so several `bentoml serve` replicas share one queue.
 
 Keys (prefix `cb:`), each deleted with its job by `delete_job`:
-- `job:<id>` (fields + per-state counters), `item:<id>:<index>` (fields, its queue score);
+- `job:<id>` (fields, per-state counters `n:<state>`, usage counters `images` and
+  `gpu_seconds`; a job written before a field existed reads its default), `item:<id>:<index>`
+  (fields, its queue score);
 - `idem:<key>` -> job id, set in the same MULTI/EXEC as the job, so a create is all or nothing;
 - `deliveries:<id>` (the job's delivery ids) and `delivery:<delivery id>` (its attempt log);
 - `cache:<key>` (a result and the job whose files it names) and `jobcache:<id>` (the cache keys the job made).
@@ -22,8 +24,8 @@ from typing import Any
 import redis
 
 from comfybento.jobs.events import item_event, job_event
-from comfybento.jobs.records import TERMINAL_JOB_STATES, Delivery, ItemRecord, JobRecord, Lease, now
-from comfybento.jobs.store import IdempotencyConflict
+from comfybento.jobs.records import TERMINAL_JOB_STATES, Delivery, ItemRecord, JobRecord, Lease, item_usage, now
+from comfybento.jobs.store import check_idempotent
 
 P = "cb:"
 
@@ -96,12 +98,15 @@ end
 return out
 """
 
-# KEYS: ready, leases, delayed, deliveries:due. ARGV: member, owner, state, payload, field, now, retry_at ('' = final).
+# KEYS: ready, leases, delayed, deliveries:due.
+# ARGV: member, owner, state, payload, field, now, retry_at ('' = final), images, gpu_seconds (the item's usage, added to its job).
 _FINISH = _FINISH_ITEM + """
 local m, owner, state, payload, field, now, retry_at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local job, idx = split(m)
 local jkey, ikey = 'cb:job:' .. job, 'cb:item:' .. job .. ':' .. idx
 if redis.call('HGET', ikey, 'state') ~= 'running' or redis.call('HGET', ikey, 'owner') ~= owner then return 0 end
+if tonumber(ARGV[8]) ~= 0 then redis.call('HINCRBY', jkey, 'images', ARGV[8]) end
+if tonumber(ARGV[9]) ~= 0 then redis.call('HINCRBYFLOAT', jkey, 'gpu_seconds', ARGV[9]) end
 redis.call('ZREM', KEYS[2], m)
 if retry_at ~= '' then
   redis.call('HINCRBY', jkey, 'n:running', -1)
@@ -168,9 +173,7 @@ class RedisJobStore:
                         pipe.watch(idem)
                         existing_id = pipe.get(idem)
                         if existing_id is not None and (existing := self.get_job(str(existing_id))) is not None:
-                            if existing.request_hash != job.request_hash:
-                                raise IdempotencyConflict(
-                                    f"idempotency_key {job.idempotency_key!r} was used for job {existing_id} with a different request")
+                            check_idempotent(existing, job)
                             return existing, False
                     pipe.multi()
                     if idem is not None:
@@ -196,7 +199,7 @@ class RedisJobStore:
             "workflow": job.workflow, "priority": job.priority, "created_at": job.created_at, "total": job.total,
             "state": "queued", "idempotency_key": job.idempotency_key or "", "request_hash": job.request_hash,
             "webhook_url": job.webhook_url or "", "webhook_per_item": int(job.webhook_per_item), "use_cache": int(job.use_cache),
-            "n:queued": job.total})
+            "owner": job.owner or "", "images": 0, "gpu_seconds": 0, "n:queued": job.total})
         pipe.zadd(P + "jobs", {job.id: job.created_at})
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -209,7 +212,8 @@ class RedisJobStore:
             state=h["state"], updated_at=float(h.get("finished_at") or h["created_at"]),  # type: ignore[arg-type]
             finished_at=float(h["finished_at"]) if h.get("finished_at") else None, idempotency_key=h["idempotency_key"] or None,
             request_hash=h["request_hash"], webhook_url=h["webhook_url"] or None, webhook_per_item=h["webhook_per_item"] == "1",
-            use_cache=h["use_cache"] == "1", counts=counts)
+            use_cache=h["use_cache"] == "1", counts=counts, owner=h.get("owner") or None, images=int(h.get("images") or 0),
+            gpu_seconds=float(h.get("gpu_seconds") or 0))
 
     def list_jobs(self, limit: int, offset: int) -> list[JobRecord]:
         ids = self.r.zrevrange(P + "jobs", offset, offset + limit - 1)
@@ -249,7 +253,8 @@ class RedisJobStore:
             if job is None or item is None:
                 continue
             leases.append(Lease(job_id=job_id, workflow=job.workflow, index=item.index, params=item.params, seed=item.seed,
-                                attempt=item.attempts, use_cache=job.use_cache, webhook_per_item=job.webhook_per_item))
+                                attempt=item.attempts, use_cache=job.use_cache, webhook_per_item=job.webhook_per_item,
+                                job_owner=job.owner))
         return leases
 
     def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> None:
@@ -259,13 +264,15 @@ class RedisJobStore:
         pipe.execute()
 
     def complete(self, owner: str, lease: Lease, result: dict[str, Any]) -> bool:
-        return self._call_finish(owner, lease, "succeeded", json.dumps(result), "result", None)
+        return self._call_finish(owner, lease, "succeeded", json.dumps(result), "result", None, item_usage(result))
 
     def fail(self, owner: str, lease: Lease, error: dict[str, Any], retry_at: float | None) -> bool:
         return self._call_finish(owner, lease, "failed", json.dumps(error), "error", retry_at)
 
-    def _call_finish(self, owner: str, lease: Lease, state: str, payload: str, field: str, retry_at: float | None) -> bool:
-        args = [_member(lease.job_id, lease.index), owner, state, payload, field, now(), "" if retry_at is None else retry_at]
+    def _call_finish(self, owner: str, lease: Lease, state: str, payload: str, field: str, retry_at: float | None,
+                     usage: tuple[int, float] = (0, 0.0)) -> bool:
+        args = [_member(lease.job_id, lease.index), owner, state, payload, field, now(), "" if retry_at is None else retry_at,
+                usage[0], repr(usage[1])]
         return bool(self._finish(keys=_QUEUES, args=args))
 
     def cancel(self, job_id: str) -> JobRecord | None:

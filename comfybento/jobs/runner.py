@@ -8,6 +8,15 @@ is held, so it is stored exactly once. Every lease counts an attempt, so an
 item that kills or hangs the engine each time is given up after
 `max_attempts` leases.
 
+Each succeeded item's usage (`records.item_usage`: images, GPU-seconds; a
+cached result counts its images and no GPU-seconds) is added to its job by the
+store, and, once the store accepted the result, handed to `on_usage(owner,
+images, gpu_seconds)` with the job's owner (the API key that submitted it), which
+charges that key (serving/access.py `charge_owner`). A failing hook is logged;
+it never stops the runner. Recording a success and charging it run to their end
+even when a stop cancels the item (`run_forever` waits up to FINISH_TIMEOUT_S for
+them), so a result the store accepted is charged.
+
 `run_forever` runs four loops side by side, so none can hold up another:
 leasing, lease renewal (on its own thread, so slow storage writes or store
 reads never delay it), webhook delivery (its own task, a bounded number of
@@ -21,7 +30,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -29,7 +38,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from comfybento.errors import NotFound
-from comfybento.jobs.records import Delivery, Lease, backoff_s, now
+from comfybento.jobs.records import Delivery, Lease, backoff_s, item_usage, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList, WebhookPolicy, attempt
 from comfybento.outputs.encoding import EXTENSIONS
@@ -41,14 +50,22 @@ log = logging.getLogger(__name__)
 OnEvent = Callable[[dict[str, Any]], None]
 # (workflow, item values, seed, event callback) -> result; events are the engine's (queued, started, progress ...)
 Execute = Callable[[str, dict[str, Any], "int | None", OnEvent], Awaitable[ItemResult]]
+# (owner: the job's API key name or None, images, GPU-seconds) of a succeeded item
+OnUsage = Callable[["str | None", int, float], Awaitable[None]]
 PERMANENT_KINDS = ("invalid", "too_large", "workflow", "node")
 RETENTION_EVERY_S = 60.0
+# How long a stop waits for successes being recorded and charged.
+FINISH_TIMEOUT_S = 10.0
 T = TypeVar("T")
 
 
 def cache_key(lease: Lease) -> str:
     doc = {"workflow": lease.workflow, "params": lease.params, "seed": lease.seed}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def no_usage_hook(owner: str | None, images: int, gpu_seconds: float) -> None:
+    """The default `on_usage`: nothing to charge (API keys are off)."""
 
 
 def output_key(lease: Lease, output: str, index: int, ext: str) -> str:
@@ -59,7 +76,7 @@ def output_key(lease: Lease, output: str, index: int, ext: str) -> str:
 class JobRunner:
     def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, concurrency: int, lease_s: float,
                  max_attempts: int, retry_base_s: float, retention_s: float, webhook_secret: str, allow: AllowList,
-                 webhooks: WebhookPolicy) -> None:
+                 webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook) -> None:
         self.store = store
         self.storage = storage
         self.execute = execute
@@ -72,7 +89,9 @@ class JobRunner:
         self.signer = Webhook(webhook_secret)  # an empty secret raises: no webhook is ever sent unsigned
         self.allow = allow
         self.webhooks = webhooks
+        self.on_usage = on_usage
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._finishing: set[asyncio.Task[Any]] = set()  # successes being recorded and charged (see `_unstoppable`)
         self._deliveries: set[asyncio.Task[None]] = set()
         # (job id, index) -> {"step": i, "steps": n} of the items running on this replica
         self.progress: dict[tuple[str, int], dict[str, int]] = {}
@@ -90,6 +109,7 @@ class JobRunner:
             for task in [*tasks, *self._deliveries, *self._running.values()]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._deliveries, *self._running.values(), return_exceptions=True)
+            await self._drain_finishing()
             await client.aclose()
             self._leases.shutdown(wait=False, cancel_futures=True)
             self._resolver.shutdown(wait=False, cancel_futures=True)
@@ -99,6 +119,24 @@ class JobRunner:
         self._stop.set()
         for task in list(self._running.values()):
             task.cancel()
+
+    async def _drain_finishing(self) -> None:
+        """Wait for the successes still being recorded and charged; log what failed (their item tasks are gone)."""
+        if not self._finishing:
+            return
+        done, pending = await asyncio.wait(list(self._finishing), timeout=FINISH_TIMEOUT_S)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("job runner: recording a result during the stop failed", exc_info=task.exception())
+        if pending:
+            log.warning("job runner: %d results were still being recorded after %.0f s", len(pending), FINISH_TIMEOUT_S)
+
+    async def _unstoppable(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` to its end even if the calling item task is cancelled (a stop); `run_forever` waits for it."""
+        task = asyncio.create_task(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return await asyncio.shield(task)
 
     async def _idle(self, seconds: float) -> bool:
         """Sleep, waking early on stop; False once stopping."""
@@ -181,7 +219,7 @@ class JobRunner:
 
     async def _run_item(self, lease: Lease) -> None:
         try:
-            if lease.use_cache and await asyncio.to_thread(self._reuse_cached, lease):
+            if lease.use_cache and await self._unstoppable(self._complete_from_cache(lease)):
                 return
 
             def on_event(event: dict[str, Any], key: tuple[str, int] = (lease.job_id, lease.index)) -> None:
@@ -194,7 +232,7 @@ class JobRunner:
                 log.warning("job %s item %d: engine call failed: %s", lease.job_id, lease.index, exc)
                 result = ItemResult(ok=False, status=503, error=f"engine unavailable: {exc}", error_kind="internal")
             if result.ok:
-                await asyncio.to_thread(self._record_success, lease, result)
+                await self._unstoppable(self._record_and_charge(lease, result))
             else:
                 await asyncio.to_thread(self._record_failure, lease, result)
         except asyncio.CancelledError:
@@ -202,12 +240,35 @@ class JobRunner:
         except Exception:
             log.exception("job %s item %d: could not record the result; the lease will expire and it reruns", lease.job_id, lease.index)
 
-    def _reuse_cached(self, lease: Lease) -> bool:
-        """Complete the item from the result cache, copying the files into its own job; False on a miss."""
+    async def _complete_from_cache(self, lease: Lease) -> bool:
+        """Complete the item from the result cache and charge it; False on a miss."""
+        hit, recorded = await asyncio.to_thread(self._reuse_cached, lease)
+        if hit:
+            await self._charge(lease, recorded)
+        return hit
+
+    async def _record_and_charge(self, lease: Lease, result: ItemResult) -> None:
+        await self._charge(lease, await asyncio.to_thread(self._record_success, lease, result))
+
+    async def _charge(self, lease: Lease, recorded: dict[str, Any] | None) -> None:
+        """Hand a recorded success's usage to `on_usage` (nothing when the store refused the result: the lease was lost)."""
+        if recorded is None:
+            return
+        images, gpu_seconds = item_usage(recorded)
+        try:
+            await self.on_usage(lease.job_owner, images, gpu_seconds)
+        except Exception:
+            log.exception("job %s item %d: charging its usage to %r failed", lease.job_id, lease.index, lease.job_owner)
+
+    def _reuse_cached(self, lease: Lease) -> tuple[bool, dict[str, Any] | None]:
+        """Complete the item from the result cache, copying the files into its own job.
+
+        (hit, the recorded result, or None when the store refused it); (False, None) on a miss.
+        """
         key = cache_key(lease)
         cached = self.store.cache_get(key)
         if cached is None:
-            return False
+            return False, None
         copied: list[dict[str, Any]] = []
         try:
             for out in cached["outputs"]:
@@ -217,12 +278,15 @@ class JobRunner:
         except NotFound:  # the files went (an entry made before entries were deleted with their job): a miss
             self.store.cache_delete(key)
             self._delete_outputs(copied)
-            return False
-        if not self.store.complete(self.owner, lease, {**cached, "outputs": copied, "cached": True}):
+            return False, None
+        record = {**cached, "outputs": copied, "cached": True}
+        if not self.store.complete(self.owner, lease, record):
             self._delete_outputs(copied)
-        return True
+            return True, None
+        return True, record
 
-    def _record_success(self, lease: Lease, result: ItemResult) -> None:
+    def _record_success(self, lease: Lease, result: ItemResult) -> dict[str, Any] | None:
+        """Store the outputs and the result; the recorded result, or None when the lease was lost."""
         outputs = []
         for blob in result.outputs:
             key = output_key(lease, blob.output, blob.index, EXTENSIONS.get(blob.media_type, "bin"))
@@ -232,9 +296,13 @@ class JobRunner:
         record = {"outputs": outputs, "queue_ms": result.queue_ms, "execution_ms": result.execution_ms, "batch_size": result.batch_size}
         if not self.store.complete(self.owner, lease, record):
             self._delete_outputs(outputs)  # the lease was lost: another worker owns this item now
-            return
+            return None
         if lease.use_cache:
-            self.store.cache_put(cache_key(lease), record, lease.job_id)
+            try:
+                self.store.cache_put(cache_key(lease), record, lease.job_id)
+            except Exception:  # the item is recorded (and is charged); only a later reuse is lost
+                log.exception("job %s item %d: could not add the result to the cache", lease.job_id, lease.index)
+        return record
 
     def _delete_outputs(self, outputs: list[dict[str, Any]]) -> None:
         for out in outputs:

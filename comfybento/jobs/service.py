@@ -25,6 +25,7 @@ from comfybento.jobs.api_models import (
     JobResults,
     JobStatus,
     JobSubmit,
+    JobUsage,
     OutputRef,
 )
 from comfybento.jobs.records import ItemRecord, JobRecord, now
@@ -96,7 +97,8 @@ class JobService:
 
     # ------------------------------------------------------------ submit
 
-    def submit(self, req: JobSubmit) -> tuple[JobRecord, bool]:
+    def submit(self, req: JobSubmit, owner: str | None = None) -> tuple[JobRecord, bool]:
+        """Validate and queue a job for `owner` (the submitting API key's name; None when keys are off): (job, created)."""
         spec = self.catalog.get(req.workflow)
         if spec is None:
             raise InvalidRequest(f"workflow: unknown workflow {req.workflow!r}; known: {sorted(self.catalog)}")
@@ -109,7 +111,7 @@ class JobService:
         created = now()
         job = JobRecord(
             id=uuid.uuid4().hex, workflow=spec.name, priority=req.priority, created_at=created, total=len(values),
-            idempotency_key=req.idempotency_key, request_hash=_request_hash(req, raw),
+            idempotency_key=req.idempotency_key, request_hash=_request_hash(req, raw, owner), owner=owner,
             webhook_url=req.webhook.url if req.webhook else None, webhook_per_item=bool(req.webhook and req.webhook.per_item),
             use_cache=req.cache, expires_at=None,
         )
@@ -146,7 +148,8 @@ class JobService:
         items = self.store.get_items(job_id, 0, PROGRESS_LIMIT)
         return JobStatus(
             id=job.id, workflow=job.workflow, state=job.state, priority=job.priority, total=job.total, counts=job.counts,
-            created_at=job.created_at, finished_at=job.finished_at, eta_s=_eta(job, items),
+            created_at=job.created_at, finished_at=job.finished_at, eta_s=_eta(job, items), owner=job.owner,
+            usage=JobUsage(images=job.images, gpu_seconds=job.gpu_seconds),
             items=[ItemProgress(index=i.index, state=i.state, attempts=i.attempts,
                                 **(self.live_progress.get((job_id, i.index), {}) if i.state == "running" else {})) for i in items],
             webhooks=[DeliveryOut(id=d.id, event=d.event, url=d.url, state=d.state, attempts=d.log) for d in self.store.deliveries(job_id)],
@@ -233,9 +236,11 @@ def _item_limit_errors(spec: WorkflowSpec, index: int, values: dict[str, Any], i
     return errors
 
 
-def _request_hash(req: JobSubmit, raw: list[dict[str, Any]]) -> str:
+def _request_hash(req: JobSubmit, raw: list[dict[str, Any]], owner: str | None) -> str:
     doc = {"workflow": req.workflow, "items": raw, "priority": req.priority, "cache": req.cache,
            "webhook": req.webhook.model_dump() if req.webhook else None}
+    if owner is not None:  # (absent without keys: the hashes of jobs stored before owners existed still match)
+        doc["owner"] = owner
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 

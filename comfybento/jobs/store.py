@@ -9,6 +9,8 @@ Contract (both stores keep it; tests run against both):
   "gave up after N attempts" instead of being leased again.
 - `complete`/`fail` record a result only while the caller still holds the
   lease, so a result is stored exactly once and a finished item never reruns.
+  `complete` adds the item's usage (`records.item_usage`: images, GPU-seconds)
+  to its job in the same transaction, so a job's usage counts each item once.
 - When an item or job reaches a final state and a webhook is configured, the
   delivery is queued in the same transaction, so a crash cannot lose it.
 - Retention is two steps, so a crash between them leaves no orphan: the
@@ -36,6 +38,7 @@ from comfybento.jobs.records import (
     JobRecord,
     Lease,
     gave_up_error,
+    item_usage,
     job_state_from_counts,
     now,
 )
@@ -43,6 +46,18 @@ from comfybento.jobs.records import (
 
 class IdempotencyConflict(ComfyBentoError):
     error_code = 409  # type: ignore[assignment]
+
+
+def check_idempotent(existing: JobRecord, job: JobRecord) -> None:
+    """Raise unless `job` repeats the request that made `existing` (the job its idempotency key names).
+
+    A key is one namespace for every API key; the request hash covers the owner, and a job
+    of another owner is not named in the refusal.
+    """
+    if existing.owner != job.owner:
+        raise IdempotencyConflict(f"idempotency_key {job.idempotency_key!r} is in use by another API key's job")
+    if existing.request_hash != job.request_hash:
+        raise IdempotencyConflict(f"idempotency_key {job.idempotency_key!r} was used for job {existing.id} with a different request")
 
 
 class JobStore(Protocol):
@@ -70,7 +85,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, workflow TEXT NOT NULL, priority INTEGER NOT NULL, created_at REAL NOT NULL,
   total INTEGER NOT NULL, state TEXT NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
   idempotency_key TEXT UNIQUE, request_hash TEXT NOT NULL, webhook_url TEXT, webhook_per_item INTEGER NOT NULL,
-  use_cache INTEGER NOT NULL, expires_at REAL
+  use_cache INTEGER NOT NULL, expires_at REAL, owner TEXT, images INTEGER NOT NULL DEFAULT 0, gpu_seconds REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS items (
   job_id TEXT NOT NULL, idx INTEGER NOT NULL, params TEXT NOT NULL, seed INTEGER, state TEXT NOT NULL,
@@ -92,7 +107,12 @@ _RUNNABLE = """jobs.state NOT IN ('cancelled') AND (
     (items.state = 'queued' AND items.next_attempt_at <= ?) OR (items.state = 'running' AND items.lease_expires < ?))"""
 
 _JOB_COLS = ("id, workflow, priority, created_at, total, state, updated_at, finished_at, idempotency_key, "
-             "request_hash, webhook_url, webhook_per_item, use_cache, expires_at")
+             "request_hash, webhook_url, webhook_per_item, use_cache, expires_at, owner, images, gpu_seconds")
+# Columns added since the first schema: a file made before them gets them when it is opened.
+_ADDED_COLUMNS = {
+    "result_cache": (("job_id", "TEXT"),),
+    "jobs": (("owner", "TEXT"), ("images", "INTEGER NOT NULL DEFAULT 0"), ("gpu_seconds", "REAL NOT NULL DEFAULT 0")),
+}
 
 
 class SQLiteJobStore:
@@ -106,9 +126,17 @@ class SQLiteJobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        if "job_id" not in {r["name"] for r in self._db.execute("PRAGMA table_info(result_cache)")}:
-            self._db.execute("ALTER TABLE result_cache ADD COLUMN job_id TEXT")  # a file made before entries named their job
+        self._migrate()
         self._db.execute("CREATE INDEX IF NOT EXISTS result_cache_job ON result_cache (job_id)")
+
+    def _migrate(self) -> None:
+        """Add the columns a file made by an older version lacks (in one transaction: processes opening it together agree)."""
+        with self._tx() as db:
+            for table, columns in _ADDED_COLUMNS.items():
+                present = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in columns:
+                    if name not in present:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -128,16 +156,15 @@ class SQLiteJobStore:
             if job.idempotency_key:
                 row = db.execute("SELECT id, request_hash FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)).fetchone()
                 if row is not None:
-                    if row["request_hash"] != job.request_hash:
-                        raise IdempotencyConflict(
-                            f"idempotency_key {job.idempotency_key!r} was used for job {row['id']} with a different request")
                     existing = self._job(db, row["id"])
                     assert existing is not None
+                    check_idempotent(existing, job)
                     return existing, False
             db.execute(
-                f"INSERT INTO jobs ({_JOB_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO jobs ({_JOB_COLS}) VALUES ({','.join('?' * 17)})",
                 (job.id, job.workflow, job.priority, job.created_at, job.total, "queued", job.created_at, None,
-                 job.idempotency_key, job.request_hash, job.webhook_url, int(job.webhook_per_item), int(job.use_cache), job.expires_at),
+                 job.idempotency_key, job.request_hash, job.webhook_url, int(job.webhook_per_item), int(job.use_cache), job.expires_at,
+                 job.owner, 0, 0.0),
             )
             db.executemany(
                 "INSERT INTO items (job_id, idx, params, seed, state) VALUES (?,?,?,?, 'queued')",
@@ -176,7 +203,7 @@ class SQLiteJobStore:
             self._give_up(db, t, max_attempts)
             rows = db.execute(
                 f"""SELECT items.job_id, items.idx, items.params, items.seed, items.attempts, jobs.workflow,
-                          jobs.use_cache, jobs.webhook_per_item
+                          jobs.use_cache, jobs.webhook_per_item, jobs.owner
                    FROM items JOIN jobs ON jobs.id = items.job_id
                    WHERE {_RUNNABLE} ORDER BY jobs.priority DESC, jobs.created_at, items.idx LIMIT ?""",
                 (t, t, limit),
@@ -191,7 +218,7 @@ class SQLiteJobStore:
                 db.execute("UPDATE jobs SET state='running', updated_at=? WHERE id=? AND state='queued'", (t, r["job_id"]))
                 leases.append(Lease(job_id=r["job_id"], workflow=r["workflow"], index=r["idx"], params=json.loads(r["params"]),
                                     seed=r["seed"], attempt=r["attempts"] + 1, use_cache=bool(r["use_cache"]),
-                                    webhook_per_item=bool(r["webhook_per_item"])))
+                                    webhook_per_item=bool(r["webhook_per_item"]), job_owner=r["owner"]))
         return leases
 
     def _give_up(self, db: sqlite3.Connection, t: float, max_attempts: int) -> None:
@@ -209,12 +236,13 @@ class SQLiteJobStore:
                            [(now() + lease_s, job, idx, owner) for job, idx in keys])
 
     def complete(self, owner: str, lease: Lease, result: dict[str, Any]) -> bool:
-        return self._finish(owner, lease, "succeeded", json.dumps(result), None, None)
+        return self._finish(owner, lease, "succeeded", json.dumps(result), None, None, item_usage(result))
 
     def fail(self, owner: str, lease: Lease, error: dict[str, Any], retry_at: float | None) -> bool:
         return self._finish(owner, lease, "failed", None, json.dumps(error), retry_at)
 
-    def _finish(self, owner: str, lease: Lease, state: str, result: str | None, error: str | None, retry_at: float | None) -> bool:
+    def _finish(self, owner: str, lease: Lease, state: str, result: str | None, error: str | None, retry_at: float | None,
+                usage: tuple[int, float] = (0, 0.0)) -> bool:
         t = now()
         with self._tx() as db:
             if retry_at is not None:
@@ -229,6 +257,8 @@ class SQLiteJobStore:
                 (state, result, error, t, lease.job_id, lease.index, owner))
             if cur.rowcount != 1:
                 return False  # the lease was lost (expired and taken over, or the job was cancelled)
+            if usage != (0, 0.0):
+                db.execute("UPDATE jobs SET images=images+?, gpu_seconds=gpu_seconds+? WHERE id=?", (usage[0], usage[1], lease.job_id))
             self._after_item(db, lease.job_id, lease.index, t)
         return True
 
@@ -327,7 +357,8 @@ def _job_from_row(row: sqlite3.Row, counts: dict[str, int]) -> JobRecord:
         id=row["id"], workflow=row["workflow"], priority=row["priority"], created_at=row["created_at"], total=row["total"],
         state=row["state"], updated_at=row["updated_at"], finished_at=row["finished_at"], idempotency_key=row["idempotency_key"],
         request_hash=row["request_hash"], webhook_url=row["webhook_url"], webhook_per_item=bool(row["webhook_per_item"]),
-        use_cache=bool(row["use_cache"]), expires_at=row["expires_at"], counts=counts,
+        use_cache=bool(row["use_cache"]), expires_at=row["expires_at"], counts=counts, owner=row["owner"], images=row["images"],
+        gpu_seconds=row["gpu_seconds"],
     )
 
 

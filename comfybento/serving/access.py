@@ -9,6 +9,9 @@
   RateLimit-Limit / -Remaining / -Reset / -Policy (draft-ietf-httpapi-ratelimit-headers-06).
 - `charge(...)`: handlers call it once a response's images are known; it draws them
   from the key's daily quota and counts them, with GPU-seconds, in per-key metrics.
+- `key_name(request)`: the name of the request's key (a job records it as its owner);
+  `charge_owner(name, ...)`: the same charge for a key named by its name, outside any
+  request (the job runner calls it as each item of the key's job succeeds).
 - `install(service, settings)`: CORS (Starlette's CORSMiddleware, outermost, so a
   preflight is answered before auth and every response, a 401 or 429 too, carries
   the CORS headers), then the access middleware.
@@ -53,6 +56,8 @@ EXPOSED_HEADERS = (
     "X-Request-ID",
 )
 _current: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("comfybento_access_grant", default=None)
+# The Access that `install` gave this process's middleware (None when keys are off): `charge_owner` charges through it.
+_installed: dict[str, Access] = {}
 
 
 def parse_bearer(value: str | None) -> str | None:
@@ -94,6 +99,7 @@ class Access:
 
     def __init__(self, keys: tuple[ApiKey, ...], buckets: Buckets) -> None:
         self.keys = {k.sha256: k for k in keys}
+        self.by_name = {k.name: k for k in keys}
         self.buckets = buckets
         self._last_error_log = 0.0
 
@@ -164,6 +170,24 @@ async def charge(target: HTTPConnection | dict[str, Any] | None = None, *, image
     grant = _grant_of(target)
     if grant is not None:
         await grant.access.charge(grant.key, images, gpu_seconds)
+
+
+def key_name(target: HTTPConnection | dict[str, Any] | None = None) -> str | None:
+    """The name of the API key of a request (or its scope; None: the request being handled); None when keys are off."""
+    grant = _grant_of(target)
+    return grant.key.name if grant is not None else None
+
+
+async def charge_owner(name: str | None, images: int = 0, gpu_seconds: float = 0.0) -> None:
+    """Charge the key named `name` as `charge` charges a request's key: same metrics, same daily image quota.
+
+    For work done outside a request (a batch job's items). A no-op when keys are off, for None,
+    or for a name the keys file no longer has.
+    """
+    acl = _installed.get("access")
+    key = acl.by_name.get(name) if acl is not None and name is not None else None
+    if acl is not None and key is not None:
+        await acl.charge(key, images, gpu_seconds)
 
 
 def rate_limit_headers(checks: list[tuple[str, Decision]]) -> dict[str, str]:
@@ -267,5 +291,7 @@ def install(service: Any, settings: Settings) -> None:
     """Add CORS (outermost) and then keys and limits to a BentoML service, as the settings ask."""
     if settings.cors_origins:
         service.add_asgi_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
+    _installed.clear()
     if settings.keys_required:
-        service.add_asgi_middleware(AccessMiddleware, access=Access.from_settings(settings))
+        _installed["access"] = Access.from_settings(settings)
+        service.add_asgi_middleware(AccessMiddleware, access=_installed["access"])

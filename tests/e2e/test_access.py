@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,8 +32,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("access")
-    keys = {name: new_key() for name in ("alice", "slow", "tiny")}
-    limits = {"alice": "", "slow": "  rate_per_min: 2\n", "tiny": "  images_per_day: 1\n"}
+    keys = {name: new_key() for name in ("alice", "slow", "tiny", "batch")}
+    limits = {"alice": "", "slow": "  rate_per_min: 2\n", "tiny": "  images_per_day: 1\n", "batch": "  images_per_day: 1\n"}
     (root / "keys.yaml").write_text("".join(f'- name: {n}\n  sha256: "{hash_key(k)}"\n{limits[n]}' for n, k in keys.items()))
     keys["default"] = new_key()
     with redis_server(root) as redis_url:
@@ -128,3 +130,39 @@ def test_cors_preflight_is_answered_before_auth(served):
     refused = httpx.get(f"{served.url}/jobs", headers={"Origin": ORIGIN}, timeout=30)  # a browser can read why it was refused
     assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == ORIGIN
     assert "www-authenticate" in refused.headers["access-control-expose-headers"].lower()
+
+
+def _metric(served: Served, name: str, key: str) -> float:
+    found = re.search(rf'^{name}{{key="{key}"}} (\S+)$', httpx.get(f"{served.url}/metrics", timeout=30).text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _finished_job(served: Served, job_id: str, key: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{served.url}/jobs/{job_id}", headers=_auth(key), timeout=30).json()
+        if status["state"] in ("succeeded", "failed", "cancelled"):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish: {status}")
+
+
+def test_a_jobs_images_are_charged_to_the_key_that_submitted_it(served):
+    before = _metric(served, "comfybento_key_images_total", "alice"), _metric(served, "comfybento_key_gpu_seconds_total", "alice")
+    job = {"workflow": "txt2img", "base": {"width": 64, "height": 64, "steps": 2}, "fanout": {"prompt": ["a kite", "a boat"]}}
+    alice = httpx.post(f"{served.url}/jobs", json=job, headers=_auth(served.keys["alice"]), timeout=60)
+    assert alice.status_code == 202, alice.text
+    assert alice.json()["owner"] == "alice" and alice.json()["usage"] == {"images": 0, "gpu_seconds": 0.0}
+    one = {"workflow": "txt2img", "items": [{"prompt": "a cup", "width": 64, "height": 64, "steps": 2}]}
+    batch = httpx.post(f"{served.url}/jobs", json=one, headers=_auth(served.keys["batch"]), timeout=60)
+    assert batch.status_code == 202, batch.text
+    status = _finished_job(served, alice.json()["id"], served.keys["alice"])
+    assert status["state"] == "succeeded" and status["owner"] == "alice"
+    assert status["usage"]["images"] == 2 and status["usage"]["gpu_seconds"] > 0
+    assert _metric(served, "comfybento_key_images_total", "alice") - before[0] == 2
+    assert _metric(served, "comfybento_key_gpu_seconds_total", "alice") - before[1] == pytest.approx(status["usage"]["gpu_seconds"])
+    # the job's image spent the batch key's quota of 1 a day, as a live request's would: its next request is refused
+    assert _finished_job(served, batch.json()["id"], served.keys["batch"])["usage"]["images"] == 1
+    refused = httpx.post(f"{served.url}/txt2img", json=SMALL, headers=_auth(served.keys["batch"]), timeout=60)
+    assert refused.status_code == 429 and "1 images/day" in refused.json()["error"]
+    assert _metric(served, "comfybento_key_images_total", "batch") == 1

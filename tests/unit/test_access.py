@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import bentoml
 import pytest
 from prometheus_client import REGISTRY
 from starlette.requests import Request
 
+from comfybento.config import Settings
 from comfybento.serving import access
-from comfybento.serving.access import Access, Grant, parse_bearer, rate_limit_headers
+from comfybento.serving.access import Access, AccessMiddleware, Grant, parse_bearer, rate_limit_headers
 from comfybento.serving.keys import ApiKey, hash_key, new_key
 from comfybento.serving.ratelimit import MemoryBuckets, RedisBuckets
 from tests.helpers import free_port
@@ -116,6 +120,59 @@ async def test_charge_finds_the_key_in_the_scope_or_the_context():
     assert _sample("comfybento_key_gpu_seconds_total", "metered") - before[1] == pytest.approx(2.0)
     quota = await acl.admit(key, makes_images=True)
     assert quota[0][1].remaining == 4
+
+
+def test_key_name_is_the_name_of_the_requests_key():
+    key = ApiKey(name="owner-1", sha256=hash_key("owner-1"))
+    scope = {"type": "http", "method": "POST", "path": "/jobs", "headers": [], "state": {"access_grant": Grant(key, _access(key))}}
+    assert access.key_name(Request(scope)) == "owner-1" and access.key_name(scope) == "owner-1"
+    assert access.key_name({"type": "http", "headers": []}) is None  # keys off: the middleware set nothing
+    token = access._current.set(Grant(key, _access(key)))
+    try:
+        assert access.key_name() == "owner-1"
+    finally:
+        access._current.reset(token)
+    assert access.key_name() is None
+
+
+def _installed(tmp_path: Path, keys_yaml: str | None) -> Access | None:
+    """`install` on a real BentoML service, as the front service does; the Access its middleware got (None: keys off)."""
+    env = {"COMFYBENTO_MODELS": str(tmp_path / "models")}
+    if keys_yaml is not None:
+        (tmp_path / "keys.yaml").write_text(keys_yaml)
+        env["COMFYBENTO_API_KEYS_FILE"] = str(tmp_path / "keys.yaml")
+    service = bentoml.service(name="charged")(type("Charged", (), {}))
+    access.install(service, Settings.from_env(env))
+    return next((opts["access"] for cls, opts in service.middlewares if cls is AccessMiddleware), None)
+
+
+async def test_charge_owner_charges_the_named_key_like_a_request(tmp_path):
+    acl = _installed(tmp_path, f'- name: batch-owner\n  sha256: "{hash_key("b")}"\n  images_per_day: 10\n')
+    assert acl is not None
+    key = acl.by_name["batch-owner"]
+    before = (_sample("comfybento_key_images_total", "batch-owner"), _sample("comfybento_key_gpu_seconds_total", "batch-owner"))
+    await access.charge_owner("batch-owner", images=3, gpu_seconds=1.25)
+    await access.charge_owner("batch-owner", images=4, gpu_seconds=0.0)
+    assert _sample("comfybento_key_images_total", "batch-owner") - before[0] == 7
+    assert _sample("comfybento_key_gpu_seconds_total", "batch-owner") - before[1] == pytest.approx(1.25)
+    quota = await acl.admit(key, makes_images=True)  # the middleware's own buckets: 10 - 7 images left
+    assert quota[0][0] == "quota" and quota[0][1].remaining == 3
+    await access.charge_owner("batch-owner", images=3)
+    refused = await acl.admit(key, makes_images=True)
+    assert [(name, d.allowed) for name, d in refused] == [("quota", False)]  # its next live request is refused
+
+
+async def test_charge_owner_is_a_no_op_for_an_unknown_name_or_without_keys(tmp_path):
+    acl = _installed(tmp_path, f'- name: known\n  sha256: "{hash_key("k")}"\n  images_per_day: 5\n')
+    assert acl is not None
+    before = _sample("comfybento_key_images_total", "known")
+    await access.charge_owner("nobody", images=5, gpu_seconds=1.0)
+    await access.charge_owner(None, images=5, gpu_seconds=1.0)
+    assert _sample("comfybento_key_images_total", "nobody") == 0 and _sample("comfybento_key_images_total", "known") == before
+    assert (await acl.admit(acl.by_name["known"], makes_images=True))[0][1].remaining == 5
+    assert _installed(tmp_path / "off", None) is None  # a service installed without keys: nothing to charge through
+    await access.charge_owner("known", images=5)
+    assert _sample("comfybento_key_images_total", "known") == before
 
 
 async def test_limits_fail_open_when_redis_is_down():

@@ -7,6 +7,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -18,6 +19,9 @@ from comfybento.jobs.webhooks import AllowList
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
+from comfybento.serving.access import Access, AccessMiddleware
+from comfybento.serving.keys import ApiKey, hash_key, new_key
+from comfybento.serving.ratelimit import MemoryBuckets
 from comfybento.workflows.catalog import load_workflow
 from tests.helpers import sample_image
 
@@ -99,3 +103,33 @@ def test_files_route_never_follows_links(client, tmp_path):
     job_dir.symlink_to(other)
     assert c.get(f"/jobs/{job_id}/files/00000-a1-save_image-0.png").status_code == 404
     assert c.get(f"/jobs/{job_id}/archive").status_code == 404
+
+
+def test_a_job_belongs_to_the_submitting_key_and_its_idempotency_key_is_not_anothers(client):
+    """Behind the real access middleware: the job's owner is the caller's key; another key reusing its idempotency key gets a 409."""
+    _, service = client
+    secrets = {"alice": new_key(), "bob": new_key()}
+    acl = Access(tuple(ApiKey(name=n, sha256=hash_key(s)) for n, s in secrets.items()), MemoryBuckets())
+    body = {"workflow": "txt2img", "items": [{"prompt": "a", "seed": 1}], "idempotency_key": "nightly"}
+    with TestClient(AccessMiddleware(api.app, access=acl)) as c:
+        def post(name: str) -> httpx.Response:
+            return c.post("/jobs", json=body, headers={"Authorization": f"Bearer {secrets[name]}"})
+
+        first = post("alice")
+        assert first.status_code == 202 and first.json()["owner"] == "alice"
+        assert first.json()["usage"] == {"images": 0, "gpu_seconds": 0.0}
+        again = post("alice")
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+        other = post("bob")
+        assert other.status_code == 409, other.text
+        assert "another API key" in other.json()["error"] and first.json()["id"] not in other.text
+        assert [j["owner"] for j in c.get("/jobs", headers={"Authorization": f"Bearer {secrets['bob']}"}).json()["jobs"]] == ["alice"]
+    assert service.store.get_job(first.json()["id"]).owner == "alice"
+
+
+def test_status_reports_usage_and_no_owner_without_keys(client):
+    c, service = client
+    job_id = _finished_job(service)
+    status = c.get(f"/jobs/{job_id}").json()
+    assert status["owner"] is None and status["usage"] == {"images": 1, "gpu_seconds": 0.0}
+    assert c.get("/jobs").json()["jobs"][0]["usage"]["images"] == 1

@@ -39,6 +39,7 @@ class Engine:
         self.calls: list[int | None] = []
         self.returned: list[int | None] = []
         self.release = asyncio.Event()
+        self.images, self.execution_ms, self.batch_size = 1, 0.0, 1
 
     async def __call__(self, workflow: str, values: dict[str, Any], seed: int | None, on_event: Callable[[dict[str, Any]], None]) -> ItemResult:
         self.calls.append(seed)
@@ -49,8 +50,8 @@ class Engine:
         self.returned.append(seed)
         if self.failures.get(seed):
             return self.failures[seed].pop(0)
-        return ItemResult(ok=True, seed=seed, outputs=[OutputBlob(output="save_image", node_id="9", index=0, width=8, height=8,
-                                                                  media_type="image/png", data=PNG)])
+        blob = OutputBlob(output="save_image", node_id="9", index=0, width=8, height=8, media_type="image/png", data=PNG)
+        return ItemResult(ok=True, seed=seed, outputs=[blob] * self.images, execution_ms=self.execution_ms, batch_size=self.batch_size)
 
 
 def runner(tmp_path: Path, engine: Engine, **options: Any) -> JobRunner:
@@ -62,10 +63,11 @@ def runner(tmp_path: Path, engine: Engine, **options: Any) -> JobRunner:
     return JobRunner(SQLiteJobStore(tmp_path / "jobs.db"), LocalStorage(tmp_path / "out"), engine, **settings)
 
 
-def submit(tmp_path: Path, n: int, webhook: str | None = None, cache: bool = False, seeds: list[int] | None = None) -> JobRecord:
+def submit(tmp_path: Path, n: int, webhook: str | None = None, cache: bool = False, seeds: list[int] | None = None,
+           owner: str | None = None) -> JobRecord:
     store = SQLiteJobStore(tmp_path / "jobs.db")
     job = JobRecord(id=uuid.uuid4().hex, workflow="txt2img", priority=0, created_at=now(), total=n, request_hash=uuid.uuid4().hex,
-                    webhook_url=webhook, webhook_per_item=webhook is not None, use_cache=cache)
+                    webhook_url=webhook, webhook_per_item=webhook is not None, use_cache=cache, owner=owner)
     store.create_job(job, [ItemRecord(job_id=job.id, index=i, params={"prompt": "p"}, seed=(seeds or list(range(n)))[i]) for i in range(n)])
     return job
 
@@ -211,3 +213,73 @@ def test_a_cache_entry_whose_files_are_gone_is_a_miss(tmp_path):
     run_until(r, finished(r, again.id))
     assert engine.calls == [5, 5]
     assert r.store.get_items(again.id, 0, 1)[0].state == "succeeded"
+
+
+class Charges:
+    """The `on_usage` hook: records each call (after `delay_s`); raises on the first `fail_first` calls."""
+
+    def __init__(self, fail_first: int = 0, delay_s: float = 0.0) -> None:
+        self.calls: list[tuple[str | None, int, float]] = []
+        self.fail_first = fail_first
+        self.delay_s = delay_s
+
+    async def __call__(self, owner: str | None, images: int, gpu_seconds: float) -> None:
+        await asyncio.sleep(self.delay_s)
+        self.calls.append((owner, images, gpu_seconds))
+        if len(self.calls) <= self.fail_first:
+            raise RuntimeError("the usage backend is down")
+
+
+def test_each_succeeded_item_is_charged_once_to_the_jobs_owner(tmp_path):
+    job = submit(tmp_path, 3, owner="alice", seeds=[0, 1, 2])
+    engine = Engine(failures={1: [ItemResult(ok=False, status=500, error="boom", error_kind="node")],
+                              2: [ItemResult(ok=False, status=503, error="out of memory", error_kind="oom")]})
+    engine.images, engine.execution_ms, engine.batch_size = 2, 3000.0, 2
+    charges = Charges()
+    r = runner(tmp_path, engine, on_usage=charges)
+    run_until(r, finished(r, job.id))
+    assert sorted(engine.calls) == [0, 1, 2, 2]  # item 2 failed once (retried), item 1 for good
+    assert charges.calls == [("alice", 2, 1.5)] * 2  # the succeeded items only, each once
+    done = r.store.get_job(job.id)
+    assert (done.images, done.gpu_seconds) == (4, 3.0)
+    anonymous = submit(tmp_path, 1, seeds=[9])
+    r = runner(tmp_path, engine, on_usage=charges)
+    run_until(r, finished(r, anonymous.id))
+    assert charges.calls[-1] == (None, 2, 1.5)  # keys off: no owner (the hook decides; access.charge_owner ignores it)
+
+
+def test_a_cached_item_is_charged_its_images_and_no_gpu_time(tmp_path):
+    engine = Engine()
+    engine.execution_ms = 800.0
+    charges = Charges()
+    first = submit(tmp_path, 1, cache=True, seeds=[7], owner="alice")
+    r = runner(tmp_path, engine, on_usage=charges)
+    run_until(r, finished(r, first.id))
+    second = submit(tmp_path, 1, cache=True, seeds=[7], owner="bob")
+    r = runner(tmp_path, engine, on_usage=charges)
+    run_until(r, finished(r, second.id))
+    assert engine.calls == [7] and charges.calls == [("alice", 1, 0.8), ("bob", 1, 0.0)]
+    assert (r.store.get_job(second.id).images, r.store.get_job(second.id).gpu_seconds) == (1, 0.0)
+
+
+def test_a_failing_hook_never_stops_the_runner(tmp_path, caplog):
+    job = submit(tmp_path, 4, owner="alice")
+    charges = Charges(fail_first=2)
+    r = runner(tmp_path, Engine(delay_s=0.05), concurrency=1, on_usage=charges)
+    run_until(r, finished(r, job.id))
+    assert charges.calls == [("alice", 1, 0.0)] * 4  # one at a time: items 3 and 4 ran after the first two charges failed
+    items = r.store.get_items(job.id, 0, 10)
+    assert [(i.state, i.attempts) for i in items] == [("succeeded", 1)] * 4
+    assert r.store.get_job(job.id).images == 4  # (run_until also checks that the loop never ended on its own)
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "comfybento.jobs.runner"]
+    assert sum("charging its usage to 'alice' failed" in m for m in logged) == 2
+    assert not any("could not record" in m for m in logged)  # reported as what it is: the results were recorded
+
+
+def test_a_stop_right_after_a_result_is_recorded_still_charges_it(tmp_path):
+    """The job is finished in the store before its charge is made; a stop at that moment waits for the charge."""
+    job = submit(tmp_path, 1, owner="alice")
+    charges = Charges(delay_s=0.5)
+    r = runner(tmp_path, Engine(), on_usage=charges)
+    run_until(r, finished(r, job.id))
+    assert charges.calls == [("alice", 1, 0.0)]

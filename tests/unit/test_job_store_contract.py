@@ -1,11 +1,14 @@
 """The job-store contract: one suite, run against SQLite and against a real redis-server.
 
 Covers create/lease/finish, idempotency (also after retention), expiry (nothing
-left behind), the result cache and attempts (a poison item is given up).
+left behind), the result cache, attempts (a poison item is given up), owners and
+usage, and opening a SQLite file made with the first schema.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 import uuid
 
@@ -35,9 +38,10 @@ def store(request, tmp_path, redis_url) -> JobStore:
 
 
 def _job(n: int, priority: int = 0, key: str | None = None, webhook: str | None = None, per_item: bool = False,
-         request_hash: str | None = None):
+         request_hash: str | None = None, owner: str | None = None):
     job = JobRecord(id=uuid.uuid4().hex, workflow="txt2img", priority=priority, created_at=now(), total=n,
-                    idempotency_key=key, request_hash=request_hash or f"h{n}", webhook_url=webhook, webhook_per_item=per_item)
+                    idempotency_key=key, request_hash=request_hash or f"h{n}", webhook_url=webhook, webhook_per_item=per_item,
+                    owner=owner)
     items = [ItemRecord(job_id=job.id, index=i, params={"prompt": f"p{i}"}, seed=2**53 - i) for i in range(n)]
     return job, items
 
@@ -302,3 +306,125 @@ def test_redis_create_is_one_transaction(store):
     with pytest.raises(IdempotencyConflict):
         store.create_job(*_job(3, key="crashed"))
     assert store.r.zcard("cb:jobs") == 1 and store.r.zcard("cb:ready") == 2  # the refused create wrote nothing
+
+
+# ------------------------------------------------------------ owner and usage
+
+
+def _result(images: int, execution_ms: float, batch_size: int, cached: bool = False) -> dict:
+    result = {"outputs": [{"key": f"k{i}"} for i in range(images)], "execution_ms": execution_ms, "batch_size": batch_size}
+    return {**result, "cached": True} if cached else result
+
+
+def test_owner_is_stored_and_leases_carry_it(store, tmp_path, redis_url):
+    owned, owned_items = _job(1, owner="alice")
+    anonymous, anonymous_items = _job(1)
+    assert store.create_job(owned, owned_items)[0].owner == "alice"
+    store.create_job(anonymous, anonymous_items)
+    reopened = SQLiteJobStore(tmp_path / "jobs.sqlite3") if isinstance(store, SQLiteJobStore) else RedisJobStore(redis_url)
+    assert reopened.get_job(owned.id).owner == "alice" and reopened.get_job(anonymous.id).owner is None
+    assert {x.job_id: x.job_owner for x in reopened.lease("w", 2, 60, MAX)} == {owned.id: "alice", anonymous.id: None}
+    assert [j.owner for j in reopened.list_jobs(10, 0)] == [None, "alice"]
+    fresh = reopened.get_job(owned.id)
+    assert (fresh.images, fresh.gpu_seconds) == (0, 0.0)
+
+
+def test_usage_adds_up_over_completions_and_only_for_successes(store):
+    job, items = _job(4, owner="alice")
+    store.create_job(job, items)
+    a, b, c, d = store.lease("w", 4, 60, MAX)
+    assert store.complete("w", a, _result(2, 3000, 2))  # 2 images, 1.5 s (its half of a batch of 2)
+    assert store.complete("w", b, _result(1, 500, 1))
+    assert store.complete("w", c, _result(3, 9000, 3, cached=True))  # reused from the cache: images, no GPU time
+    assert store.fail("w", d, {"kind": "node", "retryable": False}, retry_at=None)
+    done = store.get_job(job.id)
+    assert done.state == "failed" and done.images == 6 and done.gpu_seconds == pytest.approx(2.0)
+
+
+def test_missing_result_fields_count_as_zero(store):
+    job, items = _job(2)
+    store.create_job(job, items)
+    first, second = store.lease("w", 2, 60, MAX)
+    assert store.complete("w", first, {"outputs": [{"key": "a"}], "execution_ms": 250})  # no batch size: a batch of 1
+    assert store.complete("w", second, {})
+    done = store.get_job(job.id)
+    assert (done.images, done.gpu_seconds) == (1, pytest.approx(0.25))
+
+
+def test_a_stale_owner_adds_no_usage(store):
+    job, items = _job(1, owner="alice")
+    store.create_job(job, items)
+    (first,) = store.lease("dead", 1, 0.01, MAX)
+    time.sleep(0.05)
+    (second,) = store.lease("alive", 1, 60, MAX)
+    assert not store.complete("dead", first, _result(4, 8000, 1))
+    assert store.complete("alive", second, _result(1, 1000, 1))
+    assert not store.complete("alive", second, _result(1, 1000, 1))  # recorded once
+    done = store.get_job(job.id)
+    assert (done.images, done.gpu_seconds) == (1, pytest.approx(1.0))
+    cancelled, cancelled_items = _job(1, owner="alice")
+    store.create_job(cancelled, cancelled_items)
+    (lease,) = store.lease("w", 1, 60, MAX)
+    store.cancel(cancelled.id)
+    assert not store.complete("w", lease, _result(1, 1000, 1))
+    assert store.get_job(cancelled.id).images == 0
+
+
+def test_an_idempotency_key_of_another_owner_is_a_conflict(store):
+    job, items = _job(1, key="shared", owner="alice", request_hash="same")
+    store.create_job(job, items)
+    again, created = store.create_job(*_job(1, key="shared", owner="alice", request_hash="same"))
+    assert not created and again.id == job.id
+    for owner in ("bob", None):
+        with pytest.raises(IdempotencyConflict, match="another API key") as refused:
+            store.create_job(*_job(1, key="shared", owner=owner, request_hash="same"))
+        assert job.id not in str(refused.value)  # another key's job is not named
+    assert [j.id for j in store.list_jobs(10, 0)] == [job.id]
+
+
+# The layout of the jobs tables before owners, usage and result_cache.job_id (as a first release wrote them).
+OLD_SCHEMA = """
+CREATE TABLE jobs (
+  id TEXT PRIMARY KEY, workflow TEXT NOT NULL, priority INTEGER NOT NULL, created_at REAL NOT NULL,
+  total INTEGER NOT NULL, state TEXT NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
+  idempotency_key TEXT UNIQUE, request_hash TEXT NOT NULL, webhook_url TEXT, webhook_per_item INTEGER NOT NULL,
+  use_cache INTEGER NOT NULL, expires_at REAL
+);
+CREATE TABLE items (
+  job_id TEXT NOT NULL, idx INTEGER NOT NULL, params TEXT NOT NULL, seed INTEGER, state TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, lease_expires REAL, next_attempt_at REAL NOT NULL DEFAULT 0,
+  started_at REAL, finished_at REAL, result TEXT, error TEXT, PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE deliveries (
+  id TEXT PRIMARY KEY, job_id TEXT NOT NULL, event TEXT NOT NULL, payload TEXT NOT NULL, url TEXT NOT NULL,
+  attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, state TEXT NOT NULL, log TEXT NOT NULL,
+  claim_owner TEXT, claim_expires REAL
+);
+CREATE TABLE result_cache (key TEXT PRIMARY KEY, result TEXT NOT NULL, created_at REAL NOT NULL);
+"""
+
+
+def test_a_sqlite_file_of_the_old_schema_is_migrated_on_open(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    old.execute("INSERT INTO jobs VALUES ('old', 'txt2img', 0, ?, 2, 'queued', ?, NULL, 'legacy', 'h', NULL, 0, 0, NULL)", (now(), now()))
+    old.executemany("INSERT INTO items (job_id, idx, params, seed, state) VALUES ('old', ?, ?, ?, 'queued')",
+                    [(i, json.dumps({"prompt": f"p{i}"}), i) for i in range(2)])
+    old.execute("INSERT INTO result_cache VALUES ('k', '{}', ?)", (now(),))
+    old.commit()
+    old.close()
+    store = SQLiteJobStore(path)
+    legacy = store.get_job("old")
+    assert (legacy.owner, legacy.images, legacy.gpu_seconds, legacy.counts) == (None, 0, 0.0, {"queued": 2})
+    first, second = store.lease("w", 2, 60, MAX)
+    assert first.job_owner is None
+    assert store.complete("w", first, _result(1, 2000, 2)) and store.complete("w", second, _result(1, 2000, 2))
+    done = store.get_job("old")
+    assert done.state == "succeeded" and (done.images, done.gpu_seconds) == (2, pytest.approx(2.0))
+    assert store.create_job(*_job(1, key="legacy", request_hash="h"))[0].id == "old"  # its idempotency key still answers
+    new, new_items = _job(1, owner="alice")
+    assert store.create_job(new, new_items)[0].owner == "alice"
+    store.cache_put("k2", {"outputs": []}, new.id)
+    assert store.cache_get("k") == {} and store.cache_get("k2") == {"outputs": []}
+    assert SQLiteJobStore(path).get_job(new.id).owner == "alice"  # opening a migrated file again changes nothing

@@ -8,7 +8,7 @@ from comfybento.config import Settings
 from comfybento.errors import InvalidRequest
 from comfybento.jobs.api_models import JobSubmit
 from comfybento.jobs.service import InvalidItems, JobService, TooManyItems, expand
-from comfybento.jobs.store import SQLiteJobStore
+from comfybento.jobs.store import IdempotencyConflict, SQLiteJobStore
 from comfybento.jobs.webhooks import AllowList
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.storage import LocalStorage
@@ -68,3 +68,17 @@ def test_seeds_are_drawn_at_submit_and_kept(service):
     again, created_again = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "x"}], idempotency_key="k"))
     same, created_same = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "x"}], idempotency_key="k"))
     assert created_again and not created_same and same.id == again.id
+
+
+def test_an_idempotency_key_names_one_owners_job(service):
+    req = JobSubmit(workflow="txt2img", items=[{"prompt": "x", "seed": 3}], idempotency_key="owned")
+    job, created = service.submit(req, owner="alice")
+    assert created and job.owner == "alice" and service.status(job.id).owner == "alice"
+    assert service.submit(req, owner="alice") == (job, False)
+    for other in ("bob", None):
+        with pytest.raises(IdempotencyConflict) as refused:
+            service.submit(req, owner=other)
+        assert refused.value.error_code == 409
+    assert [j.id for j in service.store.list_jobs(10, 0)] == [job.id]
+    anonymous, _ = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "x", "seed": 3}], idempotency_key="free"))
+    assert anonymous.owner is None and anonymous.request_hash != job.request_hash  # the owner is part of the request
