@@ -179,9 +179,9 @@ def _cpack_param(where: str, name: str, node_id: str, node: dict[str, Any], node
     input_name = CPACK_INPUTS[class_type]
     value = node["inputs"].get(input_name)
     if class_type == "CPackInputImage":
-        return _image_param(name, node_id, class_type)
+        return _upload_param(name, node_id, class_type, "image")
     if class_type == "CPackInputFile":
-        return _file_param(name, node_id, class_type)
+        return _upload_param(name, node_id, class_type, "file")
     if class_type == "CPackInputString":
         return param_from_input(name, node_id, class_type, node_defs[class_type].inputs[input_name], value)
     if class_type == "CPackInputInt":
@@ -272,27 +272,15 @@ def _cpack_name(graph: Graph, node_id: str, feeds: dict[str, list[tuple[str, str
     return identifier(class_type.removeprefix("CPackInput"), "input")
 
 
-def _file_param(name: str, node_id: str, class_type: str) -> Param:
-    return Param(
-        name=name,
-        node_id=node_id,
-        input_name=CPACK_INPUTS[class_type],
-        kind="file",
-        default=None,
-        description=f"Input file (upload; base64 in job items) for node {node_id} "
-                    f"{class_type}: stored in ComfyUI's input folder under a fresh name, whose path the node gets.",
-    )
-
-
-def _image_param(name: str, node_id: str, class_type: str) -> Param:
-    return Param(
-        name=name,
-        node_id=node_id,
-        input_name=IMAGE_LOADERS[class_type],
-        kind="image",
-        default=None,
-        description=f"Input image (PNG/JPEG/WebP upload) for node {node_id} {class_type}.",
-    )
+def _upload_param(name: str, node_id: str, class_type: str, kind: Kind) -> Param:
+    """An image (LoadImage, CPackInputImage) or file (CPackInputFile) input: a multipart upload, base64 in job items."""
+    if kind == "image":
+        input_name, what = IMAGE_LOADERS[class_type], "Input image (PNG/JPEG/WebP upload)"
+    else:
+        input_name = CPACK_INPUTS[class_type]
+        what = "Input file (upload; base64 in job items), stored in ComfyUI's input folder under a fresh name, whose path the node gets,"
+    return Param(name=name, node_id=node_id, input_name=input_name, kind=kind, default=None,
+                 description=f"{what} for node {node_id} {class_type}.")
 
 
 # ---------------------------------------------------------------- plain graphs
@@ -343,7 +331,7 @@ def _plain_params(graph: Graph, node_defs: NodeDefs) -> list[Param]:
     for node_id in sorted_ids(graph):
         class_type = graph[node_id]["class_type"]
         if class_type in IMAGE_LOADERS and not is_link(graph[node_id]["inputs"].get("image")):
-            params.append(_image_param("image", node_id, class_type))
+            params.append(_upload_param("image", node_id, class_type, "image"))
     return params
 
 
