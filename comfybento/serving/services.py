@@ -219,7 +219,11 @@ def _png_endpoint(spec: WorkflowSpec) -> Any:
 def _job_hooks(project: Project) -> dict[str, Any]:
     async def start_jobs(self: Any) -> None:
         async def execute(workflow: str, values: dict[str, Any], seed: int | None, on_event: OnEvent) -> ItemResult:
-            return await call_engine(self, workflow, engine_item(project.catalog[workflow], values, seed), on_event)
+            try:  # uploads are checked and decoded off the event loop; a bad item is its own failure, not a retry
+                item = await asyncio.to_thread(engine_item, project.catalog[workflow], values, seed)
+            except ComfyBentoError as exc:
+                return ItemResult.failure(exc, seed)
+            return await call_engine(self, workflow, item, on_event)
 
         service, self.job_runner = make_jobs(project.settings, project.catalog, execute)
         jobs_api.bind(service)
