@@ -1,0 +1,95 @@
+"""Server-side limits (workflows/limits.py) and upload checks (workflows/uploads.py), without ComfyUI."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from PIL import Image
+
+from comfybento.errors import InvalidRequest, TooLarge, WorkflowError
+from comfybento.workflows.limits import Limits, check_graph_limits
+from comfybento.workflows.uploads import check_image, read_upload
+
+
+def _graph(width: int = 512, height: int = 512, batch_size: int = 1, steps: int = 20) -> dict:
+    return {
+        "3": {"class_type": "KSampler", "inputs": {"steps": steps, "latent_image": ["5", 0]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch_size}},
+    }
+
+
+def _png(image: Image.Image, **save: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+def test_sidecar_overrides_are_checked():
+    assert Limits().override({"max_steps": 60}, "w.yaml").max_steps == 60
+    with pytest.raises(WorkflowError, match="unknown limits"):
+        Limits().override({"max_stepz": 60}, "w.yaml")
+    with pytest.raises(WorkflowError, match="max_steps must be a positive integer"):
+        Limits().override({"max_steps": "lots"}, "w.yaml")
+
+
+@pytest.mark.parametrize(
+    ("graph", "named"),
+    [
+        (_graph(width=8192, height=4096), "max_image_pixels"),
+        (_graph(batch_size=17), "max_images"),
+        (_graph(steps=151), "max_steps"),
+        (_graph(width=2048, height=2048, batch_size=8), "max_request_pixels"),
+    ],
+)
+def test_a_graph_over_a_limit_is_refused_naming_it(graph, named):
+    with pytest.raises(TooLarge, match=named) as refused:
+        check_graph_limits("txt2img", graph, Limits())
+    assert int(refused.value.error_code) == 413
+
+
+def test_a_graph_within_the_limits_passes_and_links_are_not_sizes():
+    check_graph_limits("txt2img", _graph(width=1024, height=1024, batch_size=16, steps=150), Limits())
+    linked = _graph()
+    linked["5"]["inputs"]["width"] = ["9", 0]  # a link, not a number
+    check_graph_limits("txt2img", linked, Limits())
+
+
+def test_a_bomb_is_refused_from_its_header():
+    bomb = _png(Image.new("1", (13000, 13000)), optimize=True)
+    assert len(bomb) < 64 * 1024
+    with pytest.raises(TooLarge, match=r"13000 x 13000.*max_upload_pixels"):
+        check_image("image", bomb, Limits())
+
+
+def test_frames_count_towards_the_pixels():
+    frames = [Image.new("RGB", (1024, 1024), (i, 0, 0)) for i in range(20)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="PNG", save_all=True, append_images=frames[1:])
+    with pytest.raises(TooLarge, match="20 frame"):
+        check_image("image", buf.getvalue(), Limits())
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (_png(Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)))[:5000], InvalidRequest, "truncated or corrupt"),
+        (os.urandom(3000), InvalidRequest, "not a PNG, JPEG or WebP"),
+        (_png(Image.new("RGB", (4, 64))), InvalidRequest, "at least 8"),
+    ],
+)
+def test_bad_images_are_refused(data, error, message):
+    with pytest.raises(error, match=message):
+        check_image("image", data, Limits())
+
+
+def test_read_upload_sizes_and_base64():
+    good = _png(Image.new("RGB", (32, 32), (10, 20, 30)))
+    assert read_upload("image", good, Limits()) == good
+    with pytest.raises(TooLarge, match="max_upload_bytes"):
+        read_upload("image", good, Limits(max_upload_bytes=len(good) - 1))
+    with pytest.raises(InvalidRequest, match="not base64"):
+        read_upload("image", "not base64!", Limits())
+    with pytest.raises(InvalidRequest, match="required"):
+        read_upload("image", None, Limits())
