@@ -9,7 +9,9 @@ and the inputs that used to cost memory or a 500: a decompression-bomb PNG
 size, a huge prompt, a body over the limit. Every answer must be a 200 or a
 4xx (any 5xx fails the run). RSS of the arbiter, front and engine is sampled
 every `--every` requests; the report gives first, peak and last, and the
-growth from the first sample after warm-up to the last.
+growth from the first sample after warm-up to the last. The baseline, in the
+same run: a bare BentoML service (bench/bare/service.py, one trivial API) gets
+the same number of requests, and both growths are reported per request.
 Results: bench/results/<date>-soak.json and .md.
 """
 
@@ -19,6 +21,8 @@ import argparse
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,14 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.run import machine, process_memory, serve_ours  # noqa: E402
-from tests.e2e.conftest import stop_server  # noqa: E402
-from tests.helpers import make_workflows_dir, sample_image, service_env  # noqa: E402
+from tests.e2e.conftest import BENTOML, stop_server, wait_ready  # noqa: E402
+from tests.helpers import free_port, make_workflows_dir, sample_image, service_env  # noqa: E402
 
 BODY_LIMIT = 4 * 1024 * 1024
 
@@ -81,6 +86,31 @@ def soak(url: str, proc: Any, total: int, every: int) -> dict[str, Any]:
             "statuses": {k: dict(v) for k, v in statuses.items()}, "server_errors": {k: v for k, v in server_errors.items() if v}}
 
 
+def bare_baseline(total: int, work: Path) -> dict[str, float]:
+    """RSS growth per request of a bare BentoML service's worker under `total` requests (after 200 to warm up)."""
+    port = free_port()
+    log = work / "bare.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([BENTOML, "serve", "service:Bare", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=ROOT / "bench" / "bare", stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "BENTOML_HOME": str(work / "bare-home")})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, log)
+        worker = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "_bentoml_impl.worker" in " ".join(p.cmdline()))
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(200):
+                client.post("/echo", json={"text": "warm"})
+            before = worker.memory_info().rss / 2**20
+            for _ in range(total):
+                client.post("/echo", json={"text": "soak"})
+            after = worker.memory_info().rss / 2**20
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    return {"before_mb": before, "after_mb": after, "kb_per_request": 1024 * (after - before) / total}
+
+
 def summary(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per process: first sample after warm-up (the second), peak, last, and growth from that first one."""
     samples = result["samples"]
@@ -88,8 +118,10 @@ def summary(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     out = {}
     for key in (k for k in samples[-1] if k.endswith("_rss_mb")):
         values = [s[key] for s in samples if key in s]
+        requests = samples[-1]["requests"] - (samples[1]["requests"] if len(samples) > 2 else 0)
         out[key.removesuffix("_rss_mb")] = {"after_warmup_mb": base[key], "peak_mb": max(values), "last_mb": values[-1],
-                                            "growth_pct": 100 * (values[-1] - base[key]) / base[key]}
+                                            "growth_pct": 100 * (values[-1] - base[key]) / base[key],
+                                            "kb_per_request": 1024 * (values[-1] - base[key]) / max(1, requests)}
     return out
 
 
@@ -97,10 +129,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Memory soak, {result['date']}", "", f"Machine: {result['machine']}", "",
              f"`{result['command']}`: {result['requests']} requests in {result['seconds']:.0f} s, "
              f"RSS sampled every {result['every']} requests.", "",
-             "| process | after warm-up (MB) | peak (MB) | last (MB) | growth |", "|---|---:|---:|---:|---:|"]
+             "| process | after warm-up (MB) | peak (MB) | last (MB) | growth | per request |", "|---|---:|---:|---:|---:|---:|"]
     for role, row in result["summary"].items():
         lines.append(f"| {role} | {row['after_warmup_mb']:.0f} | {row['peak_mb']:.0f} | {row['last_mb']:.0f} | "
-                     f"{row['growth_pct']:+.1f}% |")
+                     f"{row['growth_pct']:+.1f}% | {row['kb_per_request']:+.1f} KB |")
+    bare = result.get("bare")
+    if bare:
+        lines += ["", f"Baseline, same run: a bare BentoML service's worker (bench/bare/service.py) grew "
+                      f"{bare['before_mb']:.0f} -> {bare['after_mb']:.0f} MB over {result['requests']} requests, "
+                      f"{bare['kb_per_request']:+.1f} KB per request."]
     lines += ["", "| request kind | answers |", "|---|---|"]
     lines += [f"| {kind} | {', '.join(f'{s}: {c}' for s, c in sorted(st.items()))} |" for kind, st in result["statuses"].items()]
     lines += ["", f"Server errors (5xx): {result['server_errors'] or 'none'}", ""]
@@ -120,6 +157,7 @@ def main() -> None:
         result = soak(url, proc, args.requests, args.every)
     finally:
         stop_server(proc)
+    result["bare"] = bare_baseline(args.requests, work)
     result.update(date=date.today().isoformat(), machine=machine(cpu=True), every=args.every,
                   command=" ".join(["bench/soak.py", *sys.argv[1:]]))
     result["summary"] = summary(result)
