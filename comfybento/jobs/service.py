@@ -32,9 +32,9 @@ from comfybento.jobs.records import ItemRecord, JobRecord, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList
 from comfybento.outputs.storage import LocalStorage, Storage
-from comfybento.workflows.binding import bind, resolve_seed
+from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.limits import check_graph_limits
+from comfybento.workflows.limits import check_request_limits
 from comfybento.workflows.schema import build_input_model
 from comfybento.workflows.uploads import read_upload
 
@@ -229,8 +229,7 @@ def _item_limit_errors(spec: WorkflowSpec, index: int, values: dict[str, Any], i
         except ComfyBentoError as exc:
             errors.append(ItemError(index=index, field=name, message=str(exc)))
     try:
-        plain = {k: v for k, v in values.items() if k not in images}
-        check_graph_limits(spec.name, bind(spec.graph, spec.params, plain, None), spec.limits)
+        check_request_limits(spec.name, spec.graph, spec.params, values, spec.limits)
     except ComfyBentoError as exc:
         errors.append(ItemError(index=index, field=str(exc).split(":", 1)[0], message=str(exc)))
     return errors

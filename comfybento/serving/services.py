@@ -26,11 +26,11 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from starlette.responses import Response
 
-from comfybento.errors import Cancelled, ComfyBentoError, InternalError, InvalidRequest, QueueFull, TooLarge
+from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFull
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
 from comfybento.jobs.runner import OnEvent
-from comfybento.outputs.encoding import b64, decode_b64
+from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission
 from comfybento.serving import access, engine_route, lifecycle
 from comfybento.serving.engine_client import EngineClient, engine_url
@@ -38,11 +38,11 @@ from comfybento.serving.http import RequestEdgeMiddleware, error_response, quiet
 from comfybento.serving.messages import EngineItem, ItemResult
 from comfybento.serving.openapi import OpenAPIMiddleware, fix_openapi
 from comfybento.serving.project import Project
-from comfybento.workflows.binding import bind, resolve_seed
+from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.limits import Limits, check_graph_limits
+from comfybento.workflows.limits import check_request_limits
 from comfybento.workflows.schema import GenerateResponse, ImageOutput, Timings
-from comfybento.workflows.uploads import read_upload
+from comfybento.workflows.uploads import read_file, read_upload
 
 log = logging.getLogger(__name__)
 
@@ -103,30 +103,17 @@ def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None) ->
     """
     values = dict(values)
     output_format, quality = values.pop("output_format", None), values.pop("output_quality", None)
-    uploads = {p.name: p.kind for p in spec.params if p.kind in ("image", "file")}
-    check_graph_limits(spec.name, bind(spec.graph, spec.params, {k: v for k, v in values.items() if k not in uploads}, seed),
-                       spec.limits)
+    check_request_limits(spec.name, spec.graph, spec.params, values, spec.limits, seed)
     suffixes = {}
-    for name, kind in uploads.items():
-        value = values.get(name)
-        if kind == "image":
-            values[name] = read_upload(name, value, spec.limits)
-        elif value is not None:
-            values[name] = file_upload(name, value, spec.limits)
-            suffixes[name] = value.suffix if isinstance(value, Path) else ""
+    for param in spec.params:
+        value = values.get(param.name)
+        if param.kind == "image":
+            values[param.name] = read_upload(param.name, value, spec.limits)
+        elif param.kind == "file" and value is not None:
+            values[param.name] = read_file(param.name, value, spec.limits)
+            suffixes[param.name] = value.suffix if isinstance(value, Path) else ""
     return EngineItem(values=values, seed=seed, submitted_at=time.time(), output_format=output_format, output_quality=quality,
                       request_id=request_id(), file_suffixes=suffixes)
-
-
-def file_upload(field: str, value: Path | str, limits: Limits) -> bytes:
-    """A file field's bytes: a multipart upload (a temporary file BentoML wrote) or base64 (job items)."""
-    size = value.stat().st_size if isinstance(value, Path) else len(value) * 3 // 4
-    if size > limits.max_upload_bytes:
-        raise TooLarge(f"{field}: the file is {size} bytes, more than the limit of {limits.max_upload_bytes} (max_upload_bytes)")
-    try:
-        return value.read_bytes() if isinstance(value, Path) else decode_b64(value)
-    except ValueError:
-        raise InvalidRequest(f"{field}: not base64 data") from None
 
 
 async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnEvent | None = None) -> ItemResult:

@@ -14,9 +14,8 @@ from comfybento.errors import TooLarge, WorkflowError
 from comfybento.models.lock import ModelEntry, ModelLock
 from comfybento.outputs.encoding import Encoding
 from comfybento.workflows.batchplan import BatchPlan, plan_batching
-from comfybento.workflows.binding import bind
 from comfybento.workflows.graph import Graph, NodeDefs, check_graph, is_link, load_graph, sorted_ids
-from comfybento.workflows.limits import Limits, check_graph_limits
+from comfybento.workflows.limits import Limits, check_request_limits
 from comfybento.workflows.params import OutputSpec, Param, infer_outputs, infer_params
 from comfybento.workflows.schema import build_input_model
 from comfybento.workflows.sidecar import apply_sidecar, load_sidecar
@@ -126,7 +125,7 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
     plan, reason = plan_batching(graph, params) if settings.batching else (None, "batching disabled")
     limits = settings.limits.override(sidecar.limits, f"{path.with_suffix('.yaml')}")
     try:
-        check_graph_limits(name, bind(graph, params, {}, seed=0), limits)
+        check_request_limits(name, graph, params, {}, limits)
     except TooLarge as exc:
         raise WorkflowError(f"{where}: the graph's own values are over a limit: {exc}. Lower them in the graph, or raise "
                             f"the limit (COMFYBENTO_MAX_... or `limits:` in {path.with_suffix('.yaml').name})") from None

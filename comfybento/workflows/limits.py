@@ -15,12 +15,16 @@ An over-limit request gets a 413 naming the limit and how to raise it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from comfybento.errors import TooLarge, WorkflowError
+from comfybento.workflows.binding import bind
 from comfybento.workflows.graph import Graph, is_link
+from comfybento.workflows.params import Param
+
+UPLOAD_KINDS = ("image", "file")
 
 # Node inputs that size the work of a request, wherever they appear in a graph.
 WIDTH_INPUTS = ("width", "empty_latent_width")
@@ -70,6 +74,13 @@ def _literal_ints(graph: Graph, node_id: str, names: tuple[str, ...]) -> Iterato
         value = inputs.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool) and not is_link(value):
             yield name, int(value)
+
+
+def check_request_limits(workflow: str, graph: Graph, params: tuple[Param, ...], values: Mapping[str, Any], limits: Limits,
+                         seed: int | None = None) -> None:
+    """Refuse request values (uploads aside: they are checked on their own) that make the graph go over a limit."""
+    plain = {p.name: values[p.name] for p in params if p.kind not in UPLOAD_KINDS and p.name in values}
+    check_graph_limits(workflow, bind(graph, params, plain, seed), limits)
 
 
 def check_graph_limits(workflow: str, graph: Graph, limits: Limits) -> None:

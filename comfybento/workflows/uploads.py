@@ -28,9 +28,15 @@ def read_upload(field: str, source: Path | bytes | str | None, limits: Limits) -
     """The bytes of an uploaded image (a file the endpoint stored, raw bytes, or base64 from a job item), checked."""
     if source is None:
         raise InvalidRequest(f"{field}: an image is required")
+    data = read_file(field, source, limits)
+    check_image(field, data, limits)
+    return data
+
+
+def read_file(field: str, source: Path | bytes | str, limits: Limits) -> bytes:
+    """The bytes of any uploaded file (images and comfy-pack files), within max_upload_bytes; base64 is decoded."""
     if isinstance(source, Path):
-        size = source.stat().st_size
-        _check_size(field, size, limits)
+        _check_size(field, source.stat().st_size, limits)
         data = source.read_bytes()
     elif isinstance(source, str):
         _check_size(field, len(source) * 3 // 4, limits)
@@ -41,7 +47,6 @@ def read_upload(field: str, source: Path | bytes | str | None, limits: Limits) -
     else:
         data = source
     _check_size(field, len(data), limits)
-    check_image(field, data, limits)
     return data
 
 
