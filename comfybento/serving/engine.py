@@ -380,11 +380,12 @@ def _encode_and_finish(job: Job[Prepared], pieces: list[Piece], timings: dict[st
     try:
         for piece in pieces:
             job.emit(OutputReady(_blob(prepared.spec, piece, prepared.encoding)))
-        job.emit(Done(ItemResult(ok=True, seed=prepared.seed, **timings)))
     except Exception as exc:
-        job.emit(Failed(exc))
-    finally:
         release.done()
+        job.emit(Failed(exc))
+        return
+    release.done()  # before Done: once a caller has its answer, the execution's written files are gone
+    job.emit(Done(ItemResult(ok=True, seed=prepared.seed, **timings)))
 
 
 def _checkpoint_feeding(graph: Graph, encoder: str) -> str | None:

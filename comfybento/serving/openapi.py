@@ -133,7 +133,7 @@ def _describe_outputs(paths: dict[str, Any], catalog: dict[str, WorkflowSpec]) -
         content = ok.get("content", {}).get("application/json")
         if content is None or "schema" not in content:
             continue
-        variants = []
+        variants: list[dict[str, Any]] = []
         for out in spec.outputs:
             media = out.media_type or ("image/png, image/webp or image/jpeg (output_format)" if out.kind == "image" else "from the file")
             props: dict[str, Any] = {"name": {"type": "string", "enum": [out.name]}, "node_id": {"type": "string", "enum": [out.node_id]},
