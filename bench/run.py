@@ -86,7 +86,7 @@ def ours_sender(url: str, body: dict[str, Any]) -> Send:
     async def send(http: httpx.AsyncClient, i: int) -> int:
         resp = await http.post(f"{url}/txt2img", json={**body, "prompt": f"a photo of object {i}", "seed": 1000 + i})
         resp.raise_for_status()
-        return len(resp.json()["images"])
+        return len(resp.json()["outputs"])
 
     return send
 

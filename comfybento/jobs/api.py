@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import mimetypes
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from comfybento.errors import ComfyBentoError
 from comfybento.jobs.api_models import JobList, JobResults, JobStatus, JobSubmit
 from comfybento.jobs.service import InvalidItems, JobService
+from comfybento.outputs.media import media_type_of
 from comfybento.serving import access
 from comfybento.serving.http import error_response, request_id
 
@@ -90,7 +90,7 @@ def cancel(job_id: str) -> JobStatus:
     return jobs().status(job_id)
 
 
-@app.get("/jobs/{job_id}/archive", summary="Every image of the job as one zip", response_class=StreamingResponse)
+@app.get("/jobs/{job_id}/archive", summary="Every output of the job as one zip", response_class=StreamingResponse)
 def archive(job_id: str) -> StreamingResponse:
     """The zip is built in a temporary folder that is removed before the first byte is sent (the open file is streamed)."""
     folder = Path(tempfile.mkdtemp(prefix="comfybento-archive-"))
@@ -110,7 +110,12 @@ def _chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
-@app.get("/jobs/{job_id}/files/{name}", summary="One output image (local storage)", response_class=Response)
+@app.get("/jobs/{job_id}/files/{name}", summary="One output file of a job (local storage)", response_class=Response)
 def file(job_id: str, name: str) -> Response:
-    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return Response(jobs().file(job_id, name), media_type=media_type)
+    return Response(jobs().file(job_id, name), media_type=media_type_of(name))
+
+
+@app.get("/outputs/{folder}/{name}", summary="One output of a live request asked for as a URL (local storage)",
+         response_class=Response)
+def live_file(folder: str, name: str) -> Response:
+    return Response(jobs().live_file(folder, name), media_type=media_type_of(name))

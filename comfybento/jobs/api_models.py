@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from comfybento.outputs.media import OutputKind
+
 
 class WebhookSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -40,10 +42,11 @@ class OutputRef(BaseModel):
     output: str = Field(description="Name of the output node.")
     node_id: str
     index: int = Field(description="Position in that node's batch.")
-    width: int
-    height: int
-    media_type: str = Field(default="image/png", description="image/png, image/webp or image/jpeg.")
-    url: str = Field(description="Where to download the image (a presigned URL with S3 storage).")
+    kind: OutputKind = Field(default="image", description="image | animation | video | audio | text | file.")
+    width: int | None = Field(default=None, description="Width in pixels (images, animations, videos).")
+    height: int | None = Field(default=None, description="Height in pixels (images, animations, videos).")
+    media_type: str = Field(default="image/png", description="The file's content type (image/png, video/webm, audio/flac ...).")
+    url: str = Field(description="Where to download the file (a presigned URL with S3 storage).")
 
 
 class ItemFailure(BaseModel):

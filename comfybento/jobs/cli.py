@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from comfybento.outputs.encoding import EXTENSIONS
+from comfybento.outputs.media import extension_for
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -52,7 +52,7 @@ def submit(http: httpx.Client, workflow: str, rows: list[dict[str, Any]], priori
 
 
 def download_finished(http: httpx.Client, job_id: str, out: Path) -> tuple[int, int, str]:
-    """Download every finished item's images not yet in `out`; returns (done, failed, job state)."""
+    """Download every finished item's outputs not yet in `out`; returns (done, failed, job state)."""
     done = failed = offset = 0
     state = "queued"
     while True:
@@ -61,7 +61,7 @@ def download_finished(http: httpx.Client, job_id: str, out: Path) -> tuple[int, 
         for item in page["items"]:
             if item["state"] == "succeeded":
                 for o in item["outputs"]:
-                    ext = EXTENSIONS.get(o.get("media_type", "image/png"), "png")
+                    ext = extension_for(o.get("media_type", "image/png"))
                     target = out / f"{item['index']:05d}-{o['output']}-{o['index']}.{ext}"
                     if not target.exists():
                         data = http.get(o["url"]).raise_for_status().content

@@ -41,7 +41,7 @@ from comfybento.errors import NotFound
 from comfybento.jobs.records import Delivery, Lease, backoff_s, item_usage, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList, WebhookPolicy, attempt
-from comfybento.outputs.encoding import EXTENSIONS
+from comfybento.outputs.media import extension_for
 from comfybento.outputs.storage import Storage
 from comfybento.serving.messages import ItemResult
 
@@ -289,10 +289,10 @@ class JobRunner:
         """Store the outputs and the result; the recorded result, or None when the lease was lost."""
         outputs = []
         for blob in result.outputs:
-            key = output_key(lease, blob.output, blob.index, EXTENSIONS.get(blob.media_type, "bin"))
+            key = output_key(lease, blob.output, blob.index, extension_for(blob.media_type))
             self.storage.put(key, blob.data, blob.media_type)
-            outputs.append({"output": blob.output, "node_id": blob.node_id, "index": blob.index, "width": blob.width,
-                            "height": blob.height, "media_type": blob.media_type, "key": key})
+            outputs.append({"output": blob.output, "node_id": blob.node_id, "index": blob.index, "kind": blob.kind,
+                            "width": blob.width, "height": blob.height, "media_type": blob.media_type, "key": key})
         record = {"outputs": outputs, "queue_ms": result.queue_ms, "execution_ms": result.execution_ms, "batch_size": result.batch_size}
         if not self.store.complete(self.owner, lease, record):
             self._delete_outputs(outputs)  # the lease was lost: another worker owns this item now

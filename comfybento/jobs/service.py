@@ -172,7 +172,7 @@ class JobService:
         )
 
     def archive(self, job_id: str, target: Path) -> Path:
-        """A zip of every image of the job's finished items."""
+        """A zip of every output of the job's finished items (named <item>-<output>-<index>.<extension>)."""
         self.job(job_id)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as zf:
             offset = 0
@@ -187,6 +187,12 @@ class JobService:
     def file(self, job_id: str, name: str) -> bytes:
         self.job(job_id)
         return self._read(f"{job_id}/{name}")
+
+    def live_file(self, folder: str, name: str) -> bytes:
+        """A live request's output stored for its URL (outputs/delivery.py)."""
+        if isinstance(self.storage, LocalStorage):
+            return read_local(self.storage.root / "outputs", f"{folder}/{name}")
+        return self.storage.get(f"outputs/{folder}/{name}")
 
     def _read(self, key: str) -> bytes:
         if isinstance(self.storage, LocalStorage):

@@ -1,4 +1,7 @@
-"""Where job outputs go: a local folder (default) or S3-compatible object storage."""
+"""Where job outputs (and live outputs asked for as URLs) go: a local folder (default) or S3-compatible object storage.
+
+Keys: `<job id>/<file>` for job items, `outputs/<random id>/<file>` for live requests.
+"""
 
 from __future__ import annotations
 
@@ -48,8 +51,10 @@ class LocalStorage:
         return path.read_bytes()
 
     def url(self, key: str, base_url: str) -> str:
-        job_id, name = key.split("/", 1)
-        return f"{base_url}/jobs/{job_id}/files/{name}"
+        first, name = key.split("/", 1)
+        if first == "outputs":  # a live request's stored output (outputs/delivery.py)
+            return f"{base_url}/outputs/{name}"
+        return f"{base_url}/jobs/{first}/files/{name}"
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -8,25 +8,30 @@ thread (`start`), so `execute` is called there directly.
 
 `execute(graph)` validates the graph with ComfyUI's validator, swaps
 image-saving nodes for collectors and checkpoint loaders for pinned ones,
-executes, and returns each output node's images as uint8 tensors on the CPU.
+executes, and returns each image output node's images as uint8 tensors on the
+CPU, and what every other output node produced (files, texts: runtime/outputs.py).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from comfybento.outputs.media import Produced
 from comfybento.runtime import errors as runtime_errors
 from comfybento.runtime.bootstrap import ComfyRuntime, run_coroutine
 from comfybento.runtime.errors import FieldNames
-from comfybento.workflows.graph import Graph
+from comfybento.workflows.graph import Graph, sorted_ids
 from comfybento.workflows.params import OUTPUT_IMAGE_CLASSES
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,15 @@ def prepare_for_execution(graph: Graph) -> Graph:
     return prepared
 
 
+@dataclass
+class Executed:
+    """What one execution produced: image tensors by collector slot (output node id); other outputs in output order."""
+
+    images: dict[str, torch.Tensor]
+    produced: list[Produced] = field(default_factory=list)
+    folder: Path | None = None  # where `produced` files lie; whoever reads them deletes it
+
+
 class ComfyExecutor:
     def __init__(self, runtime: ComfyRuntime) -> None:
         self._runtime = runtime
@@ -86,14 +100,18 @@ class ComfyExecutor:
         """Run fn (the scheduler loop) on the executor thread without waiting."""
         return self._thread.submit(fn, *args)
 
-    def execute(self, graph: Graph, field_names: FieldNames | None = None, listener: Listener | None = None) -> dict[str, torch.Tensor]:
-        """Execute a bound graph (on the executor thread); returns {output node id: uint8 images (B, H, W, C)}."""
+    def execute(self, graph: Graph, field_names: FieldNames | None = None, listener: Listener | None = None) -> Executed:
+        """Execute a bound graph (on the executor thread): image tensors (B, H, W, C) uint8 by output node, and other outputs."""
         import execution
+        import folder_paths
 
         from comfybento.runtime import nodes as our_nodes
+        from comfybento.runtime import outputs
 
         assert threading.current_thread().name.startswith(THREAD_NAME), "ComfyExecutor.execute runs on the executor thread"
         prompt = prepare_for_execution(graph)
+        output_ids = outputs.output_node_ids(prompt, frozenset({"ComfyBentoCollectImages"}))
+        outputs.mark_runs(prompt, output_ids)
         prompt_id = uuid.uuid4().hex
         valid = run_coroutine(execution.validate_prompt(prompt_id, prompt, None))
         if not valid[0] or valid[3]:
@@ -105,9 +123,13 @@ class ComfyExecutor:
         finally:
             our_nodes.stop_collecting()
             self._runtime.server.set_listener(None)
+        folder = Path(folder_paths.get_output_directory()).parent / "runs" / prompt_id
+        produced = outputs.collect(self._executor.history_result.get("outputs") or {}, sorted_ids(output_ids), folder)
         if not self._executor.success:
+            shutil.rmtree(folder, ignore_errors=True)
             raise runtime_errors.from_execution(self._executor.status_messages)
-        return {slot: torch.cat(parts) for slot, parts in bucket.items()}
+        images = {slot: torch.cat(parts) for slot, parts in bucket.items()}
+        return Executed(images, produced, folder if produced else None)
 
     @staticmethod
     def interrupt() -> None:

@@ -2,7 +2,7 @@
 
 - CPackInput*/CPackOutputImage: our implementation of comfy-pack's annotation
   nodes (same class names and inputs), so annotated graphs run without
-  comfy-pack installed.
+  comfy-pack installed; its file-writing output nodes are in cpack_outputs.py.
 - ComfyBentoCollectImages: replaces every image-saving node in the graphs we
   execute; hands the image tensors to the run that is executing instead of
   writing files into a shared output folder.
@@ -26,6 +26,8 @@ import folder_paths
 import latent_preview
 import nodes as comfy_nodes
 import torch
+
+from comfybento.runtime.cpack_outputs import CPACK_OUTPUT_NODES
 
 # ------------------------------------------------------------------ collection
 
@@ -213,6 +215,7 @@ def _cpack_nodes() -> dict[str, type]:
         "CPackInputFile": CPackInputFile,
         "CPackInputImage": CPackInputImage,
         "CPackOutputImage": CPackOutputImage,
+        **CPACK_OUTPUT_NODES,
     }
 
 

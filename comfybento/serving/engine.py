@@ -5,17 +5,20 @@ Runs only in the engine service, the one process that imports torch and ComfyUI.
     submit(workflow, item, sink)   bind the request into its graph, store its files, compute its
                                    shape key (token-length bucket included), queue it
     executor thread                scheduler.run_forever(self._execute): one graph per batch
-                                   (merged when several requests share it), uint8 images out
-    encoding pool                  each request's images -> PNG/WebP/JPEG -> OutputReady..., Done
+                                   (merged when several requests share it), uint8 images out, and
+                                   the files and texts of every other output node
+    encoding pool                  each request's images -> PNG/WebP/JPEG, written files read (then
+                                   deleted) -> OutputReady..., Done
 
 Each request's sink gets its events: queued, started, progress (sampler steps),
-one output per image as soon as it is encoded, then done or failed.
+one output per image, file or text as soon as it is ready, then done or failed.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -28,6 +31,7 @@ from typing import Any
 from comfybento.config import Settings
 from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest, ModelLockError, TooLarge, WorkflowError, describe
 from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
+from comfybento.outputs.media import KNOWN_OUTPUTS, ProducedFile, ProducedText, dimensions, kind_of, media_type_of
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Progress
 from comfybento.scheduling.scheduler import Job, Scheduler, Stats
 from comfybento.serving import metrics
@@ -296,14 +300,15 @@ class Engine:
                     job.emit(step)
 
         clock = time.perf_counter()
-        images = self.executor.execute(graph, spec.field_names, on_progress)
+        executed = self.executor.execute(graph, spec.field_names, on_progress)
         elapsed = time.perf_counter() - clock
         metrics.EXECUTIONS.labels(workflow=spec.name, mode=mode).inc()
         metrics.BATCH_SIZE.labels(workflow=spec.name).observe(len(jobs))
         metrics.EXECUTION_TIME.labels(workflow=spec.name).observe(elapsed)
+        release = _Countdown(len(jobs), executed.folder)
         for index, job in enumerate(jobs):
             timings = {"queue_ms": queue_s[index] * 1000, "execution_ms": elapsed * 1000, "batch_size": len(jobs)}
-            self._encoders.submit(_encode_and_finish, job, _split(spec, images, index, len(jobs)), timings)
+            self._encoders.submit(_encode_and_finish, job, _split(spec, executed, index, len(jobs)), timings, release)
         self._export_stats()
 
     def _export_stats(self) -> None:
@@ -315,12 +320,35 @@ class Engine:
         self._stats = new
 
 
-def _split(spec: WorkflowSpec, images: dict[str, Any], index: int, n: int) -> list[tuple[str, str, int, Any]]:
-    """(output name, node id, index, uint8 HWC array) of request `index` of n, in output order."""
-    out: list[tuple[str, str, int, Any]] = []
+# One output of one request, before encoding: (output name, node id, index in that node, what the node made:
+# a uint8 HWC image array, a file it wrote, or a text).
+Piece = tuple[str, str, int, Any]
+
+
+class _Countdown:
+    """Deletes an execution's folder of written outputs once every request of its batch has read them."""
+
+    def __init__(self, users: int, folder: Path | None) -> None:
+        self._left, self._folder, self._lock = users, folder, threading.Lock()
+
+    def done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last and self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _split(spec: WorkflowSpec, executed: Any, index: int, n: int) -> list[Piece]:
+    """The outputs of request `index` of n, in output order (node id order, then index in the node)."""
+    out: list[Piece] = []
     batched = spec.batch_plan.batched_outputs if spec.batch_plan else frozenset()
     for output in spec.outputs:
-        tensor = images.get(output.node_id)
+        if not output.encoded_by_us:
+            made = [p for p in executed.produced if p.node_id == output.node_id]
+            out.extend((output.name, output.node_id, i, p) for i, p in enumerate(made))
+            continue
+        tensor = executed.images.get(output.node_id)
         if tensor is None:
             continue
         if n > 1 and output.node_id in batched:
@@ -330,18 +358,34 @@ def _split(spec: WorkflowSpec, images: dict[str, Any], index: int, n: int) -> li
     return out
 
 
-def _encode_and_finish(job: Job[Prepared], pictures: list[tuple[str, str, int, Any]], timings: dict[str, Any]) -> None:
-    """In the encoding pool: each image as soon as it is encoded, then Done."""
+def _blob(spec: WorkflowSpec, piece: Piece, encoding: Encoding) -> OutputBlob:
+    """One piece as bytes: an image encoded in the request's format, a written file read, a text as UTF-8."""
+    name, node_id, index, made = piece
+    if isinstance(made, ProducedText):
+        return OutputBlob(output=name, node_id=node_id, index=index, media_type="text/plain", kind="text", data=made.text.encode())
+    if isinstance(made, ProducedFile):
+        data = made.path.read_bytes()
+        media_type = media_type_of(made.path.name)
+        known = next((o.kind for o in spec.outputs if o.node_id == node_id and o.class_type in KNOWN_OUTPUTS), None)
+        width, height = dimensions(data, media_type)
+        return OutputBlob(output=name, node_id=node_id, index=index, width=width, height=height, media_type=media_type,
+                          kind=known or kind_of(media_type, made.animated), data=data)
+    return OutputBlob(output=name, node_id=node_id, index=index, width=int(made.shape[1]), height=int(made.shape[0]),
+                      media_type=encoding.media_type, kind="image", data=encode_image(made, encoding))
+
+
+def _encode_and_finish(job: Job[Prepared], pieces: list[Piece], timings: dict[str, Any], release: _Countdown) -> None:
+    """In the encoding pool: each output as soon as it is ready, then Done."""
     prepared = job.payload
-    encoding = prepared.encoding
     try:
-        for name, node_id, index, pixels in pictures:
-            blob = OutputBlob(output=name, node_id=node_id, index=index, width=int(pixels.shape[1]), height=int(pixels.shape[0]),
-                              media_type=encoding.media_type, data=encode_image(pixels, encoding))
-            job.emit(OutputReady(blob))
-        job.emit(Done(ItemResult(ok=True, seed=prepared.seed, **timings)))
+        for piece in pieces:
+            job.emit(OutputReady(_blob(prepared.spec, piece, prepared.encoding)))
     except Exception as exc:
+        release.done()
         job.emit(Failed(exc))
+        return
+    release.done()  # before Done: once a caller has its answer, the execution's written files are gone
+    job.emit(Done(ItemResult(ok=True, seed=prepared.seed, **timings)))
 
 
 def _checkpoint_feeding(graph: Graph, encoder: str) -> str | None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from comfybento.errors import describe
@@ -32,7 +33,14 @@ log = logging.getLogger("comfybento.http")
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("comfybento_request_id", default="-")
 _RECEIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("comfybento_receive", default=None)
+_SCOPE: contextvars.ContextVar[Any] = contextvars.ContextVar("comfybento_scope", default=None)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def base_url() -> str:
+    """The scheme, host and root path the client used for the request being handled ("" outside one)."""
+    scope = _SCOPE.get()
+    return str(Request(scope).base_url).rstrip("/") if scope is not None else ""
 
 
 def request_id() -> str:
@@ -120,13 +128,14 @@ class RequestEdgeMiddleware:
                 message = {**message, "headers": [*message.get("headers", []), id_header]}
             await send(message)
 
-        token = _RECEIVE.set(limited_receive)
+        token, scope_token = _RECEIVE.set(limited_receive), _SCOPE.set(scope)
         try:
             await self.app(scope, limited_receive, send_with_id)
         except BodyTooLarge:
             pass
         finally:
             _RECEIVE.reset(token)
+            _SCOPE.reset(scope_token)
         if state["over"] and not state["started"]:
             await _send_json(send, 413, {"error": self._too_large(), "error_kind": "too_large", "request_id": rid}, id_header)
 

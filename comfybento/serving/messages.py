@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from comfybento.errors import describe
+from comfybento.outputs.media import OutputKind
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Progress, Queued, Started
 
 ErrorKind = Literal["invalid", "too_large", "node", "oom", "workflow", "unavailable", "cancelled", "internal"]
@@ -31,14 +32,15 @@ class EngineItem(BaseModel):
 
 
 class OutputBlob(BaseModel):
-    """One encoded output of one request."""
+    """One output of one request: an encoded image, a file an output node wrote, or a text (UTF-8)."""
 
     output: str
     node_id: str
     index: int
-    width: int
-    height: int
+    width: int | None = None
+    height: int | None = None
     media_type: str
+    kind: OutputKind = "image"
     data: bytes = b""
 
 

@@ -72,6 +72,7 @@ def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: 
                 _add_errors(op, method)
             if path == "/jobs" and method == "post":
                 _type_job_submit(op, catalog)
+    _describe_outputs(doc["paths"], catalog)
     _to_openapi_30(doc)
     return doc
 
@@ -123,6 +124,28 @@ def _type_job_submit(op: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> No
             "items": {"type": "array", "items": item, "description": f"Items of the '{name}' workflow."},
         }}]})
     content["schema"] = {"oneOf": variants} if len(variants) > 1 else variants[0]
+
+
+def _describe_outputs(paths: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
+    """Each workflow's JSON answer lists its outputs (name, kind, media type) as the `outputs` items it can hold."""
+    for name, spec in catalog.items():
+        ok = paths.get(f"/{name}", {}).get("post", {}).get("responses", {}).get("200", {})
+        content = ok.get("content", {}).get("application/json")
+        if content is None or "schema" not in content:
+            continue
+        variants: list[dict[str, Any]] = []
+        for out in spec.outputs:
+            media = out.media_type or ("image/png, image/webp or image/jpeg (output_format)" if out.kind == "image" else "from the file")
+            props: dict[str, Any] = {"name": {"type": "string", "enum": [out.name]}, "node_id": {"type": "string", "enum": [out.node_id]},
+                                     "kind": {"type": "string", "enum": [out.kind]}}
+            if out.media_type is not None:
+                props["media_type"] = {"type": "string", "enum": [out.media_type]}
+            variants.append({"type": "object", "title": out.name, "properties": props,
+                             "description": f"Output '{out.name}': node {out.node_id} ({out.class_type}), {out.kind}, {media}; "
+                                            f"its bytes alone: POST /{name}/{out.name}."})
+        content["schema"] = {"allOf": [content["schema"], {"type": "object", "properties": {
+            "outputs": {"type": "array", "items": {"oneOf": variants}}}}]}
+        ok["description"] = "Every output: " + "; ".join(v["description"] for v in variants)
 
 
 def _to_openapi_30(node: Any) -> None:

@@ -6,8 +6,8 @@
   COMFYBENTO_ENGINE_ENTRY=bentoml it also exposes one BentoML batchable API
   per workflow instead (kept to benchmark BentoML's adaptive batcher).
 - `ComfyBento` (the entry service, a light web tier): one typed endpoint per
-  workflow, `POST /<name>` (JSON, base64 images; also a BentoML task) and
-  `POST /<name>/png` (the first image as bytes). It validates, admits or sheds
+  workflow, `POST /<name>` (JSON: every output, base64 or as URLs), and
+  `POST /<name>/<output>` (one output's bytes; `/<name>/png`: the first image). It validates, admits or sheds
   load, and forwards to the engine. It also serves the jobs API and runs this
   replica's job worker.
 """
@@ -30,18 +30,27 @@ from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFu
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
 from comfybento.jobs.runner import OnEvent
+from comfybento.outputs.delivery import StorageOnFirstUse, output_item, outputs_as_urls
 from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission
 from comfybento.serving import access, engine_route, lifecycle
 from comfybento.serving.engine_client import EngineClient, engine_url
-from comfybento.serving.http import RequestEdgeMiddleware, error_response, quiet_client_errors, request_id, until_client_disconnects
+from comfybento.serving.http import (
+    RequestEdgeMiddleware,
+    base_url,
+    error_response,
+    quiet_client_errors,
+    request_id,
+    until_client_disconnects,
+)
 from comfybento.serving.messages import EngineItem, ItemResult
 from comfybento.serving.openapi import OpenAPIMiddleware, fix_openapi
 from comfybento.serving.project import Project
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.limits import check_request_limits
-from comfybento.workflows.schema import GenerateResponse, ImageOutput, Timings
+from comfybento.workflows.params import OutputSpec
+from comfybento.workflows.schema import GenerateResponse, Timings
 from comfybento.workflows.uploads import read_file, read_upload
 
 log = logging.getLogger(__name__)
@@ -103,6 +112,7 @@ def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None) ->
     """
     values = dict(values)
     output_format, quality = values.pop("output_format", None), values.pop("output_quality", None)
+    values.pop("output_delivery", None)  # the front's concern (stored outputs and URLs), not the engine's
     check_request_limits(spec.name, spec.graph, spec.params, values, spec.limits, seed)
     suffixes = {}
     for param in spec.params:
@@ -171,36 +181,58 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> It
 
 def _json_endpoint(spec: WorkflowSpec) -> Any:
     async def endpoint(self: Any, **values: Any) -> Any:
+        delivery = values.get("output_delivery", "base64")
         result = await _generate(self, spec, values)
         if isinstance(result, Response):
             return result
-        images = [ImageOutput(output=o.output, node_id=o.node_id, index=o.index, width=o.width, height=o.height,
-                              media_type=o.media_type, data=b64(o.data)) for o in result.outputs]
+        if delivery == "url":
+            try:
+                outputs = await asyncio.to_thread(outputs_as_urls, self.output_storage(), result, base_url())
+            except ComfyBentoError as exc:
+                return error_response(exc)
+        else:
+            outputs = [output_item(o, data=b64(o.data)) for o in result.outputs]
         timings = Timings(queue_ms=result.queue_ms, execution_ms=result.execution_ms, batch_size=result.batch_size)
-        return GenerateResponse(workflow=spec.name, seed=result.seed, images=images, timings=timings)
+        return GenerateResponse(workflow=spec.name, seed=result.seed, outputs=outputs, timings=timings)
 
     endpoint.__name__ = spec.name
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns every output image, base64-encoded. For many "
-                        "prompts at once, submit a batch job (POST /jobs).")
+    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns every output ({_outputs_line(spec)}), base64-encoded or as "
+                        "URLs (output_delivery). For many prompts at once, submit a batch job (POST /jobs).")
     return bentoml.api(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
 
 
-def _png_endpoint(spec: WorkflowSpec) -> Any:
-    # The annotation documents an image in the OpenAPI; BentoML sends the Response as it is.
-    async def endpoint(self: Any, **values: Any) -> Annotated[Path, ContentType("image/png")]:
+def _outputs_line(spec: WorkflowSpec) -> str:
+    return ", ".join(f"{o.name}: {o.kind}" for o in spec.outputs)
+
+
+def _raw_endpoint(spec: WorkflowSpec, output: OutputSpec | None) -> Any:
+    """`POST /<workflow>/<output>`: that output's first item as raw bytes; output None: `/png`, the first image output."""
+    target = output or next(o for o in spec.outputs if o.kind == "image")
+
+    async def endpoint(self: Any, **values: Any) -> Response:
         result = await _generate(self, spec, values)
         if isinstance(result, Response):
-            return result  # type: ignore[return-value]
-        if not result.outputs:
-            return error_response(InternalError("the workflow produced no image"))  # type: ignore[return-value]
-        first = result.outputs[0]
-        headers = {"X-Seed": str(result.seed)} if result.seed is not None else {}
-        return Response(first.data, media_type=first.media_type, headers=headers)  # type: ignore[return-value]
+            return result
+        mine = [o for o in result.outputs if o.output == target.name]
+        if not mine:
+            return error_response(InternalError(f"output '{target.name}' (node {target.node_id}) produced nothing"))
+        headers = {"X-Output-Count": str(len(mine)), "X-Output-Kind": mine[0].kind}
+        if result.seed is not None:
+            headers["X-Seed"] = str(result.seed)
+        media_type = f"{mine[0].media_type}; charset=utf-8" if mine[0].media_type.startswith("text/") else mine[0].media_type
+        return Response(mine[0].data, media_type=media_type, headers=headers)
 
-    endpoint.__name__ = f"{spec.name}_png"
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns its first image as bytes (image/png unless "
-                        "output_format says otherwise; the seed is in X-Seed).")
-    return bentoml.api(route=f"/{spec.name}/png", input_spec=spec.input_model)(endpoint)
+    media = target.media_type or ("image/png" if target.kind == "image" else "application/octet-stream")
+    # The annotation documents the bytes in the OpenAPI; BentoML sends the Response as it is.
+    endpoint.__annotations__ = {**endpoint.__annotations__, "return": Annotated[Path, ContentType(media)]}
+    route = f"/{spec.name}/{target.name}" if output is not None else f"/{spec.name}/png"
+    endpoint.__name__ = f"{spec.name}_{target.name}" if output is not None else f"{spec.name}_png"
+    what = f"its output '{target.name}' ({target.kind}, {target.media_type or 'media type of the file'})"
+    if output is None:
+        what = f"its first image ('{target.name}'; image/png unless output_format says otherwise)"
+    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns {what} as bytes: the first item when the node made "
+                        "several (X-Output-Count says how many; the JSON endpoint returns all). The seed is in X-Seed.")
+    return bentoml.api(route=route, input_spec=spec.input_model)(endpoint)
 
 
 def _job_hooks(project: Project) -> dict[str, Any]:
@@ -230,6 +262,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     def __init__(self: Any) -> None:
         lifecycle.watch_parent()
         self.admission = Admission(limit=settings.max_queue, retry_after_s=settings.retry_after_s)
+        self.output_storage = StorageOnFirstUse(settings)
         self.engine_client = EngineClient(engine_url(ENGINE_NAME), ENGINE_TIMEOUT_S) if settings.engine_entry == "scheduler" else None
 
     async def __is_ready__(self: Any) -> bool:
@@ -246,7 +279,10 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     }
     for spec in project.catalog.values():
         attrs[spec.name] = _json_endpoint(spec)
-        attrs[f"{spec.name}_png"] = _png_endpoint(spec)
+        if any(o.kind == "image" for o in spec.outputs):
+            attrs[f"{spec.name}_png"] = _raw_endpoint(spec, None)
+        for output in spec.outputs:
+            attrs[f"{spec.name}_{output.name}"] = _raw_endpoint(spec, output)
     cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
     # Many requests in flight per replica (they must reach the engine together to share batches): no
     # external queue; BentoCloud scales this light tier on its in-flight requests, up to the admission limit.

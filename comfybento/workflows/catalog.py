@@ -23,7 +23,7 @@ from comfybento.workflows.sidecar import apply_sidecar, load_sidecar
 log = logging.getLogger(__name__)
 
 # Request fields every endpoint has (a workflow parameter cannot take these names).
-COMMON_FIELDS = ("output_format", "output_quality")
+COMMON_FIELDS = ("output_format", "output_quality", "output_delivery")
 RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "schema", "api", "workflows", "static_content"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".pt2")
@@ -119,10 +119,13 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
     clash = sorted({p.name for p in params} & set(COMMON_FIELDS))
     if clash:
         raise WorkflowError(f"{where}: parameter names {clash} are reserved for every endpoint; rename them in the sidecar")
-    outputs = tuple(infer_outputs(graph))
+    outputs = tuple(infer_outputs(graph, node_defs))
     if not outputs:
-        raise WorkflowError(f"{where}: no image output node (SaveImage, PreviewImage or CPackOutputImage)")
+        raise WorkflowError(f"{where}: no output node (SaveImage, SaveWEBM, SaveAudio, PreviewAny, CPackOutput* ...)")
     plan, reason = plan_batching(graph, params) if settings.batching else (None, "batching disabled")
+    written = [o for o in outputs if not o.encoded_by_us]
+    if plan is not None and written:  # a file made from a merged batch cannot be split between its requests
+        plan, reason = None, f"output node {written[0].node_id} ({written[0].class_type}) writes its own file"
     limits = settings.limits.override(sidecar.limits, f"{path.with_suffix('.yaml')}")
     try:
         check_request_limits(name, graph, params, {}, limits)

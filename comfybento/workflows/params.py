@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from comfybento.errors import WorkflowError
+from comfybento.outputs.media import KNOWN_OUTPUTS, OutputKind
 from comfybento.workflows.graph import Graph, InputDef, NodeDefs, is_link, links_into, node_title, sorted_ids
 
 Kind = Literal["int", "float", "string", "bool", "enum", "image", "file", "any"]
@@ -32,6 +33,8 @@ CPACK_INPUTS = {
 }
 IMAGE_LOADERS = {"LoadImage": "image", "CPackInputImage": "image"}
 OUTPUT_IMAGE_CLASSES = ("SaveImage", "PreviewImage", "CPackOutputImage")
+# Output names that are routes of their own (`/<workflow>/png`).
+RESERVED_OUTPUT_NAMES = frozenset({"png"})
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
@@ -56,11 +59,18 @@ class Param:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One image-producing output node."""
+    """One output node: what it makes (outputs/media.py) and its media type (None: the request's image format, or the file's)."""
 
     name: str
     node_id: str
     class_type: str
+    kind: OutputKind = "image"
+    media_type: str | None = None
+
+    @property
+    def encoded_by_us(self) -> bool:
+        """Images comfybento collects as tensors and encodes itself (PNG/WebP/JPEG, the request's output_format)."""
+        return self.class_type in OUTPUT_IMAGE_CLASSES
 
 
 def identifier(text: str, fallback: str = "param") -> str:
@@ -386,17 +396,21 @@ def _literal_params(graph: Graph, node_defs: NodeDefs, node_id: str, names: tupl
     return params
 
 
-def infer_outputs(graph: Graph) -> list[OutputSpec]:
-    """Every image-saving node, named after its title (or class and id), in node id order."""
+def infer_outputs(graph: Graph, node_defs: NodeDefs) -> list[OutputSpec]:
+    """Every output node (OUTPUT_NODE in ComfyUI's registry), named after its title (or class and id), in node id order."""
     outputs = []
-    used: set[str] = set()
+    used: set[str] = set(RESERVED_OUTPUT_NAMES)
     for node_id in sorted_ids(graph):
         class_type = graph[node_id]["class_type"]
-        if class_type not in OUTPUT_IMAGE_CLASSES:
+        node_def = node_defs.get(class_type)
+        if class_type not in OUTPUT_IMAGE_CLASSES and (node_def is None or not node_def.output_node):
             continue
         name = identifier(node_title(graph, node_id) or class_type, "output")
         if name in used:
             name = f"{name}_{identifier(node_id)}"
         used.add(name)
-        outputs.append(OutputSpec(name=name, node_id=node_id, class_type=class_type))
+        kind, media_type = KNOWN_OUTPUTS.get(class_type, ("file", None))
+        if class_type == "SaveVideo":  # its format input picks the container ("auto" is MP4)
+            media_type = "video/webm" if graph[node_id]["inputs"].get("format") == "webm" else "video/mp4"
+        outputs.append(OutputSpec(name=name, node_id=node_id, class_type=class_type, kind=kind, media_type=media_type))
     return outputs

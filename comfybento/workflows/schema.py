@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from comfybento.outputs.encoding import Encoding
+from comfybento.outputs.media import OutputKind
 from comfybento.workflows.limits import Limits
 from comfybento.workflows.params import MAX_SEED, Param
 
@@ -57,16 +58,22 @@ class RequestModel(bentoml.IODescriptor):
             raise malformed(name, "body", f"the request body cannot be read: {exc}") from None
 
 
-class ImageOutput(BaseModel):
-    """One generated image."""
+OutputDelivery = Literal["base64", "url"]
 
-    output: str = Field(description="Name of the output node that produced the image.")
+
+class OutputItem(BaseModel):
+    """One output: an image, animation, video, audio, text or file made by one output node."""
+
+    name: str = Field(description="Name of the output node that made it (its title, or its class and id); "
+                                  "POST /<workflow>/<name> returns its bytes.")
     node_id: str = Field(description="Id of that node in the workflow graph.")
-    index: int = Field(description="Position of the image in that node's batch.")
-    width: int = Field(description="Width in pixels.")
-    height: int = Field(description="Height in pixels.")
-    media_type: str = Field(description="image/png, image/webp or image/jpeg (the request's output_format).")
-    data: str = Field(description="The encoded image, base64.")
+    index: int = Field(description="Position among that node's outputs (its batch).")
+    kind: OutputKind = Field(description="image | animation | video | audio | text | file.")
+    media_type: str = Field(description="The content type of the bytes (image/png, video/webm, audio/flac, text/plain ...).")
+    width: int | None = Field(default=None, description="Width in pixels (images, animations, videos).")
+    height: int | None = Field(default=None, description="Height in pixels (images, animations, videos).")
+    data: str | None = Field(default=None, description="The bytes, base64 (output_delivery 'base64'; text is UTF-8).")
+    url: str | None = Field(default=None, description="Where to download the bytes (output_delivery 'url').")
 
 
 class Timings(BaseModel):
@@ -80,7 +87,8 @@ class GenerateResponse(BaseModel):
 
     workflow: str = Field(description="Name of the workflow that ran.")
     seed: int | None = Field(description="The seed used (drawn at random when the request omitted it).")
-    images: list[ImageOutput] = Field(description="Every image of every output node, in a stable order.")
+    outputs: list[OutputItem] = Field(description="Every output of every output node, in a stable order: "
+                                                   "output node id order, then index.")
     timings: Timings
 
 
@@ -159,6 +167,9 @@ def encoding_fields(encoding: Encoding) -> dict[str, tuple[Any, Any]]:
         "output_quality": (Annotated[int, Field(ge=1, le=100)], Field(
             default=encoding.quality, description="WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); "
                                                   "ignored for PNG.")),
+        "output_delivery": (OutputDelivery, Field(
+            default="base64", description="How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the "
+                                          "output storage, local or S3; `url` says where). Batch jobs always store them.")),
     }
 
 

@@ -79,7 +79,7 @@ def test_good_keys_are_served(served):
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert "ratelimit-limit" not in image.headers  # alice has no limits
     data = httpx.post(f"{served.url}/txt2img", json=SMALL, headers=_auth(served.keys["alice"]), timeout=300)
-    assert data.status_code == 200 and len(data.json()["images"]) == 1
+    assert data.status_code == 200 and len(data.json()["outputs"]) == 1
     metrics = httpx.get(f"{served.url}/metrics", timeout=30).text
     assert 'comfybento_key_images_total{key="alice"} 2.0' in metrics
 
@@ -97,7 +97,7 @@ def test_rate_limit_answers_429_with_retry_after(served):
 
 def test_images_are_charged_and_a_spent_quota_is_refused_up_front(served):
     first = httpx.post(f"{served.url}/txt2img", json=SMALL, headers=_auth(served.keys["tiny"]), timeout=300)
-    assert first.status_code == 200 and len(first.json()["images"]) == 1
+    assert first.status_code == 200 and len(first.json()["outputs"]) == 1
     assert first.headers["ratelimit-limit"] == "1" and first.headers["ratelimit-policy"] == "1;w=86400"
     second = httpx.post(f"{served.url}/txt2img", json=SMALL, headers=_auth(served.keys["tiny"]), timeout=60)
     assert second.status_code == 429 and "1 images/day" in second.json()["error"]

@@ -53,7 +53,7 @@ def test_the_example_serves_and_returns_its_seed(server):
     body = {"prompt": "a rose in a bottle", "width": 64, "height": 64}
     given = httpx.post(f"{server}/cpack_example", json={**body, "seed": 5}, timeout=300)
     assert given.status_code == 200, given.text
-    assert given.json()["seed"] == 5 and png_array(given.json()["images"][0]["data"]).shape == (64, 64, 3)
+    assert given.json()["seed"] == 5 and png_array(given.json()["outputs"][0]["data"]).shape == (64, 64, 3)
     drawn = [httpx.post(f"{server}/cpack_example", json=body, timeout=300).json()["seed"] for _ in range(2)]
     assert all(isinstance(s, int) for s in drawn) and drawn[0] != drawn[1]
     for bad, field in (({"width": 5000}, "width"), ({"seed": -1}, "seed"), ({"ckpt_name": "x"}, "ckpt_name")):
@@ -66,7 +66,7 @@ def test_a_file_is_an_upload_never_a_server_path(server, tmp_path):
     sample_image(64, 64).save(path)
     with bentoml.SyncHTTPClient(server, timeout=120) as client:
         result = client.cpack_inputs(picture=path, scale=0.5, method="area")
-    out = png_array(result["images"][0]["data"])
+    out = png_array(result["outputs"][0]["data"])
     expected = 255 - np.asarray(sample_image(64, 64).resize((32, 32), resample=4)).astype(np.int16)
     assert out.shape == (32, 32, 3) and np.abs(out - expected).mean() < 8
     for body in ({"picture": "/etc/passwd"}, {"picture": "/etc/passwd", "scale": 9}, {}):

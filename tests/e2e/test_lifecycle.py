@@ -93,7 +93,7 @@ def test_roles_engine_restart_and_sigterm_drain(tmp_path):
             stopped_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             resp = pending.result()
-        assert resp.status_code == 200 and resp.json()["images"]
+        assert resp.status_code == 200 and resp.json()["outputs"]
         assert not wait_gone(SERVER_MARKER, proc.marker, timeout=30), [p.cmdline() for p in server_processes(proc)]
         assert time.monotonic() - stopped_at < 30
         assert proc.wait(timeout=5) is not None

@@ -30,7 +30,7 @@ def test_openapi_schema_is_typed(server):
 def test_sync_client_returns_a_png_of_the_requested_size(server):
     with bentoml.SyncHTTPClient(server, timeout=120) as client:
         result = client.txt2img(prompt="a lighthouse", width=64, height=96, steps=4, seed=77)
-    image = result["images"][0]
+    image = result["outputs"][0]
     assert result["seed"] == 77 and (image["width"], image["height"]) == (64, 96)
     assert png_array(image["data"]).shape == (96, 64, 3)
 
@@ -51,7 +51,7 @@ def test_output_formats_over_http(server):
     body = {"prompt": "a boat", "width": 64, "height": 64, "steps": 2, "seed": 3}
     webp = httpx.post(f"{server}/txt2img/png", json={**body, "output_format": "webp", "output_quality": 70}, timeout=120)
     assert webp.status_code == 200 and webp.headers["content-type"] == "image/webp" and webp.content[:4] == b"RIFF"
-    image = httpx.post(f"{server}/txt2img", json={**body, "output_format": "jpeg"}, timeout=120).json()["images"][0]
+    image = httpx.post(f"{server}/txt2img", json={**body, "output_format": "jpeg"}, timeout=120).json()["outputs"][0]
     assert image["media_type"] == "image/jpeg" and base64.b64decode(image["data"])[:2] == b"\xff\xd8"
     bad = httpx.post(f"{server}/txt2img", json={**body, "output_format": "gif"}, timeout=60)
     assert 400 <= bad.status_code < 500 and "output_format" in bad.text
@@ -69,7 +69,7 @@ def test_bad_fields_get_a_4xx_naming_the_field(server, body, field):
 
 def test_two_named_outputs(server):
     result = httpx.post(f"{server}/two_outputs", json={"seed": 1}, timeout=120).json()
-    assert [(i["output"], i["node_id"]) for i in result["images"]] == [("original", "301"), ("inverted", "302")]
+    assert [(i["name"], i["node_id"]) for i in result["outputs"]] == [("original", "301"), ("inverted", "302")]
 
 
 def test_img2img_with_an_uploaded_image(server, tmp_path):
@@ -77,7 +77,7 @@ def test_img2img_with_an_uploaded_image(server, tmp_path):
     sample_image(64, 64).save(path)
     with bentoml.SyncHTTPClient(server, timeout=120) as client:
         result = client.img2img(image=path, seed=4, denoise=0.1)
-    assert (result["images"][0]["width"], result["images"][0]["height"]) == (64, 64)
+    assert (result["outputs"][0]["width"], result["outputs"][0]["height"]) == (64, 64)
     missing = httpx.post(f"{server}/img2img", json={"seed": 1}, timeout=60)
     assert 400 <= missing.status_code < 500 and "image" in missing.text
 
@@ -103,7 +103,7 @@ def test_concurrent_callers_share_batches_with_solo_images(server):
     for body, result in zip(bodies, together, strict=True):
         alone = _solo(server, body)
         assert alone["timings"]["batch_size"] == 1 and alone["seed"] == body["seed"]
-        diff = np.abs(png_array(result["images"][0]["data"]) - png_array(alone["images"][0]["data"])).max()
+        diff = np.abs(png_array(result["outputs"][0]["data"]) - png_array(alone["outputs"][0]["data"])).max()
         assert diff <= 2, (body, diff)
     metrics = httpx.get(f"{server}/metrics").text
     assert 'comfybento_executions_total{mode="batched",workflow="txt2img"}' in metrics

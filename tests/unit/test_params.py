@@ -45,7 +45,7 @@ def test_non_sequential_ids_and_two_outputs(node_defs):
     assert params["prompt"].node_id == "31" and params["negative_prompt"].node_id == "33"
     assert params["seed"].node_id == "200" and params["seed"].default == 7
     assert params["height"].default == 96
-    outputs = infer_outputs(graph)
+    outputs = infer_outputs(graph, node_defs)
     assert [(o.name, o.node_id) for o in outputs] == [("original", "301"), ("inverted", "302")]
 
 
@@ -64,7 +64,7 @@ def test_comfy_pack_annotations_named_from_titles(node_defs):
     assert list(params) == ["subject", "steps"]  # "Sampling Steps" is no identifier: named after the input it feeds
     assert params["subject"].default == "a lighthouse at dusk"
     assert params["steps"].minimum == 1 and params["steps"].maximum == 8
-    assert [o.name for o in infer_outputs(graph)] == ["image"]
+    assert [o.name for o in infer_outputs(graph, node_defs)] == ["image"]
 
 
 def test_renamed_titles_do_not_change_plain_names(node_defs):
