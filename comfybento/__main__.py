@@ -94,7 +94,7 @@ def _import(args: argparse.Namespace) -> int:
             raise ConfigError(f"--source {item!r}: expected MODEL_PATH=https://URL, e.g. checkpoints/x.safetensors=https://...")
         sources[path] = {"url": url}
     result = import_pack(Path(args.pack), ProjectPaths.from_settings(get_settings()), args.name, args.force, sources)
-    print(f"workflow   {result.workflow} (POST /{result.name})")
+    print(f"{'workflow':12} {result.workflow} (POST /{result.name})")
     for label, items in (("model", result.models_added), ("model (kept)", result.models_kept), ("node", result.nodes_added),
                          ("node (kept)", result.nodes_kept), ("input", result.inputs_written), ("input (kept)", result.inputs_kept)):
         for item in items:

@@ -144,7 +144,8 @@ def _model(label: str, item: dict[str, Any]) -> PackModel:
         raise PackError(f"{label}: sha256 {sha!r} is not 64 hex digits")
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise PackError(f"{label}: size {size!r} is not a positive integer")
-    origin = item.get("source") if isinstance(item.get("source"), dict) else {}
+    raw = item.get("source")
+    origin: dict[str, Any] = raw if isinstance(raw, dict) else {}
     return PackModel(path=str(PurePosixPath(*path.parts[1:])), size=size, sha256=sha.lower(), source=lock_source(origin), origin=origin)
 
 

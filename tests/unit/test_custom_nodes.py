@@ -59,7 +59,7 @@ def test_a_folder_the_installer_did_not_make_is_never_touched(tmp_path, repo):
     (custom / "ComfyUI-Tiny").mkdir(parents=True)
     (custom / "ComfyUI-Tiny" / "mine.py").write_text("# the user's own\n")
     write_manifest(custom / "nodes.lock", (PinnedNode("ComfyUI-Tiny", url, first),))
-    with pytest.raises(NodeManifestError, match="exists and was not installed from nodes.lock"):
+    with pytest.raises(NodeManifestError, match=r"exists and was not installed from nodes\.lock"):
         install_nodes(custom)
     assert (custom / "ComfyUI-Tiny" / "mine.py").exists()
 
@@ -68,7 +68,7 @@ def test_an_unknown_commit_and_a_missing_repository_fail_naming_the_node(tmp_pat
     url, _ = repo
     custom = tmp_path / "custom_nodes"
     write_manifest(custom / "nodes.lock", (PinnedNode("ComfyUI-Tiny", url, "f" * 40),))
-    with pytest.raises(NodeManifestError, match="custom node ComfyUI-Tiny: `git fetch --quiet origin f{40}` failed"):
+    with pytest.raises(NodeManifestError, match=r"custom node ComfyUI-Tiny: `git fetch --quiet origin f{40}` failed"):
         install_nodes(custom)
     write_manifest(custom / "nodes.lock", (PinnedNode("Gone", str(tmp_path / "nowhere.git"), "f" * 40),))
     done = _setup_step(custom)

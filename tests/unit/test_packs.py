@@ -87,7 +87,7 @@ def test_conflicts_are_refused_and_nothing_is_written(tmp_path, project):
     first = write_pack(tmp_path / "a.cpack.zip", IMG2IMG, new_snapshot([model()], [NODE]), inputs={"example.png": b"one"})
     import_pack(first, project)
     moved = write_pack(tmp_path / "b.cpack.zip", IMG2IMG, new_snapshot([model()], [(NODE[0], "b" * 40)]))
-    with pytest.raises(PackError, match="ComfyUI-Extra: nodes.lock pins .* at a{40}, the pack .* at b{40}"):
+    with pytest.raises(PackError, match=r"ComfyUI-Extra: nodes.lock pins .* at a{40}, the pack .* at b{40}"):
         import_pack(moved, project)
     other_input = write_pack(tmp_path / "c.cpack.zip", IMG2IMG, new_snapshot([model()], []), inputs={"example.png": b"two"})
     with pytest.raises(PackError, match=r"input/example\.png would replace .*; pass --force"):
