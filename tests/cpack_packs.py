@@ -65,14 +65,15 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def node_repo(root: Path, name: str = "ComfyUI-Tiny") -> tuple[str, list[str]]:
-    """A local bare git repository with two commits of a custom node: (its URL, [first, second commit])."""
+def node_repo(root: Path, name: str = "ComfyUI-Tiny", versions: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """A local bare git repository with a commit per version of a custom node's __init__.py (default: two
+    that only differ in VERSION): (its URL, the commits in order)."""
     work, bare = root / f"{name}-work", root / f"{name}.git"
     work.mkdir(parents=True)
     git("init", "--quiet", "-b", "main", cwd=work)
     commits = []
-    for version in (1, 2):
-        (work / "__init__.py").write_text(f"VERSION = {version}\nNODE_CLASS_MAPPINGS = {{}}\n")
+    for version, code in enumerate(versions or ("", ""), start=1):
+        (work / "__init__.py").write_text(code or f"VERSION = {version}\nNODE_CLASS_MAPPINGS = {{}}\n")
         git("add", "-A", cwd=work)
         git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", f"v{version}", cwd=work)
         commits.append(git("rev-parse", "HEAD", cwd=work))

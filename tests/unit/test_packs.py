@@ -169,3 +169,10 @@ def test_the_command_line_imports_and_reports_errors(tmp_path, project):
     bad = subprocess.run([*cmd, "--source", "vae/x=http://a"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "expected MODEL_PATH=https://URL" in bad.stderr
     assert TINY["sha256"] in project.models_lock.read_text()
+
+
+def test_an_input_file_the_workflow_names_but_the_pack_lacks_is_reported(tmp_path, project):
+    pack = write_pack(tmp_path / "n.cpack.zip", IMG2IMG, new_snapshot([model()], []))
+    result = import_pack(pack, project)
+    assert "the workflow names input files the pack does not carry: ['example.png']" in result.notes
+    assert result.inputs_written == [] and not project.inputs_dir.exists()
