@@ -1,4 +1,5 @@
-"""Command line: `python -m comfybento models fetch|verify`, `... keys add NAME` and `python -m comfybento batch ...`."""
+"""Command line: `python -m comfybento models fetch|verify`, `... keys add NAME`, `... import PACK.cpack.zip`,
+`... nodes install` and `python -m comfybento batch ...`."""
 
 from __future__ import annotations
 
@@ -80,6 +81,56 @@ def _add_keys_parser(sub: Any) -> None:
     add.set_defaults(func=_keys)
 
 
+def _import(args: argparse.Namespace) -> int:
+    """Import a comfy-pack pack: workflow, models.lock entries, input files, pinned custom nodes."""
+    from pathlib import Path
+
+    from comfybento.packs.importer import ProjectPaths, import_pack
+
+    sources = {}
+    for item in args.source:
+        path, sep, url = item.partition("=")
+        if not sep or not url.startswith("https://"):
+            raise ConfigError(f"--source {item!r}: expected MODEL_PATH=https://URL, e.g. checkpoints/x.safetensors=https://...")
+        sources[path] = {"url": url}
+    result = import_pack(Path(args.pack), ProjectPaths.from_settings(get_settings()), args.name, args.force, sources)
+    print(f"{'workflow':12} {result.workflow} (POST /{result.name})")
+    for label, items in (("model", result.models_added), ("model (kept)", result.models_kept), ("node", result.nodes_added),
+                         ("node (kept)", result.nodes_kept), ("input", result.inputs_written), ("input (kept)", result.inputs_kept)):
+        for item in items:
+            print(f"{label:12} {item}")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print("next: ./scripts/setup (installs the pinned custom nodes and fetches the models)", file=sys.stderr)
+    return 0
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    """Clone every custom node pinned in custom_nodes/nodes.lock at its commit."""
+    from pathlib import Path
+
+    from comfybento.packs.nodes import install_nodes
+
+    folder = Path(args.dir).resolve() if args.dir else get_settings().custom_nodes_dir
+    for name, state in install_nodes(folder).items():
+        print(f"{state:9} {name}")
+    return 0
+
+
+def _add_pack_parsers(sub: Any) -> None:
+    imp = sub.add_parser("import", help="import a comfy-pack pack (.cpack.zip): workflow, models.lock, input files, custom nodes")
+    imp.add_argument("pack", help="the .cpack.zip file")
+    imp.add_argument("--name", default=None, help="endpoint name (default: from the pack's file name)")
+    imp.add_argument("--force", action="store_true", help="overwrite workflows/<name>.json and differing input files")
+    imp.add_argument("--source", action="append", default=[], metavar="MODEL_PATH=URL",
+                     help="download URL for a model the pack gives no source for (repeatable)")
+    imp.set_defaults(func=_import)
+    nodes = sub.add_parser("nodes", help="install the custom nodes pinned in custom_nodes/nodes.lock")
+    nodes.add_argument("action", choices=["install"])
+    nodes.add_argument("--dir", default=None, help="custom nodes folder holding nodes.lock (default: COMFYBENTO_CUSTOM_NODES)")
+    nodes.set_defaults(func=_nodes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comfybento")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--out", required=True)
     info.set_defaults(func=_object_info)
     _add_keys_parser(sub)
+    _add_pack_parsers(sub)
     from comfybento.jobs.cli import add_parser
 
     add_parser(sub)

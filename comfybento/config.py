@@ -90,6 +90,9 @@ class Settings:
     gpu: bool | None
     # Where the node-definition snapshot (ComfyUI's object_info) is cached, keyed by a fingerprint.
     cache_dir: Path = Path.home() / ".cache" / "comfybento"
+    # Files workflows read by name (a LoadImage's default image, an imported pack's input/): the engine
+    # copies them into ComfyUI's input folder when it starts.
+    inputs_dir: Path = PROJECT_ROOT / "inputs"
     # On SIGTERM: seconds in-flight and queued requests get to finish before they are failed with 503.
     drain_timeout_s: int = 20
     # Longest the executor waits for the callers of a just-finished batch to come back (0: never waits).
@@ -188,6 +191,7 @@ class Settings:
             fetch_models=_bool(env, "COMFYBENTO_FETCH_MODELS", IN_BENTO),
             gpu=_bool(env, "COMFYBENTO_GPU", False) if env.get("COMFYBENTO_GPU", "").strip() else None,
             cache_dir=cache_dir,
+            inputs_dir=_path(env, "COMFYBENTO_INPUTS", PROJECT_ROOT / "inputs"),
             drain_timeout_s=_int(env, "COMFYBENTO_DRAIN_TIMEOUT_S", 20),
             encode_threads=_int(env, "COMFYBENTO_ENCODE_THREADS", 0),
             coalesce_ms=_int(env, "COMFYBENTO_COALESCE_MS", 500),

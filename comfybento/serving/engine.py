@@ -105,6 +105,10 @@ class Engine:
 
         runtime = bootstrap(self.settings)
         self.input_dir = runtime.input_dir  # where LoadImage reads (ComfyUI's folder is one per process)
+        from comfybento.packs.inputs import stage_inputs
+
+        for name in stage_inputs(self.settings.inputs_dir, self.input_dir):
+            log.info("input file %s copied from %s into ComfyUI's input folder", name, self.settings.inputs_dir)
         self._check_models()
         self.executor = ComfyExecutor(runtime)
         for name in sorted({c for spec in self.catalog.values() for c in spec.checkpoints}):
