@@ -330,10 +330,10 @@ def convert_graph(graph: UIGraph, node_defs: NodeDefs) -> Graph:
                 "(custom_nodes/), or remove, mute or bypass the node"
             )
         api[node.id] = convert_node(node, node_def, resolver)
-    for node in api.values():  # links from muted nodes go, as ComfyUI drops them
-        for name, value in list(node["inputs"].items()):
+    for api_node in api.values():  # links from muted nodes go, as ComfyUI drops them
+        for name, value in list(api_node["inputs"].items()):
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] not in api:
-                del node["inputs"][name]
+                del api_node["inputs"][name]
     return api
 
 
@@ -344,7 +344,9 @@ def ui_to_api(data: Mapping[str, Any], node_defs: NodeDefs, where: str) -> Graph
     extra = data.get("extra") if isinstance(data.get("extra"), dict) else {}
     if extra and extra.get("groupNodes"):
         names = ", ".join(sorted(map(str, extra["groupNodes"])))
-        raise WorkflowError(f"{where}: the workflow uses legacy group nodes ({names}); convert them to subgraphs or ungroup them in ComfyUI")
+        raise WorkflowError(
+            f"{where}: the workflow uses legacy group nodes ({names}); convert them to subgraphs or ungroup them in ComfyUI"
+        )
     try:
         graph = flatten(data, where)
         api = convert_graph(graph, node_defs)

@@ -97,8 +97,7 @@ def _target_slot(graph: UIGraph, link: UILink) -> dict[str, Any]:
     return node.inputs[link.target_slot]
 
 
-def connect_input(graph: UIGraph, inner: UIGraph, key: str, link: UILink, outer: dict[str, Any] | None,
-                  promoted: dict[int, Any]) -> None:
+def connect_input(graph: UIGraph, inner: UIGraph, key: str, link: UILink, outer: dict[str, Any] | None, promoted: dict[int, Any]) -> None:
     """Point an inner link from the subgraph's input node at what feeds the instance, or set the widget value."""
     outer_key = None if outer is None else outer.get("link")
     if outer_key is not None and str(outer_key) in graph.links:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections import Counter
 import sysconfig
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,7 +106,7 @@ def placeholder_files(root: Path, names: set[str]) -> Iterator[None]:
 
 
 def validate(graph: Graph) -> str:
-    """"" when ComfyUI's validator accepts the graph, else its reasons."""
+    """The validator's reasons for rejecting the graph; empty when it accepts it."""
     import execution
 
     result = run_coroutine(execution.validate_prompt("template-check", graph, None))

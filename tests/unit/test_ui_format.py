@@ -19,24 +19,37 @@ def _def(class_type: str, inputs: list[InputDef], outputs: tuple[str, ...] = (),
 
 NODE_DEFS = {
     "Loader": _def("Loader", [InputDef("ckpt_name", "COMBO", True, choices=("a.safetensors", "b.safetensors"))], ("MODEL", "CLIP"), "Load"),
-    "Sampler": _def("Sampler", [
-        InputDef("model", "MODEL", True),
-        InputDef("seed", "INT", True, SEED),
-        InputDef("steps", "INT", True, {"default": 20}),
-        InputDef("sampler_name", "COMBO", True, choices=("euler", "ddim")),
-        InputDef("latent", "LATENT", True),
-        InputDef("denoise", "FLOAT", False, {"default": 1.0}),
-    ], ("LATENT",), "Sampler Title"),
-    "Latent": _def("Latent", [InputDef("width", "INT", True, {"default": 512}), InputDef("height", "INT", True, {"default": 512})], ("LATENT",)),
+    "Sampler": _def(
+        "Sampler",
+        [
+            InputDef("model", "MODEL", True),
+            InputDef("seed", "INT", True, SEED),
+            InputDef("steps", "INT", True, {"default": 20}),
+            InputDef("sampler_name", "COMBO", True, choices=("euler", "ddim")),
+            InputDef("latent", "LATENT", True),
+            InputDef("denoise", "FLOAT", False, {"default": 1.0}),
+        ],
+        ("LATENT",),
+        "Sampler Title",
+    ),
+    "Latent": _def(
+        "Latent", [InputDef("width", "INT", True, {"default": 512}), InputDef("height", "INT", True, {"default": 512})], ("LATENT",)
+    ),
     "Upscale": _def("Upscale", [InputDef("samples", "LATENT", True), InputDef("scale", "FLOAT", True, {"default": 1.5})], ("LATENT",)),
     "Mix": _def("Mix", [InputDef("model", "MODEL", True), InputDef("clip", "CLIP", True)], ("CLIP", "MODEL")),
     "Save": _def("Save", [InputDef("latent", "LATENT", True), InputDef("prefix", "STRING", True, {"default": "out"})], output_node=True),
-    "LoadMask": _def("LoadMask", [
-        InputDef("image", "COMBO", True, {"image_upload": True}, ("x.png",)),
-        InputDef("channel", "COMBO", True, choices=("alpha", "red")),
-        InputDef("blur", "INT", False, {"default": 0}),
-    ], ("MASK",)),
-    "Noise": _def("Noise", [InputDef("noise_seed", "INT", True, {"default": 0}), InputDef("sizes", "STRING", True, {"default": ""})], ("NOISE",)),
+    "LoadMask": _def(
+        "LoadMask",
+        [
+            InputDef("image", "COMBO", True, {"image_upload": True}, ("x.png",)),
+            InputDef("channel", "COMBO", True, choices=("alpha", "red")),
+            InputDef("blur", "INT", False, {"default": 0}),
+        ],
+        ("MASK",),
+    ),
+    "Noise": _def(
+        "Noise", [InputDef("noise_seed", "INT", True, {"default": 0}), InputDef("sizes", "STRING", True, {"default": ""})], ("NOISE",)
+    ),
     "Forced": _def("Forced", [InputDef("a", "INT", True, {"forceInput": True}), InputDef("b", "INT", True, {"default": 0})], ("INT",)),
 }
 
@@ -63,8 +76,15 @@ def txt2img(sampler_mode: int = 0, extra_nodes=(), extra_links=()) -> dict:
     nodes = [
         node(1, "Loader", ["a.safetensors"], outputs=[out("MODEL"), out("CLIP")]),
         node(2, "Latent", [64, 96], outputs=[out("LATENT")]),
-        node(3, "Sampler", [7, "randomize", 4, "ddim", 0.5], [slot("model", "MODEL", 1), slot("latent", "LATENT", 2)],
-             [out("LATENT")], mode=sampler_mode, title="My sampler"),
+        node(
+            3,
+            "Sampler",
+            [7, "randomize", 4, "ddim", 0.5],
+            [slot("model", "MODEL", 1), slot("latent", "LATENT", 2)],
+            [out("LATENT")],
+            mode=sampler_mode,
+            title="My sampler",
+        ),
         node(4, "Save", ["img"], [slot("latent", "LATENT", 3)]),
         *extra_nodes,
     ]
@@ -180,8 +200,13 @@ def _subgraph_workflow(instance_mode: int = 0) -> dict:
     """Loader -> [subgraph: Latent + Sampler] -> Save; the subgraph promotes Sampler's steps as a widget."""
     inner_nodes = [
         node(1, "Latent", [32, 32], outputs=[out("LATENT")]),
-        node(2, "Sampler", [5, "fixed", 20, "euler", 1.0], [slot("model", "MODEL", 1), slot("latent", "LATENT", 2), slot("steps", "INT", 3, True)],
-             [out("LATENT")]),
+        node(
+            2,
+            "Sampler",
+            [5, "fixed", 20, "euler", 1.0],
+            [slot("model", "MODEL", 1), slot("latent", "LATENT", 2), slot("steps", "INT", 3, True)],
+            [out("LATENT")],
+        ),
     ]
     inner_links = [
         {"id": 1, "origin_id": -10, "origin_slot": 0, "target_id": 2, "target_slot": 0, "type": "MODEL"},
@@ -190,10 +215,14 @@ def _subgraph_workflow(instance_mode: int = 0) -> dict:
         {"id": 4, "origin_id": 2, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "LATENT"},
     ]
     subgraph = {
-        "id": "sub-uuid", "name": "Sample", "inputNode": {"id": -10}, "outputNode": {"id": -20},
+        "id": "sub-uuid",
+        "name": "Sample",
+        "inputNode": {"id": -10},
+        "outputNode": {"id": -20},
         "inputs": [{"name": "model", "type": "MODEL", "linkIds": [1]}, {"name": "steps", "type": "INT", "linkIds": [3]}],
         "outputs": [{"name": "LATENT", "type": "LATENT", "linkIds": [4]}],
-        "nodes": inner_nodes, "links": inner_links,
+        "nodes": inner_nodes,
+        "links": inner_links,
     }
     nodes = [
         node(1, "Loader", ["a.safetensors"], outputs=[out("MODEL"), out("CLIP")]),
@@ -208,7 +237,14 @@ def _subgraph_workflow(instance_mode: int = 0) -> dict:
 def test_subgraphs_are_flattened_with_path_ids_promoted_widgets_and_outer_links():
     graph = convert(_subgraph_workflow())
     assert set(graph) == {"1", "2", "4", "7:1", "7:2"}
-    assert graph["7:2"]["inputs"] == {"seed": 5, "steps": 12, "sampler_name": "euler", "denoise": 1.0, "model": ["1", 0], "latent": ["7:1", 0]}
+    assert graph["7:2"]["inputs"] == {
+        "seed": 5,
+        "steps": 12,
+        "sampler_name": "euler",
+        "denoise": 1.0,
+        "model": ["1", 0],
+        "latent": ["7:1", 0],
+    }
     assert graph["4"]["inputs"]["latent"] == ["7:2", 0]
 
 
