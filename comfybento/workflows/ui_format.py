@@ -39,7 +39,27 @@ MODE_BYPASS = 4
 IGNORED_TYPES = frozenset({"Note", "MarkdownNote"})
 PRIMITIVE = "PrimitiveNode"
 REROUTE = "Reroute"
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+# Input types the front-end shows as widgets (so they take a place in widgets_values): the basic ones, and
+# those its own extensions draw (3D viewer, webcam, recorder ...). Their values are what the file saved;
+# a webcam or 3D canvas capture taken when queueing cannot be reproduced here.
+WIDGET_TYPES = frozenset(
+    {
+        "INT",
+        "FLOAT",
+        "STRING",
+        "BOOLEAN",
+        "COMBO",
+        "LOAD_3D",
+        "WEBCAM",
+        "AUDIO_RECORD",
+        "MARKDOWN",
+        "COLOR",
+        "IMAGECOMPARE",
+        "CHART",
+        "GALLERIA",
+        "TEXTAREA",
+    }
+)
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
 CONTROL = "<control after generate>"  # a widget slot that is not an input

@@ -130,6 +130,12 @@ def test_upload_widget_value_sits_after_the_required_widgets_and_is_not_an_input
     assert convert(data)["5"]["inputs"] == {"image": "x.png", "channel": "red", "blur": 3}
 
 
+def test_inputs_the_front_end_draws_as_its_own_widgets_take_their_place():
+    defs = {**NODE_DEFS, "Webcam": _def("Webcam", [InputDef("image", "WEBCAM", True), InputDef("width", "INT", True)], ("IMAGE",))}
+    data = txt2img(extra_nodes=[node(5, "Webcam", ["", 320], outputs=[out("IMAGE")])])
+    assert ui_to_api(data, defs, "wf.json")["5"]["inputs"] == {"image": "", "width": 320}
+
+
 def test_legacy_values_for_socket_only_inputs_are_skipped():
     data = txt2img(extra_nodes=[node(5, "Forced", [1, 2], outputs=[out("INT")])])
     assert convert(data)["5"]["inputs"] == {"b": 2}
