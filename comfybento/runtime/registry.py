@@ -21,7 +21,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def class_info(cls: Any) -> dict[str, Any]:
+def class_info(cls: Any, display_name: str = "") -> dict[str, Any]:
     spec = cls.INPUT_TYPES()
     inputs: dict[str, dict[str, Any]] = {}
     for section in ("required", "optional"):
@@ -33,6 +33,7 @@ def class_info(cls: Any) -> dict[str, Any]:
         "output": [str(t) for t in getattr(cls, "RETURN_TYPES", ()) or ()],
         "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
         "description": str(getattr(cls, "DESCRIPTION", "") or ""),
+        "display_name": display_name or str(getattr(cls, "DISPLAY_NAME", "") or ""),
     }
 
 
@@ -43,7 +44,7 @@ def object_info() -> dict[str, dict[str, Any]]:
     info = {}
     for class_type, cls in list(nodes.NODE_CLASS_MAPPINGS.items()):
         try:
-            info[class_type] = class_info(cls)
+            info[class_type] = class_info(cls, nodes.NODE_DISPLAY_NAME_MAPPINGS.get(class_type, ""))
         except Exception as exc:
             log.warning("node %s: INPUT_TYPES failed (%s); workflows using it will not load", class_type, exc)
     return info

@@ -111,7 +111,7 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
             f"{where}: '{name}' cannot be an endpoint name; use lowercase letters, digits and "
             f"underscores, starting with a letter, and none of {sorted(RESERVED_NAMES)}"
         )
-    graph = load_graph(path)
+    graph = load_graph(path, node_defs)  # a UI-format file is converted to the API format
     check_graph(where, graph, node_defs)
     models = check_models(where, graph, lock)
     sidecar = load_sidecar(path.with_suffix(".yaml"))
@@ -156,7 +156,7 @@ def load_catalog(settings: Settings, node_defs: NodeDefs, lock: ModelLock) -> di
         raise WorkflowError(f"workflows folder {folder} does not exist (set COMFYBENTO_WORKFLOWS)")
     files = sorted(folder.glob("*.json"))
     if not files:
-        raise WorkflowError(f"{folder} has no *.json workflow; export one with 'Save (API Format)'")
+        raise WorkflowError(f"{folder} has no *.json workflow; save one from ComfyUI (Save, or Export (API))")
     catalog = {}
     for path in files:
         spec = load_workflow(path, node_defs, lock, settings)

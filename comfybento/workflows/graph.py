@@ -18,10 +18,8 @@ from comfybento.errors import WorkflowError
 Graph = dict[str, dict[str, Any]]
 
 UI_FORMAT_MESSAGE = (
-    "{path} is a ComfyUI UI-format workflow (it has 'nodes' and 'links'), not the API format. "
-    "Open it in ComfyUI and export it with Workflow > Export (API) / 'Save (API Format)' "
-    "(enable 'Dev mode' in the settings if you do not see that menu item), "
-    "then put the exported file in the workflows folder."
+    "{path} is a ComfyUI UI-format workflow (it has 'nodes' and 'links'); converting it needs the node registry "
+    "(load it through the workflow catalog), or export it with Workflow > Export (API) / 'Save (API Format)'"
 )
 
 
@@ -45,6 +43,7 @@ class NodeDef:
     output_node: bool = False
     return_types: tuple[str, ...] = ()
     description: str = ""
+    display_name: str = ""  # the title ComfyUI gives a new node of this class
 
 
 NodeDefs = Mapping[str, NodeDef]
@@ -96,14 +95,18 @@ def sorted_ids(ids: Any) -> list[str]:
     return sorted((str(i) for i in ids), key=key)
 
 
-def load_graph(path: Path) -> Graph:
-    """Read an API-format graph file; a UI-format or malformed file is a WorkflowError."""
+def load_graph(path: Path, node_defs: NodeDefs | None = None) -> Graph:
+    """Read an API-format graph file, or a UI-format one converted with node_defs; a malformed file is a WorkflowError."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise WorkflowError(f"{path}: not valid JSON ({exc})") from None
     if isinstance(data, dict) and "nodes" in data and "links" in data:
-        raise WorkflowError(UI_FORMAT_MESSAGE.format(path=path))
+        if node_defs is None:
+            raise WorkflowError(UI_FORMAT_MESSAGE.format(path=path))
+        from comfybento.workflows.ui_format import ui_to_api  # it imports this module
+
+        data = ui_to_api(data, node_defs, str(path))
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "extra_data" in data:
         data = data["prompt"]  # a /prompt request body saved to a file
     if not isinstance(data, dict) or not data:

@@ -62,6 +62,7 @@ def node_def_from_info(class_type: str, info: Mapping[str, Any]) -> NodeDef:
         output_node=bool(info.get("output_node")),
         return_types=tuple(str(t) for t in info.get("output", ())),
         description=str(info.get("description") or ""),
+        display_name=str(info.get("display_name") or ""),
     )
 
 

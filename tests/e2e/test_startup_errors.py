@@ -34,9 +34,10 @@ def _serve_and_fail(tmp_path: Path, workflows: Path) -> str:
     return log.read_text()
 
 
-def test_ui_format_workflow_is_refused_with_export_hint(tmp_path):
+def test_ui_format_workflow_that_cannot_run_is_refused_naming_file_and_node(tmp_path):
+    # A UI-format file is converted; this one's KSampler has no inputs, so the converted graph names what is missing.
     out = _serve_and_fail(tmp_path, _workflows(tmp_path, {"ui_format.json": (GRAPHS / "ui_format.json").read_text()}))
-    assert "ui_format.json" in out and "Save (API Format)" in out
+    assert "ui_format.json" in out and "node 3 (KSampler): required input 'model' is missing" in out
 
 
 def test_unknown_node_is_refused_naming_file_node_and_class(tmp_path):

@@ -12,10 +12,17 @@ ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = ROOT / "tests" / "graphs"
 
 
-def test_ui_format_file_asks_for_api_export():
-    with pytest.raises(WorkflowError, match="Save \\(API Format\\)") as err:
+def test_ui_format_file_without_node_defs_says_what_it_needs():
+    with pytest.raises(WorkflowError, match="needs the node registry") as err:
         load_graph(GRAPHS / "ui_format.json")
-    assert "ui_format.json" in str(err.value)
+    assert "ui_format.json" in str(err.value) and "Save (API Format)" in str(err.value)
+
+
+def test_ui_format_file_with_node_defs_is_converted_and_checked(node_defs):
+    graph = load_graph(GRAPHS / "ui_format.json", node_defs)
+    assert graph["3"]["class_type"] == "KSampler"
+    with pytest.raises(WorkflowError, match=r"node 3 \(KSampler\): required input 'model' is missing"):
+        check_graph("ui_format.json", graph, node_defs)
 
 
 def test_unknown_class_type_names_file_node_and_class(node_defs):
