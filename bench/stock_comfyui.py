@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from comfybento.config import Settings  # noqa: E402
-from comfybento.runtime.bootstrap import find_comfyui_root, stub_missing_torchvision  # noqa: E402
+from comfybento.runtime.bootstrap import find_comfyui_root, prepare_torchvision  # noqa: E402
 
 TINY_NODE = '''from comfybento.runtime.tiny_model import register_tiny_config
 register_tiny_config()
@@ -47,7 +47,8 @@ def main() -> None:
     i = args.index("--models")
     args = args[:i] + args[i + 2:]
     tree = prepare(base, models_dir)
-    stub_missing_torchvision()
+    if "--cpu" in args:  # imports torch: on a GPU, stock ComfyUI must choose its CUDA allocator first
+        prepare_torchvision()
     sys.path.insert(0, str(tree))
     sys.argv = [str(tree / "main.py"), "--disable-auto-launch", "--preview-method", "none", *args]
     runpy.run_path(str(tree / "main.py"), run_name="__main__")

@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import threading
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,8 @@ class ComfyRuntime:
     cpu_threads: int
     # ComfyUI's input folder (process-wide: set by the first bootstrap); uploads are stored there.
     input_dir: Path
+    # ComfyUI's own node modules (comfy_extras/*.py) that failed to import, as ComfyUI reports them.
+    import_failed: tuple[str, ...] = ()
 
 
 def find_comfyui_root(settings: Settings) -> Path:
@@ -74,14 +75,14 @@ def _bootstrap(settings: Settings) -> ComfyRuntime:
     # ComfyUI's nodes.py puts comfy/ (which has a utils.py) first on sys.path; import the
     # root's utils package before that happens, as ComfyUI's main.py does.
     importlib.import_module("utils.install_util")
-    stub_missing_torchvision()
     _configure_args(settings)
+    prepare_torchvision()
     _configure_folders(settings, root)
     import comfy.model_management as mm  # probes the device, after args are set
 
     server = _install_server_stub()
     _install_progress_hook(server)
-    _load_nodes()
+    import_failed = _load_nodes()
     from comfybento.runtime import nodes as our_nodes
     from comfybento.runtime import tiny_model
 
@@ -89,35 +90,51 @@ def _bootstrap(settings: Settings) -> ComfyRuntime:
     tiny_model.register_tiny_config()
     device = str(mm.get_torch_device())
     log.info("ComfyUI %s from %s on %s", comfy_version(), root, device)
-    return ComfyRuntime(root=root, device=device, server=server, cpu_threads=settings.cpu_threads,
-                        input_dir=settings.work_dir / "input")
+    return ComfyRuntime(
+        root=root,
+        device=device,
+        server=server,
+        cpu_threads=settings.cpu_threads,
+        input_dir=settings.work_dir / "input",
+        import_failed=import_failed,
+    )
 
 
-class _MissingModule(types.ModuleType):
-    """Stands in for an optional package ComfyUI imports at module level but SD never uses."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _MissingModule(f"{self.__name__}.{name}")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(f"{self.__name__} needs torchvision, which is not installed")
+# torchvision's operator declarations made here (kept alive: a Library's definitions die with it).
+_torchvision_ops: Any = None
 
 
-def stub_missing_torchvision() -> None:
-    """comfy.model_base imports torchvision (for Cosmos/Cascade models) at import time.
+def prepare_torchvision() -> None:
+    """Let torchvision import on torch's CPU build, where its C++ operators cannot load.
 
-    When it is absent, a placeholder lets ComfyUI import; models that really
-    need torchvision fail with a message saying so. transformers probes for
-    torchvision when first imported, so it is imported before the placeholder.
+    PyPI's torchvision 0.28.0, the release for torch 2.13, is built against CUDA torch:
+    its `_C` extension links libtorch_cuda, which the CPU build lacks. torchvision
+    copes with that (`torchvision.extension._has_ops()` is False and its operators
+    raise a clear error), except that its fake-kernel registration for `nms`/`qnms`
+    needs those operators to exist, so `import torchvision` itself fails
+    ("operator torchvision::nms does not exist", pytorch/vision#9337). Declaring
+    the two schemas, with no kernel, lets its pure-PyTorch parts (transforms,
+    models: all that ComfyUI and spandrel use) import. With CUDA torch the
+    extension loads and nothing is declared.
     """
-    if importlib.util.find_spec("torchvision") is not None or "torchvision" in sys.modules:
+    global _torchvision_ops
+    if _torchvision_ops is not None or "torchvision" in sys.modules:
         return
-    import transformers  # noqa: F401  (records that torchvision is unavailable)
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("torchvision is not installed (ComfyUI imports it): run ./scripts/setup, which installs requirements.txt")
+    import torch
 
-    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
-        sys.modules[name] = _MissingModule(name)
+    extension = Path(next(iter(spec.submodule_search_locations))) / "_C.so"
+    try:
+        torch.ops.load_library(str(extension))
+        return
+    except OSError as exc:
+        log.info("torchvision's C++ operators are unavailable (%s); its Python parts still import", exc)
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _torchvision_ops = lib
 
 
 def _configure_args(settings: Settings) -> None:
@@ -202,10 +219,14 @@ def _install_progress_hook(server: PromptServerStandIn) -> None:
     comfy.utils.set_progress_bar_enabled(False)
 
 
-def _load_nodes() -> None:
+def _load_nodes() -> tuple[str, ...]:
+    """Load ComfyUI's extra and custom nodes; returns the comfy_extras files that failed to import."""
     import nodes
 
-    run_coroutine(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    failed = run_coroutine(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    if failed:
+        log.warning("ComfyUI node modules that failed to import: %s", ", ".join(failed))
+    return tuple(failed or ())
 
 
 def run_coroutine(coro: Any) -> Any:
