@@ -78,7 +78,7 @@ def _check_declared_type(field: str, url: str, kind: str, content_type: str) -> 
     accepted = DECLARED_TYPES.get(kind)
     if accepted is None or media in GENERIC_TYPES or media.startswith(accepted):
         return
-    raise InvalidRequest(f"{field}: {url!r} is {media}, not a {kind} file (expected {', '.join(a + '*' for a in accepted)})")
+    raise InvalidRequest(f"{field}: {url!r} is {media}; a {kind} input takes {', '.join(a + '*' for a in accepted)}")
 
 
 def _read_body(field: str, url: str, response: httpx.Response, limits: Limits, deadline: float) -> bytes:
