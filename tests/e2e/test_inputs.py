@@ -3,7 +3,7 @@
 The files are served by a local HTTP server (tests/file_server.py) reached as `localhost`, the one host this
 server's COMFYBENTO_INPUT_URL_ALLOWLIST names: 127.0.0.1 itself, and every other internal address, stay refused.
 The workflow (tests/graphs/inputs.json) needs no model: LoadImage -> ImageInvert, LoadImage's MASK output and
-LoadImageMask (red channel), each saved as an image.
+LoadImageMask (red channel), each saved as an image; tests/graphs/video_input.json saves a LoadVideo's frames.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.e2e.conftest import JOB_ENV, serving
 from tests.e2e.test_jobs import wait_job
 from tests.file_server import FileServer, file_server
 from tests.helpers import make_workflows_dir, png_array, service_env
-from tests.media_samples import half_masked_png, png
+from tests.media_samples import half_masked_png, png, video, wav
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,7 @@ def files() -> Iterator[FileServer]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("inputs_serve")
-    workflows = make_workflows_dir(root / "workflows", extra=("inputs",))
+    workflows = make_workflows_dir(root / "workflows", extra=("inputs", "video_input"))
     env = {**service_env(workflows, root / "work"), **JOB_ENV, "COMFYBENTO_WARMUP": "0",
            "COMFYBENTO_INPUT_URL_ALLOWLIST": "localhost", "COMFYBENTO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
     with serving(env, root) as url:
@@ -134,3 +134,17 @@ def test_job_items_take_base64_and_urls(server, files):
     assert (first["alpha_mask"][:, :32] == 255).all() and (first["alpha_mask"][:, 32:] == 0).all()
     bad = httpx.post(f"{server}/jobs", json={"workflow": "inputs", "items": [{"image": "not base64!", "mask": url}]}, timeout=60)
     assert bad.status_code == 422 and "image" in bad.text
+
+
+def test_a_video_input_by_base64_and_url(server, files):
+    clip = video(frames=8)
+    url = files.add("/clip.mp4", clip, "video/mp4")
+    for source in (_b64(clip), url):
+        resp = httpx.post(f"{server}/video_input", json={"video": source}, timeout=120)
+        assert resp.status_code == 200, resp.text[:500]
+        frames = [png_array(o["data"]) for o in resp.json()["images"]]
+        assert len(frames) == 8 and frames[0].shape == (64, 64, 3)
+    uploaded = httpx.post(f"{server}/video_input", files={"video": ("c.mp4", clip, "video/mp4")}, timeout=120)
+    assert uploaded.status_code == 200 and len(uploaded.json()["images"]) == 8
+    sound = httpx.post(f"{server}/video_input", json={"video": _b64(wav())}, timeout=60)
+    assert sound.status_code == 422 and sound.json()["error"].startswith("video: the wav file has no video stream")

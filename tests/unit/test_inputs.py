@@ -18,7 +18,7 @@ from comfybento.workflows.schema import build_input_model
 from comfybento.workflows.sidecar import Sidecar, apply_sidecar
 from comfybento.workflows.uploads import check_item_input, read_input
 from tests.file_server import file_server
-from tests.media_samples import half_masked_png, png, video, wav
+from tests.media_samples import png, video, wav
 
 LOCAL = AllowList(["localhost"], "input url")
 
@@ -42,27 +42,27 @@ def test_an_image_by_upload_base64_data_uri_and_url_reads_the_same(tmp_path):
 
 
 def test_a_url_is_refused_where_no_allow_list_is_given():
-    with pytest.raises(InvalidRequest, match="^image: a URL is not taken here"):
+    with pytest.raises(InvalidRequest, match=r"^image: a URL is not taken here"):
         read_input("image", "image", "https://example.com/x.png", Limits(), None)
 
 
 def test_a_data_uri_must_be_base64_and_of_the_right_type():
     with pytest.raises(InvalidRequest, match=r"^mask: a data: URI must be data:<type>;base64,<data>"):
         read_input("mask", "mask", "data:image/png,abc", Limits(), None)
-    with pytest.raises(InvalidRequest, match="^mask: the data: URI is text/plain, not a mask file"):
+    with pytest.raises(InvalidRequest, match=r"^mask: the data: URI is text/plain, not a mask file"):
         read_input("mask", "mask", f"data:text/plain;base64,{_b64(png())}", Limits(), None)
 
 
 def test_video_and_audio_are_sniffed_not_trusted():
     assert read_input("clip", "video", _b64(video()), Limits(), None).suffix == ".mp4"
     assert read_input("voice", "audio", _b64(wav()), Limits(), None).suffix == ".wav"
-    with pytest.raises(InvalidRequest, match="^clip: the wav file has no video stream"):
+    with pytest.raises(InvalidRequest, match=r"^clip: the wav file has no video stream"):
         read_input("clip", "video", _b64(wav()), Limits(), None)
     with pytest.raises(InvalidRequest, match=r"^clip: a still image \(png_pipe\), not a video file"):
         read_input("clip", "video", _b64(png()), Limits(), None)
-    with pytest.raises(InvalidRequest, match="^voice: not a readable audio file"):
+    with pytest.raises(InvalidRequest, match=r"^voice: not a readable audio file"):
         read_input("voice", "audio", _b64(b"RIFF" + b"\0" * 200), Limits(), None)
-    with pytest.raises(InvalidRequest, match="^image: not a PNG, JPEG or WebP image"):
+    with pytest.raises(InvalidRequest, match=r"^image: not a PNG, JPEG or WebP image"):
         read_input("image", "image", _b64(wav()), Limits(), None)
 
 
@@ -84,9 +84,9 @@ def test_the_new_limits_have_env_names():
 
 def test_a_job_item_url_is_checked_for_its_form_at_submit_and_base64_in_full():
     check_item_input("image", "image", "https://example.com/a.png", Limits())  # fetched when the item runs
-    with pytest.raises(InvalidRequest, match="^image: not an http"):
+    with pytest.raises(InvalidRequest, match=r"^image: not an http"):
         check_item_input("image", "image", "https://", Limits())
-    with pytest.raises(InvalidRequest, match="^image: not a PNG"):
+    with pytest.raises(InvalidRequest, match=r"^image: not a PNG"):
         check_item_input("image", "image", _b64(b"hello there"), Limits())
     check_item_input("clip", "video", _b64(video(2)), Limits())
 

@@ -61,7 +61,7 @@ def test_fetch_reads_a_file_and_its_suffix():
 def test_without_the_setting_a_local_server_is_refused():
     with file_server() as files:
         url = files.add("/cat.png", png(), "image/png")
-        with pytest.raises(InvalidRequest, match="^image: address 127.0.0.1"):
+        with pytest.raises(InvalidRequest, match=r"^image: address 127.0.0.1"):
             fetch("image", url, "image", Limits(), AllowList([]))
         assert files.hits == []  # refused before any connection
 
@@ -72,7 +72,7 @@ def test_every_redirect_is_checked_again(target):
     with file_server() as files:
         files.add("/cat.png", png(), "image/png")
         url = files.redirect("/go", target.format(port=files.port))
-        with pytest.raises(InvalidRequest, match="^image: address .* is not in the allow-list"):
+        with pytest.raises(InvalidRequest, match=r"^image: address .* is not in the allow-list"):
             fetch("image", url, "image", Limits(), AllowList(["localhost"]))
         assert files.hits == ["/go"]
 
