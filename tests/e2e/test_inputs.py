@@ -77,6 +77,24 @@ def test_mask_inputs(server):
     assert (out["red_mask"] == 255).all()  # LoadImageMask's red channel of a white image
 
 
+def test_sidecar_exposed_combo_boolean_int_and_float(server):
+    files = {"image": _b64(png()), "mask": _b64(png())}
+    default = _outputs(httpx.post(f"{server}/inputs", json=files, timeout=120))["styled"]
+    assert default.shape == (64, 128, 3)  # the image and its inverse side by side
+    chosen = {"direction": "down", "match_image_size": False, "spacing_width": 2, "scale_by": 0.5, "resize_method": "area"}
+    styled = _outputs(httpx.post(f"{server}/inputs", json={**files, **chosen}, timeout=120))["styled"]
+    assert styled.shape == (65, 32, 3)  # (64 + 2 + 64) x 64 stacked down, halved
+    for field, bad in (("direction", "sideways"), ("match_image_size", "maybe"), ("spacing_width", 2000), ("scale_by", 9.5),
+                       ("resize_method", "nearest")):
+        resp = httpx.post(f"{server}/inputs", json={**files, field: bad}, timeout=60)
+        assert resp.status_code == 400 and field in resp.text, (field, resp.text[:300])
+    props = next(v for k, v in httpx.get(f"{server}/docs.json", timeout=30).json()["components"]["schemas"].items()
+                 if k == "InputsInput")["properties"]
+    assert props["direction"]["enum"] == ["right", "down", "left", "up"] and props["match_image_size"]["type"] == "boolean"
+    assert (props["scale_by"]["type"], props["scale_by"]["minimum"], props["scale_by"]["maximum"]) == ("number", 0.01, 8.0)
+    assert (props["spacing_width"]["type"], props["spacing_width"]["maximum"]) == ("integer", 1024)
+
+
 def test_the_schema_types_files_as_uploads_or_strings(server):
     schemas = httpx.get(f"{server}/docs.json", timeout=30).json()["components"]["schemas"]
     props = next(v for k, v in schemas.items() if k == "InputsInput")["properties"]
