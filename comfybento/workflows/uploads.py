@@ -50,14 +50,15 @@ def read_input(field: str, kind: str, source: Path | bytes | str | None, limits:
 
     allow: the allow-list for URL inputs; None refuses URLs.
     """
-    what = "file" if kind == "file" else kind
     if source is None:
-        raise InvalidRequest(f"{field}: {'an' if what[0] in 'aeiou' else 'a'} {what} is required")
+        raise InvalidRequest(f"{field}: {'an' if kind[0] in 'aeiou' else 'a'} {kind} is required")
+    if isinstance(source, str):
+        source = source.strip()
     suffix = source.suffix.lower() if isinstance(source, Path) else ""
     if isinstance(source, str) and is_url(source):
         if allow is None:
             raise InvalidRequest(f"{field}: a URL is not taken here; send the file itself")
-        data, suffix = fetch(field, source.strip(), kind, limits, allow)
+        data, suffix = fetch(field, source, kind, limits, allow)
         _check_size(field, len(data), limits)
     else:
         data = read_file(field, source, limits, kind)
