@@ -10,8 +10,9 @@ without opening 127.0.0.1 itself).
 
 No time-of-check/time-of-use gap: `check` resolves the host once and returns
 the addresses it approved, and `pinned` makes a request that connects to one
-of them (the Host header and TLS server name stay the URL's own), so a second
-DNS answer can never send the request elsewhere. Redirects are never followed
+of them (the Host header and TLS server name stay the URL's own, and the
+connection is not reused), so a second DNS answer can never send the request
+elsewhere. Redirects are never followed
 by the HTTP client: whoever follows one checks the new URL again.
 """
 
@@ -89,6 +90,9 @@ def pinned(request: httpx.Request, address: Address) -> httpx.Request:
     host = request.url.host
     request.url = request.url.copy_with(host=str(address))
     request.headers["host"] = _host_header(host, request.url.port)
+    # Never reused: a pooled connection is keyed by address, and one made (and its certificate checked) for another
+    # host name on the same address must not carry this request.
+    request.headers["connection"] = "close"
     if request.url.scheme == "https":
         request.extensions = {**request.extensions, "sni_hostname": host}
     return request

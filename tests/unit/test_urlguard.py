@@ -49,6 +49,7 @@ def test_pinned_keeps_the_host_header_and_tls_name():
     assert str(request.url) == "https://93.184.216.34:8443/a.png?x=1"
     assert request.headers["host"] == "files.example.com:8443"
     assert request.extensions["sni_hostname"] == "files.example.com"
+    assert request.headers["connection"] == "close"  # never reused for another host name on the same address
 
 
 def test_fetch_reads_a_file_and_its_suffix():
