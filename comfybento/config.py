@@ -136,6 +136,10 @@ class Settings:
     webhook_secret_file: Path = Path(".comfybento/webhook-secret")
     # Allowed callback hosts/networks, attempts per delivery and the backoff between them.
     webhook_allowlist: tuple[str, ...] = ()
+    # Input files by URL (comfybento/urlguard.py), COMFYBENTO_INPUT_URL_ALLOWLIST: host names (`*.example.com`) and
+    # networks, comma-separated. Empty: any host that resolves only to public addresses; set: only these, which may
+    # be internal (`localhost`, `10.0.0.0/8`).
+    input_url_allowlist: tuple[str, ...] = ()
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 1.0
     # ---- access (comfybento/serving/access.py)
@@ -245,6 +249,7 @@ def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
         "webhook_secret": parse_webhook_secret(secret, "COMFYBENTO_WEBHOOK_SECRET") if secret else "",
         "webhook_secret_file": work_dir / "webhook-secret",
         "webhook_allowlist": allow,
+        "input_url_allowlist": tuple(x.strip() for x in env.get("COMFYBENTO_INPUT_URL_ALLOWLIST", "").split(",") if x.strip()),
         "webhook_max_attempts": _int(env, "COMFYBENTO_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1),
         "webhook_backoff_s": float(_int(env, "COMFYBENTO_WEBHOOK_BACKOFF_MS", 1000, minimum=1)) / 1000,
     }

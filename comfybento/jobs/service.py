@@ -10,6 +10,7 @@ import os
 import stat
 import uuid
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ from comfybento.outputs.storage import LocalStorage, Storage
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.limits import check_request_limits
+from comfybento.workflows.params import UPLOAD_KINDS
 from comfybento.workflows.schema import build_input_model
-from comfybento.workflows.uploads import read_upload
+from comfybento.workflows.uploads import check_item_input
 
 PROGRESS_LIMIT = 1000
 
@@ -120,7 +122,7 @@ class JobService:
 
     def _validate(self, spec: WorkflowSpec, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model = self.item_models[spec.name]
-        images = [p.name for p in spec.params if p.kind == "image"]
+        files = {p.name: p.kind for p in spec.params if p.kind in UPLOAD_KINDS}
         errors: list[ItemError] = []
         out = []
         for index, item in enumerate(raw):
@@ -129,7 +131,7 @@ class JobService:
             except ValidationError as exc:
                 errors += [ItemError(index=index, field=".".join(map(str, e["loc"])) or "(item)", message=e["msg"]) for e in exc.errors()]
                 continue
-            errors += _item_limit_errors(spec, index, validated, images)
+            errors += _item_limit_errors(spec, index, validated, files)
             out.append(validated)
         if errors:
             raise InvalidItems(errors)
@@ -226,12 +228,12 @@ def read_local(root: Path, key: str) -> bytes:
         return fh.read()
 
 
-def _item_limit_errors(spec: WorkflowSpec, index: int, values: dict[str, Any], images: list[str]) -> list[ItemError]:
-    """An item's uploads (header first: no bomb is decoded) and graph sizes against the workflow's limits."""
+def _item_limit_errors(spec: WorkflowSpec, index: int, values: dict[str, Any], files: Mapping[str, str]) -> list[ItemError]:
+    """An item's files (base64 now, header first: no bomb is decoded; a URL's form) and graph sizes against the limits."""
     errors = []
-    for name in images:
+    for name, kind in files.items():
         try:
-            read_upload(name, values[name], spec.limits)
+            check_item_input(name, kind, values[name], spec.limits)
         except ComfyBentoError as exc:
             errors.append(ItemError(index=index, field=name, message=str(exc)))
     try:

@@ -1,4 +1,4 @@
-"""Signed webhook deliveries (Standard Webhooks), with an allow-list and retries.
+"""Signed webhook deliveries (Standard Webhooks), with an allow-list (comfybento/urlguard.py) and retries.
 
 Each POST carries `webhook-id`, `webhook-timestamp` and `webhook-signature`,
 made by the `standardwebhooks` library with a `whsec_<base64>` secret: the
@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import fnmatch
-import ipaddress
 import json
 import logging
 import os
 import secrets
-import socket
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 from standardwebhooks import Webhook
@@ -34,6 +29,7 @@ from standardwebhooks import Webhook
 from comfybento.config import parse_webhook_secret
 from comfybento.errors import InvalidRequest
 from comfybento.jobs.records import Delivery, backoff_s, now
+from comfybento.urlguard import AllowList, asend_checked
 
 log = logging.getLogger(__name__)
 
@@ -78,65 +74,16 @@ def signed_request(delivery: Delivery, signer: Webhook) -> tuple[bytes, dict[str
     return body.encode(), headers
 
 
-class AllowList:
-    """Callback URLs must be http(s), and their host must match the list.
-
-    Entries are host names (`hooks.example.com`, `*.example.com`) or networks
-    (`10.0.0.0/8`, `127.0.0.1`). With an empty list, any host that resolves only
-    to public addresses is allowed; loopback, private, link-local and reserved
-    addresses never are unless listed.
-    """
-
-    def __init__(self, entries: Sequence[str]) -> None:
-        self.hosts = [e.lower() for e in entries if not _is_network(e)]
-        self.networks = [ipaddress.ip_network(e, strict=False) for e in entries if _is_network(e)]
-
-    def check(self, url: str) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise InvalidRequest(f"webhook url {url!r} must be an http(s) URL")
-        host = parsed.hostname.lower()
-        if any(fnmatch.fnmatch(host, pattern) for pattern in self.hosts):
-            return
-        addresses = _resolve(host)
-        if not addresses:
-            raise InvalidRequest(f"webhook url {url!r}: host {host!r} does not resolve")
-        for address in addresses:
-            if any(address in net for net in self.networks):
-                continue
-            if self.networks or self.hosts or not address.is_global:
-                raise InvalidRequest(f"webhook url {url!r}: address {address} of {host!r} is not in the webhook allow-list")
-
-
-def _is_network(entry: str) -> bool:
-    try:
-        ipaddress.ip_network(entry, strict=False)
-        return True
-    except ValueError:
-        return False
-
-
-def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        return []
-    return sorted({ipaddress.ip_address(info[4][0]) for info in infos}, key=str)
-
-
 async def attempt(delivery: Delivery, signer: Webhook, allow: AllowList, client: httpx.AsyncClient, policy: WebhookPolicy,
                   resolver: Executor) -> Delivery:
     """One POST within policy.timeout_s; updates the delivery's state, log and next attempt time."""
     entry: dict[str, Any] = {"attempt": delivery.attempts + 1, "at": now()}
     try:
         async with asyncio.timeout(policy.timeout_s):
-            await asyncio.get_running_loop().run_in_executor(resolver, allow.check, delivery.url)  # again: DNS may have changed
+            # Checked again (DNS may have changed), and the POST goes to an address this check approved.
+            addresses = await asyncio.get_running_loop().run_in_executor(resolver, allow.check, delivery.url)
             body, headers = signed_request(delivery, signer)
-            resp = await client.post(delivery.url, content=body, headers=headers)
+            resp = await asend_checked(client, client.build_request("POST", delivery.url, content=body, headers=headers), addresses)
         entry["status_code"] = resp.status_code
         ok = 200 <= resp.status_code < 300
     except TimeoutError:

@@ -41,6 +41,7 @@ from comfybento.workflows.binding import bind, shape_key
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.graph import Graph, is_link
 from comfybento.workflows.limits import check_graph_limits
+from comfybento.workflows.params import NAMED_UPLOADS
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +139,11 @@ class Engine:
                                  + " (run `python -m comfybento models fetch`)")
 
     def _warm_up(self, spec: WorkflowSpec) -> None:
-        if any(p.kind == "file" for p in spec.params):
-            log.info("no warm-up for %s: it takes a file upload, which cannot be made up", spec.name)
+        if any(p.kind in ("file", "video", "audio") for p in spec.params):
+            log.info("no warm-up for %s: it takes a file, video or audio upload, which cannot be made up", spec.name)
             return
         grey = png_bytes(_grey_image())
-        values: dict[str, Any] = {p.name: grey for p in spec.params if p.kind == "image"}
+        values: dict[str, Any] = {p.name: grey for p in spec.params if p.kind in ("image", "mask")}
         sizes = sorted({1, spec.max_batch_size}) if self.settings.compile and spec.batch_plan else [1]
         for size in sizes:  # with torch.compile, the largest batch is compiled before ready too
             started = time.perf_counter()
@@ -204,8 +205,8 @@ class Engine:
         files: list[Path] = []
         try:
             for param in spec.params:
-                if param.kind == "image":
-                    path = self._store_upload(param.name, values.get(param.name))
+                if param.kind in NAMED_UPLOADS:  # images, masks, video, audio: the node gets the file's name
+                    path = self._store_upload(param.name, values.get(param.name), item.file_suffixes.get(param.name) or ".png")
                     files.append(path)
                     values[param.name] = path.name
                 elif param.kind == "file":  # CPackInputFile: the node gets the stored file's full path

@@ -46,12 +46,13 @@ from comfybento.serving.http import (
 from comfybento.serving.messages import EngineItem, ItemResult
 from comfybento.serving.openapi import OpenAPIMiddleware, fix_openapi
 from comfybento.serving.project import Project
+from comfybento.urlguard import AllowList
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.limits import check_request_limits
-from comfybento.workflows.params import OutputSpec
+from comfybento.workflows.params import UPLOAD_KINDS, OutputSpec
 from comfybento.workflows.schema import GenerateResponse, Timings
-from comfybento.workflows.uploads import read_file, read_upload
+from comfybento.workflows.uploads import read_input
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,11 @@ def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------- front service
 
 
-def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None) -> EngineItem:
-    """A validated request (endpoint fields or a job item) as the engine's item: uploads checked and read as bytes.
+def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None, urls: AllowList | None = None) -> EngineItem:
+    """A validated request (endpoint fields or a job item) as the engine's item: input files read and checked, as bytes.
 
-    Blocking (reads and decodes uploads): call it in a thread. Raises TooLarge / InvalidRequest.
+    Files come uploaded, as base64 or by URL (fetched through `urls`, the input allow-list; None refuses URLs).
+    Blocking (reads, fetches and sniffs files): call it in a thread. Raises TooLarge / InvalidRequest.
     """
     values = dict(values)
     output_format, quality = values.pop("output_format", None), values.pop("output_quality", None)
@@ -117,11 +119,9 @@ def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None) ->
     suffixes = {}
     for param in spec.params:
         value = values.get(param.name)
-        if param.kind == "image":
-            values[param.name] = read_upload(param.name, value, spec.limits)
-        elif param.kind == "file" and value is not None:
-            values[param.name] = read_file(param.name, value, spec.limits)
-            suffixes[param.name] = value.suffix if isinstance(value, Path) else ""
+        if param.kind in UPLOAD_KINDS and (value is not None or param.kind != "file"):
+            found = read_input(param.name, param.kind, value, spec.limits, urls)
+            values[param.name], suffixes[param.name] = found.data, found.suffix
     return EngineItem(values=values, seed=seed, submitted_at=time.time(), output_format=output_format, output_quality=quality,
                       request_id=request_id(), file_suffixes=suffixes)
 
@@ -159,7 +159,7 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> It
     """Validate, admit, run on the engine: the result, or the error response (the one mapping: serving/http.py)."""
     retry = self.admission.retry_after_s
     try:
-        item = await asyncio.to_thread(engine_item, spec, values, resolve_seed(spec.params, values))
+        item = await asyncio.to_thread(engine_item, spec, values, resolve_seed(spec.params, values), self.input_urls)
     except ComfyBentoError as exc:
         return error_response(exc)
     if self.admission.try_enter(spec.name) is None:
@@ -239,7 +239,7 @@ def _job_hooks(project: Project) -> dict[str, Any]:
     async def start_jobs(self: Any) -> None:
         async def execute(workflow: str, values: dict[str, Any], seed: int | None, on_event: OnEvent) -> ItemResult:
             try:  # uploads are checked and decoded off the event loop; a bad item is its own failure, not a retry
-                item = await asyncio.to_thread(engine_item, project.catalog[workflow], values, seed)
+                item = await asyncio.to_thread(engine_item, project.catalog[workflow], values, seed, self.input_urls)
             except ComfyBentoError as exc:
                 return ItemResult.failure(exc, seed)
             return await call_engine(self, workflow, item, on_event)
@@ -263,6 +263,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         lifecycle.watch_parent()
         self.admission = Admission(limit=settings.max_queue, retry_after_s=settings.retry_after_s)
         self.output_storage = StorageOnFirstUse(settings)
+        self.input_urls = AllowList(settings.input_url_allowlist, "input url")
         self.engine_client = EngineClient(engine_url(ENGINE_NAME), ENGINE_TIMEOUT_S) if settings.engine_entry == "scheduler" else None
 
     async def __is_ready__(self: Any) -> bool:

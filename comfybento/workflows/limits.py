@@ -8,8 +8,10 @@ Set globally (COMFYBENTO_MAX_* settings) and per workflow (the sidecar's
   - `check_graph_limits`, on the bound graph, whatever the parameter is called
     (comfy-pack inputs and sidecar-added ones included): pixels per image and
     per request, images per request, steps;
-  - uploads (serving/uploads.py): bytes, pixels and frames, read from the
-    image header before any pixel is decoded.
+  - input files (workflows/uploads.py), whether uploaded, base64 or by URL:
+    bytes, pixels and frames read from the image header before any pixel is
+    decoded; a video's or audio's length and frames from its container; a
+    URL's download time and redirects.
 An over-limit request gets a 413 naming the limit and how to raise it.
 """
 
@@ -22,9 +24,7 @@ from typing import Any
 from comfybento.errors import TooLarge, WorkflowError
 from comfybento.workflows.binding import bind
 from comfybento.workflows.graph import Graph, is_link
-from comfybento.workflows.params import Param
-
-UPLOAD_KINDS = ("image", "file")
+from comfybento.workflows.params import UPLOAD_KINDS, Param
 
 # Node inputs that size the work of a request, wherever they appear in a graph.
 WIDTH_INPUTS = ("width", "empty_latent_width")
@@ -52,6 +52,13 @@ class Limits:
     min_upload_side: int = 8
     # Bytes of a whole request body (multipart uploads included).
     max_body_bytes: int = 64 * 1024 * 1024
+    # Input files given by URL: seconds for the whole download (redirects included) and redirects followed.
+    # Their bytes count against max_upload_bytes like an upload's.
+    max_url_seconds: int = 20
+    max_url_redirects: int = 5
+    # Video and audio inputs: length in seconds, and frames of a video, read from the container's header.
+    max_media_seconds: int = 600
+    max_video_frames: int = 10_000
 
     def override(self, values: dict[str, Any], where: str) -> Limits:
         """These limits with a sidecar's `limits:` mapping applied (positive integers, known names)."""

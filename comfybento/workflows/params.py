@@ -4,7 +4,10 @@ Two sources, in this order of preference:
   (a) comfy-pack annotations: CPackInput* nodes, named after their titles;
   (b) a plain export: prompt/negative_prompt from the encoders feeding the
       sampler, the sampler's seed/steps/cfg/sampler_name/scheduler/denoise,
-      the latent's width/height/batch_size, and an image input per LoadImage.
+      the latent's width/height/batch_size, and an input file per loader:
+      LoadImage (an image; its alpha is the MASK output), LoadImageMask (a
+      mask), LoadVideo, LoadAudio, and any node input with ComfyUI's
+      image/video/audio upload widget.
 A sidecar file (see sidecar.py) can then rename, hide or add parameters.
 """
 
@@ -19,7 +22,11 @@ from comfybento.errors import WorkflowError
 from comfybento.outputs.media import KNOWN_OUTPUTS, OutputKind
 from comfybento.workflows.graph import Graph, InputDef, NodeDefs, is_link, links_into, node_title, sorted_ids
 
-Kind = Literal["int", "float", "string", "bool", "enum", "image", "file", "any"]
+Kind = Literal["int", "float", "string", "bool", "enum", "image", "mask", "video", "audio", "file", "any"]
+
+# Input files: the node gets a file name in ComfyUI's input folder (images, masks, video, audio) or a path (files).
+NAMED_UPLOADS: tuple[Kind, ...] = ("image", "mask", "video", "audio")
+UPLOAD_KINDS: tuple[Kind, ...] = (*NAMED_UPLOADS, "file")
 
 SAMPLER_CLASSES = ("KSampler", "KSamplerAdvanced")
 SEED_INPUTS = ("seed", "noise_seed")
@@ -31,7 +38,23 @@ CPACK_INPUTS = {
     "CPackInputAny": "input",
     "CPackInputFile": "path",
 }
-IMAGE_LOADERS = {"LoadImage": "image", "CPackInputImage": "image"}
+# Loader inputs that take a file of the input folder: (class, input) -> what the file is.
+FILE_LOADERS: dict[tuple[str, str], Kind] = {
+    ("LoadImage", "image"): "image",
+    ("CPackInputImage", "image"): "image",
+    ("LoadImageMask", "image"): "mask",
+    ("LoadVideo", "file"): "video",
+    ("LoadAudio", "audio"): "audio",
+}
+# ComfyUI's upload widgets (an input's options), for loaders not listed above (custom nodes).
+UPLOAD_WIDGETS: dict[str, Kind] = {"image_upload": "image", "video_upload": "video", "audio_upload": "audio"}
+UPLOAD_WHAT: dict[str, str] = {
+    "image": "Input image (PNG, JPEG or WebP)",
+    "mask": "Input mask (a PNG, JPEG or WebP image; the node reads the channel it is set to)",
+    "video": "Input video (MP4, WebM, MKV, MOV, AVI...)",
+    "audio": "Input audio (WAV, FLAC, MP3, OGG, M4A...; or a video's sound)",
+    "file": "Input file, stored in ComfyUI's input folder under a fresh name, whose path the node gets,",
+}
 OUTPUT_IMAGE_CLASSES = ("SaveImage", "PreviewImage", "CPackOutputImage")
 # Output names that are routes of their own (`/<workflow>/png`).
 RESERVED_OUTPUT_NAMES = frozenset({"png"})
@@ -82,10 +105,21 @@ def identifier(text: str, fallback: str = "param") -> str:
     return f"_{text}" if text[0].isdigit() else text
 
 
+def upload_kind(class_type: str, input_def: InputDef) -> Kind | None:
+    """What file a loader input takes (image, mask, video, audio), or None if it is not a file input."""
+    known = FILE_LOADERS.get((class_type, input_def.name))
+    if known is not None:
+        return known
+    return next((kind for key, kind in UPLOAD_WIDGETS.items() if input_def.options.get(key)), None)
+
+
 def param_from_input(
     name: str, node_id: str, class_type: str, input_def: InputDef, default: Any, role: str = ""
 ) -> Param:
-    """A Param typed after ComfyUI's own input definition (type, bounds, choices)."""
+    """A Param typed after ComfyUI's own input definition (type, bounds, choices); a loader's file is an upload."""
+    upload = upload_kind(class_type, input_def)
+    if upload is not None:
+        return _upload_param(name, node_id, class_type, upload, input_def.name)
     opts = input_def.options
     tooltip = str(opts.get("tooltip") or "").strip()
     description = f"{tooltip} " if tooltip else ""
@@ -176,6 +210,8 @@ def _cpack_params(where: str, graph: Graph, node_defs: NodeDefs) -> list[Param]:
         name = _cpack_name(graph, node_id, feeds)
         fed_defs = [d for c, i in feeds.get(node_id, []) if (d := _input_def(node_defs, graph[c]["class_type"], i))]
         param = _cpack_param(where, name, node_id, graph[node_id], node_defs, fed_defs)
+        if class_type == "CPackInputImage" and mask_output_used(graph, node_id):
+            param = _upload_param(param.name, node_id, class_type, "image", param.input_name, mask_used=True)
         if not has_seed and param.kind == "int" and any(i in SEED_INPUTS for _, i in feeds.get(node_id, [])):
             param = replace(param, role="seed", description="Random seed; omit it to draw a random seed, which the "
                             f"response returns. (node {node_id} {class_type}, input '{param.input_name}')")
@@ -189,9 +225,9 @@ def _cpack_param(where: str, name: str, node_id: str, node: dict[str, Any], node
     input_name = CPACK_INPUTS[class_type]
     value = node["inputs"].get(input_name)
     if class_type == "CPackInputImage":
-        return _upload_param(name, node_id, class_type, "image")
+        return _upload_param(name, node_id, class_type, "image", input_name)
     if class_type == "CPackInputFile":
-        return _upload_param(name, node_id, class_type, "file")
+        return _upload_param(name, node_id, class_type, "file", input_name)
     if class_type == "CPackInputString":
         return param_from_input(name, node_id, class_type, node_defs[class_type].inputs[input_name], value)
     if class_type == "CPackInputInt":
@@ -282,15 +318,18 @@ def _cpack_name(graph: Graph, node_id: str, feeds: dict[str, list[tuple[str, str
     return identifier(class_type.removeprefix("CPackInput"), "input")
 
 
-def _upload_param(name: str, node_id: str, class_type: str, kind: Kind) -> Param:
-    """An image (LoadImage, CPackInputImage) or file (CPackInputFile) input: a multipart upload, base64 in job items."""
-    if kind == "image":
-        input_name, what = IMAGE_LOADERS[class_type], "Input image (PNG/JPEG/WebP upload)"
-    else:
-        input_name = CPACK_INPUTS[class_type]
-        what = "Input file (upload; base64 in job items), stored in ComfyUI's input folder under a fresh name, whose path the node gets,"
+def _upload_param(name: str, node_id: str, class_type: str, kind: Kind, input_name: str, mask_used: bool = False) -> Param:
+    """An input file (image, mask, video, audio, or a comfy-pack file): a multipart upload, base64 or an http(s) URL."""
+    what = UPLOAD_WHAT[kind]
+    if mask_used:
+        what += "; its alpha channel is the node's MASK output (transparent = masked)"
     return Param(name=name, node_id=node_id, input_name=input_name, kind=kind, default=None,
                  description=f"{what} for node {node_id} {class_type}.")
+
+
+def mask_output_used(graph: Graph, node_id: str) -> bool:
+    """Whether a LoadImage-like node's MASK output (slot 1) feeds another node."""
+    return any(source == node_id and slot == 1 for consumer in graph for _, source, slot in links_into(graph, consumer))
 
 
 # ---------------------------------------------------------------- plain graphs
@@ -339,9 +378,24 @@ def _plain_params(graph: Graph, node_defs: NodeDefs) -> list[Param]:
         if latent is not None:
             params += _literal_params(graph, node_defs, latent, ("width", "height", "batch_size"))
     for node_id in sorted_ids(graph):
-        class_type = graph[node_id]["class_type"]
-        if class_type in IMAGE_LOADERS and not is_link(graph[node_id]["inputs"].get("image")):
-            params.append(_upload_param("image", node_id, class_type, "image"))
+        params += _file_params(graph, node_defs, node_id)
+    return params
+
+
+def _file_params(graph: Graph, node_defs: NodeDefs, node_id: str) -> list[Param]:
+    """An upload per loader input of a node (LoadImage, LoadImageMask, LoadVideo, LoadAudio, upload widgets)."""
+    node = graph[node_id]
+    class_type = node["class_type"]
+    node_def = node_defs.get(class_type)
+    names = list(node_def.inputs) if node_def is not None else [i for c, i in FILE_LOADERS if c == class_type]
+    params = []
+    for input_name in names:
+        input_def = node_def.inputs[input_name] if node_def is not None else InputDef(input_name, "COMBO", True)
+        kind = upload_kind(class_type, input_def)
+        if kind is None or is_link(node["inputs"].get(input_name)):
+            continue
+        mask_used = kind == "image" and mask_output_used(graph, node_id)
+        params.append(_upload_param(kind, node_id, class_type, kind, input_name, mask_used))
     return params
 
 

@@ -6,6 +6,7 @@ schema is the user's documentation.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,19 +14,38 @@ from typing import Annotated, Any, Literal
 import bentoml
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
-from pydantic import BaseModel, Field, ValidationError, WithJsonSchema, create_model
+from pydantic import BaseModel, Field, ValidationError, ValidatorFunctionWrapHandler, WithJsonSchema, WrapValidator, create_model
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData
 from starlette.requests import Request
 
 from comfybento.outputs.encoding import Encoding
 from comfybento.outputs.media import OutputKind
 from comfybento.workflows.limits import Limits
-from comfybento.workflows.params import MAX_SEED, Param
+from comfybento.workflows.params import MAX_SEED, UPLOAD_KINDS, Param
 
-# An uploaded file: BentoML stores a multipart part in a temp file and hands over its path. A JSON string is
-# refused (BentoML would otherwise read it as file content or fetch it as a URL).
-Upload = Annotated[Path, ContentType("image/*")]
+# Content types a multipart file part may declare, by kind of input (the bytes are sniffed afterwards in any case).
+UPLOAD_CONTENT_TYPES = {"image": "image/*", "mask": "image/*", "video": "video/*", "audio": "audio/*"}
+HOW = ("a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, "
+       "fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address")
+
+
+def _keep_text(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A string (base64, data: URI or URL) stays a string, read later by workflows/uploads.py; a file part is stored
+    by BentoML's own file validator. BentoML would otherwise fetch a string itself, with no allow-list."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise PydanticCustomError("empty", "an empty string is not a file")
+        return value
+    return handler(value)
+
+
+def upload_type(kind: str) -> Any:
+    """The field type of an input file: a multipart upload (a stored Path) or a string."""
+    content_type = UPLOAD_CONTENT_TYPES.get(kind)
+    if content_type is None:
+        return Annotated[Path, WrapValidator(_keep_text)]
+    return Annotated[Path, ContentType(content_type), WrapValidator(_keep_text)]
 
 
 def malformed(model: str, field: str, message: str) -> ValidationError:
@@ -48,14 +68,30 @@ class RequestModel(bentoml.IODescriptor):
         try:
             if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
                 form = await request.form(max_files=max(1, len(cls.multipart_fields)), max_fields=len(cls.model_fields) + 1)
-                for field in cls.multipart_fields:
-                    if any(not isinstance(part, UploadFile) for part in form.getlist(field)):
-                        raise malformed(name, field, "must be a file part (multipart/form-data with a filename)")
+                return cls.model_validate(_form_values(cls.multipart_fields, form))
             return await super().from_http_request(request, serde)
         except (ValidationError, BentoMLException):
             raise
         except Exception as exc:  # the multipart/JSON parsers' own errors
             raise malformed(name, "body", f"the request body cannot be read: {exc}") from None
+
+
+def _form_values(file_fields: list[str], form: FormData) -> dict[str, Any]:
+    """A multipart form as the model's values: file fields as their part (a file, or text: base64 or a URL), the other
+    fields' text parsed as JSON where it is JSON (as BentoML does), else kept as text."""
+    data: dict[str, Any] = {}
+    for key in form:
+        part = form[key]
+        if key in file_fields:
+            data[key] = part
+            continue
+        text = part if isinstance(part, str) else part.file.read().decode("utf-8", "replace")
+        try:
+            data[key] = json.loads(text)
+        except ValueError:
+            data[key] = text
+    return data
+
 
 
 OutputDelivery = Literal["base64", "url"]
@@ -92,14 +128,12 @@ class GenerateResponse(BaseModel):
     timings: Timings
 
 
-BASE64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
+DATA_URI_HEADER = 256  # room for "data:<type>;base64," before the base64 of the largest file
 
 
 def _field_type(param: Param) -> Any:
-    if param.kind == "image":
-        return Upload
-    if param.kind == "file":
-        return Path  # BentoML: a multipart upload only (it refuses a string, so never a server path)
+    if param.kind in UPLOAD_KINDS:
+        return upload_type(param.kind)
     if param.kind == "enum":
         return Literal[param.choices] if param.choices else str  # type: ignore[valid-type]
     return {"int": int, "float": float, "string": str, "bool": bool}.get(param.kind, Any)
@@ -140,23 +174,28 @@ def _seed_field(param: Param) -> tuple[Any, Any]:
 def field_for(param: Param, limits: Limits, images_as_base64: bool = False) -> tuple[Any, Any]:
     """(annotation, FieldInfo) for one parameter."""
     typ = _field_type(param)
-    if param.kind == "image" and images_as_base64:
-        return (str, Field(description=f"{param.description} Base64-encoded PNG/JPEG/WebP.", min_length=1))
-    if param.kind == "file" and images_as_base64:
-        return (str, Field(description=f"{param.description} Base64-encoded.", min_length=1,
-                           max_length=4 * math.ceil(limits.max_upload_bytes / 3), pattern=BASE64_PATTERN))
+    if param.kind in UPLOAD_KINDS:
+        return _upload_field(param, limits, images_as_base64)
     if param.role == "seed":
         return _seed_field(param)
-    if param.kind == "image":
-        return (typ, Field(description=f"{param.description} A PNG, JPEG or WebP file, at most "
-                                       f"{limits.max_upload_bytes} bytes and {limits.max_upload_pixels} pixels."))
-    if param.kind == "file":
-        return (typ, Field(description=f"{param.description} At most {limits.max_upload_bytes} bytes."))
     extra: dict[str, Any] | None = {"x-multiline": True} if param.multiline else None
     return (
         Annotated[typ, Field(**_constraints(param, limits))],
         Field(default=param.default, description=param.description, json_schema_extra=extra),
     )
+
+
+def _upload_field(param: Param, limits: Limits, as_text: bool) -> tuple[Any, Any]:
+    bounds = f"At most {limits.max_upload_bytes} bytes"
+    if param.kind in ("image", "mask"):
+        bounds += f" and {limits.max_upload_pixels} pixels"
+    elif param.kind in ("video", "audio"):
+        bounds += f", {limits.max_media_seconds} s" + (f" and {limits.max_video_frames} frames" if param.kind == "video" else "")
+    if as_text:  # job items are JSON: base64 (raw or a data: URI) or an http(s) URL, fetched when the item runs
+        how = "Base64 (raw or a data: URI) or an http(s) URL (fetched when the item runs)"
+        longest = 4 * math.ceil(limits.max_upload_bytes / 3) + DATA_URI_HEADER
+        return (str, Field(description=f"{param.description} {how}. {bounds}.", min_length=1, max_length=longest))
+    return (upload_type(param.kind), Field(description=f"{param.description} As {HOW}. {bounds}."))
 
 
 def encoding_fields(encoding: Encoding) -> dict[str, tuple[Any, Any]]:

@@ -69,9 +69,11 @@ def test_a_file_is_an_upload_never_a_server_path(server, tmp_path):
     out = png_array(result["outputs"][0]["data"])
     expected = 255 - np.asarray(sample_image(64, 64).resize((32, 32), resample=4)).astype(np.int16)
     assert out.shape == (32, 32, 3) and np.abs(out - expected).mean() < 8
-    for body in ({"picture": "/etc/passwd"}, {"picture": "/etc/passwd", "scale": 9}, {}):
+    # A string is base64, a data: URI or a checked URL (README, Inputs): never a path on the server.
+    for body, named in (({"picture": "/etc/passwd"}, "picture: not base64"), ({"picture": "/etc/passwd", "scale": 9}, "scale"),
+                        ({}, "picture")):
         resp = httpx.post(f"{server}/cpack_inputs", json=body, timeout=60)
-        assert 400 <= resp.status_code < 500 and "picture" in resp.text, resp.text
+        assert 400 <= resp.status_code < 500 and named in resp.text, resp.text
     big = tmp_path / "big.bin"
     big.write_bytes(b"\0" * (MAX_FILE_BYTES + 1))
     with big.open("rb") as f:

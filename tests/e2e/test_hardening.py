@@ -54,12 +54,14 @@ def test_bad_uploads_get_a_422_naming_the_field(server, name, data, message):
     assert body["error"].startswith("image:") and message in body["error"] and body["error_kind"] == "invalid"
 
 
-def test_an_image_field_sent_as_json_or_text_is_a_4xx(server):
+def test_an_image_field_sent_as_json_or_text_is_read_as_base64_or_a_checked_url(server):
     as_json = httpx.post(f"{server}/img2img", json={"image": "iVBORw0KGgo=", "seed": 1}, timeout=60)
-    assert as_json.status_code == 400 and "image" in as_json.text
-    # A text part is never fetched as a URL (BentoML's default) nor read as a file.
+    assert as_json.status_code == 422 and as_json.json()["error"].startswith("image: not a PNG")
+    as_path = httpx.post(f"{server}/img2img", json={"image": "/etc/passwd", "seed": 1}, timeout=60)
+    assert as_path.status_code == 422 and as_path.json()["error"].startswith("image: not base64")  # never a server path
+    # A text part is never fetched by BentoML (no allow-list) nor read as a file: it goes through the input allow-list.
     as_text = httpx.post(f"{server}/img2img", files={"seed": (None, "1"), "image": (None, "http://127.0.0.1:1/x.png")}, timeout=60)
-    assert as_text.status_code == 400 and "file part" in as_text.text
+    assert as_text.status_code == 422 and as_text.json()["error"].startswith("image: address 127.0.0.1")
 
 
 def test_malformed_multipart_is_a_400(server):

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from comfybento.errors import WorkflowError
+from comfybento.errors import InvalidRequest, WorkflowError
 from comfybento.workflows.graph import NodeDef, load_graph
 from comfybento.workflows.limits import Limits
 from comfybento.workflows.params import infer_outputs, infer_params
-from comfybento.workflows.schema import build_input_model
+from comfybento.workflows.schema import DATA_URI_HEADER, build_input_model
+from comfybento.workflows.uploads import read_input
 from tests.unit.conftest import UPSCALE_METHODS
 
 MAX_FILE_BYTES = Limits().max_upload_bytes
@@ -174,13 +175,19 @@ def test_comfy_pack_file_is_an_upload_never_a_server_path(node_defs):
     endpoint = build_input_model("cpack_inputs", params)
     schema = endpoint.model_json_schema()
     assert schema["properties"]["picture"]["type"] == "file" and "picture" in schema["required"]
-    with pytest.raises(ValidationError, match="picture"):
-        endpoint(picture="/etc/passwd")
+    # A string is base64 (or a data: URI, or a URL): never a path on the server.
+    assert endpoint(picture="/etc/passwd").picture == "/etc/passwd"
+    with pytest.raises(InvalidRequest, match="picture: not base64"):
+        read_input("picture", "file", "/etc/passwd", Limits(), None)
     with pytest.raises(ValidationError, match="picture"):
         endpoint()
+    with pytest.raises(ValidationError, match="picture"):
+        endpoint(picture="  ")
     item = build_input_model("cpack_inputs", params, images_as_base64=True)
     assert item(picture="aGVsbG8=").picture == "aGVsbG8="
-    for bad in ("", "not base64!", "../../etc/passwd?"):
-        with pytest.raises(ValidationError, match="picture"):
-            item(picture=bad)
-    assert item.model_json_schema()["properties"]["picture"]["maxLength"] == 4 * math.ceil(MAX_FILE_BYTES / 3)
+    for bad in ("not base64!", "../../etc/passwd?"):
+        with pytest.raises(InvalidRequest, match="picture: not base64"):
+            read_input("picture", "file", item(picture=bad).picture, Limits(), None)
+    with pytest.raises(ValidationError, match="picture"):
+        item(picture="")
+    assert item.model_json_schema()["properties"]["picture"]["maxLength"] == 4 * math.ceil(MAX_FILE_BYTES / 3) + DATA_URI_HEADER

@@ -1,0 +1,102 @@
+"""Input files given by URL: fetched through the allow-list, within size, time, redirect and type limits.
+
+Every hop (the URL, then each redirect) is checked by the allow-list shared
+with webhooks (comfybento/urlguard.py) and connects to an address that check
+approved. The body is streamed and counted as it arrives (decoded bytes: a
+gzip bomb stops at the limit); a declared Content-Length over the limit is
+refused before any of it is read. Blocking: call it in a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import PurePosixPath
+
+import httpx
+
+from comfybento.errors import InvalidRequest, TooLarge
+from comfybento.urlguard import AllowList, send_checked
+from comfybento.workflows.limits import Limits
+
+# Content types a URL may declare for each kind of input (the bytes are sniffed afterwards in any case);
+# a missing or generic type is left to the sniffing.
+DECLARED_TYPES: dict[str, tuple[str, ...]] = {
+    "image": ("image/",),
+    "mask": ("image/",),
+    "video": ("video/", "application/mp4", "application/ogg"),
+    "audio": ("audio/", "video/", "application/ogg", "application/mp4"),
+}
+GENERIC_TYPES = ("", "application/octet-stream", "binary/octet-stream")
+CHUNK = 64 * 1024
+
+
+def is_url(value: str) -> bool:
+    head = value[:8].lower()
+    return head.startswith("http://") or head.startswith("https://")
+
+
+def fetch(field: str, url: str, kind: str, limits: Limits, allow: AllowList) -> tuple[bytes, str]:
+    """The body of `url` (following at most max_url_redirects checked redirects) and the suffix of its path."""
+    deadline = time.monotonic() + limits.max_url_seconds
+    with httpx.Client(headers={"user-agent": "comfybento-input-fetch"}, trust_env=False) as client:
+        for _ in range(limits.max_url_redirects + 1):
+            addresses = allow.check(url, field)
+            request = client.build_request("GET", url, timeout=_remaining(field, url, deadline, limits))
+            try:
+                response = send_checked(client, request, addresses, stream=True)
+            except httpx.TimeoutException:
+                raise _too_slow(field, url, limits) from None
+            except httpx.HTTPError as exc:
+                raise InvalidRequest(f"{field}: {url!r} cannot be fetched ({type(exc).__name__}: {exc})") from None
+            try:
+                if response.is_redirect and "location" in response.headers:
+                    url = str(httpx.URL(url).join(response.headers["location"]))
+                    continue
+                if response.status_code != 200:
+                    raise InvalidRequest(f"{field}: {url!r} answered HTTP {response.status_code}, not 200")
+                _check_declared_type(field, url, kind, response.headers.get("content-type", ""))
+                data = _read_body(field, url, response, limits, deadline)
+                return data, PurePosixPath(httpx.URL(url).path).suffix.lower()
+            finally:
+                response.close()
+    raise InvalidRequest(f"{field}: more than {limits.max_url_redirects} redirects (max_url_redirects)")
+
+
+def _remaining(field: str, url: str, deadline: float, limits: Limits) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _too_slow(field, url, limits)
+    return left
+
+
+def _too_slow(field: str, url: str, limits: Limits) -> TooLarge:
+    return TooLarge(f"{field}: {url!r} was not fetched within {limits.max_url_seconds} s (max_url_seconds)")
+
+
+def _check_declared_type(field: str, url: str, kind: str, content_type: str) -> None:
+    media = content_type.split(";")[0].strip().lower()
+    accepted = DECLARED_TYPES.get(kind)
+    if accepted is None or media in GENERIC_TYPES or media.startswith(accepted):
+        return
+    raise InvalidRequest(f"{field}: {url!r} is {media}; a {kind} input takes {', '.join(a + '*' for a in accepted)}")
+
+
+def _read_body(field: str, url: str, response: httpx.Response, limits: Limits, deadline: float) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_upload_bytes:
+        raise TooLarge(f"{field}: {url!r} is {declared} bytes, more than the limit of {limits.max_upload_bytes} "
+                       "(max_upload_bytes)")
+    body = bytearray()
+    try:
+        for chunk in response.iter_bytes(CHUNK):
+            body += chunk
+            if len(body) > limits.max_upload_bytes:
+                raise TooLarge(f"{field}: {url!r} is more than the limit of {limits.max_upload_bytes} bytes (max_upload_bytes)")
+            _remaining(field, url, deadline, limits)
+    except httpx.TimeoutException:
+        raise _too_slow(field, url, limits) from None
+    except httpx.HTTPError as exc:
+        raise InvalidRequest(f"{field}: {url!r} broke off ({type(exc).__name__}: {exc})") from None
+    if not body:
+        raise InvalidRequest(f"{field}: {url!r} is empty")
+    return bytes(body)
