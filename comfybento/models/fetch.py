@@ -6,6 +6,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from comfybento.errors import ModelLockError
@@ -27,6 +28,8 @@ def _generators() -> dict[str, Callable[[Path], None]]:
 
     return {
         "tiny-sd": tiny_model.generate_tiny_checkpoint,
+        # the same tiny architecture with other weights: a second checkpoint to choose per request in tests
+        "tiny-sd-alt": partial(tiny_model.generate_tiny_checkpoint, seed=tiny_model.TINY_SEED + 1),
         "sd15-random": full_size_models.generate_sd15_checkpoint,
         "sdxl-random": full_size_models.generate_sdxl_checkpoint,
     }
