@@ -179,3 +179,17 @@ def test_a_missing_file_is_named(tmp_path):
     entry = ModelEntry(path="checkpoints/gone.safetensors", size=3, sha256=SHA, source={"generator": "tiny-sd"})
     with pytest.raises(ModelLockError, match=r"model file checkpoints/gone\.safetensors: missing"):
         FirstUseCheck(tmp_path, fetch=False).ensure(entry)
+
+
+def test_a_comfy_pack_input_feeding_a_checkpoint_loader_is_held_to_the_lock_too(defs, tmp_path):
+    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    graph["20"] = {"class_type": "CPackInputAny", "inputs": {"input": "tiny-sd.safetensors"}, "_meta": {"title": "checkpoint"}}
+    graph["4"]["inputs"]["ckpt_name"] = ["20", 0]
+    path = tmp_path / "cpack_ckpt.json"
+    path.write_text(json.dumps(graph))
+    spec = load_workflow(path, defs, LOCK, Settings.from_env({}))
+    param = next(p for p in spec.params if p.node_id == "20")
+    assert param.choices == ("tiny-sd-alt.safetensors", "tiny-sd.safetensors") and param.default == "tiny-sd.safetensors"
+    assert [c.param for c in spec.model_choices] == [param.name]
+    with pytest.raises(ValidationError, match=param.name):
+        spec.input_model.model_validate({param.name: "rogue.safetensors"})
