@@ -104,6 +104,10 @@ class Settings:
     engine_entry: str = "scheduler"
     # Compile the diffusion model with torch.compile (ComfyUI's own model patching), warmed up before ready.
     compile: bool = False
+    # Bytes of checkpoints kept loaded (models.lock sizes): the workflows' defaults stay, models that requests
+    # choose are loaded on demand and leave least recently used first. 0: the device's total memory less
+    # ComfyUI's own reserve for inference (comfy.model_management.minimum_inference_memory).
+    model_cache_bytes: int = 0
     # What one request may ask of the machine (COMFYBENTO_MAX_IMAGE_PIXELS, ...; see workflows/limits.py);
     # a workflow's sidecar can change them for that workflow.
     limits: Limits = field(default_factory=Limits)
@@ -201,6 +205,7 @@ class Settings:
             coalesce_ms=_int(env, "COMFYBENTO_COALESCE_MS", 500),
             engine_entry=_choice(env, "COMFYBENTO_ENGINE_ENTRY", "scheduler", ("scheduler", "bentoml")),
             compile=_bool(env, "COMFYBENTO_COMPILE", False),
+            model_cache_bytes=_int(env, "COMFYBENTO_MODEL_CACHE_BYTES", 0),
             limits=_limits(env),
             **_job_settings(env, work_dir),
             **_access_settings(env),

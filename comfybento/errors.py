@@ -111,6 +111,7 @@ _KINDS: tuple[tuple[type[Exception], str], ...] = (
     (NodeExecutionError, "node"),
     (OutOfMemory, "oom"),
     (WorkflowError, "workflow"),
+    (ModelLockError, "workflow"),  # a model file the workflow needs is missing or corrupt: not retried
     (QueueFull, "unavailable"),
     (EngineUnavailable, "unavailable"),
     (Cancelled, "cancelled"),

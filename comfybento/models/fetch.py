@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from comfybento.errors import ModelLockError
@@ -29,6 +30,8 @@ def _generators() -> dict[str, Callable[[Path], None]]:
         "tiny-upscale": tiny_extras.generate_tiny_upscaler,
         "tiny-lora": tiny_extras.generate_tiny_lora,
         "tiny-controlnet": tiny_extras.generate_tiny_controlnet,
+        # the same tiny architecture with other weights: a second checkpoint to choose per request in tests
+        "tiny-sd-alt": partial(tiny_model.generate_tiny_checkpoint, seed=tiny_model.TINY_SEED + 1),
         "sd15-random": full_size_models.generate_sd15_checkpoint,
         "sdxl-random": full_size_models.generate_sdxl_checkpoint,
     }

@@ -139,14 +139,21 @@ class ComfyExecutor:
         comfy.model_management.interrupt_current_processing(True)
 
     def preload_checkpoint(self, ckpt_name: str) -> None:
-        """Load a checkpoint and move its diffusion model onto the device now."""
+        """Load a checkpoint, pinned in the model cache, and move its diffusion model onto the device now."""
         self.call(_preload, ckpt_name)
+
+    @staticmethod
+    def configure_checkpoints(budget_bytes: int, sizes: dict[str, int]) -> int:
+        """The checkpoint cache's byte budget (0: derived from the device's memory) and models.lock sizes; returns the budget."""
+        from comfybento.runtime.nodes import configure_checkpoints
+
+        return configure_checkpoints(budget_bytes, sizes)
 
     def compile_checkpoint(self, ckpt_name: str) -> None:
         self.call(_compile, ckpt_name)
 
     @staticmethod
-    def prompt_chunks(ckpt_name: str, text: str) -> int:
+    def prompt_chunks(ckpt_name: str, text: str) -> int | None:
         from comfybento.runtime.nodes import prompt_chunks
 
         return prompt_chunks(ckpt_name, text)

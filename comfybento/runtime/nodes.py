@@ -7,7 +7,8 @@
   execute; hands the image tensors to the run that is executing instead of
   writing files into a shared output folder.
 - ComfyBentoPinnedCheckpoint: replaces CheckpointLoaderSimple; returns the
-  checkpoint preloaded at startup, shared by every workflow.
+  checkpoint from one bounded cache shared by every workflow: the defaults
+  preloaded (pinned) at startup, others loaded on demand, LRU out.
 - ComfyBentoBatchConditioning / ComfyBentoBatchKSampler: the merged graph of
   a cross-request batch (see workflows/batchplan.py).
 """
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import comfy.sample
@@ -28,6 +31,7 @@ import nodes as comfy_nodes
 import torch
 
 from comfybento.runtime.cpack_outputs import CPACK_OUTPUT_NODES
+from comfybento.models.cache import ModelCache
 
 # ------------------------------------------------------------------ collection
 
@@ -86,48 +90,98 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ checkpoints
+#
+# Every checkpoint goes through one ModelCache (comfybento/models/cache.py), counted at its models.lock size:
+# the workflows' defaults are pinned at startup; one a request chooses is loaded on first use (the engine has
+# verified it) and leaves, least recently used first, when another needs its room. Leaving means ComfyUI's
+# model management unloads it from the device and drops it from current_loaded_models; ComfyUI itself still
+# decides what sits on the device while a graph runs.
 
-_pinned: dict[str, tuple[Any, ...]] = {}
-_pinned_lock = threading.Lock()
-
-
-_tokenizers: dict[str, Any] = {}
+_tokenizers: dict[str, Any] = {}  # ckpt name -> a private copy of its tokenizer (prompt_chunks)
 _tokenizer_lock = threading.Lock()
 
 
-def prompt_chunks(ckpt_name: str, text: str) -> int:
-    """How many 77-token chunks the checkpoint's text encoder makes of a prompt (its conditioning length).
+def _release_checkpoint(ckpt_name: str, value: tuple[Any, ...]) -> None:
+    import comfy.model_management as mm
 
-    Runs beside the executor (when a request is queued), on a private copy of
-    the tokenizer: the executor thread uses the original at the same time.
-    """
-    with _tokenizer_lock:
-        if ckpt_name not in _tokenizers:
-            _tokenizers[ckpt_name] = copy.deepcopy(pinned_checkpoint(ckpt_name)[1].tokenizer)
-        tokens = _tokenizers[ckpt_name].tokenize_with_weights(text)
-    return max((len(chunks) for chunks in tokens.values()), default=1) if isinstance(tokens, dict) else 1
+    patchers = [p for p in (value[0], getattr(value[1], "patcher", None), getattr(value[2], "patcher", None)) if p is not None]
+    for index in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[index]
+        model = loaded.model
+        if model is not None and any(model is p or model.is_clone(p) for p in patchers):
+            if loaded.model_finalizer is not None:
+                loaded.model_unload()
+            mm.current_loaded_models.pop(index)
+    mm.soft_empty_cache()
+    _tokenizers.pop(ckpt_name, None)
+
+
+_checkpoints: ModelCache[tuple[Any, ...]] = ModelCache(0, _release_checkpoint, setting="COMFYBENTO_MODEL_CACHE_BYTES")
+_sizes: dict[str, int] = {}
+
+
+def configure_checkpoints(budget_bytes: int, sizes: Mapping[str, int]) -> int:
+    """Set the cache's budget (0: the device's memory less ComfyUI's inference reserve) and the models.lock sizes."""
+    import comfy.model_management as mm
+
+    if budget_bytes <= 0:
+        budget_bytes = max(0, int(mm.get_total_memory(mm.get_torch_device()) - mm.minimum_inference_memory()))
+    _checkpoints.budget_bytes = budget_bytes
+    _sizes.update(sizes)
+    return budget_bytes
+
+
+def checkpoint_cache() -> ModelCache[tuple[Any, ...]]:
+    return _checkpoints
+
+
+def _size(ckpt_name: str) -> int:
+    return _sizes.get(ckpt_name) or os.path.getsize(folder_paths.get_full_path_or_raise("checkpoints", ckpt_name))
+
+
+def _load_checkpoint(ckpt_name: str) -> tuple[Any, ...]:
+    return tuple(comfy_nodes.CheckpointLoaderSimple().load_checkpoint(ckpt_name)[:3])
 
 
 def pinned_checkpoint(ckpt_name: str) -> tuple[Any, ...]:
-    """(model, clip, vae) for a checkpoint, loaded once per process with ComfyUI's stock loader."""
-    with _pinned_lock:
-        if ckpt_name not in _pinned:
-            _pinned[ckpt_name] = comfy_nodes.CheckpointLoaderSimple().load_checkpoint(ckpt_name)[:3]
-        return _pinned[ckpt_name]
+    """(model, clip, vae) of a workflow's default checkpoint, loaded once and kept for the life of the process."""
+    return _checkpoints.pin(ckpt_name, _size(ckpt_name), lambda: _load_checkpoint(ckpt_name))
+
+
+def cached_checkpoint(ckpt_name: str) -> tuple[Any, ...]:
+    """(model, clip, vae): a pinned checkpoint, or one loaded on demand into the bounded cache."""
+    return _checkpoints.get_or_load(ckpt_name, _size(ckpt_name), lambda: _load_checkpoint(ckpt_name))
+
+
+def prompt_chunks(ckpt_name: str, text: str) -> int | None:
+    """How many 77-token chunks the checkpoint's text encoder makes of a prompt (its conditioning length).
+
+    Runs beside the executor (when a request is queued), on a private copy of the tokenizer: the
+    executor thread uses the original at the same time. None while the checkpoint is not loaded
+    (this never loads one: loading is the executor thread's).
+    """
+    with _tokenizer_lock:
+        if ckpt_name not in _tokenizers:
+            loaded = _checkpoints.peek(ckpt_name)
+            if loaded is None:
+                return None
+            _tokenizers[ckpt_name] = copy.deepcopy(loaded[1].tokenizer)
+        tokens = _tokenizers[ckpt_name].tokenize_with_weights(text)
+    return max((len(chunks) for chunks in tokens.values()), default=1) if isinstance(tokens, dict) else 1
 
 
 class PinnedCheckpoint:
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
     FUNCTION = "load"
     CATEGORY = "comfybento"
-    DESCRIPTION = "CheckpointLoaderSimple, kept loaded for the life of the process."
+    DESCRIPTION = "CheckpointLoaderSimple through comfybento's model cache (defaults pinned, others least recently used out)."
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"ckpt_name": (folder_paths.get_filename_list("checkpoints"),)}}
 
     def load(self, ckpt_name: str) -> tuple[Any, ...]:
-        return pinned_checkpoint(ckpt_name)
+        return cached_checkpoint(ckpt_name)
 
 
 # ------------------------------------------------------------------ comfy-pack

@@ -268,11 +268,11 @@ def _verify_detection(sd: dict[str, torch.Tensor]) -> None:
         raise RuntimeError("tiny model config does not match its own checkpoint")
 
 
-def generate_tiny_checkpoint(path: str | Path) -> None:
-    """Write the tiny checkpoint to ``path`` (byte-identical on every run)."""
+def generate_tiny_checkpoint(path: str | Path, seed: int = TINY_SEED) -> None:
+    """Write the tiny checkpoint to ``path`` (byte-identical on every run; another seed, other weights)."""
     from safetensors.torch import save_file
 
-    sd = build_tiny_state_dict()
+    sd = build_tiny_state_dict(seed)
     _verify_detection(sd)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ from typing import Any
 
 from comfybento.config import Settings
 from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest, ModelLockError, TooLarge, WorkflowError, describe
+from comfybento.models.first_use import FirstUseCheck
+from comfybento.models.lock import ModelEntry
 from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
 from comfybento.outputs.media import KNOWN_OUTPUTS, ProducedFile, ProducedText, dimensions, kind_of, media_type_of
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Progress
@@ -96,6 +98,8 @@ class Engine:
         self._encoders = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="comfybento-encode")
         self._loop: Future[Any] | None = None
         self._stats = Stats(0.0, 0.0, 0.0, 0, 0, 0.0)
+        # Models a request chooses (spec.model_choices) are fetched and hash-checked on their first use.
+        self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check)
 
     # ------------------------------------------------------------ startup
 
@@ -112,6 +116,7 @@ class Engine:
             log.info("input file %s copied from %s into ComfyUI's input folder", name, self.settings.inputs_dir)
         self._check_models()
         self.executor = ComfyExecutor(runtime)
+        self._configure_model_cache()
         for name in sorted({c for spec in self.catalog.values() for c in spec.checkpoints}):
             started = time.perf_counter()
             self.executor.preload_checkpoint(name)
@@ -137,6 +142,19 @@ class Engine:
         if problems:
             raise ModelLockError("model files do not match models.lock: " + "; ".join(problems)
                                  + " (run `python -m comfybento models fetch`)")
+        self.models.mark_verified(used)
+
+    def _configure_model_cache(self) -> None:
+        """The checkpoint cache: the defaults (preloaded next) pinned, the others a request may choose loaded on demand."""
+        entries = {m for spec in self.catalog.values() for m in (*spec.models, *(e for c in spec.model_choices for e in c.entries))}
+        sizes = {m.filename: m.size for m in entries if m.folder == "checkpoints"}
+        defaults = {c for spec in self.catalog.values() for c in spec.checkpoints}
+        budget = self.executor.configure_checkpoints(self.settings.model_cache_bytes, sizes)
+        pinned = sum(sizes[c] for c in defaults)
+        log.info("model cache: %d bytes (COMFYBENTO_MODEL_CACHE_BYTES), %d of them the default checkpoints", budget, pinned)
+        if len(sizes) > len(defaults) and pinned >= budget:
+            log.warning("model cache: the default checkpoints take all of its %d bytes; a request choosing another "
+                        "checkpoint will fail (raise COMFYBENTO_MODEL_CACHE_BYTES)", budget)
 
     def _warm_up(self, spec: WorkflowSpec) -> None:
         if any(p.kind in ("file", "video", "audio") for p in spec.params):
@@ -202,6 +220,8 @@ class Engine:
 
     def _prepare(self, spec: WorkflowSpec, item: EngineItem) -> tuple[Prepared, str, bool]:
         values = dict(item.values)
+        for entry in _chosen_models(spec, values):
+            self.models.ensure(entry)  # fetched and hash-checked before its first use; ModelLockError names the file
         files: list[Path] = []
         try:
             for param in spec.params:
@@ -241,10 +261,9 @@ class Engine:
             if encoder is None or role not in texts:
                 continue
             ckpt = _checkpoint_feeding(graph, encoder)
-            if ckpt is not None and self.executor is not None:
-                chunks.append(self.executor.prompt_chunks(ckpt, texts[role]))
-            else:  # a CLIP through other nodes: about 4 characters a token, 75 tokens a chunk
-                chunks.append(1 + len(texts[role]) // 300)
+            exact = self.executor.prompt_chunks(ckpt, texts[role]) if ckpt is not None and self.executor is not None else None
+            # A CLIP through other nodes, or a checkpoint not loaded yet: about 4 characters a token, 75 tokens a chunk.
+            chunks.append(exact if exact is not None else 1 + len(texts[role]) // 300)
         return ",".join(map(str, chunks))
 
     def _store_upload(self, field_name: str, data: Any, suffix: str = ".png", max_bytes: int | None = None) -> Path:
@@ -391,6 +410,20 @@ def _encode_and_finish(job: Job[Prepared], pieces: list[Piece], timings: dict[st
         return
     release.done()  # before Done: once a caller has its answer, the execution's written files are gone
     job.emit(Done(ItemResult(ok=True, seed=prepared.seed, **timings)))
+
+
+def _chosen_models(spec: WorkflowSpec, values: dict[str, Any]) -> list[ModelEntry]:
+    """The models.lock entries of the model files a request chose (the front's schema has checked the names too)."""
+    defaults = {p.name: p.default for p in spec.params}
+    chosen = []
+    for choice in spec.model_choices:
+        name = values.get(choice.param, defaults.get(choice.param))
+        entry = choice.entry(str(name))
+        if entry is None:
+            raise InvalidRequest(f"field '{choice.param}': model {name!r} is not one of the {choice.folder}/ models in "
+                                 f"models.lock: {[e.filename for e in choice.entries]}")
+        chosen.append(entry)
+    return chosen
 
 
 def _checkpoint_feeding(graph: Graph, encoder: str) -> str | None:

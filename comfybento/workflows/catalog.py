@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -14,7 +14,7 @@ from comfybento.errors import TooLarge, WorkflowError
 from comfybento.models.lock import ModelEntry, ModelLock
 from comfybento.outputs.encoding import Encoding
 from comfybento.workflows.batchplan import BatchPlan, plan_batching
-from comfybento.workflows.graph import Graph, NodeDefs, check_graph, is_link, load_graph, sorted_ids
+from comfybento.workflows.graph import Graph, NodeDefs, check_graph, consumers, is_link, load_graph, sorted_ids
 from comfybento.workflows.limits import Limits, check_request_limits
 from comfybento.workflows.params import OutputSpec, Param, infer_outputs, infer_params
 from comfybento.workflows.schema import build_input_model
@@ -50,6 +50,18 @@ LOADER_FOLDERS = {
 
 
 @dataclass(frozen=True)
+class ModelChoice:
+    """A request field whose value is a model file: one of `entries`, the models.lock entries of `folder`."""
+
+    param: str
+    folder: str
+    entries: tuple[ModelEntry, ...]
+
+    def entry(self, filename: str) -> ModelEntry | None:
+        return next((e for e in self.entries if e.filename == filename), None)
+
+
+@dataclass(frozen=True)
 class WorkflowSpec:
     name: str
     path: Path
@@ -64,6 +76,8 @@ class WorkflowSpec:
     batch_reason: str
     encoding: Encoding
     limits: Limits
+    # Request fields that choose a model file (a sidecar exposing a loader input): models.lock entries only.
+    model_choices: tuple[ModelChoice, ...] = ()
 
     @property
     def checkpoints(self) -> list[str]:
@@ -103,6 +117,44 @@ def check_models(where: str, graph: Graph, lock: ModelLock) -> tuple[ModelEntry,
     return tuple(dict.fromkeys(entries))
 
 
+def _model_folder(where: str, graph: Graph, param: Param) -> str | None:
+    """The models folder a parameter names a file of: its own loader input, or a loader input its node feeds."""
+    node = graph[param.node_id]
+    own = LOADER_FOLDERS.get((node["class_type"], param.input_name))
+    if own is not None:
+        return own
+    fed = {f for consumer, input_name in consumers(graph, param.node_id)
+           if (f := LOADER_FOLDERS.get((graph[consumer]["class_type"], input_name))) is not None}
+    if len(fed) > 1:
+        raise WorkflowError(f"{where}: parameter '{param.name}' (node {param.node_id}) feeds model inputs of different "
+                            f"folders {sorted(fed)}; give each its own input node")
+    return next(iter(fed), None)
+
+
+def restrict_model_params(where: str, graph: Graph, params: tuple[Param, ...], lock: ModelLock) -> tuple[tuple[Param, ...], tuple[ModelChoice, ...]]:
+    """Every parameter that names a model file becomes an enum of the models.lock entries of its folder, and nothing else.
+
+    Its default is its own value if that is one of them (a sidecar's `default:`), else the graph's value
+    (which check_models has found in models.lock).
+    """
+    out, choices = [], []
+    for param in params:
+        folder = _model_folder(where, graph, param) if param.kind in ("enum", "string", "any") else None
+        if folder is None:
+            out.append(param)
+            continue
+        entries = tuple(sorted((e for e in lock.entries if e.folder == folder), key=lambda e: e.filename))
+        names = tuple(e.filename for e in entries)
+        default = param.default if param.default in names else graph[param.node_id]["inputs"].get(param.input_name)
+        if default not in names:
+            raise WorkflowError(f"{where}: parameter '{param.name}' defaults to model '{default}', which is not in "
+                                f"models.lock under {folder}/; add it there")
+        out.append(replace(param, kind="enum", choices=names, default=default,
+                           description=f"{param.description} One of the {folder}/ models in models.lock."))
+        choices.append(ModelChoice(param=param.name, folder=folder, entries=entries))
+    return tuple(out), tuple(choices)
+
+
 def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Settings) -> WorkflowSpec:
     name = path.stem
     where = str(path)
@@ -116,6 +168,7 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
     models = check_models(where, graph, lock)
     sidecar = load_sidecar(path.with_suffix(".yaml"))
     params = tuple(apply_sidecar(where, sidecar, graph, node_defs, infer_params(where, graph, node_defs)))
+    params, model_choices = restrict_model_params(where, graph, params, lock)
     clash = sorted({p.name for p in params} & set(COMMON_FIELDS))
     if clash:
         raise WorkflowError(f"{where}: parameter names {clash} are reserved for every endpoint; rename them in the sidecar")
@@ -146,6 +199,7 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
         batch_reason=reason,
         encoding=sidecar.encoding,
         limits=limits,
+        model_choices=model_choices,
     )
 
 

@@ -11,7 +11,9 @@
     params:                  # by node id and input name
       - {node: "6", input: text, name: positive}          # rename
       - {node: "3", input: denoise, hide: true}           # hide (graph value is used)
-      - {node: "4", input: ckpt_name, name: checkpoint}   # add an input not inferred
+      - {node: "4", input: ckpt_name, name: checkpoint}   # add an input not inferred; a model input
+                                                          # (workflows/catalog.py LOADER_FOLDERS) is an enum of
+                                                          # the models.lock entries of its folder, nothing else
       - {node: "3", input: steps, max: 50, default: 12, description: "..."}
 """
 
