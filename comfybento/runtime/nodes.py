@@ -30,8 +30,8 @@ import latent_preview
 import nodes as comfy_nodes
 import torch
 
-from comfybento.runtime.cpack_outputs import CPACK_OUTPUT_NODES
 from comfybento.models.cache import ModelCache
+from comfybento.runtime.cpack_outputs import CPACK_OUTPUT_NODES
 
 # ------------------------------------------------------------------ collection
 
