@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +22,13 @@ def _generate(entry: ModelEntry, dest: Path) -> None:
 
 
 def _generators() -> dict[str, Callable[[Path], None]]:
-    from comfybento.runtime import full_size_models, tiny_model
+    from comfybento.runtime import full_size_models, tiny_extras, tiny_model
 
     return {
         "tiny-sd": tiny_model.generate_tiny_checkpoint,
+        "tiny-upscale": tiny_extras.generate_tiny_upscaler,
+        "tiny-lora": tiny_extras.generate_tiny_lora,
+        "tiny-controlnet": tiny_extras.generate_tiny_controlnet,
         "sd15-random": full_size_models.generate_sd15_checkpoint,
         "sdxl-random": full_size_models.generate_sdxl_checkpoint,
     }

@@ -141,9 +141,7 @@ def _build_model_config(clip_cls: Any) -> Any:
     class TinySD15(supported_models.SD15):
         """SD1.5 model config that matches only the tiny UNet of this module."""
 
-        unet_config: ClassVar[dict[str, Any]] = {
-            k: TINY_UNET_CONFIG[k] for k in _MATCH_KEYS
-        }
+        unet_config: ClassVar[dict[str, Any]] = {k: TINY_UNET_CONFIG[k] for k in _MATCH_KEYS}
         unet_extra_config: ClassVar[dict[str, Any]] = dict(TINY_UNET_EXTRA_CONFIG)
         comfybento_tiny: ClassVar[bool] = True
 
@@ -173,11 +171,7 @@ def register_tiny_config() -> None:
 
     tiny = _tiny_classes()["TinySD15"]
     models = supported_models.models
-    if (
-        models
-        and models[0] is tiny
-        and sum(getattr(m, "comfybento_tiny", False) for m in models) == 1
-    ):
+    if models and models[0] is tiny and sum(getattr(m, "comfybento_tiny", False) for m in models) == 1:
         return
     models[:] = [m for m in models if not getattr(m, "comfybento_tiny", False)]
     models.insert(0, tiny)
@@ -188,7 +182,7 @@ def _shapes(module: torch.nn.Module, prefix: str) -> dict[str, tuple[int, ...]]:
     return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _unet_shapes() -> dict[str, tuple[int, ...]]:
+def unet_shapes() -> dict[str, tuple[int, ...]]:
     """Key shapes of ComfyUI's ``UNetModel`` built with the tiny config."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -198,14 +192,12 @@ def _unet_shapes() -> dict[str, tuple[int, ...]]:
     return _shapes(unet, "model.diffusion_model.")
 
 
-def _clip_shapes() -> dict[str, tuple[int, ...]]:
+def clip_shapes() -> dict[str, tuple[int, ...]]:
     """Key shapes of the tiny text model, as stored in an SD1.5 checkpoint."""
     import comfy.clip_model
     import comfy.ops
 
-    model = comfy.clip_model.CLIPTextModel_(
-        dict(TINY_CLIP_CONFIG), None, "meta", comfy.ops.disable_weight_init
-    )
+    model = comfy.clip_model.CLIPTextModel_(dict(TINY_CLIP_CONFIG), None, "meta", comfy.ops.disable_weight_init)
     return _shapes(model, "cond_stage_model.transformer.text_model.")
 
 
@@ -222,19 +214,13 @@ def _vae_shapes() -> dict[str, tuple[int, ...]]:
 def _vae_out_key(shapes: dict[str, tuple[int, ...]]) -> str:
     """Key of the TAESD decoder's final (RGB, 3 output channels) conv weight."""
     prefix = "first_stage_model.taesd_decoder."
-    keys = [
-        k
-        for k, s in shapes.items()
-        if k.startswith(prefix) and k.endswith(".weight") and s[:1] == (3,)
-    ]
+    keys = [k for k, s in shapes.items() if k.startswith(prefix) and k.endswith(".weight") and s[:1] == (3,)]
     if len(keys) != 1:
         raise RuntimeError(f"unexpected TAESD decoder layout: {keys}")
     return keys[0]
 
 
-def _init_tensor(
-    key: str, shape: tuple[int, ...], seed: int, gain: float = 1.0
-) -> np.ndarray:
+def init_tensor(key: str, shape: tuple[int, ...], seed: int, gain: float = 1.0) -> np.ndarray:
     """Deterministic init: gain*N(0,1)/sqrt(fan_in) weights, zero biases, unit norms.
 
     1-D ``weight`` tensors are GroupNorm/LayerNorm scales and ``vae_scale`` is
@@ -252,7 +238,7 @@ def _init_tensor(
 
 def tiny_state_dict_shapes() -> dict[str, tuple[int, ...]]:
     """All checkpoint keys with their shapes, taken from ComfyUI's own modules."""
-    return {**_unet_shapes(), **_clip_shapes(), **_vae_shapes()}
+    return {**unet_shapes(), **clip_shapes(), **_vae_shapes()}
 
 
 def build_tiny_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
@@ -264,9 +250,7 @@ def build_tiny_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
     out_bias = out_weight[: -len("weight")] + "bias"
     sd: dict[str, torch.Tensor] = {}
     for key in sorted(shapes):
-        array = _init_tensor(
-            key, shapes[key], seed, _VAE_OUT_GAIN if key == out_weight else 1.0
-        )
+        array = init_tensor(key, shapes[key], seed, _VAE_OUT_GAIN if key == out_weight else 1.0)
         if key == out_bias:
             array = np.full(shapes[key], _VAE_OUT_BIAS, dtype=np.float32)
         sd[key] = torch.from_numpy(np.ascontiguousarray(array.astype(np.float16)))
