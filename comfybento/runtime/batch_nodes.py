@@ -103,8 +103,6 @@ def expand_conditioning(cond: Any, items: int, per_item: int) -> Any:
     """Repeat each request's conditioning over its images, when a request has several."""
     if per_item == 1 or len(cond) != 1 or cond[0][0].shape[0] != items:
         return cond
-    if "control" in cond[0][1]:
-        raise ValueError("a ControlNet hint batch cannot follow requests of several images each")
     tensor, extras = cond[0]
     extras = {
         k: v.repeat_interleave(per_item, dim=0) if isinstance(v, torch.Tensor) and v.shape[0] == items else v for k, v in extras.items()
@@ -208,6 +206,8 @@ def _sample(
     per_item = latent.shape[0] // len(seed_list)
     if per_item * len(seed_list) != latent.shape[0]:
         raise ValueError(f"a latent batch of {latent.shape[0]} does not split over {len(seed_list)} requests")
+    if per_item > 1 and any("control" in c[1] for c in (*positive, *negative)):
+        raise ValueError("a ControlNet hint batch cannot follow requests of several images each")
     if add_noise:
         noise = torch.cat([comfy.sample.prepare_noise(latent[i * per_item : (i + 1) * per_item], seed) for i, seed in enumerate(seed_list)])
     else:
