@@ -9,28 +9,25 @@
 - ComfyBentoPinnedCheckpoint: replaces CheckpointLoaderSimple; returns the
   checkpoint from one bounded cache shared by every workflow: the defaults
   preloaded (pinned) at startup, others loaded on demand, LRU out.
-- ComfyBentoBatchConditioning / ComfyBentoBatchKSampler: the merged graph of
-  a cross-request batch (see workflows/batchplan.py).
+- ComfyBentoBatch*: the nodes of a merged cross-request batch graph
+  (runtime/batch_nodes.py, workflows/batchplan.py).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
 
-import comfy.sample
-import comfy.utils
 import folder_paths
-import latent_preview
 import nodes as comfy_nodes
 import torch
 
 from comfybento.models.cache import ModelCache
+from comfybento.runtime.batch_nodes import BATCH_NODES
 from comfybento.runtime.cpack_outputs import CPACK_OUTPUT_NODES
 
 # ------------------------------------------------------------------ collection
@@ -273,114 +270,10 @@ def _cpack_nodes() -> dict[str, type]:
     }
 
 
-# ------------------------------------------------------------------ batching
-
-
-MAX_CONCAT_REPEAT = 4  # ComfyUI's CONDCrossAttn.can_concat refuses to pad beyond 4x too
-
-
-def _cat_conditioning(conds: list[Any]) -> Any:
-    """Batch single-entry conditionings: [[tensor(1,T,D), {...}]] x N -> [[tensor(N,T',D), {...}]].
-
-    The scheduler's token buckets give equal lengths; should they differ, each is
-    repeated to their least common multiple, but never more than 4x (the batch
-    then fails and the scheduler runs its requests one by one).
-    """
-    tensors = [c[0][0] for c in conds]
-    length = 1
-    for t in tensors:
-        length = length * t.shape[1] // _gcd(length, t.shape[1])
-    if length > MAX_CONCAT_REPEAT * min(t.shape[1] for t in tensors):
-        raise ValueError(f"prompt lengths {sorted({t.shape[1] for t in tensors})} are too different to share a batch")
-    # Repeating a whole token sequence k times leaves cross-attention unchanged.
-    tensors = [t.repeat(1, length // t.shape[1], 1) if t.shape[1] != length else t for t in tensors]
-    extras: dict[str, Any] = {}
-    for key, value in conds[0][0][1].items():
-        extras[key] = torch.cat([c[0][1][key] for c in conds]) if isinstance(value, torch.Tensor) else value
-    return [[torch.cat(tensors), extras]]
-
-
-def _expand_conditioning(cond: Any, items: int, per_item: int) -> Any:
-    """Repeat each request's conditioning over its images, when a request has several."""
-    if per_item == 1 or len(cond) != 1 or cond[0][0].shape[0] != items:
-        return cond
-    tensor, extras = cond[0]
-    extras = {k: v.repeat_interleave(per_item, dim=0) if isinstance(v, torch.Tensor) and v.shape[0] == items else v
-              for k, v in extras.items()}
-    return [[tensor.repeat_interleave(per_item, dim=0), extras]]
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
-
-
-class _AnyInputs(dict):  # type: ignore[type-arg]
-    """An 'optional' inputs table that accepts cond_0, cond_1, ... of type CONDITIONING."""
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.startswith("cond_")
-
-    def __getitem__(self, key: str) -> Any:
-        return ("CONDITIONING",)
-
-
-class BatchConditioning:
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "batch"
-    CATEGORY = "comfybento"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {}, "optional": _AnyInputs()}
-
-    def batch(self, **conds: Any) -> tuple[Any]:
-        ordered = [conds[k] for k in sorted(conds, key=lambda k: int(k.split("_")[1]))]
-        return (_cat_conditioning(ordered),)
-
-
-class BatchKSampler:
-    """KSampler over a latent batch where each request keeps its own seed's noise."""
-
-    RETURN_TYPES = ("LATENT",)
-    FUNCTION = "sample"
-    CATEGORY = "comfybento"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        required = dict(comfy_nodes.KSampler.INPUT_TYPES()["required"])
-        required.pop("seed")
-        required["seeds"] = ("STRING", {"default": "[]"})
-        return {"required": required}
-
-    def sample(self, model: Any, seeds: str, steps: int, cfg: float, sampler_name: str, scheduler: str,
-               positive: Any, negative: Any, latent_image: dict[str, Any], denoise: float = 1.0) -> tuple[Any]:
-        seed_list = [int(s) for s in json.loads(seeds)]
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        per_item = latent.shape[0] // len(seed_list)
-        noise = torch.cat([
-            comfy.sample.prepare_noise(latent[i * per_item:(i + 1) * per_item], seed)
-            for i, seed in enumerate(seed_list)
-        ])
-        positive = _expand_conditioning(positive, len(seed_list), per_item)
-        negative = _expand_conditioning(negative, len(seed_list), per_item)
-        callback = latent_preview.prepare_callback(model, steps)
-        samples = comfy.sample.sample(
-            model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
-            denoise=denoise, noise_mask=latent_image.get("noise_mask"), callback=callback,
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed_list[0],
-        )
-        out = dict(latent_image)
-        out["samples"] = samples
-        return (out,)
-
-
 OUR_NODES: dict[str, type] = {
     "ComfyBentoCollectImages": CollectImages,
     "ComfyBentoPinnedCheckpoint": PinnedCheckpoint,
-    "ComfyBentoBatchConditioning": BatchConditioning,
-    "ComfyBentoBatchKSampler": BatchKSampler,
+    **BATCH_NODES,
 }
 
 

@@ -38,7 +38,7 @@ from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Progr
 from comfybento.scheduling.scheduler import Job, Scheduler, Stats
 from comfybento.serving import metrics
 from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob
-from comfybento.workflows.batchplan import BATCHABLE_ROLES, DETERMINISTIC_SAMPLERS, merge_graph
+from comfybento.workflows.batchplan import BatchPlan, merge_graph
 from comfybento.workflows.binding import bind, shape_key
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.graph import Graph, is_link
@@ -246,24 +246,21 @@ class Engine:
                             png_compress_level=spec.encoding.png_compress_level)
         prepared = Prepared(spec=spec, item=item, graph=graph, seed=item.seed, texts=texts, encoding=encoding, files=files)
         plan = spec.batch_plan
-        can_batch = plan is not None and graph[plan.sampler]["inputs"].get("sampler_name") in DETERMINISTIC_SAMPLERS
-        key = f"{spec.name}|{shape_key(spec.params, values, BATCHABLE_ROLES)}"
-        if can_batch:
-            key += f"|tokens={self._token_bucket(spec, graph, texts)}"
+        can_batch = plan is not None and plan.accepts(graph)
+        key = f"{spec.name}|{shape_key(spec.params, values, plan.batchable_params if plan and can_batch else frozenset())}"
+        if plan is not None and can_batch:
+            key += f"|tokens={self._token_bucket(plan, graph)}|images={_image_shapes(plan, values, self.input_dir)}"
         return prepared, key, can_batch
 
-    def _token_bucket(self, spec: WorkflowSpec, graph: Graph, texts: dict[str, str]) -> str:
-        """Conditioning lengths (77-token chunks) of the prompts: requests batch only with equal lengths."""
-        plan = spec.batch_plan
-        assert plan is not None
+    def _token_bucket(self, plan: BatchPlan, graph: Graph) -> str:
+        """Conditioning lengths (77-token chunks) of the per-request prompts: requests batch only with equal lengths."""
         chunks = []
-        for role, encoder in (("prompt", plan.positive_encoder), ("negative_prompt", plan.negative_encoder)):
-            if encoder is None or role not in texts:
-                continue
+        for _, encoder in plan.text_encoders:
+            text = str(graph[encoder]["inputs"].get("text", ""))
             ckpt = _checkpoint_feeding(graph, encoder)
-            exact = self.executor.prompt_chunks(ckpt, texts[role]) if ckpt is not None and self.executor is not None else None
-            # A CLIP through other nodes, or a checkpoint not loaded yet: about 4 characters a token, 75 tokens a chunk.
-            chunks.append(exact if exact is not None else 1 + len(texts[role]) // 300)
+            exact = self.executor.prompt_chunks(ckpt, text) if ckpt is not None and self.executor is not None else None
+            # A CLIP through other nodes (a LoRA), or a checkpoint not loaded yet: about 4 characters a token, 75 a chunk.
+            chunks.append(exact if exact is not None else 1 + len(text) // 300)
         return ",".join(map(str, chunks))
 
     def _store_upload(self, field_name: str, data: Any, suffix: str = ".png", max_bytes: int | None = None) -> Path:
@@ -314,8 +311,7 @@ class Engine:
         if len(jobs) == 1 or spec.batch_plan is None:
             graph, mode = first.graph, "single"
         else:
-            texts, seeds = [j.payload.texts for j in jobs], [int(j.payload.seed or 0) for j in jobs]
-            graph, mode = merge_graph(spec.batch_plan, first.graph, texts, seeds), "batched"
+            graph, mode = merge_graph(spec.batch_plan, [j.payload.graph for j in jobs]), "batched"
 
         def on_progress(event: str, data: dict[str, Any]) -> None:
             if event == "progress":
@@ -435,6 +431,20 @@ def _checkpoint_feeding(graph: Graph, encoder: str) -> str | None:
     if source["class_type"] != "CheckpointLoaderSimple":
         return None
     return str(source["inputs"].get("ckpt_name"))
+
+
+def _image_shapes(plan: BatchPlan, values: dict[str, Any], input_dir: Path) -> str:
+    """Size, bands and frames of each per-request image: only images of one shape share a batch."""
+    from PIL import Image
+
+    shapes = []
+    for name in plan.image_params:
+        try:
+            with Image.open(input_dir / str(values[name])) as image:
+                shapes.append(f"{image.size[0]}x{image.size[1]}:{''.join(image.getbands())}:{getattr(image, 'n_frames', 1)}")
+        except (OSError, KeyError):
+            shapes.append("?")  # LoadImage itself reports the problem
+    return ",".join(shapes)
 
 
 def _grey_image() -> Any:

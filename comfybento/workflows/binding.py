@@ -41,11 +41,11 @@ def bind(graph: Graph, params: tuple[Param, ...], values: Mapping[str, Any], see
     return bound
 
 
-def shape_key(params: tuple[Param, ...], values: Mapping[str, Any], batchable_roles: frozenset[str]) -> str:
-    """Requests with equal keys differ only in batchable inputs and can share one execution."""
+def shape_key(params: tuple[Param, ...], values: Mapping[str, Any], batchable: frozenset[str]) -> str:
+    """Requests with equal keys differ only in the batchable fields (by name) and can share one execution."""
     parts = []
     for param in params:
-        if param.role in batchable_roles:
+        if param.name in batchable:
             continue
         value = values.get(param.name, param.default)
         parts.append(f"{param.name}={value!r}")
