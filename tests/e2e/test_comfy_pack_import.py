@@ -71,7 +71,7 @@ def server(tmp_path_factory) -> Iterator[str]:
 def test_the_imported_pack_serves_with_its_pinned_node_and_its_input_file(server):
     resp = httpx.post(f"{server}/packed_invert", json={}, timeout=120)
     assert resp.status_code == 200, resp.text
-    out = png_array(resp.json()["images"][0]["data"])
+    out = png_array(resp.json()["outputs"][0]["data"])
     expected = 255 - np.asarray(PICTURE).astype(np.int16)
     assert out.shape == expected.shape and np.abs(out - expected).max() <= 1
 

@@ -48,7 +48,7 @@ def _b64(data: bytes) -> str:
 
 def _outputs(resp: httpx.Response) -> dict[str, np.ndarray]:
     assert resp.status_code == 200, resp.text[:500]
-    return {o["output"]: png_array(o["data"]) for o in resp.json()["images"]}
+    return {o["name"]: png_array(o["data"]) for o in resp.json()["outputs"]}
 
 
 def test_the_same_image_by_upload_base64_data_uri_and_url(server, files):
@@ -160,9 +160,9 @@ def test_a_video_input_by_base64_and_url(server, files):
     for source in (_b64(clip), url):
         resp = httpx.post(f"{server}/video_input", json={"video": source}, timeout=120)
         assert resp.status_code == 200, resp.text[:500]
-        frames = [png_array(o["data"]) for o in resp.json()["images"]]
+        frames = [png_array(o["data"]) for o in resp.json()["outputs"]]
         assert len(frames) == 8 and frames[0].shape == (64, 64, 3)
     uploaded = httpx.post(f"{server}/video_input", files={"video": ("c.mp4", clip, "video/mp4")}, timeout=120)
-    assert uploaded.status_code == 200 and len(uploaded.json()["images"]) == 8
+    assert uploaded.status_code == 200 and len(uploaded.json()["outputs"]) == 8
     sound = httpx.post(f"{server}/video_input", json={"video": _b64(wav())}, timeout=60)
     assert sound.status_code == 422 and sound.json()["error"].startswith("video: the wav file has no video stream")

@@ -43,7 +43,7 @@ def test_two_requests_with_different_checkpoints(server):
     default = httpx.post(f"{server}/choose_model", json=body, timeout=300)
     alternate = httpx.post(f"{server}/choose_model", json={**body, "checkpoint": ALT}, timeout=300)
     assert default.status_code == alternate.status_code == 200, (default.text, alternate.text)
-    a, b = (png_array(r.json()["images"][0]["data"]) for r in (default, alternate))
+    a, b = (png_array(r.json()["outputs"][0]["data"]) for r in (default, alternate))
     assert a.shape == b.shape == (64, 64, 3) and np.abs(a - b).mean() > 5
 
 

@@ -136,7 +136,11 @@ def test_img2img_with_a_different_image_per_request(engine):
 def test_images_of_different_sizes_do_not_share_a_batch(engine):
     spec = engine.catalog["img2img"]
     small, large = (EngineItem(values={"image": png_bytes(sample_image(w, 64))}, seed=1) for w in (64, 96))
-    keys = [engine._prepare(spec, item)[1] for item in (small, small, large)]
+    prepared = [engine._prepare(spec, item) for item in (small, small, large)]
+    for stored, _, _ in prepared:  # prepared directly, never run: delete their stored uploads as a request's end would
+        for path in stored.files:
+            path.unlink()
+    keys = [key for _, key, _ in prepared]
     assert keys[0] == keys[1] != keys[2]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +62,7 @@ def _graph(name: str, **overrides: dict) -> dict:
 
 
 def _run(executor: ComfyExecutor, graph: dict) -> dict[str, np.ndarray]:
-    return {slot: images.numpy().astype(np.int16) for slot, images in executor.call(executor.execute, copy.deepcopy(graph)).items()}
+    return {slot: images.numpy().astype(np.int16) for slot, images in executor.call(executor.execute, copy.deepcopy(graph)).images.items()}
 
 
 def test_core_node_modules_import_and_register(runtime):
@@ -188,19 +188,18 @@ def _dominant_hz(samples: np.ndarray, rate: int) -> float:
 
 
 def test_audio_round_trip_through_load_and_save_audio(executor, runtime):
-    import folder_paths
 
     tone = _write_tone(runtime.input_dir / "core_tone.wav")
-    out_dir = Path(folder_paths.get_output_directory()) / "roundtrip"
-    before = set(out_dir.glob("*"))
-    assert executor.call(executor.execute, _graph("audio_roundtrip")) == {}  # no image outputs
-    written = sorted(set(out_dir.glob("*")) - before)
+    executed = executor.call(executor.execute, _graph("audio_roundtrip"))
+    assert executed.images == {}  # no image outputs: the audio files come back as produced files
+    written = sorted(p.path for p in executed.produced if hasattr(p, "path"))
     flac = [p for p in written if p.suffix == ".flac"][-1]
     opus = [p for p in written if p.suffix == ".opus"][-1]
     lossless, rate = _decode(flac)
     assert rate == TONE_RATE and len(lossless) == len(tone) and np.abs(lossless - tone).max() < 1e-3
     resampled, rate = _decode(opus)  # opus has no 44.1 kHz: ComfyUI resamples to 48 kHz with torchaudio
     assert rate == 48000 and abs(_dominant_hz(resampled, rate) - TONE_HZ) < 5
+    shutil.rmtree(executed.folder)  # the reader deletes the execution's folder
 
 
 def test_torchvision_python_parts_work(runtime):
