@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from comfybento.config import Settings
+from comfybento.jobs.live import JobEvents
 from comfybento.jobs.runner import Execute, JobRunner
 from comfybento.jobs.service import JobService
 from comfybento.jobs.store import JobStore, SQLiteJobStore
@@ -35,7 +36,8 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
         webhook_secret=settings.webhook_secret or load_or_create_secret(settings.webhook_secret_file), allow=allow,
         webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s),
         on_usage=access.charge_owner,  # each succeeded item is charged to the API key that submitted its job
+        live=JobEvents(),
     )
     service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s,
-                         live_progress=runner.progress)
+                         live_progress=runner.progress, live=runner.live)
     return service, runner

@@ -38,6 +38,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from comfybento.errors import NotFound
+from comfybento.jobs.live import JobEvents
 from comfybento.jobs.records import Delivery, Lease, backoff_s, item_usage, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList, WebhookPolicy, attempt
@@ -76,7 +77,7 @@ def output_key(lease: Lease, output: str, index: int, ext: str) -> str:
 class JobRunner:
     def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, concurrency: int, lease_s: float,
                  max_attempts: int, retry_base_s: float, retention_s: float, webhook_secret: str, allow: AllowList,
-                 webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook) -> None:
+                 webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook, live: JobEvents | None = None) -> None:
         self.store = store
         self.storage = storage
         self.execute = execute
@@ -90,6 +91,7 @@ class JobRunner:
         self.allow = allow
         self.webhooks = webhooks
         self.on_usage = on_usage
+        self.live = live if live is not None else JobEvents()  # items' events as they happen, to streams (jobs/live.py)
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[Any]] = set()  # successes being recorded and charged (see `_unstoppable`)
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -225,6 +227,7 @@ class JobRunner:
             def on_event(event: dict[str, Any], key: tuple[str, int] = (lease.job_id, lease.index)) -> None:
                 if event.get("event") == "progress":
                     self.progress[key] = {"step": int(event["value"]), "steps": int(event["max"])}
+                self.live.publish(lease.job_id, {**event, "job_id": lease.job_id, "index": lease.index})
 
             try:
                 result = await self.execute(lease.workflow, lease.params, lease.seed, on_event)
@@ -232,9 +235,12 @@ class JobRunner:
                 log.warning("job %s item %d: engine call failed: %s", lease.job_id, lease.index, exc)
                 result = ItemResult(ok=False, status=503, error=f"engine unavailable: {exc}", error_kind="internal")
             if result.ok:
-                await self._unstoppable(self._record_and_charge(lease, result))
+                recorded = await self._unstoppable(self._record_and_charge(lease, result))
+                if recorded is not None:
+                    self._publish_item(lease, "succeeded", outputs=recorded["outputs"])
             else:
-                await asyncio.to_thread(self._record_failure, lease, result)
+                retrying = await asyncio.to_thread(self._record_failure, lease, result)
+                self._publish_item(lease, "retrying" if retrying else "failed", error=result.error, error_kind=result.error_kind)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -245,10 +251,17 @@ class JobRunner:
         hit, recorded = await asyncio.to_thread(self._reuse_cached, lease)
         if hit:
             await self._charge(lease, recorded)
+            if recorded is not None:
+                self._publish_item(lease, "succeeded", outputs=recorded["outputs"], cached=True)
         return hit
 
-    async def _record_and_charge(self, lease: Lease, result: ItemResult) -> None:
-        await self._charge(lease, await asyncio.to_thread(self._record_success, lease, result))
+    async def _record_and_charge(self, lease: Lease, result: ItemResult) -> dict[str, Any] | None:
+        recorded = await asyncio.to_thread(self._record_success, lease, result)
+        await self._charge(lease, recorded)
+        return recorded
+
+    def _publish_item(self, lease: Lease, status: str, **fields: Any) -> None:
+        self.live.publish(lease.job_id, {"event": "item", "job_id": lease.job_id, "index": lease.index, "status": status, **fields})
 
     async def _charge(self, lease: Lease, recorded: dict[str, Any] | None) -> None:
         """Hand a recorded success's usage to `on_usage` (nothing when the store refused the result: the lease was lost)."""
@@ -308,7 +321,8 @@ class JobRunner:
         for out in outputs:
             self.storage.delete(str(out["key"]))
 
-    def _record_failure(self, lease: Lease, result: ItemResult) -> None:
+    def _record_failure(self, lease: Lease, result: ItemResult) -> bool:
+        """Record a failed attempt; True when the item will be retried."""
         kind: str = result.error_kind or "internal"
         transient = kind not in PERMANENT_KINDS
         if kind == "internal" and result.status == 503:
@@ -317,3 +331,4 @@ class JobRunner:
                  "node_id": result.node_id, "class_type": result.class_type}
         retry_at = now() + backoff_s(lease.attempt, self.retry_base_s) if transient and lease.attempt < self.max_attempts else None
         self.store.fail(self.owner, lease, error, retry_at)
+        return retry_at is not None

@@ -29,6 +29,7 @@ from comfybento.jobs.api_models import (
     JobUsage,
     OutputRef,
 )
+from comfybento.jobs.live import JobEvents
 from comfybento.jobs.records import ItemRecord, JobRecord, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList
@@ -85,7 +86,8 @@ def expand(req: JobSubmit, max_items: int) -> list[dict[str, Any]]:
 
 class JobService:
     def __init__(self, catalog: dict[str, WorkflowSpec], store: JobStore, storage: Storage, allow: AllowList,
-                 max_items: int, retention_s: int, live_progress: dict[tuple[str, int], dict[str, int]] | None = None) -> None:
+                 max_items: int, retention_s: int, live_progress: dict[tuple[str, int], dict[str, int]] | None = None,
+                 live: JobEvents | None = None) -> None:
         self.catalog = catalog
         self.store = store
         self.storage = storage
@@ -94,6 +96,7 @@ class JobService:
         self.retention_s = retention_s
         # (job id, index) -> {"step", "steps"} of items running on this replica (the runner's dict, which it fills)
         self.live_progress = live_progress if live_progress is not None else {}
+        self.live = live if live is not None else JobEvents()  # the runner's live events (jobs/live.py)
         self.item_models: dict[str, type[BaseModel]] = {
             name: build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True, limits=spec.limits) for name, spec in catalog.items()}
 
