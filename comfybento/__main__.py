@@ -1,5 +1,5 @@
 """Command line: `python -m comfybento models fetch|verify`, `... keys add NAME`, `... import PACK.cpack.zip`,
-`... nodes install` and `python -m comfybento batch ...`."""
+`... nodes install`, `... openapi` and `python -m comfybento batch ...`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,26 @@ def _object_info(args: argparse.Namespace) -> int:
 
     bootstrap(get_settings())
     write_snapshot(Path(args.out), object_info(), comfy_version())
+    return 0
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    """The OpenAPI document the service serves at /docs.json, built without serving (clients are generated from it)."""
+    import json
+    from pathlib import Path
+
+    from comfybento.runtime.devices import engine_resources
+    from comfybento.serving.openapi import fix_openapi
+    from comfybento.serving.project import get_project
+    from comfybento.serving.services import make_engine_service, make_front_service
+
+    project = get_project()
+    front = make_front_service(project, make_engine_service(project, engine_resources(project.settings)))
+    text = json.dumps(fix_openapi(front.openapi_spec.asdict(), project.catalog), indent=2, ensure_ascii=False) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -140,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("object-info", help="write ComfyUI's node definitions to a JSON file (used by the web tier)")
     info.add_argument("--out", required=True)
     info.set_defaults(func=_object_info)
+    spec = sub.add_parser("openapi", help="write the service's OpenAPI document (as served at /docs.json) without serving")
+    spec.add_argument("--out", default=None, help="file to write (default: stdout)")
+    spec.set_defaults(func=_openapi)
     _add_keys_parser(sub)
     _add_pack_parsers(sub)
     from comfybento.jobs.cli import add_parser

@@ -6,6 +6,11 @@ mounted jobs app. It declares OpenAPI 3.0.2 but carries 3.1 habits
 operationId and no version. `fix_openapi` makes it a valid 3.0 document
 (checked by openapi-spec-validator in the tests), adds the typed error answers
 every route can give, and types each workflow's batch-job items.
+
+It also leaves nothing untyped for client generators (clients/typescript is
+generated from this document): short camelCase operation ids (`txt2img`,
+`submitJob`), each workflow's request body as a named schema, a typed body for
+every answer (JSON, or binary for files) and typed job fan-outs.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ import copy
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 from comfybento import __version__
+from comfybento.jobs.api_models import ItemError
+from comfybento.jobs.records import ItemState, JobState
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.schema import build_input_model
 
 ERROR_SCHEMA = {
     "type": "object",
-    "required": ["error", "error_kind"],
+    "required": ["error"],  # BentoML's own 400 for a body that fails validation has `error` and `detail` only
     "properties": {
         "error": {"type": "string", "description": "What was wrong: the field, node, file, model or limit."},
         "error_kind": {"type": "string", "description": "invalid | too_large | unauthorized | rate_limited | not_found | node | "
@@ -30,7 +37,19 @@ ERROR_SCHEMA = {
         "request_id": {"type": "string", "description": "Also in the X-Request-ID header and the server's log."},
         "node_id": {"type": "string", "description": "For node errors: the node that failed."},
         "class_type": {"type": "string", "description": "For node errors: that node's class."},
-        "detail": {"type": "array", "items": {"type": "object"}, "description": "For validation errors: one entry per field."},
+        "detail": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"},
+                   "description": "For validation errors: one entry per field."},
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/ItemError"},
+                  "description": "For a refused batch job: one entry per bad item."},
+    },
+}
+FIELD_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["loc", "msg", "type"],
+    "properties": {
+        "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}, "description": "Path to the field."},
+        "msg": {"type": "string", "description": "What is wrong with it."},
+        "type": {"type": "string", "description": "The kind of error (pydantic's error type)."},
     },
 }
 ERRORS = {
@@ -40,8 +59,24 @@ ERRORS = {
     "422": "A value is not acceptable (e.g. an upload that is not a readable image).",
     "429": "The API key is over its rate limit or quota (see Retry-After).",
     "503": "The service is at capacity or restarting (see Retry-After).",
+    "500": "Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).",
 }
+DeliveryState = Literal["pending", "delivered", "failed"]  # jobs/records.py's WebhookDelivery.state
 INFRA = {"/healthz", "/livez", "/readyz", "/metrics"}
+SERVICE_PREFIX = "comfybento__"  # BentoML's operation ids: <service name>__<api name>
+OPERATION_IDS = {  # the jobs API's routes (FastAPI would name them `submit_jobs_post` ...)
+    ("post", "/jobs"): "submitJob",
+    ("get", "/jobs"): "listJobs",
+    ("get", "/jobs/{job_id}"): "getJob",
+    ("get", "/jobs/{job_id}/results"): "getJobResults",
+    ("post", "/jobs/{job_id}/cancel"): "cancelJob",
+    ("get", "/jobs/{job_id}/archive"): "getJobArchive",
+    ("get", "/jobs/{job_id}/files/{name}"): "getJobFile",
+    ("get", "/outputs/{folder}/{name}"): "getOutputFile",
+}
+BINARY = {"/jobs/{job_id}/archive": ("application/zip", "The zip of every output of the job."),
+          "/jobs/{job_id}/files/{name}": ("application/octet-stream", "The file (its content type is in the Content-Type header)."),
+          "/outputs/{folder}/{name}": ("application/octet-stream", "The file (its content type is in the Content-Type header).")}
 
 DOCS_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="UTF-8"><title>comfybento API</title>
@@ -60,41 +95,64 @@ def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: 
     doc["info"]["description"] = ("ComfyUI workflows as typed endpoints (one per workflow), and batch jobs at /jobs. "
                                   "Every answer carries X-Request-ID.")
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    schemas["ErrorResponse"] = ERROR_SCHEMA
+    schemas["ErrorResponse"] = copy.deepcopy(ERROR_SCHEMA)
+    schemas["FieldError"] = copy.deepcopy(FIELD_ERROR_SCHEMA)
+    schemas["ItemError"] = ItemError.model_json_schema()
     _add_job_items(schemas, catalog)
     used: set[str] = set()
     for path, item in doc["paths"].items():
         for method, op in item.items():
             if not isinstance(op, dict):
                 continue
-            op["operationId"] = _unique(op.get("operationId") or f"{method}_{path}", used)
+            op["operationId"] = _unique(_operation_id(method, path, op), used)
             if path not in INFRA:
-                _add_errors(op, method)
+                _add_errors(op, method, path)
             if path == "/jobs" and method == "post":
-                _type_job_submit(op, catalog)
+                _type_job_submit(op, catalog, schemas)
+    _type_bodies(doc["paths"], schemas, catalog)
+    _type_states(schemas)
+    _require_answer_fields(doc["paths"], schemas)
     _describe_outputs(doc["paths"], catalog)
     _to_openapi_30(doc)
     return doc
 
 
-def _unique(raw: str, used: set[str]) -> str:
-    name = re.sub(r"[^0-9A-Za-z_]+", "_", raw).strip("_") or "op"
+def _operation_id(method: str, path: str, op: dict[str, Any]) -> str:
+    """camelCase: `txt2img`, `txt2imgPng`, `submitJob`; what generators name their functions after."""
+    raw = OPERATION_IDS.get((method, path)) or op.get("operationId") or f"{method}_{path}"
+    raw = raw.removeprefix(SERVICE_PREFIX)
+    parts = [p for p in re.split(r"[^0-9A-Za-z]+", raw) if p]
+    return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:]) if parts else "op"
+
+
+def _unique(name: str, used: set[str]) -> str:
     candidate, n = name, 2
     while candidate in used:
-        candidate, n = f"{name}_{n}", n + 1
+        candidate, n = f"{name}{n}", n + 1
     used.add(candidate)
     return candidate
 
 
-def _add_errors(op: dict[str, Any], method: str) -> None:
+def _error_content() -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+
+
+def _add_errors(op: dict[str, Any], method: str, path: str) -> None:
     responses = op.setdefault("responses", {})
     for code, description in ERRORS.items():
         if method == "get" and code in ("400", "413"):
             continue
         if code == "422" and "422" in responses:
-            continue  # the jobs API's own validation answer (FastAPI's, with `detail`)
-        responses[code] = {"description": description, "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+            # FastAPI's own answer for a bad query or body (`detail`), or ours naming each bad item (`items`)
+            content = responses["422"].get("content", {}).get("application/json", {})
+            if "schema" in content:
+                content["schema"] = {"anyOf": [content["schema"], {"$ref": "#/components/schemas/ErrorResponse"}]}
+            continue
+        responses[code] = {"description": description, "content": _error_content()}
+    if "{" in path:
+        responses["404"] = {"description": "No such job, file or output.", "content": _error_content()}
+    else:
+        responses.pop("404", None)  # BentoML declares one on every endpoint; a route without parameters never answers it
 
 
 def _job_item_name(workflow: str) -> str:
@@ -110,20 +168,106 @@ def _add_job_items(schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) ->
         schemas[_job_item_name(name)] = schema
 
 
-def _type_job_submit(op: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
+def _type_job_submit(op: dict[str, Any], catalog: dict[str, WorkflowSpec], schemas: dict[str, Any]) -> None:
     """POST /jobs: one submission schema per workflow, chosen by its `workflow` field."""
     content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
     base_ref = content.get("schema", {}).get("$ref")
     if not base_ref:
         return
-    variants = []
-    for name in catalog:
-        item = {"$ref": f"#/components/schemas/{_job_item_name(name)}"}
-        variants.append({"allOf": [{"$ref": base_ref}, {"type": "object", "properties": {
-            "workflow": {"type": "string", "enum": [name]},
-            "items": {"type": "array", "items": item, "description": f"Items of the '{name}' workflow."},
-        }}]})
+    variants = [_job_variant(name, base_ref, schemas) for name in catalog]
     content["schema"] = {"oneOf": variants} if len(variants) > 1 else variants[0]
+
+
+def _job_variant(name: str, base_ref: str, schemas: dict[str, Any]) -> dict[str, Any]:
+    """One workflow's submission: its items, base and fan-out typed like its endpoint's fields."""
+    item = {"$ref": f"#/components/schemas/{_job_item_name(name)}"}
+    fields = schemas[_job_item_name(name)].get("properties", {})
+    fanout = {field: {"type": "array", "items": _without_default(body)} for field, body in fields.items()}
+    return {"allOf": [{"$ref": base_ref}, {"type": "object", "properties": {
+        "workflow": {"type": "string", "enum": [name]},
+        "items": {"type": "array", "items": item, "description": f"Items of the '{name}' workflow."},
+        "base": {"allOf": [item], "description": "Parameters shared by every item of a fan-out."},
+        "fanout": {"type": "object", "properties": fanout, "additionalProperties": False,
+                   "description": "Field -> values; items are the cartesian product, e.g. prompts x seeds."},
+    }}]}
+
+
+def _type_states(schemas: dict[str, Any]) -> None:
+    """The jobs API's `state` fields are plain strings in its models: give them their values."""
+    for name, values in (("JobStatus", JobState), ("JobResults", JobState), ("ItemResultOut", ItemState), ("ItemProgress", ItemState),
+                         ("DeliveryOut", DeliveryState)):
+        state = schemas.get(name, {}).get("properties", {}).get("state")
+        if state is not None and state.get("type") == "string":
+            state["enum"] = list(get_args(values))
+
+
+def _require_answer_fields(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """A model only ever answered (never sent) has every field in the JSON, null or not: say so, so clients need no checks.
+
+    pydantic marks fields with a default as optional, which is true of a request and not of an answer.
+    """
+    sent: set[str] = set()
+    answered: set[str] = set()
+    for item in paths.values():
+        for op in item.values():
+            if not isinstance(op, dict):
+                continue
+            _collect_refs([op.get("requestBody"), op.get("parameters")], schemas, sent)
+            _collect_refs([r for code, r in op.get("responses", {}).items() if code.startswith("2")], schemas, answered)
+    for name in sorted(answered - sent):
+        schema = schemas[name]
+        if schema.get("type") == "object" and schema.get("properties"):
+            schema["required"] = list(schema["properties"])
+
+
+def _collect_refs(node: Any, schemas: dict[str, Any], found: set[str]) -> None:
+    """Every component schema `node` refers to, directly or through others."""
+    if isinstance(node, list):
+        for child in node:
+            _collect_refs(child, schemas, found)
+    elif isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            name = ref.rsplit("/", 1)[1]
+            if name not in found and name in schemas:
+                found.add(name)
+                _collect_refs(schemas[name], schemas, found)
+        for value in node.values():
+            _collect_refs(value, schemas, found)
+
+
+def _without_default(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: copy.deepcopy(v) for k, v in schema.items() if k not in ("default", "title")}
+
+
+def _type_bodies(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
+    """Name each workflow's request body, type the job submit answer and the file downloads."""
+    for name in catalog:
+        for path, item in paths.items():
+            op = item.get("post")
+            if op is None or not (path == f"/{name}" or path.startswith(f"/{name}/")):
+                continue
+            body = op.get("requestBody")
+            if body is None:
+                continue
+            body["required"] = True
+            for content in body.get("content", {}).values():
+                title = content.get("schema", {}).get("title")
+                if title and schemas.get(title) == content["schema"]:
+                    content["schema"] = {"$ref": f"#/components/schemas/{title}"}
+    submit = paths.get("/jobs", {}).get("post", {}).get("responses", {})
+    if "JobStatus" in schemas and "202" in submit:
+        status = {"application/json": {"schema": {"$ref": "#/components/schemas/JobStatus"}}}
+        submit["202"] = {"description": "The job is queued: its status.", "content": status}
+        submit["200"] = {"description": "A job with this idempotency_key was submitted before: its status.", "content": status}
+    for path in INFRA:
+        ok = paths.get(path, {}).get("get", {}).get("responses", {}).get("200")
+        if ok is not None and "content" not in ok:
+            ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    for path, (media, description) in BINARY.items():
+        ok = paths.get(path, {}).get("get", {}).get("responses", {}).get("200")
+        if ok is not None:
+            ok.update(description=description, content={media: {"schema": {"type": "string", "format": "binary"}}})
 
 
 def _describe_outputs(paths: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
@@ -140,7 +284,7 @@ def _describe_outputs(paths: dict[str, Any], catalog: dict[str, WorkflowSpec]) -
                                      "kind": {"type": "string", "enum": [out.kind]}}
             if out.media_type is not None:
                 props["media_type"] = {"type": "string", "enum": [out.media_type]}
-            variants.append({"type": "object", "title": out.name, "properties": props,
+            variants.append({"type": "object", "title": out.name, "properties": props, "required": ["name", "node_id", "kind"],
                              "description": f"Output '{out.name}': node {out.node_id} ({out.class_type}), {out.kind}, {media}; "
                                             f"its bytes alone: POST /{name}/{out.name}."})
         content["schema"] = {"allOf": [content["schema"], {"type": "object", "properties": {
