@@ -36,8 +36,13 @@ class GraphRun:
     values: dict[str, Any]  # the workflow's request fields, as its typed endpoint takes them
 
 
-def match_graph(catalog: Mapping[str, WorkflowSpec], graph: Any, resolve_file: ResolveFile | None = None) -> GraphRun:
-    """The served workflow `graph` matches, with its field values; raises GraphMismatch (the closest workflow's first difference)."""
+def match_graph(catalog: Mapping[str, WorkflowSpec], graph: Any, resolve_file: ResolveFile | None = None,
+                allow_unmatched: bool = False) -> GraphRun:
+    """The served workflow `graph` matches, with its field values; raises GraphMismatch (the closest workflow's first difference).
+
+    allow_unmatched (the service's explicit setting): a graph that matches nothing runs on its own, unbatched, after
+    validation against the node registry and models.lock (not built yet: it is refused like any other mismatch).
+    """
     if not isinstance(graph, dict) or not graph or not all(isinstance(n, dict) for n in graph.values()):
         raise GraphMismatch("prompt: expected an API-format graph, an object of node id -> {class_type, inputs}")
     if not catalog:
