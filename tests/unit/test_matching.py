@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,17 +62,86 @@ def test_a_missing_node_is_named(catalog: dict[str, WorkflowSpec]) -> None:
 def test_a_relinked_input_is_named(catalog: dict[str, WorkflowSpec]) -> None:
     graph = _graph(catalog)
     sampler = _node(graph, "KSampler")["inputs"]
-    sampler["positive"], sampler["negative"] = sampler["negative"], sampler["positive"]
-    with pytest.raises(GraphMismatch, match="input 'positive' is linked differently") as err:
+    sampler["negative"] = list(sampler["positive"])  # one prompt for both: the negative prompt's node is left unread
+    with pytest.raises(GraphMismatch, match="input 'negative' is linked differently") as err:
         match_graph(catalog, graph)
-    assert "(1 more)" in str(err.value) and err.value.error_code == 422
+    assert err.value.error_code == 422
+
+
+def test_swapped_prompt_links_are_the_same_graph_with_the_prompts_swapped(catalog: dict[str, WorkflowSpec]) -> None:
+    graph = _graph(catalog)
+    sampler = _node(graph, "KSampler")["inputs"]
+    positive, negative = graph[sampler["positive"][0]]["inputs"]["text"], graph[sampler["negative"][0]]["inputs"]["text"]
+    sampler["positive"], sampler["negative"] = sampler["negative"], sampler["positive"]
+    run = match_graph(catalog, graph)
+    served = catalog["txt2img"]
+    fields = served.field_names
+    sampler_id = next(i for i, n in served.graph.items() if n["class_type"] == "KSampler")
+    pos_id, neg_id = served.graph[sampler_id]["inputs"]["positive"][0], served.graph[sampler_id]["inputs"]["negative"][0]
+    # The workflow's positive prompt node is the graph's node the sampler reads as positive: the old negative text.
+    assert run.values[fields[(pos_id, "text")]] == negative and run.values[fields[(neg_id, "text")]] == positive
 
 
 def test_a_changed_value_that_is_no_field_is_refused(catalog: dict[str, WorkflowSpec]) -> None:
     graph = _graph(catalog)
-    _node(graph, "SaveImage")["inputs"]["filename_prefix"] = "elsewhere"
-    with pytest.raises(GraphMismatch, match=r"input 'filename_prefix' is 'elsewhere'.*not a request field"):
+    assert ("4", "ckpt_name") not in catalog["txt2img"].field_names
+    _node(graph, "CheckpointLoaderSimple")["inputs"]["ckpt_name"] = "other.safetensors"
+    with pytest.raises(GraphMismatch, match=r"input 'ckpt_name' is 'other.safetensors'.*not a request field"):
         match_graph(catalog, graph)
+
+
+def test_an_output_node_s_filename_prefix_is_cosmetic(catalog: dict[str, WorkflowSpec]) -> None:
+    graph = _graph(catalog)
+    _node(graph, "SaveImage")["inputs"]["filename_prefix"] = "elsewhere/mine"
+    graph = {i: {**n, "_meta": {"title": "renamed"}} for i, n in graph.items()}
+    assert match_graph(catalog, graph).workflow == "txt2img"
+
+
+def _renumbered(graph: dict[str, Any], start: int = 100) -> tuple[dict[str, Any], dict[str, str]]:
+    """The same graph under other node ids (in reverse order), as a client building it from scratch might number it."""
+    new_ids = {old: str(start + n) for n, old in enumerate(reversed(list(graph)))}
+    out = {}
+    for old, node in graph.items():
+        inputs = {k: [new_ids[v[0]], v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
+        out[new_ids[old]] = {"class_type": node["class_type"], "inputs": inputs}
+    return out, new_ids
+
+
+def test_other_node_ids_match_and_carry_their_values(catalog: dict[str, WorkflowSpec]) -> None:
+    graph = _graph(catalog)
+    _node(graph, "KSampler")["inputs"].update(seed=77, steps=2)
+    _node(graph, "EmptyLatentImage")["inputs"]["width"] = 192
+    renumbered, _ = _renumbered(graph, start=1)  # ids 1..7, overlapping the workflow's ids 3..9 with other nodes
+    assert any(renumbered.get(i, {}).get("class_type") not in (None, n["class_type"]) for i, n in graph.items())
+    run = match_graph(catalog, renumbered)
+    assert (run.workflow, run.values["seed"], run.values["steps"], run.values["width"]) == ("txt2img", 77, 2, 192)
+
+
+def test_a_difference_in_a_renumbered_graph_names_the_graph_s_node(catalog: dict[str, WorkflowSpec]) -> None:
+    graph = _graph(catalog)
+    _node(graph, "CheckpointLoaderSimple")["inputs"]["ckpt_name"] = "other.safetensors"
+    renumbered, new_ids = _renumbered(graph)
+    with pytest.raises(GraphMismatch, match=rf"node '{new_ids['4']}' \(CheckpointLoaderSimple\) \(the workflow's '4'\) input 'ckpt_name'"):
+        match_graph(catalog, renumbered)
+
+
+def test_an_extra_node_in_a_renumbered_graph_is_named(catalog: dict[str, WorkflowSpec]) -> None:
+    renumbered, new_ids = _renumbered(_graph(catalog))
+    renumbered["999"] = {"class_type": "PreviewImage", "inputs": {"images": [new_ids["8"], 0]}}
+    with pytest.raises(GraphMismatch, match=r"closest is 'txt2img': node '999' \(PreviewImage\) is not in the workflow$"):
+        match_graph(catalog, renumbered)
+
+
+def test_matching_a_large_symmetric_graph_is_bounded(catalog: dict[str, WorkflowSpec]) -> None:
+    """Forty extra sinks of the class of the workflow's sink: each pairing is tried once, and the answer comes fast."""
+    graph = _graph(catalog)
+    decode = next(i for i, n in graph.items() if n["class_type"] == "VAEDecode")
+    for n in range(40):
+        graph[str(1000 + n)] = {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": [decode, 0]}}
+    started = time.perf_counter()
+    with pytest.raises(GraphMismatch, match="is not in the workflow"):
+        match_graph(catalog, graph)
+    assert time.perf_counter() - started < 1.0
 
 
 @pytest.mark.parametrize("bad", [[], {}, "graph", {"1": "node"}])
