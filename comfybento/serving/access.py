@@ -1,8 +1,14 @@
 """Who may call the service, how often, and what each key used.
 
-- `AccessMiddleware` (ASGI, on the entry service): every request but health checks,
-  /metrics and CORS preflights needs `Authorization: Bearer <key>` (RFC 6750; the
-  scheme is case-insensitive). Then the key's limits are checked, each a token bucket
+- `AccessMiddleware` (ASGI, on the entry service): every request and every websocket
+  on every route (typed endpoints, the FastAPI app at "/" and whatever routes it
+  includes) needs `Authorization: Bearer <key>` (RFC 6750; the scheme is
+  case-insensitive). A websocket may send the key as `?token=<key>` instead, since
+  browsers and many ComfyUI clients cannot set headers on one; a refused websocket
+  gets the same 401 answer (or, from a server without the denial extension, a close
+  with code 1008). Public: health checks, /metrics, CORS preflights, and GET/HEAD of
+  the static pages (`PUBLIC_PAGES`: the API docs and the playground, whose own API
+  calls send the key). Then the key's limits are checked, each a token bucket
   (serving/ratelimit.py): `rate_per_min` on every request, and `images_per_day` on
   requests that make images (POST), refused once the key's images are spent.
   Over a limit: 429 with Retry-After. Responses of a limited key carry
@@ -28,6 +34,7 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
@@ -43,6 +50,10 @@ from comfybento.serving.ratelimit import ALWAYS, Buckets, Decision, LimiterUnava
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+# Static pages anyone may load (GET/HEAD only): the API docs (served ahead of this middleware too) and the playground.
+PUBLIC_PAGES = frozenset({"/", "/docs", "/docs/", "/docs.json"})
+PUBLIC_PREFIXES = ("/playground/",)
+TOKEN_PARAM = "token"  # ?token=<key>: for websockets only (a URL ends up in logs and histories; headers are preferred)
 REALM = "comfybento"
 # Headers a browser script may read on a cross-origin response.
 EXPOSED_HEADERS = (
@@ -207,7 +218,7 @@ def rate_limit_headers(checks: list[tuple[str, Decision]]) -> dict[str, str]:
 def _unauthorized(reason: str) -> JSONResponse:
     _metrics()["auth_failures"].labels(reason=reason).inc()
     message = {
-        "missing": "this service needs an API key: send the header 'Authorization: Bearer <key>'",
+        "missing": "this service needs an API key: send the header 'Authorization: Bearer <key>' (a websocket may add ?token=<key>)",
         "malformed": "the Authorization header must be 'Bearer <key>' (one header, scheme Bearer)",
         "unknown": "the API key is not valid",
     }[reason]
@@ -218,12 +229,40 @@ def _unauthorized(reason: str) -> JSONResponse:
 def _too_many(key: ApiKey, limit: str, decision: Decision, headers: dict[str, str]) -> JSONResponse:
     _metrics()["refused"].labels(key=key.name, limit=limit).inc()
     what = f"is over its limit of {key.rate_per_min} requests/min" if limit == "rate" else f"has used its {key.images_per_day} images/day"
-    return error_response(RateLimited(f"API key '{key.name}' {what}; retry in {decision.retry_after_s} s"),
-                          retry_after_s=decision.retry_after_s, headers=headers)
+    return error_response(
+        RateLimited(f"API key '{key.name}' {what}; retry in {decision.retry_after_s} s"),
+        retry_after_s=decision.retry_after_s,
+        headers=headers,
+    )
 
 
 def _is_preflight(scope: dict[str, Any], headers: dict[bytes, bytes]) -> bool:
     return scope.get("method") == "OPTIONS" and b"origin" in headers and b"access-control-request-method" in headers
+
+
+def is_public(scope: dict[str, Any]) -> bool:
+    """Health checks and /metrics (any method), and GET/HEAD of the static pages: no key needed."""
+    path = scope.get("path", "")
+    if path in OPEN_PATHS:
+        return True
+    return scope.get("method") in ("GET", "HEAD") and (path in PUBLIC_PAGES or path.startswith(PUBLIC_PREFIXES))
+
+
+def credentials(scope: dict[str, Any]) -> list[str]:
+    """The request's Authorization header values; for a websocket without one, `Bearer <?token=...>`."""
+    found = [v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"authorization"]
+    if found or scope["type"] != "websocket":
+        return found
+    tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(TOKEN_PARAM, [])
+    return [f"Bearer {t}" for t in tokens]
+
+
+async def _refuse(response: JSONResponse, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Send a refusal: the response itself, or for a websocket, as its denial (the HTTP answer to the handshake)."""
+    if scope["type"] == "websocket" and "websocket.http.response" not in (scope.get("extensions") or {}):
+        await send({"type": "websocket.close", "code": 1008})  # the server answers the handshake 403
+        return
+    await response(scope, receive, send)
 
 
 class AccessMiddleware:
@@ -234,22 +273,21 @@ class AccessMiddleware:
         self.access = access
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path", "") in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or is_public(scope):
             await self.app(scope, receive, send)
             return
-        raw = scope.get("headers") or []
-        if _is_preflight(scope, dict(raw)):  # no credentials by design; the CORS layer answers it
+        if _is_preflight(scope, dict(scope.get("headers") or [])):  # no credentials by design; the CORS layer answers it
             await self.app(scope, receive, send)
             return
-        key, reason = self.access.authenticate([v.decode("latin-1") for k, v in raw if k == b"authorization"])
+        key, reason = self.access.authenticate(credentials(scope))
         if key is None:
-            await _unauthorized(reason)(scope, receive, send)
+            await _refuse(_unauthorized(reason), scope, receive, send)
             return
         checks = await self.access.admit(key, makes_images=scope.get("method") == "POST" and not scope["path"].endswith("/cancel"))
         headers = rate_limit_headers(checks)
         refused = next(((limit, d) for limit, d in checks if not d.allowed), None)
         if refused is not None:
-            await _too_many(key, refused[0], refused[1], headers)(scope, receive, send)
+            await _refuse(_too_many(key, refused[0], refused[1], headers), scope, receive, send)
             return
         _metrics()["requests"].labels(key=key.name).inc()
         grant = Grant(key, self.access)

@@ -184,3 +184,100 @@ async def test_limits_fail_open_when_redis_is_down():
     finally:
         await acl.buckets.aclose()
     assert REGISTRY.get_sample_value("comfybento_access_limiter_errors_total") - before == 2
+
+
+# ---------------------------------------------------------------- every route, websockets too
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "public"),
+    [
+        ("GET", "/healthz", True),
+        ("POST", "/metrics", True),
+        ("GET", "/", True),
+        ("HEAD", "/docs", True),
+        ("GET", "/docs.json", True),
+        ("GET", "/playground/app.js", True),
+        ("POST", "/", False),
+        ("GET", "/jobs", False),
+        ("GET", "/prompt", False),
+        ("GET", "/view", False),
+        ("GET", "/object_info", False),
+        ("POST", "/upload/image", False),
+        ("GET", "/api/v2/jobs", False),
+        ("POST", "/txt2img/stream", False),
+        ("GET", "/playground", False),
+        ("GET", "/docs/../jobs", False),
+    ],
+)
+def test_only_health_checks_and_the_static_pages_are_public(method, path, public):
+    assert access.is_public({"type": "http", "method": method, "path": path}) is public
+
+
+def _guarded_app(key: str):
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def echo(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text(f"hello {access.key_name(ws)}")
+        await ws.close()
+
+    app = Starlette(
+        routes=[
+            Route("/jobs", lambda r: PlainTextResponse("jobs")),
+            Route("/", lambda r: PlainTextResponse("page")),
+            WebSocketRoute("/ws", echo),
+        ]
+    )
+    return AccessMiddleware(app, _access(ApiKey(name="alice", sha256=hash_key(key))))
+
+
+def test_websockets_need_a_key_in_the_header_or_the_token_parameter():
+    from starlette.testclient import TestClient, WebSocketDenialResponse
+
+    key = new_key()
+    client = TestClient(_guarded_app(key))
+    for url in ("/ws", "/ws?token=", f"/ws?token={key}x", "/ws?key=" + key):
+        with pytest.raises(WebSocketDenialResponse) as refused:
+            with client.websocket_connect(url):
+                pass
+        assert refused.value.status_code == 401, url
+        assert "?token=<key>" in refused.value.json()["error"] or "not valid" in refused.value.json()["error"]
+    with client.websocket_connect(f"/ws?token={key}") as ws:
+        assert ws.receive_text() == "hello alice"
+    with client.websocket_connect("/ws", headers={"Authorization": f"Bearer {key}"}) as ws:
+        assert ws.receive_text() == "hello alice"
+    with pytest.raises(WebSocketDenialResponse):  # a bad header is not rescued by a good token
+        with client.websocket_connect(f"/ws?token={key}", headers={"Authorization": "Bearer nope"}):
+            pass
+
+
+def test_http_routes_take_no_token_parameter_and_the_page_is_public():
+    from starlette.testclient import TestClient
+
+    key = new_key()
+    client = TestClient(_guarded_app(key))
+    assert client.get(f"/jobs?token={key}").status_code == 401
+    assert client.get("/jobs", headers={"Authorization": f"Bearer {key}"}).text == "jobs"
+    assert client.get("/").text == "page"
+    assert client.post("/").status_code == 401
+
+
+async def test_a_server_without_the_denial_extension_gets_a_policy_close():
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        return {"type": "websocket.connect"}
+
+    async def never(scope, receive, send) -> None:
+        raise AssertionError("the app must not run")
+
+    middleware = AccessMiddleware(never, _access(ApiKey(name="alice", sha256=hash_key(new_key()))))
+    await middleware({"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
