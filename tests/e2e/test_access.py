@@ -166,3 +166,46 @@ def test_a_jobs_images_are_charged_to_the_key_that_submitted_it(served):
     refused = httpx.post(f"{served.url}/txt2img", json=SMALL, headers=_auth(served.keys["batch"]), timeout=60)
     assert refused.status_code == 429 and "1 images/day" in refused.json()["error"]
     assert _metric(served, "comfybento_key_images_total", "batch") == 1
+
+
+def _ws_status(url: str, headers: dict[str, str] | None = None) -> int:
+    """The HTTP status the server answers a websocket handshake with (101: accepted and upgraded)."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    try:
+        with connect(url, additional_headers=headers or {}, open_timeout=30):
+            return 101
+    except InvalidStatus as exc:
+        return int(exc.response.status_code)
+
+
+def test_every_route_of_the_entry_service_needs_the_key_websockets_too(served):
+    ws = served.url.replace("http://", "ws://")
+    for method, path in (
+        ("GET", "/jobs"),
+        ("POST", "/jobs"),
+        ("GET", "/jobs/nope"),
+        ("GET", "/prompt"),
+        ("GET", "/object_info"),
+        ("POST", "/api/v2/jobs"),
+        ("POST", "/txt2img/stream"),
+        ("GET", "/view?filename=x.png"),
+    ):
+        assert httpx.request(method, f"{served.url}{path}", timeout=30).status_code == 401, path
+    assert httpx.get(f"{served.url}/jobs?token={served.keys['alice']}", timeout=30).status_code == 401  # headers only over HTTP
+    assert (
+        httpx.post(
+            f"{served.url}/jobs", json={"workflow": "nope", "items": [{}]}, headers=_auth(served.keys["alice"]), timeout=30
+        ).status_code
+        == 422
+    )
+    # A websocket without a key is refused at the handshake; with ?token= (or the header) it passes to the app,
+    # which on this branch has no websocket route and refuses it by itself (403, not 401).
+    assert _ws_status(f"{ws}/ws?clientId=abc") == 401
+    assert _ws_status(f"{ws}/ws?clientId=abc&token={served.keys['alice']}x") == 401
+    assert _ws_status(f"{ws}/ws?clientId=abc&token={served.keys['alice']}") in (101, 403)
+    assert _ws_status(f"{ws}/ws", headers=_auth(served.keys["alice"])) in (101, 403)
+    # The docs page and its document need no key; the page's own calls do.
+    assert httpx.get(f"{served.url}/docs", timeout=30).status_code == 200
+    assert httpx.get(f"{served.url}/docs.json", timeout=30).status_code == 200
