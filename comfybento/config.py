@@ -155,12 +155,22 @@ class Settings:
     api_keys: tuple[ApiKey, ...] = ()
     # Origins allowed to call from a browser (CORS): exact "scheme://host[:port]" values, or ("*",). Empty: no CORS.
     cors_origins: tuple[str, ...] = ()
+    # ---- submitted graphs (ComfyUI's /prompt, Comfy API v2; workflows/matching.py)
+    # "match" (the default): a graph must match a served workflow (same nodes and links) and then shares its
+    # batches; one that matches nothing is refused, naming the first difference. "any": such a graph runs alone,
+    # unbatched, after checks against the node registry and models.lock (workflows/free_graph.py).
+    submitted_graphs: str = "match"
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def keys_required(self) -> bool:
         """Requests need a key as soon as a key or a keys file is configured (an empty keys file admits nobody)."""
         return bool(self.api_key) or self.api_keys_file is not None
+
+    @property
+    def runs_unmatched_graphs(self) -> bool:
+        """COMFYBENTO_SUBMITTED_GRAPHS=any: match_graph(..., allow_unmatched=settings.runs_unmatched_graphs)."""
+        return self.submitted_graphs == "any"
 
     @property
     def cpu_threads(self) -> int:
@@ -207,6 +217,7 @@ class Settings:
             compile=_bool(env, "COMFYBENTO_COMPILE", False),
             model_cache_bytes=_int(env, "COMFYBENTO_MODEL_CACHE_BYTES", 0),
             limits=_limits(env),
+            submitted_graphs=_choice(env, "COMFYBENTO_SUBMITTED_GRAPHS", "match", ("match", "any")),
             **_job_settings(env, work_dir),
             **_access_settings(env),
         )

@@ -11,6 +11,7 @@ from comfybento.jobs.webhooks import AllowList, WebhookPolicy, load_or_create_se
 from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
 from comfybento.serving import access
 from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.free_graph import FreeGraphs
 
 
 def make_store(settings: Settings) -> JobStore:
@@ -39,5 +40,6 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
         live=JobEvents(),
     )
     service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s,
-                         live_progress=runner.progress, live=runner.live)
+                         live_progress=runner.progress, live=runner.live,
+                         free_graphs=FreeGraphs(settings) if settings.runs_unmatched_graphs else None)
     return service, runner

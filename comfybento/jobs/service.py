@@ -36,6 +36,7 @@ from comfybento.jobs.webhooks import AllowList
 from comfybento.outputs.storage import LocalStorage, Storage
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
 from comfybento.workflows.limits import check_request_limits
 from comfybento.workflows.params import UPLOAD_KINDS
 from comfybento.workflows.schema import build_input_model
@@ -87,7 +88,7 @@ def expand(req: JobSubmit, max_items: int) -> list[dict[str, Any]]:
 class JobService:
     def __init__(self, catalog: dict[str, WorkflowSpec], store: JobStore, storage: Storage, allow: AllowList,
                  max_items: int, retention_s: int, live_progress: dict[tuple[str, int], dict[str, int]] | None = None,
-                 live: JobEvents | None = None) -> None:
+                 live: JobEvents | None = None, free_graphs: FreeGraphs | None = None) -> None:
         self.catalog = catalog
         self.store = store
         self.storage = storage
@@ -97,6 +98,8 @@ class JobService:
         # (job id, index) -> {"step", "steps"} of items running on this replica (the runner's dict, which it fills)
         self.live_progress = live_progress if live_progress is not None else {}
         self.live = live if live is not None else JobEvents()  # the runner's live events (jobs/live.py)
+        # COMFYBENTO_SUBMITTED_GRAPHS=any: jobs of the reserved workflow FREE_GRAPH, unmatched graphs (workflows/free_graph.py)
+        self.free_graphs = free_graphs
         self.item_models: dict[str, type[BaseModel]] = {
             name: build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True, limits=spec.limits) for name, spec in catalog.items()}
 
@@ -105,6 +108,8 @@ class JobService:
     def submit(self, req: JobSubmit, owner: str | None = None) -> tuple[JobRecord, bool]:
         """Validate and queue a job for `owner` (the submitting API key's name; None when keys are off): (job, created)."""
         spec = self.catalog.get(req.workflow)
+        if spec is None and req.workflow == FREE_GRAPH and self.free_graphs is not None:
+            return self._submit_free_graphs(req, owner)
         if spec is None:
             raise InvalidRequest(f"workflow: unknown workflow {req.workflow!r}; known: {sorted(self.catalog)}")
         raw = expand(req, self.max_items)
@@ -122,6 +127,31 @@ class JobService:
         )
         items = [ItemRecord(job_id=job.id, index=i, params=v, seed=resolve_seed(spec.params, v)) for i, v in enumerate(values)]
         return self.store.create_job(job, items)
+
+    def _submit_free_graphs(self, req: JobSubmit, owner: str | None) -> tuple[JobRecord, bool]:
+        """A job of unmatched graphs: each item {"graph": ...} checked in full (free_graph.py), each to run alone."""
+        assert self.free_graphs is not None
+        raw = expand(req, self.max_items)
+        if not raw:
+            raise InvalidRequest("items: a job needs at least one item")
+        errors: list[ItemError] = []
+        values = []
+        for index, item in enumerate(raw):
+            try:
+                values.append({"graph": self.free_graphs.spec(item).graph})
+            except ComfyBentoError as exc:
+                errors.append(ItemError(index=index, field="graph", message=str(exc)))
+        if errors:
+            raise InvalidItems(errors)
+        if req.webhook is not None:
+            self.allow.check(req.webhook.url)
+        job = JobRecord(
+            id=uuid.uuid4().hex, workflow=FREE_GRAPH, priority=req.priority, created_at=now(), total=len(values),
+            idempotency_key=req.idempotency_key, request_hash=_request_hash(req, raw, owner), owner=owner,
+            webhook_url=req.webhook.url if req.webhook else None, webhook_per_item=bool(req.webhook and req.webhook.per_item),
+            use_cache=req.cache, expires_at=None,
+        )
+        return self.store.create_job(job, [ItemRecord(job_id=job.id, index=i, params=v, seed=None) for i, v in enumerate(values)])
 
     def _validate(self, spec: WorkflowSpec, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model = self.item_models[spec.name]

@@ -41,6 +41,7 @@ from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob
 from comfybento.workflows.batchplan import BatchPlan, merge_graph
 from comfybento.workflows.binding import bind, shape_key
 from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
 from comfybento.workflows.graph import Graph, is_link
 from comfybento.workflows.limits import check_graph_limits
 from comfybento.workflows.params import NAMED_UPLOADS
@@ -100,6 +101,8 @@ class Engine:
         self._stats = Stats(0.0, 0.0, 0.0, 0, 0, 0.0)
         # Models a request chooses (spec.model_choices) are fetched and hash-checked on their first use.
         self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check)
+        # COMFYBENTO_SUBMITTED_GRAPHS=any: graphs that match no workflow, run alone (workflows/free_graph.py)
+        self.free_graphs = FreeGraphs(settings) if settings.runs_unmatched_graphs else None
 
     # ------------------------------------------------------------ startup
 
@@ -187,6 +190,14 @@ class Engine:
     def submit(self, workflow: str, item: EngineItem, sink: Sink) -> Job[Prepared] | None:
         """Queue one request (thread-safe). Errors in the request itself go to the sink as Failed."""
         spec = self.catalog.get(workflow)
+        if spec is None and workflow == FREE_GRAPH and self.free_graphs is not None:
+            try:  # an unmatched submitted graph: checked again here, its models hash-checked on first use; it runs alone
+                spec, item = self.free_graphs.spec(item.values), item.model_copy(update={"values": {}})
+                for entry in spec.models:
+                    self.models.ensure(entry)
+            except Exception as exc:
+                sink(Failed(exc))
+                return None
         if spec is None:
             sink(Failed(InvalidRequest(f"unknown workflow {workflow!r}; known: {sorted(self.catalog)}")))
             return None

@@ -49,6 +49,7 @@ from comfybento.serving.project import Project
 from comfybento.urlguard import AllowList
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.free_graph import FREE_GRAPH
 from comfybento.workflows.limits import check_request_limits
 from comfybento.workflows.params import UPLOAD_KINDS, OutputSpec
 from comfybento.workflows.schema import GenerateResponse, Timings
@@ -124,6 +125,11 @@ def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None, ur
             values[param.name], suffixes[param.name] = found.data, found.suffix
     return EngineItem(values=values, seed=seed, submitted_at=time.time(), output_format=output_format, output_quality=quality,
                       request_id=request_id(), file_suffixes=suffixes)
+
+
+def free_graph_item(values: dict[str, Any]) -> EngineItem:
+    """A job item of an unmatched graph (workflows/free_graph.py) as the engine's item: the graph, checked again there."""
+    return EngineItem(values=values, seed=None, submitted_at=time.time(), request_id=request_id())
 
 
 async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnEvent | None = None) -> ItemResult:
@@ -239,7 +245,10 @@ def _job_hooks(project: Project) -> dict[str, Any]:
     async def start_jobs(self: Any) -> None:
         async def execute(workflow: str, values: dict[str, Any], seed: int | None, on_event: OnEvent) -> ItemResult:
             try:  # uploads are checked and decoded off the event loop; a bad item is its own failure, not a retry
-                item = await asyncio.to_thread(engine_item, project.catalog[workflow], values, seed, self.input_urls)
+                if workflow == FREE_GRAPH:
+                    item = free_graph_item(values)
+                else:
+                    item = await asyncio.to_thread(engine_item, project.catalog[workflow], values, seed, self.input_urls)
             except ComfyBentoError as exc:
                 return ItemResult.failure(exc, seed)
             return await call_engine(self, workflow, item, on_event)

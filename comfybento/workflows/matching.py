@@ -123,7 +123,7 @@ def _pair(served: dict[str, Any], graph: dict[str, Any], mapping: Mapping_, star
         their_inputs = _inputs(graph[theirs])
         for name, value in _inputs(served[mine]).items():
             if is_link(value):
-                other = their_inputs.get(name)
+                other: Any = their_inputs.get(name)
                 if not is_link(other) or other[1] != value[1]:
                     return None
                 stack.append((str(value[0]), str(other[0])))
