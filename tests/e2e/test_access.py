@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import redis
 
 from comfybento.serving.keys import hash_key, new_key
 from tests.e2e.conftest import start_server, stop_server, wait_ready
-from tests.helpers import make_workflows_dir, service_env
+from tests.helpers import ROOT, make_workflows_dir, service_env
 from tests.redis_server import redis_server
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +44,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
             COMFYBENTO_API_KEY=keys["default"],
             COMFYBENTO_CORS_ORIGINS=ORIGIN,
             COMFYBENTO_REDIS_URL=redis_url,
+            COMFYBENTO_SUBMITTED_GRAPHS="any",  # for the unmatched-graph job below (one server for both)
         )
         log_path = root / "serve.log"
         proc, url = start_server(env, log_path)
@@ -209,3 +211,28 @@ def test_every_route_of_the_entry_service_needs_the_key_websockets_too(served):
     # The docs page and its document need no key; the page's own calls do.
     assert httpx.get(f"{served.url}/docs", timeout=30).status_code == 200
     assert httpx.get(f"{served.url}/docs.json", timeout=30).status_code == 200
+
+
+def test_a_job_of_an_unmatched_graph_runs_alone_for_its_key(served):
+    """COMFYBENTO_SUBMITTED_GRAPHS=any: a graph no workflow serves runs, checked, through the jobs API to the engine."""
+    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    graph["3"]["inputs"].update(steps=2, seed=9)
+    graph["5"]["inputs"].update(width=64, height=64)
+    graph["100"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    headers = _auth(served.keys["alice"])
+    assert httpx.post(f"{served.url}/jobs", json={"workflow": "_graph", "items": [{"graph": graph}]}, timeout=30).status_code == 401
+    bad = json.loads(json.dumps(graph))
+    bad["4"]["inputs"]["ckpt_name"] = "../../etc/passwd.safetensors"
+    refused = httpx.post(f"{served.url}/jobs", json={"workflow": "_graph", "items": [{"graph": bad}]}, headers=headers, timeout=30)
+    assert refused.status_code == 422 and "is not in models.lock" in refused.text
+    created = httpx.post(f"{served.url}/jobs", json={"workflow": "_graph", "items": [{"graph": graph}]}, headers=headers, timeout=30)
+    assert created.status_code in (200, 201, 202), created.text
+    job_id = created.json()["id"]
+    deadline = time.monotonic() + 240
+    while (status := httpx.get(f"{served.url}/jobs/{job_id}", headers=headers, timeout=30).json())["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    assert status["state"] == "succeeded" and status["owner"] == "alice" and status["workflow"] == "_graph", status
+    [item] = httpx.get(f"{served.url}/jobs/{job_id}/results", headers=headers, timeout=30).json()["items"]
+    assert item["batch_size"] == 1 and [o["kind"] for o in item["outputs"]] == ["image", "image"]  # SaveImage and PreviewImage
+    assert len({o["output"] for o in item["outputs"]}) == 2

@@ -13,8 +13,9 @@ from comfybento.scheduling.events import Started
 from comfybento.serving.engine import Collector, Engine
 from comfybento.serving.messages import EngineItem
 from comfybento.serving.project import load_project
-from comfybento.serving.services import engine_item
+from comfybento.serving.services import engine_item, free_graph_item
 from comfybento.workflows.binding import resolve_seed
+from comfybento.workflows.free_graph import FREE_GRAPH
 from comfybento.workflows.matching import match_graph
 from tests.helpers import make_workflows_dir, service_env
 
@@ -26,6 +27,7 @@ def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("graphs")
     env = service_env(make_workflows_dir(root / "workflows", ()), root / "work")
     env["COMFYBENTO_MAX_LATENCY_MS"] = "120000"
+    env["COMFYBENTO_SUBMITTED_GRAPHS"] = "any"
     settings = Settings.from_env(env)
     engine = Engine(settings, load_project(settings).catalog)
     engine.start()
@@ -66,3 +68,31 @@ def test_a_matched_graph_and_typed_requests_run_in_one_batch(engine):
     assert all(r.ok for r in results), [r.error for r in results]
     assert [r.batch_size for r in results] == [3, 3, 3]
     assert results[0].seed == 4242 and len(results[0].outputs) == 1
+
+
+def test_an_unmatched_graph_runs_alone_and_returns_every_output(engine):
+    graph = client_graph(engine.catalog["txt2img"].graph, seed=7, steps=2)
+    decode = next(i for i, n in graph.items() if n["class_type"] == "VAEDecode")
+    graph["999"] = {"class_type": "PreviewImage", "inputs": {"images": [decode, 0]}}
+    run = match_graph(engine.catalog, graph, allow_unmatched=True)
+    assert run.workflow == FREE_GRAPH
+    typed = engine_item(engine.catalog["txt2img"], {"prompt": "typed", "width": 64, "height": 64, "steps": 2}, 3)
+    blocker = Collector()
+    engine.submit("txt2img", EngineItem(values={"prompt": "blocker", "width": 128, "height": 128, "steps": 30}, seed=1), blocker)
+    free, other = Collector(), Collector()
+    engine.submit(FREE_GRAPH, free_graph_item(run.values), free)
+    engine.submit("txt2img", typed, other)
+    result = free.wait(180)
+    assert result.ok, result.error
+    assert result.batch_size == 1 and other.wait(180).batch_size == 1 and blocker.wait(180).ok
+    assert [(o.node_id, o.kind, o.width) for o in result.outputs] == [
+        (next(i for i, n in graph.items() if n["class_type"] == "SaveImage"), "image", 64),
+        ("999", "image", 64),
+    ]
+
+
+def test_the_engine_checks_an_unmatched_graph_again(engine):
+    graph = client_graph(engine.catalog["txt2img"].graph, seed=7, steps=2)
+    graph["999"] = {"class_type": "NoSuchNode", "inputs": {}}
+    [result] = engine.run(FREE_GRAPH, [free_graph_item({"graph": graph})], timeout=60)
+    assert not result.ok and result.status == 422 and "unknown node class 'NoSuchNode'" in str(result.error)
