@@ -116,16 +116,19 @@ class JobService:
         if not raw:
             raise InvalidRequest("items: a job needs at least one item")
         values = self._validate(spec, raw)
+        return self._create(req, raw, owner, spec.name, values, [resolve_seed(spec.params, v) for v in values])
+
+    def _create(self, req: JobSubmit, raw: list[dict[str, Any]], owner: str | None, workflow: str, values: list[dict[str, Any]],
+                seeds: list[int | None]) -> tuple[JobRecord, bool]:
         if req.webhook is not None:
             self.allow.check(req.webhook.url)
-        created = now()
         job = JobRecord(
-            id=uuid.uuid4().hex, workflow=spec.name, priority=req.priority, created_at=created, total=len(values),
+            id=uuid.uuid4().hex, workflow=workflow, priority=req.priority, created_at=now(), total=len(values),
             idempotency_key=req.idempotency_key, request_hash=_request_hash(req, raw, owner), owner=owner,
             webhook_url=req.webhook.url if req.webhook else None, webhook_per_item=bool(req.webhook and req.webhook.per_item),
             use_cache=req.cache, expires_at=None,
         )
-        items = [ItemRecord(job_id=job.id, index=i, params=v, seed=resolve_seed(spec.params, v)) for i, v in enumerate(values)]
+        items = [ItemRecord(job_id=job.id, index=i, params=v, seed=seed) for i, (v, seed) in enumerate(zip(values, seeds, strict=True))]
         return self.store.create_job(job, items)
 
     def _submit_free_graphs(self, req: JobSubmit, owner: str | None) -> tuple[JobRecord, bool]:
@@ -143,15 +146,7 @@ class JobService:
                 errors.append(ItemError(index=index, field="graph", message=str(exc)))
         if errors:
             raise InvalidItems(errors)
-        if req.webhook is not None:
-            self.allow.check(req.webhook.url)
-        job = JobRecord(
-            id=uuid.uuid4().hex, workflow=FREE_GRAPH, priority=req.priority, created_at=now(), total=len(values),
-            idempotency_key=req.idempotency_key, request_hash=_request_hash(req, raw, owner), owner=owner,
-            webhook_url=req.webhook.url if req.webhook else None, webhook_per_item=bool(req.webhook and req.webhook.per_item),
-            use_cache=req.cache, expires_at=None,
-        )
-        return self.store.create_job(job, [ItemRecord(job_id=job.id, index=i, params=v, seed=None) for i, v in enumerate(values)])
+        return self._create(req, raw, owner, FREE_GRAPH, values, [None] * len(values))
 
     def _validate(self, spec: WorkflowSpec, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model = self.item_models[spec.name]

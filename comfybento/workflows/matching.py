@@ -135,7 +135,8 @@ def _pair(served: dict[str, Any], graph: dict[str, Any], mapping: Mapping_, star
 def node_mappings(served: dict[str, Any], graph: dict[str, Any]) -> tuple[list[Mapping_], Mapping_]:
     """Every pairing (up to MAX_MATCHES) under which `graph` has the workflow's nodes and links, and the largest
     partial pairing seen (for the message when there is none). Same ids are tried first."""
-    order = _sinks(served) + [i for i in sorted_ids(served) if i not in set(_sinks(served))]
+    sinks = _sinks(served)
+    order = sinks + [i for i in sorted_ids(served) if i not in set(sinks)]
     complete: list[Mapping_] = []
     best: Mapping_ = {}
     steps = 0
@@ -164,7 +165,21 @@ def node_mappings(served: dict[str, Any], graph: dict[str, Any]) -> tuple[list[M
         complete.append(found)
         if len(complete) >= MAX_MATCHES:
             break
-    return complete, best
+    return complete, _complete_greedily(served, graph, best, order)
+
+
+def _complete_greedily(served: dict[str, Any], graph: dict[str, Any], mapping: Mapping_, order: list[str]) -> Mapping_:
+    """A partial pairing extended past the nodes the search could not pair (for a message that names the real differences)."""
+    for mine in order:
+        if mine in mapping:
+            continue
+        used = set(mapping.values())
+        for theirs in (i for i in sorted_ids(graph) if i not in used and _class(graph[i]) == served[mine]["class_type"]):
+            extended = _pair(served, graph, mapping, (mine, theirs))
+            if extended is not None:
+                mapping = extended
+                break
+    return mapping
 
 
 def differences(spec: WorkflowSpec, graph: dict[str, Any], mapping: Mapping_ | None = None) -> list[str]:

@@ -148,3 +148,12 @@ def test_matching_a_large_symmetric_graph_is_bounded(catalog: dict[str, Workflow
 def test_what_is_not_a_graph_is_refused(catalog: dict[str, WorkflowSpec], bad: Any) -> None:
     with pytest.raises(GraphMismatch, match="expected an API-format graph"):
         match_graph(catalog, bad)
+
+
+def test_a_renumbered_graph_with_another_output_node_still_names_the_real_difference(catalog: dict[str, WorkflowSpec]) -> None:
+    renumbered, new_ids = _renumbered(_graph(catalog))
+    renumbered[new_ids["9"]] = {"class_type": "PreviewImage", "inputs": {"images": [new_ids["8"], 0]}}
+    with pytest.raises(GraphMismatch) as err:
+        match_graph(catalog, renumbered)
+    message = str(err.value)
+    assert f"node '{new_ids['9']}' (PreviewImage) is not in the workflow" in message and "(1 more)" in message  # and SaveImage is missing
