@@ -11,7 +11,7 @@ workflow's scheduler and share its batches with typed-endpoint traffic.
 Node ids are matched by following links back from the graph's sinks (nodes no
 link reads): once two sinks are paired, every ancestor's pair is forced. Only
 sinks of the same class are tried in turn, and the search is bounded
-(`SEARCH_STEPS`), so a graph of a few dozen nodes matches in well under a millisecond.
+(`SEARCH_STEPS`), so a graph of a few dozen nodes matches in about a millisecond.
 
 A submission that matches nothing is refused with a `GraphMismatch` naming the
 first difference from the closest served workflow, unless the service runs

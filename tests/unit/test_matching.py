@@ -14,7 +14,7 @@ from comfybento.config import Settings
 from comfybento.models.lock import parse_lock
 from comfybento.workflows.catalog import WorkflowSpec, load_workflow
 from comfybento.workflows.graph import NodeDef
-from comfybento.workflows.matching import GraphMismatch, match_graph
+from comfybento.workflows.matching import SEARCH_STEPS, GraphMismatch, match_graph, node_mappings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,3 +157,15 @@ def test_a_renumbered_graph_with_another_output_node_still_names_the_real_differ
         match_graph(catalog, renumbered)
     message = str(err.value)
     assert f"node '{new_ids['9']}' (PreviewImage) is not in the workflow" in message and "(1 more)" in message  # and SaveImage is missing
+
+
+def test_the_search_for_a_pairing_stops_at_its_step_budget() -> None:
+    """Twelve interchangeable sinks and a graph that cannot match: 12! pairings, cut off after SEARCH_STEPS tries."""
+    served = {"1": {"class_type": "VAEDecode", "inputs": {}}}
+    served.update({str(10 + n): {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}} for n in range(12)})
+    graph = copy.deepcopy(served)
+    graph["99"] = {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}  # so no pairing covers the graph
+    started = time.perf_counter()
+    complete, partial = node_mappings(served, graph)
+    assert complete == [] and len(partial) == len(served)
+    assert time.perf_counter() - started < 2.0 and SEARCH_STEPS < 12 * 11 * 10 * 9
