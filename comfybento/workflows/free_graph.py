@@ -12,6 +12,7 @@ output node. It never shares a batch: it runs solo, and returns every output.
 
 from __future__ import annotations
 
+import math
 import uuid
 from functools import cached_property
 from pathlib import Path
@@ -50,7 +51,9 @@ def graph_of(values: Any) -> Graph:
     if (
         not isinstance(graph, dict)
         or not graph
-        or not all(isinstance(n, dict) and isinstance(n.get("class_type"), str) for n in graph.values())
+        or not all(
+            isinstance(n, dict) and isinstance(n.get("class_type"), str) and isinstance(n.get("inputs", {}), dict) for n in graph.values()
+        )
     ):
         raise GraphRefused("graph: expected an API-format graph, an object of node id -> {class_type, inputs}")
     return {str(i): {"class_type": n["class_type"], "inputs": dict(n.get("inputs") or {})} for i, n in graph.items()}
@@ -116,6 +119,8 @@ def _value_problem(input_def: InputDef, value: Any) -> str | None:
     if kind in NUMBERS:
         if isinstance(value, bool) or not isinstance(value, NUMBERS[kind]):
             return f"is {value!r}, not {'an integer' if kind == 'INT' else 'a number'}"
+        if not math.isfinite(value):
+            return f"is {value!r}, not a finite number"
         low, high = options.get("min"), options.get("max")
         if (low is not None and value < low) or (high is not None and value > high):
             return f"is {value!r}, outside [{low}, {high}]"

@@ -73,6 +73,8 @@ def test_a_good_graph_becomes_a_one_off_workflow_that_runs_alone(spec: WorkflowS
         (lambda g: g["3"]["inputs"].update(steps=0), "node 3 (KSampler): input 'steps' is 0, outside [1, 10000]"),
         (lambda g: g["3"]["inputs"].update(steps="20"), "node 3 (KSampler): input 'steps' is '20', not an integer"),
         (lambda g: g["3"]["inputs"].update(sampler_name="warp"), "input 'sampler_name' is 'warp', not one of"),
+        (lambda g: g["3"]["inputs"].update(cfg=float("nan")), "input 'cfg' is nan, not a finite number"),
+        (lambda g: g["3"].update(inputs="seed=1"), "graph: expected an API-format graph"),
         (lambda g: g["3"]["inputs"].update(model="a model"), "input 'model' is 'a model': it takes a link from a MODEL output"),
         (lambda g: g["3"]["inputs"].update(speed=2), "input 'speed' is not an input of KSampler"),
         (lambda g: g["3"]["inputs"].pop("latent_image"), "required input 'latent_image' is missing"),
