@@ -16,7 +16,7 @@ import math
 import uuid
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from comfybento.config import Settings
 from comfybento.errors import InvalidRequest, WorkflowError
@@ -119,7 +119,7 @@ def _value_problem(input_def: InputDef, value: Any) -> str | None:
     if kind in NUMBERS:
         if isinstance(value, bool) or not isinstance(value, NUMBERS[kind]):
             return f"is {value!r}, not {'an integer' if kind == 'INT' else 'a number'}"
-        if not math.isfinite(value):
+        if not math.isfinite(cast(float, value)):
             return f"is {value!r}, not a finite number"
         low, high = options.get("min"), options.get("max")
         if (low is not None and value < low) or (high is not None and value > high):
