@@ -16,7 +16,8 @@ from comfybento.compat.comfy_v2.routes import router
 
 def include(app: FastAPI) -> None:
     """Add the /api/v2 routes to `app` (a no-op when they are there already: services are built more than once in tests)."""
-    if not any(getattr(route, "path", "").startswith(router.prefix) for route in app.routes):
+    if not any(route is router or getattr(route, "original_router", None) is router or getattr(route, "path", "").startswith(router.prefix)
+               for route in app.routes):
         app.include_router(router)
 
 
