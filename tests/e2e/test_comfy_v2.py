@@ -21,7 +21,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import GRAPHS, ROOT, sample_image
+from comfybento.serving.keys import hash_key, new_key
+from tests.e2e.conftest import JOB_ENV, serving
+from tests.helpers import GRAPHS, ROOT, make_workflows_dir, sample_image, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -141,3 +143,39 @@ def test_the_npm_sdk_runs_unchanged(server):
     assert result["status"] == "succeeded" and result["png_width"] == 64 and result["reused_key"] == "idempotency_key_reuse"
     assert result["canceled"] == "canceled" and result["mismatch"] == "invalid_workflow"
     assert "status" in result["events"] and "output" in result["events"]
+
+
+def test_api_keys_own_assets_and_jobs_and_a_job_survives_a_restart(tmp_path, monkeypatch):
+    """The SDK's `api_key` is sent as `Authorization: Bearer`, comfybento's API keys; one key sees nothing of another's.
+    A job submitted before a restart is still there after it (the store of /jobs), runs to the end, and keeps its graph."""
+    keys = {name: new_key() for name in ("alice", "bob")}
+    (tmp_path / "keys.yaml").write_text("".join(f'- name: {n}\n  sha256: "{hash_key(k)}"\n' for n, k in keys.items()))
+    env = {**service_env(make_workflows_dir(tmp_path / "workflows", ("img2img",)), tmp_path / "work"), **JOB_ENV,
+           "COMFYBENTO_API_KEYS_FILE": str(tmp_path / "keys.yaml")}
+    monkeypatch.delenv("COMFY_API_KEY", raising=False)
+    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    graph["6"]["inputs"]["text"] = "before the restart"
+    with serving(env, tmp_path) as url:
+        monkeypatch.setenv("COMFY_BASE_URL", url)
+        with comfy_sdk.Comfy() as anonymous, pytest.raises(comfy_sdk.ComfyError) as refused:
+            anonymous.assets.from_bytes(png_bytes(), filename="a.png").commit()
+        assert refused.value.http_status == 401
+        with comfy_sdk.Comfy(api_key=keys["alice"]) as alice, comfy_sdk.Comfy(api_key=keys["bob"]) as bob:
+            asset = alice.assets.from_bytes(png_bytes(), filename="a.png", content_type="image/png")
+            asset.commit()
+            mine = bob.assets.from_bytes(png_bytes(), filename="a.png", content_type="image/png")
+            mine.commit()
+            assert mine.created_new is False and mine.id != asset.id  # same bytes, bob's own record: uploaded, not minted by hash
+            with pytest.raises(comfy_sdk.ComfyError) as hidden:
+                bob.assets.get(asset.id)
+            assert hidden.value.http_status == 404
+            job_id = alice.submit(alice.workflows.from_json(graph)).id
+            with pytest.raises(comfy_sdk.ComfyError) as not_bobs:
+                bob.jobs.get(job_id)
+            assert not_bobs.value.http_status == 404
+    with serving(env, tmp_path) as url:
+        monkeypatch.setenv("COMFY_BASE_URL", url)
+        with comfy_sdk.Comfy(api_key=keys["alice"], timeout=120) as alice:
+            job = alice.jobs.get(job_id).result()
+            assert job.status == "succeeded" and job.get_outputs("9")
+            assert job.get_workflow().graph["6"]["inputs"]["text"] == "before the restart"
