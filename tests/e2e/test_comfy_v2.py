@@ -98,6 +98,7 @@ def test_a_reused_idempotency_key_is_refused_and_makes_no_second_job(client, ser
     assert len(httpx.get(f"{server}/jobs", params={"limit": 500}, timeout=30).json()["jobs"]) == count
     assert first.result().status == "succeeded"
     assert client.jobs.get(first.id).id == first.id  # the job the key made, found by its id
+    assert sum(1 for summary in client.list_jobs(limit=20) if summary.id == first.id) == 1  # ... or in the list
 
 
 def test_cancel_and_a_mismatched_graph(client, server):

@@ -163,11 +163,18 @@ def test_refusals_name_what_is_wrong(v2):
     assert service.store.list_jobs(10, 0) == []
 
 
-def test_cancel_is_idempotent(v2):
+def test_cancel_is_idempotent_and_jobs_are_listed_newest_first_in_pages(v2):
     client, _ = v2
     job = client.post("/api/v2/jobs", json={"workflow": _graph()}).json()
     assert client.post(f"/api/v2/jobs/{job['id']}/cancel").json()["status"] == "canceled"
     assert client.post(f"/api/v2/jobs/{job['id']}/cancel").json()["status"] == "canceled"
+    newer = client.post("/api/v2/jobs", json={"workflow": _graph()}).json()
+    first = client.get("/api/v2/jobs", params={"limit": 1}).json()
+    assert [j["id"] for j in first["jobs"]] == [newer["id"]] and first["next_cursor"] == "1"
+    second = client.get("/api/v2/jobs", params={"limit": 1, "cursor": first["next_cursor"]}).json()
+    assert [(j["id"], j["status"]) for j in second["jobs"]] == [(job["id"], "canceled")]
+    assert client.get("/api/v2/jobs", params={"metadata[team]": "a"}).json() == {"jobs": [], "next_cursor": None}
+    assert client.get("/api/v2/jobs", params={"cursor": "x"}).json()["error"]["code"] == "invalid_cursor"
 
 
 def test_the_event_stream_of_a_finished_job_sends_its_outputs_then_its_terminal_status(v2):

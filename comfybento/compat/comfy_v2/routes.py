@@ -13,7 +13,7 @@ import json
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from comfybento.compat.comfy_v2.assets import AssetRecord, AssetStore, iso
 from comfybento.compat.comfy_v2.errors import V2Error, V2Route
 from comfybento.compat.comfy_v2.events import job_stream
-from comfybento.compat.comfy_v2.views import API, URL_TTL_S, job_view, load_job, output_blob
+from comfybento.compat.comfy_v2.views import API, STATES, URL_TTL_S, job_view, load_job, output_blob, visible
 from comfybento.config import get_settings
 from comfybento.errors import TooLarge
 from comfybento.jobs.api import jobs
@@ -179,6 +179,21 @@ def post_job(body: JobPost, request: Request, idempotency_key: Annotated[str | N
                       "(find the job it made with GET /api/v2/jobs/{id})")
     service.storage.put(WORKFLOW_KEY.format(job_id=job.id), json.dumps(graph).encode(), "application/json")
     return JSONResponse(job_view(service, job, _origin(request)), status_code=201)
+
+
+@router.get("/jobs")
+def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 50, cursor: Annotated[str | None, Query(max_length=20)] = None,
+              ) -> dict[str, Any]:
+    """The caller's jobs, newest first (the SDKs' list_jobs). comfybento keeps no labels: a metadata[...] filter matches nothing."""
+    if cursor is not None and not cursor.isdigit():
+        raise V2Error(422, "invalid_cursor", f"cursor: {cursor!r} is not a cursor this service gave")
+    offset, owner = int(cursor or 0), access.key_name(request)
+    page = jobs().store.list_jobs(limit, offset)
+    filtered = any(k.startswith("metadata[") for k in request.query_params)
+    items = [] if filtered else [
+        {"id": j.id, "status": STATES.get(j.state, "queued"), "create_time": iso(j.created_at), "update_time": iso(j.updated_at or j.created_at),
+         "workflow_name": j.workflow} for j in page if visible(j, owner)]
+    return {"jobs": items, "next_cursor": str(offset + limit) if len(page) == limit and not filtered else None}
 
 
 @router.get("/jobs/{job_id}")
