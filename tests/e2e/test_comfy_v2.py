@@ -161,7 +161,7 @@ def test_api_keys_own_assets_and_jobs_and_a_job_survives_a_restart(tmp_path, mon
         with comfy_sdk.Comfy() as anonymous, pytest.raises(comfy_sdk.ComfyError) as refused:
             anonymous.assets.from_bytes(png_bytes(), filename="a.png").commit()
         assert refused.value.http_status == 401
-        with comfy_sdk.Comfy(api_key=keys["alice"]) as alice, comfy_sdk.Comfy(api_key=keys["bob"]) as bob:
+        with comfy_sdk.Comfy(api_key=keys["alice"], timeout=120) as alice, comfy_sdk.Comfy(api_key=keys["bob"], timeout=120) as bob:
             asset = alice.assets.from_bytes(png_bytes(), filename="a.png", content_type="image/png")
             asset.commit()
             mine = bob.assets.from_bytes(png_bytes(), filename="a.png", content_type="image/png")
