@@ -82,7 +82,8 @@ def test_uploads_are_content_addressed_deduplicated_and_served_with_ranges(v2):
     minted = client.post("/api/v2/assets/from-hash", json={"hash": digest, "file_path": "b.png"})
     assert minted.status_code == 201 and minted.json()["content_type"] == "image/png"
     asset_id = minted.json()["id"]
-    assert client.get(f"/api/v2/assets/{asset_id}/content").content == PNG
+    whole = client.get(f"/api/v2/assets/{asset_id}/content")
+    assert whole.content == PNG and whole.headers["content-security-policy"] == "sandbox"
     part = client.get(f"/api/v2/assets/{asset_id}/content", headers={"Range": "bytes=1-3"})
     assert part.status_code == 206 and part.content == PNG[1:4] and part.headers["content-range"] == f"bytes 1-3/{len(PNG)}"
     assert client.get(f"/api/v2/assets/{asset_id}/content", headers={"Range": f"bytes={len(PNG)}-"}).status_code == 416
