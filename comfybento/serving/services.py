@@ -26,6 +26,7 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from starlette.responses import Response
 
+from comfybento.compat import comfy_v2
 from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFull
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
@@ -293,6 +294,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
             attrs[f"{spec.name}_png"] = _raw_endpoint(spec, None)
         for output in spec.outputs:
             attrs[f"{spec.name}_{output.name}"] = _raw_endpoint(spec, output)
+    comfy_v2.include(jobs_api.app)  # Comfy API v2 at /api/v2 (official SDKs); once per process
     cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
     # Many requests in flight per replica (they must reach the engine together to share batches): no
     # external queue; BentoCloud scales this light tier on its in-flight requests, up to the admission limit.

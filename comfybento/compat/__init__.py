@@ -1,0 +1,1 @@
+"""Compatibility layers: other APIs served over comfybento (ComfyUI's own routes, Comfy API v2)."""
