@@ -169,7 +169,7 @@ class Settings:
 
     @property
     def runs_unmatched_graphs(self) -> bool:
-        """COMFYBENTO_SUBMITTED_GRAPHS=any: match_graph(..., allow_unmatched=settings.runs_unmatched_graphs)."""
+        """COMFYBENTO_SUBMITTED_GRAPHS=any: graphs that match no workflow run alone (jobs().free_graphs is then set)."""
         return self.submitted_graphs == "any"
 
     @property

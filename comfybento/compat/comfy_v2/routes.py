@@ -172,7 +172,8 @@ def post_job(body: JobPost, request: Request, idempotency_key: Annotated[str | N
     if all(k in graph for k in ("nodes", "links")):
         raise V2Error(422, "workflow_format_ui", "workflow: this is the UI export (nodes/links); submit the API-format graph (Export (API))")
     owner, service = access.key_name(request), jobs()
-    run = match_graph(service.catalog, graph, lambda kind, literal: _assets().resolve_reference(kind, literal, owner))
+    run = match_graph(service.catalog, graph, lambda kind, literal: _assets().resolve_reference(kind, literal, owner),
+                      allow_unmatched=service.free_graphs is not None)
     key = f"comfy-v2:{idempotency_key}" if idempotency_key else None
     try:
         job, created = service.submit(JobSubmit(workflow=run.workflow, items=[run.values], idempotency_key=key), owner=owner)
