@@ -26,6 +26,7 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from starlette.responses import Response
 
+from comfybento.compat import comfyui as comfyui_api
 from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFull
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
@@ -284,6 +285,8 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
             attrs[f"{spec.name}_png"] = _raw_endpoint(spec, None)
         for output in spec.outputs:
             attrs[f"{spec.name}_{output.name}"] = _raw_endpoint(spec, output)
+    if comfyui_api.router.routes[0] not in jobs_api.app.router.routes:  # ComfyUI's own routes (compat/comfyui/), once
+        jobs_api.app.include_router(comfyui_api.router)
     cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
     # Many requests in flight per replica (they must reach the engine together to share batches): no
     # external queue; BentoCloud scales this light tier on its in-flight requests, up to the admission limit.

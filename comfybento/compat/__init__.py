@@ -1,0 +1,1 @@
+"""Other services' APIs served over comfybento's jobs: ComfyUI's own server API (comfyui/), Comfy API v2 (comfy_v2/)."""
