@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import shutil
 import subprocess
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -196,3 +198,21 @@ def test_saintno_comfyui_sdk(server: str, tmp_path: Path) -> None:
     assert {"status", "execution_start", "executing", "executed"} <= set(out["events"])
     history = httpx.get(f"{server}/history/{out['promptId']}", timeout=10).json()[out["promptId"]]
     assert history["prompt"][2]["6"]["inputs"]["text"] == "a comfyui-sdk painting"
+
+
+def test_comfy_cli_run(server: str, tmp_path: Path) -> None:
+    """comfy-cli's `comfy run --wait` submits to /prompt, follows /ws to `executing` {node: null} and reports the /view URL."""
+    host, port = server.removeprefix("http://").split(":")
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(_graph("a comfy-cli lighthouse", 99)))
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    comfy = str(Path(sys.executable).with_name("comfy"))
+    proc = subprocess.run([comfy, "--skip-prompt", "--no-enable-telemetry", "run", "--workflow", str(path), "--host", host,
+                           "--port", port, "--wait", "--json", "--where", "local", "--timeout", "240"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    urls = [e["url"] for e in events if e.get("event") == "output" or e.get("type") == "output"]
+    assert urls, proc.stdout[-3000:]
+    image = httpx.get(urls[0], timeout=10)
+    assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (128, 128)
