@@ -131,7 +131,7 @@ def test_cancelled_and_failed_prompts_end_as_comfyui_says(client):
 
 
 def test_uploads_keep_names_rename_on_clash_and_are_bounded(client, monkeypatch):
-    c, service = client
+    c, _ = client
     up = c.post("/upload/image", files={"image": ("a.png", PNG, "image/png")}, data={"subfolder": "s"})
     assert up.json() == {"name": "a.png", "subfolder": "s", "type": "input"}
     assert c.post("/upload/image", files={"image": ("a.png", PNG, "image/png")}, data={"subfolder": "s"}).json()["name"] == "a.png"
