@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from starlette.websockets import WebSocketDisconnect
 
 from comfybento.compat.comfyui import files, routes
 from comfybento.compat.comfyui import router as comfyui_router
@@ -23,6 +26,10 @@ from comfybento.jobs.webhooks import AllowList
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
+from comfybento.serving import access
+from comfybento.serving.access import Access
+from comfybento.serving.keys import ApiKey, hash_key, new_key
+from comfybento.serving.ratelimit import MemoryBuckets
 from comfybento.workflows.catalog import load_workflow
 from tests.helpers import sample_image
 
@@ -172,3 +179,39 @@ def test_file_references_stay_in_the_input_and_output_folders(tmp_path):
         files.key("a.png", "", "temp")
     assert files.split_annotation("x/a.png [output]") == ("x/a.png", "output")
     assert files.split_annotation("a.png") == ("a.png", "input")
+
+
+def test_websocket_translates_live_events_and_sends_preview_frames(client):
+    c, service = client
+    prompt_id = c.post("/prompt", json={"prompt": _graph(), "client_id": "live"}).json()["prompt_id"]
+    preview = png_bytes(sample_image(4, 4))
+    with c.websocket_connect("/api/ws?clientId=live") as ws:
+        assert ws.receive_json()["type"] == "status"
+        base = {"job_id": prompt_id, "index": 0}
+        c.portal.call(service.live.publish, prompt_id, {"event": "started", "batch_size": 2, "queue_ms": 1.0, **base})
+        assert [ws.receive_json()["type"] for _ in range(3)] == ["execution_start", "execution_cached", "executing"]
+        c.portal.call(service.live.publish, prompt_id, {"event": "progress", "value": 1, "max": 2, "node_id": "3", **base})
+        assert ws.receive_json() == {"type": "progress", "data": {"value": 1, "max": 2, "prompt_id": prompt_id, "node": "3"}}
+        event = {"event": "preview", "media_type": "image/png", "data": base64.b64encode(preview).decode(), **base}
+        c.portal.call(service.live.publish, prompt_id, event)
+        frame = ws.receive_bytes()
+        assert frame[:8] == struct.pack(">II", 1, 2) and frame[8:] == preview
+        c.portal.call(service.live.publish, "another-job", {"event": "progress", "value": 1, "max": 2, "job_id": "another-job", "index": 0})
+        _finish(service)
+        c.portal.call(service.live.publish, prompt_id, {"event": "item", "status": "succeeded", "outputs": [], **base})
+        kinds = []
+        while not kinds or kinds[-1] != "status":
+            kinds.append(ws.receive_json()["type"])
+    assert kinds == ["executing", "executed", "execution_success", "executing", "status"]
+
+
+def test_websocket_needs_the_api_key_when_keys_are_on(client, monkeypatch):
+    c, _ = client
+    secret = new_key()
+    acl = Access((ApiKey(name="alice", sha256=hash_key(secret)),), MemoryBuckets())
+    monkeypatch.setitem(access._installed, "access", acl)
+    with pytest.raises(WebSocketDisconnect) as refused, c.websocket_connect("/ws?clientId=x") as ws:
+        ws.receive_json()
+    assert refused.value.code == 1008
+    with c.websocket_connect("/ws?clientId=x", headers={"Authorization": f"Bearer {secret}"}) as ws:
+        assert ws.receive_json()["data"]["sid"] == "x"
