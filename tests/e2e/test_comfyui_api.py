@@ -216,3 +216,24 @@ def test_comfy_cli_run(server: str, tmp_path: Path) -> None:
     assert urls, proc.stdout[-3000:]
     image = httpx.get(urls[0], timeout=10)
     assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (128, 128)
+
+
+def test_a_failing_node_ends_with_execution_error(server: str) -> None:
+    from websockets.sync.client import connect
+
+    graph = json.loads((GRAPHS / "failing.json").read_text())
+    graph["10"]["inputs"]["text"] = "boom"
+    client_id = uuid.uuid4().hex
+    with connect(f"{server.replace('http', 'ws')}/api/ws?clientId={client_id}", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "status"
+        prompt_id = _run(server, graph, client_id)
+        seen = []
+        while not seen or seen[-1]["type"] != "executing" or seen[-1]["data"]["node"] is not None:
+            message = json.loads(ws.recv(timeout=240))
+            if message["data"].get("prompt_id") == prompt_id:
+                seen.append(message)
+    error = next(m["data"] for m in seen if m["type"] == "execution_error")
+    assert error["node_id"] == "10" and error["node_type"] == "RaiseOnText" and error["exception_message"]
+    assert "execution_success" not in [m["type"] for m in seen]
+    entry = _wait_history(server, prompt_id)
+    assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
