@@ -32,6 +32,8 @@ POLL_S = 1.0
 PREVIEW_FORMATS = {"image/jpeg": 1, "image/png": 2}  # ComfyUI's binary PREVIEW_IMAGE (type 1) frame formats
 MAX_CLIENTS = 10_000
 MAX_PROMPTS = 1000
+STATUS_S = 0.25  # the queue length sent in status updates is at most this old (it scans the job store)
+_REMAINING: list[float] = [0.0, 0]  # [when counted (monotonic), queue_remaining]
 
 
 class Clients:
@@ -75,8 +77,12 @@ class Session:
     async def send(self, kind: str, data: dict[str, Any]) -> None:
         await self.ws.send_json({"type": kind, "data": data})
 
-    async def send_status(self, with_sid: bool = False) -> None:
-        remaining = await asyncio.to_thread(prompts.queue_remaining, self.service)
+    async def send_status(self, with_sid: bool = False, fresh: bool = True) -> None:
+        """The queue's length: read fresh on connect and after the client's own prompts; for others' at most every STATUS_S."""
+        now = time.monotonic()
+        if fresh or with_sid or now - _REMAINING[0] > STATUS_S:
+            _REMAINING[:] = [now, await asyncio.to_thread(prompts.queue_remaining, self.service)]
+        remaining = int(_REMAINING[1])
         data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": remaining}}}
         if with_sid:
             data["sid"] = self.client_id
@@ -109,7 +115,7 @@ class Session:
         prompt_id = str(event.get("job_id"))
         if prompt_id not in CLIENTS.prompts(self.client_id):
             if kind == "item" and event.get("status") != "retrying":
-                await self.send_status()  # another prompt or job finished: the queue changed
+                await self.send_status(fresh=False)  # another prompt or job finished: the queue changed
             return
         if kind == "started":
             await self.start(prompt_id)
