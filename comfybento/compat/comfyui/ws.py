@@ -51,6 +51,9 @@ class Clients:
         while len(self._prompts) > MAX_CLIENTS:
             self._prompts.popitem(last=False)
 
+    def has(self, client_id: str, prompt_id: str) -> bool:
+        return prompt_id in self._prompts.get(client_id, ())
+
     def prompts(self, client_id: str) -> list[str]:
         return list(self._prompts.get(client_id, ()))
 
@@ -113,7 +116,7 @@ class Session:
             await self.poll()
             return
         prompt_id = str(event.get("job_id"))
-        if prompt_id not in CLIENTS.prompts(self.client_id):
+        if not CLIENTS.has(self.client_id, prompt_id):
             if kind == "item" and event.get("status") != "retrying":
                 await self.send_status(fresh=False)  # another prompt or job finished: the queue changed
             return
@@ -155,7 +158,7 @@ class Session:
     async def finish(self, prompt_id: str) -> None:
         """The end of a prompt, from the store: its outputs and success, or its error or interruption."""
         job = await asyncio.to_thread(self.service.store.get_job, prompt_id)
-        if job is None or job.state not in TERMINAL_JOB_STATES or prompt_id not in CLIENTS.prompts(self.client_id):
+        if job is None or job.state not in TERMINAL_JOB_STATES or not CLIENTS.has(self.client_id, prompt_id):
             return
         CLIENTS.done(self.client_id, prompt_id)
         await self.start(prompt_id)
