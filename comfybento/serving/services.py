@@ -285,8 +285,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
             attrs[f"{spec.name}_png"] = _raw_endpoint(spec, None)
         for output in spec.outputs:
             attrs[f"{spec.name}_{output.name}"] = _raw_endpoint(spec, output)
-    if comfyui_api.router.routes[0] not in jobs_api.app.router.routes:  # ComfyUI's own routes (compat/comfyui/), once
-        jobs_api.app.include_router(comfyui_api.router)
+    comfyui_api.install(jobs_api.app)  # ComfyUI's own routes (compat/comfyui/), added once
     cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
     # Many requests in flight per replica (they must reach the engine together to share batches): no
     # external queue; BentoCloud scales this light tier on its in-flight requests, up to the admission limit.

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.websockets import WebSocketDisconnect
 
+from comfybento.compat import comfyui
 from comfybento.compat.comfyui import files, routes
-from comfybento.compat.comfyui import router as comfyui_router
 from comfybento.config import Settings
 from comfybento.errors import InvalidRequest, NotFound
 from comfybento.jobs import api
@@ -45,8 +45,10 @@ def client(node_defs, tmp_path):
     service = JobService({"txt2img": spec}, SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out"),
                          AllowList(["127.0.0.1"]), max_items=10_000, retention_s=60)
     api.bind(service)
-    if comfyui_router.routes[0] not in api.app.router.routes:
-        api.app.include_router(comfyui_router)
+    comfyui.install(api.app)
+    routes = len(api.app.router.routes)
+    comfyui.install(api.app)  # a second call adds nothing
+    assert len(api.app.router.routes) == routes
     with TestClient(api.app) as c:
         yield c, service
 
