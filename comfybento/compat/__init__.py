@@ -1,1 +1,1 @@
-"""Compatibility layers: other APIs served over comfybento (ComfyUI's own routes, Comfy API v2)."""
+"""Other services' APIs served over comfybento's jobs: ComfyUI's own server API (comfyui/), Comfy API v2 (comfy_v2/)."""

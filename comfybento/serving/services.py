@@ -28,6 +28,7 @@ from bentoml.validators import ContentType
 from starlette.responses import Response
 
 from comfybento.compat import comfy_v2
+from comfybento.compat import comfyui as comfyui_api
 from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFull
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
@@ -348,6 +349,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         for output in spec.outputs:
             attrs[f"{spec.name}_{output.name}"] = _raw_endpoint(spec, output)
     comfy_v2.include(jobs_api.app)  # Comfy API v2 at /api/v2 (official SDKs); once per process
+    comfyui_api.install(jobs_api.app)  # ComfyUI's own routes (compat/comfyui/), added once
     cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
     # Many requests in flight per replica (they must reach the engine together to share batches): no
     # external queue; BentoCloud scales this light tier on its in-flight requests, up to the admission limit.
