@@ -3,7 +3,7 @@
 - `AccessMiddleware` (ASGI, on the entry service): every request and every websocket
   on every route (typed endpoints, the FastAPI app at "/" and whatever routes it
   includes) needs `Authorization: Bearer <key>` (RFC 6750; the scheme is
-  case-insensitive). A websocket may send the key as `?token=<key>` instead, since
+  case-insensitive), or `Basic` with the key as the password (any user name). A websocket may send the key as `?token=<key>` instead, since
   browsers and many ComfyUI clients cannot set headers on one; a refused websocket
   gets the same 401 answer (or, from a server without the denial extension, a close
   with code 1008). Public: health checks, /metrics, CORS preflights, and GET/HEAD of
@@ -28,6 +28,8 @@ keys still are) and each failure counts in comfybento_access_limiter_errors_tota
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextvars
 import logging
 import time
@@ -72,12 +74,18 @@ _installed: dict[str, Access] = {}
 
 
 def parse_bearer(value: str | None) -> str | None:
-    """The token of `Bearer <token>` (scheme in any case, RFC 6750 section 2.1); None for anything else."""
+    """The key of `Bearer <key>` (scheme in any case, RFC 6750 section 2.1), or of `Basic base64(<any user>:<key>)`
+    (RFC 7617: the password is the key; for clients that only do Basic, e.g. comfy-api-simplified); None for anything else."""
     scheme, _, token = (value or "").strip().partition(" ")
     token = token.lstrip(" ")
-    if scheme.lower() != "bearer" or not BEARER_TOKEN.fullmatch(token):
+    if scheme.lower() == "basic":
+        try:
+            token = base64.b64decode(token, validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    elif scheme.lower() != "bearer":
         return None
-    return token
+    return token if BEARER_TOKEN.fullmatch(token) else None
 
 
 @dataclass(frozen=True)

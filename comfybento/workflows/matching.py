@@ -190,13 +190,15 @@ def differences(spec: WorkflowSpec, graph: dict[str, Any], mapping: Mapping_ | N
     fields = {(p.node_id, p.input_name) for p in spec.params}
     cosmetic = {o.node_id for o in spec.outputs}
     diffs = [f"node '{i}' ({_class(graph[i])}) is not in the workflow" for i in sorted_ids(graph) if i not in paired]
+    missing = [i for i in sorted_ids(served) if pairs.get(i) is None]
+    for node_id in missing:  # before input differences: the links into a missing node differ too, as a consequence
+        clash = graph.get(node_id)
+        what = f", the graph's is {_class(clash)}" if clash is not None else ""
+        diffs.append(f"node '{node_id}' ({served[node_id]['class_type']}) is missing{what}")
     for node_id in sorted_ids(served):
         node = served[node_id]
         theirs = pairs.get(node_id)
         if theirs is None:
-            clash = graph.get(node_id)
-            what = f", the graph's is {_class(clash)}" if clash is not None else ""
-            diffs.append(f"node '{node_id}' ({node['class_type']}) is missing{what}")
             continue
         skip = fields | {(node_id, k) for k in COSMETIC_INPUTS if node_id in cosmetic}
         diffs += _input_differences(node_id, node, theirs, _inputs(graph[theirs]), skip, pairs)

@@ -56,8 +56,8 @@ UPLOAD_WHAT: dict[str, str] = {
     "file": "Input file, stored in ComfyUI's input folder under a fresh name, whose path the node gets,",
 }
 OUTPUT_IMAGE_CLASSES = ("SaveImage", "PreviewImage", "CPackOutputImage")
-# Output names that are routes of their own (`/<workflow>/png`).
-RESERVED_OUTPUT_NAMES = frozenset({"png"})
+# Output names that are routes of their own (`/<workflow>/png`, `/<workflow>/stream`).
+RESERVED_OUTPUT_NAMES = frozenset({"png", "stream"})
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -202,12 +203,13 @@ def test_every_route_of_the_entry_service_needs_the_key_websockets_too(served):
         ).status_code
         == 422
     )
-    # A websocket without a key is refused at the handshake; with ?token= (or the header) it passes to the app,
-    # which on this branch has no websocket route and refuses it by itself (403, not 401).
+    # A websocket without a key is refused at the handshake; with ?token= (or the header) it reaches ComfyUI's /ws.
     assert _ws_status(f"{ws}/ws?clientId=abc") == 401
     assert _ws_status(f"{ws}/ws?clientId=abc&token={served.keys['alice']}x") == 401
-    assert _ws_status(f"{ws}/ws?clientId=abc&token={served.keys['alice']}") in (101, 403)
-    assert _ws_status(f"{ws}/ws", headers=_auth(served.keys["alice"])) in (101, 403)
+    assert _ws_status(f"{ws}/ws?clientId=abc&token={served.keys['alice']}") == 101
+    assert _ws_status(f"{ws}/ws", headers=_auth(served.keys["alice"])) == 101
+    basic = base64.b64encode(f"anyone:{served.keys['alice']}".encode()).decode()
+    assert _ws_status(f"{ws}/api/ws?clientId=abc", headers={"Authorization": f"Basic {basic}"}) == 101
     # The docs page and its document need no key; the page's own calls do.
     assert httpx.get(f"{served.url}/docs", timeout=30).status_code == 200
     assert httpx.get(f"{served.url}/docs.json", timeout=30).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import bentoml
@@ -34,7 +35,11 @@ def anyio_backend() -> str:
         (" Bearer abc ", "abc"),
         ("Bearer cb_x-Y.z~+/==", "cb_x-Y.z~+/=="),
         ("abc", None),
-        ("Basic abc", None),
+        ("Basic abc", None),  # not base64 of user:password
+        ("Basic " + base64.b64encode(b"comfy:abc").decode(), "abc"),  # the password is the key, any user
+        ("basic " + base64.b64encode(b":abc").decode(), "abc"),
+        ("Basic " + base64.b64encode(b"abc").decode(), None),  # no password
+        ("Basic " + base64.b64encode(b"u:a b").decode(), None),
         ("Bearer", None),
         ("Bearer ", None),
         ("Bearerabc", None),
@@ -44,7 +49,7 @@ def anyio_backend() -> str:
         (None, None),
     ],
 )
-def test_only_bearer_credentials_are_read(header, token):
+def test_bearer_and_basic_credentials_are_read(header, token):
     assert parse_bearer(header) == token
 
 

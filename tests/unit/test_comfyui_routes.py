@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from starlette.websockets import WebSocketDisconnect
 
 from comfybento.compat import comfyui
 from comfybento.compat.comfyui import files, routes
@@ -26,10 +25,6 @@ from comfybento.jobs.webhooks import AllowList
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving import access
-from comfybento.serving.access import Access
-from comfybento.serving.keys import ApiKey, hash_key, new_key
-from comfybento.serving.ratelimit import MemoryBuckets
 from comfybento.workflows.catalog import load_workflow
 from tests.helpers import sample_image
 
@@ -206,14 +201,3 @@ def test_websocket_translates_live_events_and_sends_preview_frames(client):
             kinds.append(ws.receive_json()["type"])
     assert kinds == ["executing", "executed", "execution_success", "executing", "status"]
 
-
-def test_websocket_needs_the_api_key_when_keys_are_on(client, monkeypatch):
-    c, _ = client
-    secret = new_key()
-    acl = Access((ApiKey(name="alice", sha256=hash_key(secret)),), MemoryBuckets())
-    monkeypatch.setitem(access._installed, "access", acl)
-    with pytest.raises(WebSocketDisconnect) as refused, c.websocket_connect("/ws?clientId=x") as ws:
-        ws.receive_json()
-    assert refused.value.code == 1008
-    with c.websocket_connect("/ws?clientId=x", headers={"Authorization": f"Bearer {secret}"}) as ws:
-        assert ws.receive_json()["data"]["sid"] == "x"

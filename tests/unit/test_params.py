@@ -191,3 +191,11 @@ def test_comfy_pack_file_is_an_upload_never_a_server_path(node_defs):
     with pytest.raises(ValidationError, match="picture"):
         item(picture="")
     assert item.model_json_schema()["properties"]["picture"]["maxLength"] == 4 * math.ceil(MAX_FILE_BYTES / 3) + DATA_URI_HEADER
+
+
+@pytest.mark.parametrize("title", ["png", "stream"])
+def test_an_output_titled_like_a_route_of_its_own_is_renamed(node_defs, title):
+    graph = load_graph(GRAPHS / "two_outputs.json")
+    graph["302"]["_meta"] = {"title": title}  # /<workflow>/png and /<workflow>/stream are other routes
+    names = [o.name for o in infer_outputs(graph, node_defs)]
+    assert title not in names and len(set(names)) == 2
