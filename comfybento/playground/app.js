@@ -421,7 +421,7 @@ async function showItem(index, status, outputs, error) {
   card.querySelector(".item-title").textContent = `#${index} ${status}`;
   if (status === "failed") {
     card.dataset.shown = "1";
-    card.append(Object.assign(document.createElement("p"), { className: "error", textContent: error?.error || String(error) }));
+    card.append(Object.assign(document.createElement("p"), { className: "error", textContent: typeof error === "string" ? error : error?.message || error?.error || "failed" }));
   } else if (status === "succeeded") {
     card.dataset.shown = "1";
     card.querySelector("progress").value = card.querySelector("progress").max;
@@ -431,12 +431,13 @@ async function showItem(index, status, outputs, error) {
 
 async function followJob(jobId) {
   let last = null;
-  for (let attempt = 0; attempt < 30 && !(last && TERMINAL.has(last.state)); attempt++) {
+  for (let failures = 0; failures < 5 && !(last && TERMINAL.has(last.state));) {
     try {
       const response = await fetch(`./jobs/${jobId}/events`, { headers: apiHeaders({ Accept: "text/event-stream" }) });
       if (!response.ok) throw new Error(await errorText(response));
       const pending = [];
       await readEvents(response, (type, data) => {
+        failures = 0;
         if (type === "job") { last = data; showJob(data); }
         else if (type === "progress") {
           const bar = $(`item-${data.index}`)?.querySelector("progress");
@@ -444,23 +445,34 @@ async function followJob(jobId) {
         } else if (type === "item") pending.push(showItem(data.index, data.status, data.outputs, data.error));
       });
       await Promise.all(pending);
+      if (!(last && TERMINAL.has(last.state))) throw new Error("it ended early");
     } catch (error) {
-      setStatus("job-status", `Lost the event stream (${error.message}); reconnecting…`, true);
-      await new Promise((ok) => setTimeout(ok, 1000));
+      failures++;
+      setStatus("job-status", `Lost the job's event stream (${error.message}); trying again…`, true);
+      await sleep(1000);
     }
   }
-  await fillResults(jobId); // items finished while no stream was open
+  while (!(last && TERMINAL.has(last.state))) { // no event stream: poll the job's status
+    const response = await fetch(`./jobs/${jobId}`, { headers: apiHeaders() });
+    if (!response.ok) throw new Error(await errorText(response));
+    last = await response.json();
+    showJob(last);
+    if (!TERMINAL.has(last.state)) await sleep(1000);
+  }
+  await fillResults(jobId, last);
 }
 
-async function fillResults(jobId) {
+// Items that finished while no stream was open, from GET /jobs/{id}/results.
+async function fillResults(jobId, job) {
   const response = await fetch(`./jobs/${jobId}/results`, { headers: apiHeaders() });
-  if (!response.ok) return;
-  const results = await response.json();
-  for (const item of results.items || []) {
-    if (TERMINAL.has(item.state)) await showItem(item.index, item.state, item.outputs, item.error?.message || item.error);
+  if (!response.ok) throw new Error(await errorText(response));
+  for (const item of (await response.json()).items || []) {
+    if (TERMINAL.has(item.state)) await showItem(item.index, item.state, item.outputs, item.error?.message);
   }
-  showJob({ ...results, items: [] });
+  showJob(job);
 }
+
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 // ---- start ---------------------------------------------------------------------------------------------------------
 
