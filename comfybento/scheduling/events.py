@@ -1,7 +1,7 @@
 """Per-request events, from the moment a request is queued until it is done or failed.
 
 The scheduler emits Queued, Started and Failed; the engine emits Progress,
-OutputReady and Done. A request's sink receives them in that order, exactly
+Preview (only when previews are on), OutputReady and Done. A request's sink receives them in that order, exactly
 one terminal event (Done or Failed) last. They are plain data: the engine's
 HTTP route turns them into frames (serving/wire.py), the job runner into
 per-item progress.
@@ -32,6 +32,12 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Preview:
+    data: bytes  # a small encoded image of the latent being sampled (COMFYBENTO_PREVIEWS)
+    media_type: str = "image/jpeg"
+
+
+@dataclass(frozen=True)
 class OutputReady:
     output: Any  # an encoded output (serving.messages.OutputBlob)
 
@@ -46,5 +52,5 @@ class Failed:
     error: Exception
 
 
-Event = Queued | Started | Progress | OutputReady | Done | Failed
+Event = Queued | Started | Progress | Preview | OutputReady | Done | Failed
 TERMINAL = (Done, Failed)

@@ -16,12 +16,13 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from comfybento.errors import EngineUnavailable
-from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob, item_to_frame
+from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob, item_to_frame, preview_header
 from comfybento.serving.wire import WireError, encode_frame, read_frames
 
 log = logging.getLogger(__name__)
 
 OnEvent = Callable[[dict[str, Any]], None]
+OnOutput = Callable[[OutputBlob], None]
 
 
 def _client(url: str, timeout_s: float) -> httpx.AsyncClient:
@@ -51,8 +52,14 @@ class EngineClient:
     def __init__(self, url: str, timeout_s: float) -> None:
         self._http = _client(url, timeout_s)
 
-    async def run(self, workflow: str, item: EngineItem, on_event: OnEvent | None = None) -> ItemResult:
-        """One request through the engine; every event (but outputs' bytes) also goes to on_event."""
+    async def run(self, workflow: str, item: EngineItem, on_event: OnEvent | None = None,
+                  on_output: OnOutput | None = None) -> ItemResult:
+        """One request through the engine.
+
+        Every event goes to on_event as its header dict, JSON-able: outputs without their bytes, a preview's JPEG as
+        base64 under "data". Each output, with its bytes, also goes to on_output as soon as it is read, before the next
+        event. The result holds every output too.
+        """
         outputs: list[OutputBlob] = []
         try:
             async with self._http.stream("POST", "/engine/run", content=encode_frame(*item_to_frame(workflow, item))) as resp:
@@ -61,11 +68,15 @@ class EngineClient:
                     return ItemResult.failure(EngineUnavailable(f"the engine answered {resp.status_code}: {body}"), item.seed)
                 async for header, parts in read_frames(resp.aiter_raw()):
                     kind = header.get("event")
+                    if kind == "preview":
+                        header = preview_header(header, parts)
                     if on_event is not None:
                         on_event(header)
                     if kind == "output":
                         fields = {k: v for k, v in header.items() if k != "event"}
                         outputs.append(OutputBlob(**fields, data=parts[0]))
+                        if on_output is not None:
+                            on_output(outputs[-1])
                     elif kind in ("done", "failed"):
                         return ItemResult(**header["result"], outputs=outputs)
         except (httpx.TransportError, WireError) as exc:

@@ -7,13 +7,14 @@ encoded bytes travel as a raw part, once. Nothing here imports torch.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from comfybento.errors import describe
 from comfybento.outputs.media import OutputKind
-from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Progress, Queued, Started
+from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Preview, Progress, Queued, Started
 
 ErrorKind = Literal["invalid", "too_large", "node", "oom", "workflow", "unavailable", "cancelled", "internal"]
 OutputFormat = Literal["png", "webp", "jpeg"]
@@ -94,7 +95,9 @@ def event_to_frame(event: Event) -> tuple[dict[str, Any], list[bytes]]:
     if isinstance(event, Started):
         return {"event": "started", "batch_size": event.batch_size, "queue_ms": event.queue_ms}, []
     if isinstance(event, Progress):
-        return {"event": "progress", "value": event.value, "max": event.max, "node": event.node_id}, []
+        return {"event": "progress", "value": event.value, "max": event.max, "node_id": event.node_id}, []
+    if isinstance(event, Preview):
+        return {"event": "preview", "media_type": event.media_type}, [event.data]
     if isinstance(event, OutputReady):
         blob: OutputBlob = event.output
         return {"event": "output", **blob.model_dump(exclude={"data"})}, [blob.data]
@@ -103,3 +106,8 @@ def event_to_frame(event: Event) -> tuple[dict[str, Any], list[bytes]]:
     if isinstance(event, Failed):
         return {"event": "failed", "result": ItemResult.failure(event.error).model_dump(exclude={"outputs"})}, []
     raise TypeError(f"not an event: {event!r}")
+
+
+def preview_header(header: dict[str, Any], parts: list[bytes]) -> dict[str, Any]:
+    """A preview frame as a JSON-able event: its image (the frame's one part) as base64 under "data"."""
+    return {"event": "preview", "media_type": header.get("media_type", "image/jpeg"), "data": base64.b64encode(parts[0]).decode("ascii") if parts else ""}

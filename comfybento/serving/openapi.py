@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 from comfybento import __version__
 from comfybento.jobs.api_models import ItemError
 from comfybento.jobs.records import ItemState, JobState
+from comfybento.serving import stream
 from comfybento.serving.playground import is_playground_path, playground_file
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.schema import build_input_model
@@ -74,11 +75,18 @@ OPERATION_IDS = {  # the jobs API's routes (FastAPI would name them `submit_jobs
     ("get", "/jobs/{job_id}/archive"): "getJobArchive",
     ("get", "/jobs/{job_id}/files/{name}"): "getJobFile",
     ("get", "/outputs/{folder}/{name}"): "getOutputFile",
+    ("get", "/jobs/{job_id}/events"): "getJobEvents",
 }
 BINARY = {"/jobs/{job_id}/archive": ("application/zip", "The zip of every output of the job."),
           "/jobs/{job_id}/files/{name}": ("application/octet-stream", "The file (its content type is in the Content-Type header)."),
           "/outputs/{folder}/{name}": ("application/octet-stream", "The file (its content type is in the Content-Type header).")}
 
+REQUEST_STREAM = ("Server-Sent Events, each `event: <type>` and `data: <JSON>` (the schema is the data; its `event` repeats the "
+                  "type): queued, started, progress (step i/N), preview (when previews are on), one output per output item as soon "
+                  "as it is ready, then exactly one done or failed, last. `: keepalive` comments every 15 s.")
+JOB_STREAM = ("Server-Sent Events, each `event: <type>` and `data: <JSON>` (the schema is the data; its `event` repeats the "
+              "type): job (the job's status) first, then progress and item events of its items and job again whenever its state or "
+              "counts change; the stream ends after a job whose state is terminal. `: keepalive` comments every 15 s.")
 DOCS_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="UTF-8"><title>comfybento API</title>
 <link rel="stylesheet" href="./static_content/swagger-ui.css" /></head>
@@ -111,6 +119,7 @@ def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: 
             if path == "/jobs" and method == "post":
                 _type_job_submit(op, catalog, schemas)
     _type_bodies(doc["paths"], schemas, catalog)
+    _type_event_streams(doc["paths"], schemas, catalog)
     _type_states(schemas)
     _require_answer_fields(doc["paths"], schemas)
     _describe_outputs(doc["paths"], catalog)
@@ -271,6 +280,20 @@ def _type_bodies(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[s
             ok.update(description=description, content={media: {"schema": {"type": "string", "format": "binary"}}})
 
 
+def _type_event_streams(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
+    """The SSE answers (serving/stream.py): one schema per event (a frame's data), as a oneOf discriminated by `event`."""
+    streams = [(f"/{name}/stream", "post", stream.REQUEST_EVENTS, REQUEST_STREAM) for name in catalog]
+    streams.append(("/jobs/{job_id}/events", "get", stream.JOB_EVENTS, JOB_STREAM))
+    for path, method, adapter, description in streams:
+        ok = paths.get(path, {}).get(method, {}).setdefault("responses", {}).get("200")
+        if ok is None:
+            continue
+        schema = copy.deepcopy(adapter.json_schema(ref_template="#/components/schemas/{model}"))
+        for sub, body in schema.pop("$defs", {}).items():
+            schemas.setdefault(sub, body)
+        ok.update(description=description, content={stream.MEDIA_TYPE: {"schema": schema}})
+
+
 def _describe_outputs(paths: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
     """Each workflow's JSON answer lists its outputs (name, kind, media type) as the `outputs` items it can hold."""
     for name, spec in catalog.items():
@@ -294,7 +317,7 @@ def _describe_outputs(paths: dict[str, Any], catalog: dict[str, WorkflowSpec]) -
 
 
 def _to_openapi_30(node: Any) -> None:
-    """In place: `anyOf [X, null]` as X + nullable, `type: file` as a binary string, BentoML's keyword as x-."""
+    """In place: `anyOf [X, null]` as X + nullable, `type: file` as a binary string, `const` as an enum, BentoML's keyword as x-."""
     if isinstance(node, list):
         for child in node:
             _to_openapi_30(child)
@@ -319,6 +342,8 @@ def _to_openapi_30(node: Any) -> None:
         node["nullable"] = True
     if node.get("type") == "file":
         node["type"], node["format"] = "string", "binary"
+    if "const" in node:  # 3.1 only: a one-value enum
+        node["enum"] = [node.pop("const")]
     if "content_type" in node and isinstance(node["content_type"], str):
         node["x-content-type"] = node.pop("content_type")
     for value in node.values():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,8 +34,8 @@ from comfybento.jobs.runner import OnEvent
 from comfybento.outputs.delivery import StorageOnFirstUse, output_item, outputs_as_urls
 from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission
-from comfybento.serving import access, engine_route, lifecycle
-from comfybento.serving.engine_client import EngineClient, engine_url
+from comfybento.serving import access, engine_route, lifecycle, stream
+from comfybento.serving.engine_client import EngineClient, OnOutput, engine_url
 from comfybento.serving.http import (
     RequestEdgeMiddleware,
     base_url,
@@ -43,7 +44,7 @@ from comfybento.serving.http import (
     request_id,
     until_client_disconnects,
 )
-from comfybento.serving.messages import EngineItem, ItemResult
+from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob
 from comfybento.serving.openapi import OpenAPIMiddleware, fix_openapi
 from comfybento.serving.project import Project
 from comfybento.urlguard import AllowList
@@ -126,9 +127,10 @@ def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None, ur
                       request_id=request_id(), file_suffixes=suffixes)
 
 
-async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnEvent | None = None) -> ItemResult:
+async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnEvent | None = None,
+                      on_output: OnOutput | None = None) -> ItemResult:
     if front.engine_client is not None:
-        return await front.engine_client.run(workflow, item, on_event)  # type: ignore[no-any-return]
+        return await front.engine_client.run(workflow, item, on_event, on_output)  # type: ignore[no-any-return]
     try:  # COMFYBENTO_ENGINE_ENTRY=bentoml: through BentoML's adaptive batcher
         results = await getattr(front.engine.to_async, workflow)([item])
     except BentoMLException as exc:
@@ -136,7 +138,11 @@ async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnE
             raise
         return ItemResult.failure(QueueFull(f"workflow '{workflow}' is at capacity (BentoML's batcher shed the request); "
                                             "retry later"), item.seed)
-    return results[0] if isinstance(results[0], ItemResult) else ItemResult.model_validate(results[0])
+    result = results[0] if isinstance(results[0], ItemResult) else ItemResult.model_validate(results[0])
+    if on_output is not None:
+        for blob in result.outputs:
+            on_output(blob)
+    return result
 
 
 async def _while_connected(call: Coroutine[Any, Any, ItemResult]) -> ItemResult | None:
@@ -155,15 +161,29 @@ async def _while_connected(call: Coroutine[Any, Any, ItemResult]) -> ItemResult 
     return None
 
 
-async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> ItemResult | Response:
-    """Validate, admit, run on the engine: the result, or the error response (the one mapping: serving/http.py)."""
-    retry = self.admission.retry_after_s
+async def _admit(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> EngineItem | Response:
+    """Validate and admit a request (the caller must `admission.leave` once done): its engine item, or the error response."""
     try:
         item = await asyncio.to_thread(engine_item, spec, values, resolve_seed(spec.params, values), self.input_urls)
     except ComfyBentoError as exc:
         return error_response(exc)
     if self.admission.try_enter(spec.name) is None:
-        return error_response(QueueFull(f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later"), retry)
+        return error_response(QueueFull(f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later"),
+                              self.admission.retry_after_s)
+    return item
+
+
+async def _charge(result: ItemResult, key: str | None = None) -> None:
+    """Draw a result's images from the caller's API key (serving/access.py); `key`: its name, outside the handler."""
+    images, gpu_seconds = len(result.outputs), result.execution_ms / 1000 / max(1, result.batch_size)
+    await (access.charge_owner(key, images, gpu_seconds) if key is not None else access.charge(images=images, gpu_seconds=gpu_seconds))
+
+
+async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> ItemResult | Response:
+    """Validate, admit, run on the engine: the result, or the error response (the one mapping: serving/http.py)."""
+    item = await _admit(self, spec, values)
+    if isinstance(item, Response):
+        return item
     try:
         result = await _while_connected(call_engine(self, spec.name, item))
     finally:
@@ -171,12 +191,44 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> It
     if result is None:
         return error_response(Cancelled("the client went away"))
     if not result.ok:
-        return error_response(result.model_dump(), retry)
-    # Draw the images from the caller's API key (serving/access.py).
-    await access.charge(images=len(result.outputs), gpu_seconds=result.execution_ms / 1000 / max(1, result.batch_size))
+        return error_response(result.model_dump(), self.admission.retry_after_s)
+    await _charge(result)
     log.info("request %s: %s ok, seed %s, batch %d, queued %.0f ms, ran %.0f ms", request_id(), spec.name, result.seed,
              result.batch_size, result.queue_ms, result.execution_ms)
     return result
+
+
+def _stream_endpoint(spec: WorkflowSpec) -> Any:
+    """`POST /<workflow>/stream`: the same request as `POST /<workflow>`, answered with its live events (serving/stream.py)."""
+
+    async def endpoint(self: Any, **values: Any) -> Response:
+        item = await _admit(self, spec, values)
+        if isinstance(item, Response):
+            return item  # a 4xx (or 503) JSON answer before any stream starts
+        rid, key, root, by_url = request_id(), access.key_name(), base_url(), values.get("output_delivery") == "url"
+        folder = uuid.uuid4().hex
+
+        async def deliver(blob: OutputBlob) -> stream.OutputEvent:
+            if not by_url:
+                return stream.output_event(blob, data=b64(blob.data))
+            return await asyncio.to_thread(stream.store_output, self.output_storage(), blob, folder, root)
+
+        async def finish(result: ItemResult) -> stream.AnyEvent:
+            if not result.ok:
+                return stream.failed_event(result, rid)
+            await _charge(result, key)
+            return stream.done_event(spec.name, result)
+
+        events = stream.request_events(lambda on_event, on_output: call_engine(self, spec.name, item, on_event, on_output),
+                                       deliver, finish, rid)
+        return stream.EventStreamResponse(events, on_close=lambda: self.admission.leave(spec.name))
+
+    endpoint.__name__ = f"{spec.name}_stream"
+    endpoint.__doc__ = (f"Run the '{spec.name}' workflow (the same body as POST /{spec.name}) and follow it live, as Server-Sent "
+                        "Events: queued, started, progress (step i/N), preview (when enabled), output (each as soon as it is "
+                        "ready), then done or failed. A bad request is a JSON 4xx before the stream starts.")
+    endpoint.__annotations__ = {**endpoint.__annotations__, "return": Annotated[str, ContentType(stream.MEDIA_TYPE)]}
+    return bentoml.api(route=f"/{spec.name}/stream", input_spec=spec.input_model)(endpoint)
 
 
 def _json_endpoint(spec: WorkflowSpec) -> Any:
@@ -280,6 +332,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     }
     for spec in project.catalog.values():
         attrs[spec.name] = _json_endpoint(spec)
+        attrs[f"{spec.name}_stream"] = _stream_endpoint(spec)
         if any(o.kind == "image" for o in spec.outputs):
             attrs[f"{spec.name}_png"] = _raw_endpoint(spec, None)
         for output in spec.outputs:

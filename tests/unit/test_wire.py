@@ -59,7 +59,7 @@ def test_events_become_frames_with_outputs_as_raw_parts():
     blob = OutputBlob(output="save", node_id="9", index=0, width=8, height=8, media_type="image/webp", data=b"RIFF...")
     assert event_to_frame(Queued(3)) == ({"event": "queued", "position": 3}, [])
     assert event_to_frame(Started(4, 12.5))[0] == {"event": "started", "batch_size": 4, "queue_ms": 12.5}
-    assert event_to_frame(Progress(2, 20, "3"))[0] == {"event": "progress", "value": 2, "max": 20, "node": "3"}
+    assert event_to_frame(Progress(2, 20, "3"))[0] == {"event": "progress", "value": 2, "max": 20, "node_id": "3"}
     header, parts = event_to_frame(OutputReady(blob))
     assert parts == [b"RIFF..."] and header["media_type"] == "image/webp" and "data" not in header
     done, _ = event_to_frame(Done(ItemResult(ok=True, seed=5, batch_size=4)))

@@ -2,7 +2,7 @@
 
 import type { Client, Options as Options2, TDataShape } from './client';
 import { client } from './client.gen';
-import type { CancelJobData, CancelJobErrors, CancelJobResponses, GetHealthzData, GetHealthzResponses, GetJobArchiveData, GetJobArchiveErrors, GetJobArchiveResponses, GetJobData, GetJobErrors, GetJobFileData, GetJobFileErrors, GetJobFileResponses, GetJobResponses, GetJobResultsData, GetJobResultsErrors, GetJobResultsResponses, GetLivezData, GetLivezResponses, GetMetricsData, GetMetricsResponses, GetOutputFileData, GetOutputFileErrors, GetOutputFileResponses, GetReadyzData, GetReadyzResponses, ListJobsData, ListJobsErrors, ListJobsResponses, SubmitJobData, SubmitJobErrors, SubmitJobResponses, Txt2ImgData, Txt2ImgErrors, Txt2ImgPngData, Txt2ImgPngErrors, Txt2ImgPngResponses, Txt2ImgResponses, Txt2ImgSaveImageData, Txt2ImgSaveImageErrors, Txt2ImgSaveImageResponses } from './types.gen';
+import type { CancelJobData, CancelJobErrors, CancelJobResponses, GetHealthzData, GetHealthzResponses, GetJobArchiveData, GetJobArchiveErrors, GetJobArchiveResponses, GetJobData, GetJobErrors, GetJobFileData, GetJobFileErrors, GetJobFileResponses, GetJobResponses, GetJobResultsData, GetJobResultsErrors, GetJobResultsResponses, GetLivezData, GetLivezResponses, GetMetricsData, GetMetricsResponses, GetOutputFileData, GetOutputFileErrors, GetOutputFileResponses, GetReadyzData, GetReadyzResponses, ListJobsData, ListJobsErrors, ListJobsResponses, SubmitJobData, SubmitJobErrors, SubmitJobResponses, Txt2ImgData, Txt2ImgErrors, Txt2ImgPngData, Txt2ImgPngErrors, Txt2ImgPngResponses, Txt2ImgResponses, Txt2ImgSaveImageData, Txt2ImgSaveImageErrors, Txt2ImgSaveImageResponses, Txt2ImgStreamData, Txt2ImgStreamErrors, Txt2ImgStreamResponse, Txt2ImgStreamResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -67,6 +67,18 @@ export const txt2imgPng = <ThrowOnError extends boolean = false>(options: Option
  */
 export const txt2imgSaveImage = <ThrowOnError extends boolean = false>(options: Options<Txt2ImgSaveImageData, ThrowOnError>) => (options.client ?? client).post<Txt2ImgSaveImageResponses, Txt2ImgSaveImageErrors, ThrowOnError>({
     url: '/txt2img/save_image',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Run the 'txt2img' workflow (the same body as POST /txt2img) and follow it live, as Server-Sent Events: queued, started, progress (step i/N), preview (when enabled), output (each as soon as it is ready), then done or failed. A bad request is a JSON 4xx before the stream starts.
+ */
+export const txt2imgStream = <ThrowOnError extends boolean = false>(options: Options<Txt2ImgStreamData, ThrowOnError, Txt2ImgStreamResponse>) => (options.client ?? client).sse.post<Txt2ImgStreamResponses, Txt2ImgStreamErrors, ThrowOnError>({
+    url: '/txt2img/stream',
     ...options,
     headers: {
         'Content-Type': 'application/json',

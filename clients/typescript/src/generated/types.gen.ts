@@ -879,6 +879,227 @@ export type Txt2ImgJobItem = {
     output_delivery?: 'base64' | 'url';
 };
 
+/**
+ * DoneEvent
+ */
+export type DoneEvent = {
+    /**
+     * Event
+     */
+    event: 'done';
+    /**
+     * Workflow
+     *
+     * Name of the workflow that ran.
+     */
+    workflow: string;
+    /**
+     * Seed
+     *
+     * The seed used.
+     */
+    seed: number | null;
+    timings: Timings;
+};
+
+/**
+ * FailedEvent
+ */
+export type FailedEvent = {
+    /**
+     * Event
+     */
+    event: 'failed';
+    /**
+     * Error
+     *
+     * What went wrong: the field, node, file, model or limit.
+     */
+    error: string;
+    /**
+     * Error Kind
+     *
+     * invalid | too_large | node | oom | workflow | unavailable | cancelled | internal
+     */
+    error_kind: string;
+    /**
+     * Status
+     *
+     * The HTTP status the non-streaming endpoint would have answered.
+     */
+    status: number;
+    /**
+     * Node Id
+     *
+     * For node errors: the node that failed.
+     */
+    node_id: string | null;
+    /**
+     * Class Type
+     *
+     * For node errors: that node's class.
+     */
+    class_type: string | null;
+    /**
+     * Request Id
+     *
+     * Also in the X-Request-ID header and the server's log.
+     */
+    request_id: string | null;
+};
+
+/**
+ * OutputEvent
+ */
+export type OutputEvent = {
+    /**
+     * Name
+     *
+     * Name of the output node that made it (its title, or its class and id); POST /<workflow>/<name> returns its bytes.
+     */
+    name: string;
+    /**
+     * Node Id
+     *
+     * Id of that node in the workflow graph.
+     */
+    node_id: string;
+    /**
+     * Index
+     *
+     * Position among that node's outputs (its batch).
+     */
+    index: number;
+    /**
+     * Kind
+     *
+     * image | animation | video | audio | text | file.
+     */
+    kind: 'image' | 'animation' | 'video' | 'audio' | 'text' | 'file';
+    /**
+     * Media Type
+     *
+     * The content type of the bytes (image/png, video/webm, audio/flac, text/plain ...).
+     */
+    media_type: string;
+    /**
+     * Width
+     *
+     * Width in pixels (images, animations, videos).
+     */
+    width: number | null;
+    /**
+     * Height
+     *
+     * Height in pixels (images, animations, videos).
+     */
+    height: number | null;
+    /**
+     * Data
+     *
+     * The bytes, base64 (output_delivery 'base64'; text is UTF-8).
+     */
+    data: string | null;
+    /**
+     * Url
+     *
+     * Where to download the bytes (output_delivery 'url').
+     */
+    url: string | null;
+    /**
+     * Event
+     */
+    event: 'output';
+};
+
+/**
+ * PreviewEvent
+ */
+export type PreviewEvent = {
+    /**
+     * Event
+     */
+    event: 'preview';
+    /**
+     * Media Type
+     *
+     * Content type of the preview (image/jpeg).
+     */
+    media_type: string;
+    /**
+     * Data
+     *
+     * The preview image, base64.
+     */
+    data: string;
+};
+
+/**
+ * ProgressEvent
+ */
+export type ProgressEvent = {
+    /**
+     * Event
+     */
+    event: 'progress';
+    /**
+     * Value
+     *
+     * Sampler step i of max.
+     */
+    value: number;
+    /**
+     * Max
+     *
+     * Steps of the sampler now running.
+     */
+    max: number;
+    /**
+     * Node Id
+     *
+     * Id of the node reporting progress.
+     */
+    node_id: string | null;
+};
+
+/**
+ * QueuedEvent
+ */
+export type QueuedEvent = {
+    /**
+     * Event
+     */
+    event: 'queued';
+    /**
+     * Position
+     *
+     * Requests waiting ahead of this one when it arrived (0: it runs next).
+     */
+    position: number;
+};
+
+/**
+ * StartedEvent
+ */
+export type StartedEvent = {
+    /**
+     * Event
+     */
+    event: 'started';
+    /**
+     * Batch Size
+     *
+     * Requests sharing this graph execution.
+     */
+    batch_size: number;
+    /**
+     * Queue Ms
+     *
+     * Time spent queued, in milliseconds.
+     */
+    queue_ms: number;
+};
+
 export type GetHealthzData = {
     body?: never;
     path?: never;
@@ -1115,6 +1336,69 @@ export type Txt2ImgSaveImageResponses = {
 };
 
 export type Txt2ImgSaveImageResponse = Txt2ImgSaveImageResponses[keyof Txt2ImgSaveImageResponses];
+
+export type Txt2ImgStreamData = {
+    body: Txt2ImgInput;
+    path?: never;
+    query?: never;
+    url: '/txt2img/stream';
+};
+
+export type Txt2ImgStreamErrors = {
+    /**
+     * The body is malformed or a field is invalid (`detail` lists each field).
+     */
+    400: ErrorResponse;
+    /**
+     * No API key, or a wrong one (Authorization: Bearer <key>).
+     */
+    401: ErrorResponse;
+    /**
+     * Over a limit (pixels, images, steps, upload or body size): the message names it.
+     */
+    413: ErrorResponse;
+    /**
+     * A value is not acceptable (e.g. an upload that is not a readable image).
+     */
+    422: ErrorResponse;
+    /**
+     * The API key is over its rate limit or quota (see Retry-After).
+     */
+    429: ErrorResponse;
+    /**
+     * Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).
+     */
+    500: ErrorResponse;
+    /**
+     * The service is at capacity or restarting (see Retry-After).
+     */
+    503: ErrorResponse;
+};
+
+export type Txt2ImgStreamError = Txt2ImgStreamErrors[keyof Txt2ImgStreamErrors];
+
+export type Txt2ImgStreamResponses = {
+    /**
+     * Server-Sent Events, each `event: <type>` and `data: <JSON>` (the schema is the data; its `event` repeats the type): queued, started, progress (step i/N), preview (when previews are on), one output per output item as soon as it is ready, then exactly one done or failed, last. `: keepalive` comments every 15 s.
+     */
+    200: ({
+        event: 'queued';
+    } & QueuedEvent) | ({
+        event: 'started';
+    } & StartedEvent) | ({
+        event: 'progress';
+    } & ProgressEvent) | ({
+        event: 'preview';
+    } & PreviewEvent) | ({
+        event: 'output';
+    } & OutputEvent) | ({
+        event: 'done';
+    } & DoneEvent) | ({
+        event: 'failed';
+    } & FailedEvent);
+};
+
+export type Txt2ImgStreamResponse = Txt2ImgStreamResponses[keyof Txt2ImgStreamResponses];
 
 export type ListJobsData = {
     body?: never;
