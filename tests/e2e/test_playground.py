@@ -2,7 +2,7 @@
 
 From filling the form to the output image shown on the page, with the progress it streamed on the way, and a batch
 job of two pasted prompts followed to its two results. The page's last state is kept as artifacts/playground.png
-(CI keeps artifacts/), whether the test passed or not.
+(CI keeps artifacts/), whether the test passed or not; the finished run as artifacts/playground-run.png.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
         bar = browser.find_element(By.ID, "run-progress")
         assert bar.get_attribute("data-seen") == "1" and bar.get_attribute("max") == str(STEPS)
         assert "seed" in browser.find_element(By.ID, "run-status").text
+        browser.save_screenshot(str(SCREENSHOT.with_name("playground-run.png")))
 
         # A batch job of two pasted prompts: both results arrive on the page, with the job's counts.
         browser.find_element(By.ID, "tab-job").click()
