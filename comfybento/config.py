@@ -102,6 +102,9 @@ class Settings:
     # How requests reach the engine: "scheduler" (comfybento's own, the default) or
     # "bentoml" (BentoML's adaptive batcher in front of it: kept to benchmark the two).
     engine_entry: str = "scheduler"
+    # Live preview images of the latent being sampled, sent as `preview` events of the request streams:
+    # "off" (the default) or "latent2rgb" (ComfyUI's cheap linear latent-to-RGB preview, throttled).
+    previews: str = "off"
     # Compile the diffusion model with torch.compile (ComfyUI's own model patching), warmed up before ready.
     compile: bool = False
     # Bytes of checkpoints kept loaded (models.lock sizes): the workflows' defaults stay, models that requests
@@ -205,6 +208,7 @@ class Settings:
             coalesce_ms=_int(env, "COMFYBENTO_COALESCE_MS", 500),
             engine_entry=_choice(env, "COMFYBENTO_ENGINE_ENTRY", "scheduler", ("scheduler", "bentoml")),
             compile=_bool(env, "COMFYBENTO_COMPILE", False),
+            previews=_choice(env, "COMFYBENTO_PREVIEWS", "off", ("off", "latent2rgb")),
             model_cache_bytes=_int(env, "COMFYBENTO_MODEL_CACHE_BYTES", 0),
             limits=_limits(env),
             **_job_settings(env, work_dir),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ from comfybento.errors import ComfyBentoError
 from comfybento.jobs.api_models import JobList, JobResults, JobStatus, JobSubmit
 from comfybento.jobs.service import InvalidItems, JobService
 from comfybento.outputs.media import media_type_of
-from comfybento.serving import access
+from comfybento.serving import access, stream
 from comfybento.serving.http import error_response, request_id
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,14 @@ def status(job_id: str) -> JobStatus:
 def results(job_id: str, request: Request, offset: Offset = 0,
             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobResults:
     return jobs().results(job_id, offset, limit, _base_url(request))
+
+
+@app.get("/jobs/{job_id}/events", summary="Live events of a job (Server-Sent Events)", response_class=StreamingResponse)
+async def events(job_id: str, request: Request) -> StreamingResponse:
+    """The job's status as a `job` event, then its items' `progress` and `item` events (items already finished first) and
+    `job` again whenever its state or counts change; the stream ends after a `job` whose state is terminal."""
+    await asyncio.to_thread(jobs().status, job_id)  # an unknown job: a 404 before any stream
+    return stream.EventStreamResponse(stream.job_events(jobs(), job_id, _base_url(request)))
 
 
 @app.post("/jobs/{job_id}/cancel", summary="Cancel a job")

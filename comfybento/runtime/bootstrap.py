@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import io
 import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,13 @@ from comfybento.config import Settings
 from comfybento.errors import ConfigError
 from comfybento.runtime.server_stub import PromptServerStandIn
 
+PREVIEW_EVERY_S = 0.25  # at most four previews a second per execution (the last step always has one)
+
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _runtime: ComfyRuntime | None = None
+_previews = {"on": False}
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,17 @@ def bootstrap(settings: Settings) -> ComfyRuntime:
     with _lock:
         if _runtime is None:
             _runtime = _bootstrap(settings)
+        _set_previews(settings.previews)
         return _runtime
+
+
+def _set_previews(mode: str) -> None:
+    """COMFYBENTO_PREVIEWS: "latent2rgb" makes ComfyUI's sampler callback hand the progress hook a preview of the first
+    latent (read at each sampling); "off" none."""
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    args.preview_method = LatentPreviewMethod.Latent2RGB if mode == "latent2rgb" else LatentPreviewMethod.NoPreviews
+    _previews["on"] = mode != "off"
 
 
 def _bootstrap(settings: Settings) -> ComfyRuntime:
@@ -148,7 +163,7 @@ def _configure_args(settings: Settings) -> None:
 
     args.cpu = settings.force_cpu or not torch.cuda.is_available()
     torch.set_num_threads(settings.cpu_threads)
-    args.preview_method = LatentPreviewMethod.NoPreviews
+    args.preview_method = LatentPreviewMethod.NoPreviews  # previews: _set_previews
     args.disable_auto_launch = True
     args.dont_print_server = True
 
@@ -207,16 +222,34 @@ def _install_server_stub() -> PromptServerStandIn:
 
 
 def _install_progress_hook(server: PromptServerStandIn) -> None:
-    """Sampler steps reach the running request as "progress" events; tqdm bars stay out of the log."""
+    """Sampler steps reach the running request as "progress" events, and previews (when on) as "preview" events of
+    JPEG bytes, at most one per PREVIEW_EVERY_S; tqdm bars stay out of the log."""
     import comfy.model_management as mm
     import comfy.utils
+
+    last = {"at": 0.0}
 
     def hook(value: int, total: int, preview_image: Any, prompt_id: Any = None, node_id: Any = None) -> None:
         mm.throw_exception_if_processing_interrupted()
         server.send_sync("progress", {"value": int(value), "max": int(total), "node": node_id})
+        now = time.monotonic()
+        if _previews["on"] and preview_image is not None and (now - last["at"] >= PREVIEW_EVERY_S or value >= total):
+            last["at"] = now
+            server.send_sync("preview", {"data": preview_jpeg(preview_image), "media_type": "image/jpeg"})
 
     comfy.utils.set_progress_bar_global_hook(hook)
     comfy.utils.set_progress_bar_enabled(False)
+
+
+def preview_jpeg(preview: Any) -> bytes:
+    """ComfyUI's preview ("JPEG" | "PNG", a PIL image, its largest side) as JPEG bytes."""
+    _, image, max_side = preview
+    image = image.convert("RGB")
+    if max_side and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=80)
+    return out.getvalue()
 
 
 def _load_nodes() -> tuple[str, ...]:

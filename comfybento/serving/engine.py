@@ -34,7 +34,7 @@ from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry
 from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
 from comfybento.outputs.media import KNOWN_OUTPUTS, ProducedFile, ProducedText, dimensions, kind_of, media_type_of
-from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Progress
+from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Preview, Progress
 from comfybento.scheduling.scheduler import Job, Scheduler, Stats
 from comfybento.serving import metrics
 from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob
@@ -318,6 +318,8 @@ class Engine:
                 step = Progress(int(data.get("value", 0)), int(data.get("max", 0)), data.get("node"))
                 for job in jobs:
                     job.emit(step)
+            elif event == "preview":  # a preview of the batch's first latent: the first request's own image
+                jobs[0].emit(Preview(data["data"], data.get("media_type", "image/jpeg")))
 
         clock = time.perf_counter()
         executed = self.executor.execute(graph, spec.field_names, on_progress)

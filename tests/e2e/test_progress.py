@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from comfybento.serving.stream import REQUEST_EVENTS
+from comfybento.serving.stream import JOB_EVENTS, REQUEST_EVENTS
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +112,37 @@ def test_stream_events_are_typed_in_the_openapi(server):
     assert spec["paths"]["/txt2img/stream"]["post"]["operationId"] == "txt2imgStream"
     schemas = spec["components"]["schemas"]
     assert schemas["ProgressEvent"]["required"] == ["event", "value", "max", "node_id"]
+
+
+def test_a_job_stream_tells_each_item_and_ends_with_a_terminal_job_event(server):
+    body = {"workflow": "txt2img", "base": {"steps": 2, "width": 64, "height": 64}, "fanout": {"seed": [1, 2, 3]}}
+    job = httpx.post(f"{server}/jobs", json=body, timeout=60).json()
+    with httpx.stream("GET", f"{server}/jobs/{job['id']}/events", timeout=240) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        frames = list(sse_frames(resp))
+    for kind, data in frames:
+        assert data["event"] == kind
+        JOB_EVENTS.validate_python(data)
+    assert frames[0][0] == "job" and frames[0][1]["id"] == job["id"]
+    assert frames[-1][0] == "job" and frames[-1][1]["state"] == "succeeded" and frames[-1][1]["counts"]["succeeded"] == 3
+    assert [k for k, d in frames if k == "job" and d["state"] in TERMINAL] == ["job"]  # one terminal job event, the last
+    items = sorted((d for k, d in frames if k == "item"), key=lambda d: d["index"])
+    assert [(d["index"], d["status"]) for d in items] == [(0, "succeeded"), (1, "succeeded"), (2, "succeeded")]
+    for item in items:
+        assert httpx.get(item["outputs"][0]["url"], timeout=30).content[:8] == b"\x89PNG\r\n\x1a\n"
+    progress = [d for k, d in frames if k == "progress"]
+    assert progress and {d["index"] for d in progress} <= {0, 1, 2} and all(d["max"] == 2 for d in progress)
+
+
+def test_a_finished_job_stream_replays_its_items_and_an_unknown_job_is_a_404(server):
+    job = httpx.post(f"{server}/jobs", json={"workflow": "txt2img", "items": [{"steps": 1, "width": 64, "height": 64}]},
+                     timeout=60).json()
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{server}/jobs/{job['id']}", timeout=30).json()["state"] not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.3)
+    with httpx.stream("GET", f"{server}/jobs/{job['id']}/events", timeout=60) as resp:
+        frames = list(sse_frames(resp))
+    assert [k for k, _ in frames] == ["job", "item", "job"] and frames[1][1]["status"] == "succeeded"
+    assert frames[-1][1]["state"] == "succeeded"
+    missing = httpx.get(f"{server}/jobs/no-such-job/events", timeout=30)
+    assert missing.status_code == 404 and "no-such-job" in missing.json()["error"]

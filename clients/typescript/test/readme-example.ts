@@ -1,5 +1,5 @@
 // The README's example, type-checked by `npm test` (tsc --noEmit) so that it stays right; not run.
-import { connect, getJob, submitJob, txt2img, txt2imgPng } from "../src/index.ts";
+import { connect, getJob, submitJob, txt2img, txt2imgPng, txt2imgStream } from "../src/index.ts";
 
 const client = connect({ baseUrl: "http://localhost:3000", apiKey: process.env.COMFYBENTO_API_KEY });
 
@@ -17,3 +17,7 @@ const job = await submitJob({ client, body: { workflow: "txt2img", items: [{ pro
 if (job.error) throw new Error(JSON.stringify(job.error));
 const status = await getJob({ client, path: { job_id: job.data.id } });
 console.log(status.data?.state, status.data?.counts);
+
+// Live progress (README "Live progress"): POST /txt2img/stream as typed events; no retry (it would run the workflow again)
+const { stream } = await txt2imgStream({ client, body: { prompt: "a lighthouse", steps: 4 }, sseMaxRetryAttempts: 1 });
+for await (const event of stream) if (event.event === "progress") console.log(`${event.value}/${event.max}`);

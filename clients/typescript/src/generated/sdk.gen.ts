@@ -2,7 +2,7 @@
 
 import type { Client, Options as Options2, TDataShape } from './client';
 import { client } from './client.gen';
-import type { CancelJobData, CancelJobErrors, CancelJobResponses, GetHealthzData, GetHealthzResponses, GetJobArchiveData, GetJobArchiveErrors, GetJobArchiveResponses, GetJobData, GetJobErrors, GetJobFileData, GetJobFileErrors, GetJobFileResponses, GetJobResponses, GetJobResultsData, GetJobResultsErrors, GetJobResultsResponses, GetLivezData, GetLivezResponses, GetMetricsData, GetMetricsResponses, GetOutputFileData, GetOutputFileErrors, GetOutputFileResponses, GetReadyzData, GetReadyzResponses, ListJobsData, ListJobsErrors, ListJobsResponses, SubmitJobData, SubmitJobErrors, SubmitJobResponses, Txt2ImgData, Txt2ImgErrors, Txt2ImgPngData, Txt2ImgPngErrors, Txt2ImgPngResponses, Txt2ImgResponses, Txt2ImgSaveImageData, Txt2ImgSaveImageErrors, Txt2ImgSaveImageResponses, Txt2ImgStreamData, Txt2ImgStreamErrors, Txt2ImgStreamResponse, Txt2ImgStreamResponses } from './types.gen';
+import type { CancelJobData, CancelJobErrors, CancelJobResponses, GetHealthzData, GetHealthzResponses, GetJobArchiveData, GetJobArchiveErrors, GetJobArchiveResponses, GetJobData, GetJobErrors, GetJobEventsData, GetJobEventsErrors, GetJobEventsResponse, GetJobEventsResponses, GetJobFileData, GetJobFileErrors, GetJobFileResponses, GetJobResponses, GetJobResultsData, GetJobResultsErrors, GetJobResultsResponses, GetLivezData, GetLivezResponses, GetMetricsData, GetMetricsResponses, GetOutputFileData, GetOutputFileErrors, GetOutputFileResponses, GetReadyzData, GetReadyzResponses, ListJobsData, ListJobsErrors, ListJobsResponses, SubmitJobData, SubmitJobErrors, SubmitJobResponses, Txt2ImgData, Txt2ImgErrors, Txt2ImgPngData, Txt2ImgPngErrors, Txt2ImgPngResponses, Txt2ImgResponses, Txt2ImgSaveImageData, Txt2ImgSaveImageErrors, Txt2ImgSaveImageResponses, Txt2ImgStreamData, Txt2ImgStreamErrors, Txt2ImgStreamResponse, Txt2ImgStreamResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -118,6 +118,14 @@ export const getJob = <ThrowOnError extends boolean = false>(options: Options<Ge
  * Item results, paged
  */
 export const getJobResults = <ThrowOnError extends boolean = false>(options: Options<GetJobResultsData, ThrowOnError>) => (options.client ?? client).get<GetJobResultsResponses, GetJobResultsErrors, ThrowOnError>({ url: '/jobs/{job_id}/results', ...options });
+
+/**
+ * Live events of a job (Server-Sent Events)
+ *
+ * The job's status as a `job` event, then its items' `progress` and `item` events (items already finished first) and
+ * `job` again whenever its state or counts change; the stream ends after a `job` whose state is terminal.
+ */
+export const getJobEvents = <ThrowOnError extends boolean = false>(options: Options<GetJobEventsData, ThrowOnError, GetJobEventsResponse>) => (options.client ?? client).sse.get<GetJobEventsResponses, GetJobEventsErrors, ThrowOnError>({ url: '/jobs/{job_id}/events', ...options });
 
 /**
  * Cancel a job

@@ -1100,6 +1100,147 @@ export type StartedEvent = {
     queue_ms: number;
 };
 
+/**
+ * JobEvent
+ */
+export type JobEvent = {
+    /**
+     * Id
+     */
+    id: string;
+    /**
+     * Workflow
+     */
+    workflow: string;
+    /**
+     * State
+     *
+     * queued | running | succeeded | failed | cancelled
+     */
+    state: string;
+    /**
+     * Priority
+     */
+    priority: number;
+    /**
+     * Total
+     */
+    total: number;
+    /**
+     * Counts
+     *
+     * Items by state.
+     */
+    counts: {
+        [key: string]: number;
+    };
+    /**
+     * Created At
+     */
+    created_at: number;
+    /**
+     * Finished At
+     */
+    finished_at: number | null;
+    /**
+     * Eta S
+     *
+     * Estimated seconds to completion, from the rate so far.
+     */
+    eta_s: number | null;
+    /**
+     * Items
+     *
+     * Per-item progress (first 1000 items; see /results for all).
+     */
+    items: Array<ItemProgress>;
+    /**
+     * Webhooks
+     *
+     * Webhook delivery log.
+     */
+    webhooks: Array<DeliveryOut>;
+    /**
+     * Owner
+     *
+     * Name of the API key that submitted the job (null when API keys are off).
+     */
+    owner: string | null;
+    usage: JobUsage;
+    /**
+     * Event
+     */
+    event: 'job';
+};
+
+/**
+ * JobItemEvent
+ */
+export type JobItemEvent = {
+    /**
+     * Event
+     */
+    event: 'item';
+    /**
+     * Index
+     *
+     * The item.
+     */
+    index: number;
+    /**
+     * Status
+     *
+     * What became of it.
+     */
+    status: 'succeeded' | 'failed' | 'retrying' | 'cancelled';
+    /**
+     * Outputs
+     *
+     * Its outputs (succeeded).
+     */
+    outputs: Array<OutputRef> | null;
+    /**
+     * Error
+     *
+     * What went wrong (failed, retrying).
+     */
+    error: string | null;
+    /**
+     * Error Kind
+     *
+     * The kind of error (failed, retrying).
+     */
+    error_kind: string | null;
+};
+
+/**
+ * JobProgressEvent
+ */
+export type JobProgressEvent = {
+    /**
+     * Event
+     */
+    event: 'progress';
+    /**
+     * Index
+     *
+     * The item.
+     */
+    index: number;
+    /**
+     * Value
+     *
+     * Sampler step i of max.
+     */
+    value: number;
+    /**
+     * Max
+     *
+     * Steps of the sampler now running.
+     */
+    max: number;
+};
+
 export type GetHealthzData = {
     body?: never;
     path?: never;
@@ -1644,6 +1785,62 @@ export type GetJobResultsResponses = {
 };
 
 export type GetJobResultsResponse = GetJobResultsResponses[keyof GetJobResultsResponses];
+
+export type GetJobEventsData = {
+    body?: never;
+    path: {
+        /**
+         * Job Id
+         */
+        job_id: string;
+    };
+    query?: never;
+    url: '/jobs/{job_id}/events';
+};
+
+export type GetJobEventsErrors = {
+    /**
+     * No API key, or a wrong one (Authorization: Bearer <key>).
+     */
+    401: ErrorResponse;
+    /**
+     * No such job, file or output.
+     */
+    404: ErrorResponse;
+    /**
+     * Validation Error
+     */
+    422: HttpValidationError | ErrorResponse;
+    /**
+     * The API key is over its rate limit or quota (see Retry-After).
+     */
+    429: ErrorResponse;
+    /**
+     * Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).
+     */
+    500: ErrorResponse;
+    /**
+     * The service is at capacity or restarting (see Retry-After).
+     */
+    503: ErrorResponse;
+};
+
+export type GetJobEventsError = GetJobEventsErrors[keyof GetJobEventsErrors];
+
+export type GetJobEventsResponses = {
+    /**
+     * Server-Sent Events, each `event: <type>` and `data: <JSON>` (the schema is the data; its `event` repeats the type): job (the job's status) first, then progress and item events of its items and job again whenever its state or counts change; the stream ends after a job whose state is terminal. `: keepalive` comments every 15 s.
+     */
+    200: ({
+        event: 'job';
+    } & JobEvent) | ({
+        event: 'progress';
+    } & JobProgressEvent) | ({
+        event: 'item';
+    } & JobItemEvent);
+};
+
+export type GetJobEventsResponse = GetJobEventsResponses[keyof GetJobEventsResponses];
 
 export type CancelJobData = {
     body?: never;
