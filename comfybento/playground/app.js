@@ -438,7 +438,7 @@ async function followJob(jobId) {
       const pending = [];
       await readEvents(response, (type, data) => {
         failures = 0;
-        if (type === "job") { last = data; showJob(data); }
+        if (type === "job") { last = data; showJob(data); $("job-status").dataset.followed = "events"; }
         else if (type === "progress") {
           const bar = $(`item-${data.index}`)?.querySelector("progress");
           if (bar) { bar.max = data.max; bar.value = data.value; }
@@ -457,6 +457,7 @@ async function followJob(jobId) {
     if (!response.ok) throw new Error(await errorText(response));
     last = await response.json();
     showJob(last);
+    $("job-status").dataset.followed = "polling";
     if (!TERMINAL.has(last.state)) await sleep(1000);
   }
   await fillResults(jobId, last);

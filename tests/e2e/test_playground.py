@@ -126,5 +126,6 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
                                   " && imgs.map(i => i.naturalWidth); })()", "both items' images")
         assert shown == [SIZE, SIZE]
         assert "2 succeeded of 2" in browser.find_element(By.ID, "job-status").text
+        assert browser.find_element(By.ID, "job-status").get_attribute("data-followed") == "events"  # GET /jobs/{id}/events, not polling
     finally:
         browser.save_screenshot(str(SCREENSHOT))
