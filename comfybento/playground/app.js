@@ -35,6 +35,10 @@ async function errorText(response) {
   }
 }
 
+function toJson(value) {
+  return JSON.stringify(value).replace(/"\\u0000int:(\d+)"/g, "$1");
+}
+
 // Server-Sent Events from a fetch() answer (EventSource can neither POST nor send headers).
 async function readEvents(response, onEvent) {
   const reader = response.body.getReader();
@@ -77,13 +81,18 @@ function resolve(schema) {
   return out;
 }
 
+// A workflow is a path /<name> with a streaming form POST /<name>/stream; its fields are its request body's
+// (JSON, or multipart when it takes files: the page sends JSON, files as data URIs).
 function findWorkflows(doc) {
   const found = {};
-  for (const [path, item] of Object.entries(doc.paths)) {
-    const body = item.post?.requestBody?.content?.["application/json"]?.schema;
-    if (!/^\/[^/{]+$/.test(path) || path === "/jobs" || !body?.$ref) continue;
-    const schema = resolve(body);
-    found[path.slice(1)] = { name: path.slice(1), schema, summary: item.post.description || item.post.summary || "" };
+  for (const path of Object.keys(doc.paths)) {
+    const name = path.match(/^\/([^/{]+)\/stream$/)?.[1];
+    if (!name || !doc.paths[path].post) continue;
+    const ops = [doc.paths[path].post, doc.paths[`/${name}`]?.post].filter(Boolean);
+    const body = ops.map((op) => Object.values(op.requestBody?.content || {})[0]?.schema).find(Boolean);
+    if (!body) continue;
+    const main = doc.paths[`/${name}`]?.post || ops[0];
+    found[name] = { name, schema: resolve(body), summary: main.description || main.summary || "" };
   }
   return found;
 }
@@ -197,7 +206,10 @@ function readFile(file) {
   });
 }
 
+const BIG_INT = "\u0000int:"; // an integer beyond JavaScript's exact range (a seed up to 2^64-1), written into the JSON as is
+
 function coerce(value, type) {
+  if (type === "integer" && /^\s*\d{16,}\s*$/.test(value) && !Number.isSafeInteger(Number(value))) return BIG_INT + value.trim();
   if (type === "integer") return parseInt(value, 10);
   if (type === "number") return Number(value);
   if (type === "boolean") return value === true || /^(1|true|yes)$/i.test(String(value));
@@ -272,6 +284,8 @@ async function run() {
   $("preview").replaceChildren();
   bar.hidden = true;
   bar.value = 0;
+  delete bar.dataset.seen;
+  delete $("run-status").dataset.outcome;
   let values;
   try {
     values = await formValues();
@@ -283,7 +297,7 @@ async function run() {
   const response = await fetch(`./${workflow.name}/stream`, {
     method: "POST",
     headers: apiHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-    body: JSON.stringify(values),
+    body: toJson(values),
   });
   if (!response.ok) {
     setStatus("run-status", await errorText(response), true);
@@ -312,9 +326,10 @@ async function onRunEvent(type, data, bar) {
     $("preview").replaceChildren();
     const t = data.timings || {};
     setStatus("run-status", `Done: seed ${data.seed}, ${Math.round(t.execution_ms)} ms (batch of ${t.batch_size})`);
-    $("run-status").dataset.done = "1";
+    $("run-status").dataset.outcome = "done";
   } else if (type === "failed") {
     setStatus("run-status", `Failed (${data.error_kind}${data.node_id ? `, node ${data.node_id}` : ""}): ${data.error}`, true);
+    $("run-status").dataset.outcome = "failed";
   }
 }
 
@@ -378,7 +393,7 @@ async function submitJob() {
   const response = await fetch("./jobs", {
     method: "POST",
     headers: apiHeaders({ "Content-Type": "application/json" }),
-    body: JSON.stringify({ workflow: workflow.name, items }),
+    body: toJson({ workflow: workflow.name, items }),
   });
   if (!response.ok) {
     setStatus("job-status", await errorText(response), true);

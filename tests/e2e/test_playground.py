@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, sample_image
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +86,23 @@ def fill(driver: Any, field: str, value: str) -> None:
     element.send_keys(value)
 
 
-def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: Any) -> None:
+def run_and_wait(driver: Any) -> list[int]:
+    """Click Run; once the stream says done, the first output image's decoded [width, height]."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "run").click()
+    wait_for(driver, "document.getElementById('run-status').dataset.outcome", "the run to finish")
+    status = driver.find_element(By.ID, "run-status")
+    assert status.get_attribute("data-outcome") == "done", status.text
+    return wait_for(  # type: ignore[no-any-return]
+        driver,
+        "(() => { const img = document.querySelector('#gallery figure.output-image img');"
+        " return img && img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.naturalHeight]; })()",
+        "the output image to decode",
+    )
+
+
+def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -94,7 +110,16 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
     try:
         browser.get(f"{server}/")
         wait_for(browser, "document.body.dataset.ready === '1'", "the forms built from /docs.json")
-        Select(browser.find_element(By.ID, "workflow")).select_by_value("txt2img")
+        workflow = Select(browser.find_element(By.ID, "workflow"))
+
+        # An image input by file upload (sent as a data URI): img2img's output has the input's size.
+        workflow.select_by_value("img2img")
+        sample_image(80, 48).save(tmp_path / "input.png")
+        browser.find_element(By.ID, "field-image").send_keys(str(tmp_path / "input.png"))
+        fill(browser, "steps", "2")
+        assert run_and_wait(browser) == [80, 48]
+
+        workflow.select_by_value("txt2img")
         steps = browser.find_element(By.ID, "field-steps")
         assert (steps.get_attribute("min"), steps.get_attribute("step")) == ("1", "1")  # bounds from the schema
         assert browser.find_element(By.ID, "field-prompt").tag_name == "textarea"  # a multiline prompt
@@ -103,14 +128,8 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
         fill(browser, "width", str(SIZE))
         fill(browser, "height", str(SIZE))
         fill(browser, "steps", str(STEPS))
-        browser.find_element(By.ID, "run").click()
-
         # The output image is shown and decodes at the size asked for; the step progress was streamed on the way.
-        wait_for(browser, "document.getElementById('run-status').dataset.done === '1'", "the run to finish")
-        size = wait_for(browser, "(() => { const img = document.querySelector('#gallery figure.output-image img');"
-                                 " return img && img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.naturalHeight]; })()",
-                        "the output image to decode")
-        assert size == [SIZE, SIZE]
+        assert run_and_wait(browser) == [SIZE, SIZE]
         bar = browser.find_element(By.ID, "run-progress")
         assert bar.get_attribute("data-seen") == "1" and bar.get_attribute("max") == str(STEPS)
         assert "seed" in browser.find_element(By.ID, "run-status").text
@@ -121,11 +140,15 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
         browser.find_element(By.ID, "job-prompts").send_keys("a red fox\na blue bird")
         browser.find_element(By.ID, "submit-job").click()
         wait_for(browser, "document.getElementById('job-status').dataset.state === 'succeeded'", "the job to succeed")
-        shown = wait_for(browser, "(() => { const imgs = [...document.querySelectorAll('#job-items .item[data-state=succeeded] img')];"
-                                  " return imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0)"
-                                  " && imgs.map(i => i.naturalWidth); })()", "both items' images")
+        shown = wait_for(
+            browser,
+            "(() => { const imgs = [...document.querySelectorAll('#job-items .item[data-state=succeeded] img')];"
+            " return imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0) && imgs.map(i => i.naturalWidth); })()",
+            "both items' images",
+        )
         assert shown == [SIZE, SIZE]
-        assert "2 succeeded of 2" in browser.find_element(By.ID, "job-status").text
-        assert browser.find_element(By.ID, "job-status").get_attribute("data-followed") == "events"  # GET /jobs/{id}/events, not polling
+        status = browser.find_element(By.ID, "job-status")
+        assert "2 succeeded of 2" in status.text
+        assert status.get_attribute("data-followed") == "events"  # followed through GET /jobs/{id}/events, not by polling
     finally:
         browser.save_screenshot(str(SCREENSHOT))
