@@ -1,4 +1,4 @@
-"""The entry service's OpenAPI document at /docs.json, and a Swagger UI page at /docs.
+"""The entry service's OpenAPI document at /docs.json, a Swagger UI page at /docs, and the playground at /.
 
 BentoML generates the document from the endpoints' pydantic models and the
 mounted jobs app. It declares OpenAPI 3.0.2 but carries 3.1 habits
@@ -25,6 +25,7 @@ from comfybento import __version__
 from comfybento.jobs.api_models import ItemError
 from comfybento.jobs.records import ItemState, JobState
 from comfybento.serving import stream
+from comfybento.serving.playground import is_playground_path, playground_file
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.schema import build_input_model
 
@@ -350,7 +351,7 @@ def _to_openapi_30(node: Any) -> None:
 
 
 class OpenAPIMiddleware:
-    """Serves the fixed document at /docs.json and a Swagger UI page at /docs (built once, on first use)."""
+    """Serves the fixed document at /docs.json, a Swagger UI page at /docs and the playground at / (no API key needed)."""
 
     def __init__(self, app: Any, build: Callable[[], dict[str, Any]]) -> None:
         self.app = app
@@ -359,15 +360,21 @@ class OpenAPIMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope.get("method") != "GET" or path not in ("/docs.json", "/docs", "/docs/"):
+        if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         if path == "/docs.json":
             if self._body is None:
                 self._body = json.dumps(self.build()).encode()
-            body, media = self._body, b"application/json"
+            body, media = self._body, "application/json"
+        elif path in ("/docs", "/docs/"):
+            body, media = DOCS_PAGE.replace("./", "/").encode(), "text/html; charset=utf-8"
+        elif is_playground_path(path):
+            body, media = playground_file(path)
         else:
-            body, media = DOCS_PAGE.replace("./", "/").encode(), b"text/html; charset=utf-8"
+            await self.app(scope, receive, send)
+            return
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", media), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+                    "headers": [(b"content-type", media.encode()), (b"content-length", str(len(body)).encode()),
+                                (b"cache-control", b"no-cache")]})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
