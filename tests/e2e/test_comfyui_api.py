@@ -104,7 +104,7 @@ def test_mismatched_graph_is_refused_naming_the_difference(server: str) -> None:
     assert r.status_code == 400
     error = r.json()["error"]
     assert set(error) >= {"type", "message", "details", "extra_info"} and r.json()["node_errors"] == {}
-    assert "node '8' is VAEDecodeTiled" in error["message"] and "txt2img" in error["message"]
+    assert "node '8' (VAEDecodeTiled) is not in the workflow" in error["message"] and "txt2img" in error["message"]
     graph = _graph()
     graph["5"]["inputs"]["batch_size"] = ["4", 0]
     r = httpx.post(f"{server}/prompt", json={"prompt": graph}, timeout=10)
