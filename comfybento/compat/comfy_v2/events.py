@@ -28,7 +28,8 @@ def frame(event: str, data: dict[str, Any]) -> str:
 
 
 async def job_stream(queue: asyncio.Queue[dict[str, Any]], snapshot: Snapshot) -> AsyncIterator[str]:
-    """Frames until the job is terminal. `snapshot(live_progress)` re-reads the job (the spec's Job; called off the loop)."""
+    """Frames until the job is terminal. `snapshot(None)` re-reads the job (the spec's Job), `snapshot(progress_event)` gives at
+    least its "progress" (both called off the loop)."""
     view = await asyncio.to_thread(snapshot, None)
     status = ""  # a job already terminal: the loop sends its outputs, then its status
     if view["status"] not in TERMINAL:

@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from comfybento.compat.comfy_v2.assets import AssetRecord, AssetStore, iso
 from comfybento.compat.comfy_v2.errors import V2Error, V2Route
 from comfybento.compat.comfy_v2.events import job_stream
-from comfybento.compat.comfy_v2.views import API, STATES, URL_TTL_S, job_view, load_job, output_blob, visible
+from comfybento.compat.comfy_v2.views import API, ITEMS_READ, STATES, URL_TTL_S, job_view, load_job, output_blob, progress_snapshot, visible
 from comfybento.config import get_settings
 from comfybento.errors import TooLarge
 from comfybento.jobs.api import jobs
@@ -231,8 +231,17 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
     job = await asyncio.to_thread(load_job, service, job_id, owner)
     sizes: dict[str, int] = {}
 
+    last: dict[str, Any] = {}
+
     def snapshot(live: dict[str, Any] | None) -> dict[str, Any]:
-        return job_view(service, load_job(service, job.id, owner), origin, live, sizes)
+        """The job re-read from the store; for a live progress event only its progress, from the job as last read (its
+        items change state only with the events that make job_stream re-read it), so a sampler step reads nothing."""
+        if live is None or not last:
+            last["job"] = load_job(service, job.id, owner)
+            last["items"] = service.store.get_items(job.id, 0, ITEMS_READ)
+        if live is not None:
+            return {"progress": progress_snapshot(service, last["job"], last["items"], live)}
+        return job_view(service, last["job"], origin, None, sizes, last["items"])
 
     async def frames() -> Any:
         with service.live.subscription(job.id) as queue:

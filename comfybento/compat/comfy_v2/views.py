@@ -45,10 +45,14 @@ def load_job(service: JobService, job_id: str, owner: str | None) -> JobRecord:
     return job
 
 
+ITEMS_READ = 1000  # items read per job view
+
+
 def job_view(service: JobService, job: JobRecord, origin: str, live: dict[str, Any] | None = None,
-             sizes: dict[str, int] | None = None) -> dict[str, Any]:
-    """The spec's Job. `live` is the latest progress event seen on the stream; `sizes` caches output sizes by key."""
-    items = service.store.get_items(job.id, 0, 1000)
+             sizes: dict[str, int] | None = None, items: list[ItemRecord] | None = None) -> dict[str, Any]:
+    """The spec's Job. `live` is the latest progress event seen on the stream; `sizes` caches output sizes by key;
+    `items`: the job's items when the caller has just read them."""
+    items = service.store.get_items(job.id, 0, ITEMS_READ) if items is None else items
     status = STATES.get(job.state, "queued")
     started = [i.started_at for i in items if i.started_at]
     results = [i.result or {} for i in items]
