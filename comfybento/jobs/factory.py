@@ -11,7 +11,7 @@ from comfybento.jobs.webhooks import AllowList, WebhookPolicy, load_or_create_se
 from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
 from comfybento.serving import access
 from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.free_graph import FreeGraphs
+from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
 
 
 def make_store(settings: Settings) -> JobStore:
@@ -31,8 +31,9 @@ def make_storage(settings: Settings) -> Storage:
 def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Execute) -> tuple[JobService, JobRunner]:
     store, storage = make_store(settings), make_storage(settings)
     allow = AllowList(settings.webhook_allowlist)
+    served = frozenset(catalog) | ({FREE_GRAPH} if settings.runs_unmatched_graphs else frozenset())
     runner = JobRunner(
-        store, storage, execute, concurrency=settings.job_concurrency, lease_s=settings.job_lease_s,
+        store, storage, execute, workflows=served, concurrency=settings.job_concurrency, lease_s=settings.job_lease_s,
         max_attempts=settings.job_max_attempts, retry_base_s=settings.job_retry_base_s, retention_s=settings.job_retention_s,
         webhook_secret=settings.webhook_secret or load_or_create_secret(settings.webhook_secret_file), allow=allow,
         webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s),

@@ -7,9 +7,15 @@ Keys (prefix `cb:`), each deleted with its job by `delete_job`:
 - `idem:<key>` -> job id, set in the same MULTI/EXEC as the job, so a create is all or nothing;
 - `deliveries:<id>` (the job's delivery ids) and `delivery:<delivery id>` (its attempt log);
 - `cache:<key>` (a result and the job whose files it names) and `jobcache:<id>` (the cache keys the job made).
-Shared sorted sets hold members `<id>|<index>`: `ready` (by priority, age, index),
+Shared sorted sets hold members `<id>|<index>`: `ready:<workflow>` (one per workflow, by
+priority, age, index; empty ones vanish, as Redis drops an empty set),
 `delayed` (retries), `leases` (by expiry), `deliveries:due`, and `jobs` (by
 creation); `delete_job` removes the job's members, so nothing outlives it.
+A replica leases only from the ready queues of the workflows it serves, in
+score order across them, so replicas that serve different workflows share one
+store (a rolling deploy, a GPU pool per workflow). A store written before the
+queues were per workflow has a single `ready` set; leasing moves its members
+into their workflow's queue.
 
 Leasing and finishing are Lua scripts, so each is atomic across replicas. Lua
 never decodes JSON (seeds are 64-bit integers): parameters and results are
@@ -19,6 +25,7 @@ stored as opaque strings.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 import redis
@@ -57,22 +64,37 @@ local function finish(m, state, field, payload, now, due)
 end
 """
 
-# KEYS: ready, leases, delayed, deliveries:due. ARGV: now, owner, limit, lease_s, max_attempts.
+# KEYS: ready (the old single queue), leases, delayed, deliveries:due, then the ready queue of each workflow served.
+# ARGV: now, owner, limit, lease_s, max_attempts.
 _LEASE = _FINISH_ITEM + """
 local now, owner, limit, lease_s, max_attempts = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local function requeue(m, score)
+  local job, idx = split(m)
+  local workflow = redis.call('HGET', 'cb:job:' .. job, 'workflow')
+  score = score or redis.call('HGET', 'cb:item:' .. job .. ':' .. idx, 'score')
+  if workflow and score then redis.call('ZADD', 'cb:ready:' .. workflow, score, m) end
+end
+-- expired leases and due retries go back to their workflow's queue, whichever replica serves it
 for _, zset in ipairs({KEYS[2], KEYS[3]}) do
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', now)) do
     redis.call('ZREM', zset, m)
-    local job, idx = split(m)
-    local score = redis.call('HGET', 'cb:item:' .. job .. ':' .. idx, 'score')
-    if score then redis.call('ZADD', KEYS[1], score, m) end
+    requeue(m, nil)
   end
+end
+local legacy = redis.call('ZRANGE', KEYS[1], 0, 999, 'WITHSCORES')
+for i = 1, #legacy, 2 do
+  redis.call('ZREM', KEYS[1], legacy[i])
+  requeue(legacy[i], legacy[i + 1])
 end
 local out = {}
 while #out < limit do
-  local popped = redis.call('ZPOPMIN', KEYS[1], 1)
-  if #popped == 0 then break end
-  local m = popped[1]
+  local best, best_score = nil, nil
+  for i = 5, #KEYS do
+    local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    if #head > 0 and (best_score == nil or tonumber(head[2]) < best_score) then best, best_score = KEYS[i], tonumber(head[2]) end
+  end
+  if best == nil then break end
+  local m = redis.call('ZPOPMIN', best, 1)[1]
   local job, idx = split(m)
   local jkey, ikey = 'cb:job:' .. job, 'cb:item:' .. job .. ':' .. idx
   local jstate = redis.call('HGET', jkey, 'state')
@@ -147,6 +169,11 @@ return 1
 _QUEUES = [P + "ready", P + "leases", P + "delayed", P + "deliveries:due"]
 
 
+def _ready(workflow: str) -> str:
+    """The ready queue of one workflow's items."""
+    return P + "ready:" + workflow
+
+
 def _member(job_id: str, index: int) -> str:
     return f"{job_id}|{index:06d}"
 
@@ -194,7 +221,7 @@ class RedisJobStore:
             pipe.hset(P + f"item:{job.id}:{item.index:06d}", mapping={
                 "index": item.index, "params": json.dumps(item.params), "seed": "" if item.seed is None else str(item.seed),
                 "state": "queued", "attempts": 0, "score": score})
-        pipe.zadd(P + "ready", {_member(job.id, item.index): score for item in items})
+        pipe.zadd(_ready(job.workflow), {_member(job.id, item.index): score for item in items})
         pipe.hset(P + "job:" + job.id, mapping={
             "workflow": job.workflow, "priority": job.priority, "created_at": job.created_at, "total": job.total,
             "state": "queued", "idempotency_key": job.idempotency_key or "", "request_hash": job.request_hash,
@@ -244,8 +271,10 @@ class RedisJobStore:
 
     # ------------------------------------------------------------ leases
 
-    def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int) -> list[Lease]:
-        members = self._lease(keys=_QUEUES, args=[now(), owner, limit, lease_s, max_attempts])
+    def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int,
+              workflows: Collection[str] | None = None) -> list[Lease]:
+        queues = sorted(map(_ready, workflows if workflows is not None else self._every_workflow()))
+        members = self._lease(keys=[*_QUEUES, *queues], args=[now(), owner, limit, lease_s, max_attempts])
         leases = []
         for member in members:
             job_id, idx = member.split("|")
@@ -256,6 +285,12 @@ class RedisJobStore:
                                 attempt=item.attempts, use_cache=job.use_cache, webhook_per_item=job.webhook_per_item,
                                 job_owner=job.owner))
         return leases
+
+    def _every_workflow(self) -> set[str]:
+        """Workflows with a ready queue, or with an item that leasing is about to put back in one (`lease(workflows=None)`)."""
+        names = {q.removeprefix(_ready("")) for q in self.r.scan_iter(_ready("*"))}
+        due = [m for q in (P + "leases", P + "delayed") for m in self.r.zrangebyscore(q, "-inf", now())]
+        return names | {w for m in due if (w := self.r.hget(P + "job:" + m.split("|")[0], "workflow"))}
 
     def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> None:
         pipe = self.r.pipeline()
@@ -298,6 +333,7 @@ class RedisJobStore:
                 pipe.hset(ikey, mapping={"state": "cancelled", "owner": "", "finished_at": now()})
                 pipe.hincrby(P + "job:" + job.id, f"n:{state}", -1)
                 pipe.hincrby(P + "job:" + job.id, "n:cancelled", 1)
+                pipe.zrem(_ready(job.workflow), _member(job.id, idx))
                 pipe.zrem(P + "ready", _member(job.id, idx))
                 pipe.execute()
 
@@ -388,7 +424,7 @@ class RedisJobStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(P + "job:" + job.id, P + "deliveries:" + job.id, P + "jobcache:" + job.id,
                     *(P + f"item:{job.id}:{i:06d}" for i in range(job.total)), *(P + "delivery:" + d for d in delivery_ids))
-        for queue in (P + "ready", P + "leases", P + "delayed"):
+        for queue in (_ready(job.workflow), P + "ready", P + "leases", P + "delayed"):
             pipe.zrem(queue, *members)
         pipe.zrem(P + "deliveries:due", f"{job.id}:job", *(f"{job.id}:item:{i:06d}" for i in range(job.total)))
         pipe.zrem(P + "jobs", job.id)

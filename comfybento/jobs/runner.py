@@ -17,6 +17,17 @@ it never stops the runner. Recording a success and charging it run to their end
 even when a stop cancels the item (`run_forever` waits up to FINISH_TIMEOUT_S for
 them), so a result the store accepted is charged.
 
+A replica leases only items of the workflows it serves (`workflows`): replicas
+with different workflows can share one store.
+
+Retries are for transient causes only (`TRANSIENT_KINDS`: the engine restarting
+or shedding load, out of memory, a cancelled engine call), with exponential
+backoff. Any other failure (an invalid item, a node error, a bug) fails the
+item on its first attempt with its real cause. An exception that `execute`
+raises is a bug of ours: it is logged once with its traceback, the job id and
+the item index, and the item fails with an internal error that names the
+exception's type but shows no internals (`errors.describe`).
+
 `run_forever` runs four loops side by side, so none can hold up another:
 leasing, lease renewal (on its own thread, so slow storage writes or store
 reads never delay it), webhook delivery (its own task, a bounded number of
@@ -37,7 +48,7 @@ from typing import Any, TypeVar
 import httpx
 from standardwebhooks import Webhook
 
-from comfybento.errors import NotFound
+from comfybento.errors import ComfyBentoError, NotFound, describe
 from comfybento.jobs.live import JobEvents
 from comfybento.jobs.records import Delivery, Lease, backoff_s, item_usage, now
 from comfybento.jobs.store import JobStore
@@ -53,7 +64,8 @@ OnEvent = Callable[[dict[str, Any]], None]
 Execute = Callable[[str, dict[str, Any], "int | None", OnEvent], Awaitable[ItemResult]]
 # (owner: the job's API key name or None, images, GPU-seconds) of a succeeded item
 OnUsage = Callable[["str | None", int, float], Awaitable[None]]
-PERMANENT_KINDS = ("invalid", "too_large", "workflow", "node")
+# Error kinds worth another attempt later; every other kind fails the item at once.
+TRANSIENT_KINDS = frozenset({"unavailable", "oom", "cancelled"})
 RETENTION_EVERY_S = 60.0
 # How long a stop waits for successes being recorded and charged.
 FINISH_TIMEOUT_S = 10.0
@@ -75,10 +87,12 @@ def output_key(lease: Lease, output: str, index: int, ext: str) -> str:
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, concurrency: int, lease_s: float,
-                 max_attempts: int, retry_base_s: float, retention_s: float, webhook_secret: str, allow: AllowList,
-                 webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook, live: JobEvents | None = None) -> None:
+    def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, workflows: frozenset[str], concurrency: int,
+                 lease_s: float, max_attempts: int, retry_base_s: float, retention_s: float, webhook_secret: str,
+                 allow: AllowList, webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook,
+                 live: JobEvents | None = None) -> None:
         self.store = store
+        self.workflows = workflows  # what this replica's engine runs: the only items it leases
         self.storage = storage
         self.execute = execute
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
@@ -211,7 +225,7 @@ class JobRunner:
         free = self.concurrency - len(self._running)
         if free <= 0:
             return 0
-        leases = await self._on_leases(self.store.lease, self.owner, free, self.lease_s, self.max_attempts)
+        leases = await self._on_leases(self.store.lease, self.owner, free, self.lease_s, self.max_attempts, self.workflows)
         for lease in leases:
             key = (lease.job_id, lease.index)
             task = asyncio.create_task(self._run_item(lease))
@@ -231,9 +245,8 @@ class JobRunner:
 
             try:
                 result = await self.execute(lease.workflow, lease.params, lease.seed, on_event)
-            except Exception as exc:  # engine unreachable, shutting down ...: transient
-                log.warning("job %s item %d: engine call failed: %s", lease.job_id, lease.index, exc)
-                result = ItemResult(ok=False, status=503, error=f"engine unavailable: {exc}", error_kind="internal")
+            except Exception as exc:  # `execute` answers every failure it knows as a result: this is a bug
+                result = self._unexpected(lease, exc)
             if result.ok:
                 recorded = await self._unstoppable(self._record_and_charge(lease, result))
                 if recorded is not None:
@@ -245,6 +258,17 @@ class JobRunner:
             raise
         except Exception:
             log.exception("job %s item %d: could not record the result; the lease will expire and it reruns", lease.job_id, lease.index)
+
+    @staticmethod
+    def _unexpected(lease: Lease, exc: Exception) -> ItemResult:
+        """An exception `execute` raised: logged once with its traceback; the item's error names it without internals."""
+        log.error("job %s item %d (%s, attempt %d): unexpected error", lease.job_id, lease.index, lease.workflow,
+                  lease.attempt, exc_info=exc)
+        if isinstance(exc, ComfyBentoError):
+            return ItemResult.failure(exc, lease.seed)
+        message = (f"internal error ({type(exc).__name__}) while running item {lease.index} of job {lease.job_id}; "
+                   "the server log has the details")
+        return ItemResult(ok=False, seed=lease.seed, **{**describe(exc), "error": message})
 
     async def _complete_from_cache(self, lease: Lease) -> bool:
         """Complete the item from the result cache and charge it; False on a miss."""
@@ -324,9 +348,9 @@ class JobRunner:
     def _record_failure(self, lease: Lease, result: ItemResult) -> bool:
         """Record a failed attempt; True when the item will be retried."""
         kind: str = result.error_kind or "internal"
-        transient = kind not in PERMANENT_KINDS
         if kind == "internal" and result.status == 503:
             kind = "unavailable"
+        transient = kind in TRANSIENT_KINDS
         error = {"kind": kind, "message": result.error or "failed", "retryable": transient,
                  "node_id": result.node_id, "class_type": result.class_type}
         retry_at = now() + backoff_s(lease.attempt, self.retry_base_s) if transient and lease.attempt < self.max_attempts else None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,7 +65,11 @@ class JobStore(Protocol):
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def list_jobs(self, limit: int, offset: int) -> list[JobRecord]: ...
     def get_items(self, job_id: str, offset: int, limit: int) -> list[ItemRecord]: ...
-    def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int) -> list[Lease]: ...
+    def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int,
+              workflows: Collection[str] | None = None) -> list[Lease]:
+        """Lease up to `limit` runnable items, by job priority, then age, then index; only items of `workflows` (the
+        workflows this replica serves; None: any), so replicas serving different workflows can share one store."""
+        ...
     def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> None: ...
     def complete(self, owner: str, lease: Lease, result: dict[str, Any]) -> bool: ...
     def fail(self, owner: str, lease: Lease, error: dict[str, Any], retry_at: float | None) -> bool: ...
@@ -197,16 +201,22 @@ class SQLiteJobStore:
 
     # ------------------------------------------------------------ leases
 
-    def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int) -> list[Lease]:
+    def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int,
+              workflows: Collection[str] | None = None) -> list[Lease]:
         t = now()
+        served, args = "", ()  # type: tuple[str, tuple[str, ...]]
+        if workflows is not None:
+            if not workflows:
+                return []
+            served, args = f" AND jobs.workflow IN ({','.join('?' * len(workflows))})", tuple(workflows)
         with self._tx() as db:
             self._give_up(db, t, max_attempts)
             rows = db.execute(
                 f"""SELECT items.job_id, items.idx, items.params, items.seed, items.attempts, jobs.workflow,
                           jobs.use_cache, jobs.webhook_per_item, jobs.owner
                    FROM items JOIN jobs ON jobs.id = items.job_id
-                   WHERE {_RUNNABLE} ORDER BY jobs.priority DESC, jobs.created_at, items.idx LIMIT ?""",
-                (t, t, limit),
+                   WHERE {_RUNNABLE}{served} ORDER BY jobs.priority DESC, jobs.created_at, items.idx LIMIT ?""",
+                (t, t, *args, limit),
             ).fetchall()
             leases = []
             for r in rows:

@@ -139,3 +139,16 @@ def test_cli_batch_end_to_end_and_resume(server, tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and job_id in again.stdout  # the same job, not a new one
     assert len(list(out.glob("*.png"))) == 6
+
+
+@pytest.mark.parametrize("n", [17, 64])
+def test_jobs_larger_than_a_batch_and_the_lease_window_finish_every_item_once(server, n):
+    """17: one more than the runner's lease window (16); 64: many engine batches (the sizes the jobs issue named)."""
+    items = [{"prompt": f"scale {n} {i}", "seed": 7000 + i, "steps": 2, "width": 64, "height": 64} for i in range(n)]
+    job_id = httpx.post(f"{server}/jobs", json={"workflow": "txt2img", "items": items}, timeout=60).json()["id"]
+    status = wait_job(server, job_id, timeout=300)
+    assert status["state"] == "succeeded" and status["counts"] == {"succeeded": n}, status["counts"]
+    results = httpx.get(f"{server}/jobs/{job_id}/results", params={"limit": 1000}, timeout=60).json()["items"]
+    assert [r["index"] for r in results] == list(range(n))
+    assert all(r["attempts"] == 1 and r["seed"] == 7000 + r["index"] and len(r["outputs"]) == 1 for r in results)
+    assert len({r["outputs"][0]["url"] for r in results}) == n

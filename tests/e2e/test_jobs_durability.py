@@ -122,3 +122,30 @@ def test_two_replicas_share_redis_and_s3_and_survive_one_being_killed(tmp_path, 
             stop_server(a)
             if b.poll() is None:
                 stop_server(b)
+
+
+def test_servers_with_different_workflows_share_one_store_and_each_runs_its_own(tmp_path):
+    """The reported failure: a second server on the same job store (here the same work folder) that serves other
+    workflows leased half of a txt2img job and failed it ("engine unavailable: 'txt2img'", 4 attempts each).
+    Each replica now leases only what it serves: every item succeeds at its first attempt, on the server that has it."""
+    other = tmp_path / "other-workflows"
+    other.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "graphs" / "img2img.json", other / "img2img.json")
+    work = tmp_path / "work"
+    ours = {**service_env(make_workflows_dir(tmp_path / "workflows", extra=()), work), **JOB_ENV}
+    theirs = {**service_env(other, work), **JOB_ENV}
+    first, url = start_server(ours, tmp_path / "ours.log")
+    second, other_url = start_server(theirs, tmp_path / "theirs.log")
+    try:
+        wait_ready(first, url, tmp_path / "ours.log")
+        wait_ready(second, other_url, tmp_path / "theirs.log")
+        items = [{"prompt": f"p {i}", "seed": i, "steps": 2, "width": 64, "height": 64} for i in range(64)]
+        job_id = httpx.post(f"{url}/jobs", json={"workflow": "txt2img", "items": items}, timeout=60).json()["id"]
+        status = wait_job(other_url, job_id, timeout=300)  # the store is shared: either server reports the job
+        assert status["state"] == "succeeded" and status["counts"] == {"succeeded": 64}, status["counts"]
+        results = _results(url, job_id)
+        _check_exactly_once(results, 64)
+        assert {i["attempts"] for i in results} == {1}
+    finally:
+        stop_server(second)
+        stop_server(first)

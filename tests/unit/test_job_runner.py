@@ -56,7 +56,7 @@ class Engine:
 
 def runner(tmp_path: Path, engine: Engine, **options: Any) -> JobRunner:
     """A fresh runner (a new process, as after a restart) on the same store file and output folder."""
-    settings: dict[str, Any] = dict(concurrency=4, lease_s=60, max_attempts=3, retry_base_s=0.05, retention_s=3600,
+    settings: dict[str, Any] = dict(workflows=frozenset({"txt2img"}), concurrency=4, lease_s=60, max_attempts=3, retry_base_s=0.05, retention_s=3600,
                                     webhook_secret=SECRET, allow=AllowList(["127.0.0.1"]),
                                     webhooks=WebhookPolicy(max_attempts=3, backoff_s=0.1, timeout_s=10))
     settings.update(options)
@@ -64,9 +64,9 @@ def runner(tmp_path: Path, engine: Engine, **options: Any) -> JobRunner:
 
 
 def submit(tmp_path: Path, n: int, webhook: str | None = None, cache: bool = False, seeds: list[int] | None = None,
-           owner: str | None = None) -> JobRecord:
+           owner: str | None = None, workflow: str = "txt2img") -> JobRecord:
     store = SQLiteJobStore(tmp_path / "jobs.db")
-    job = JobRecord(id=uuid.uuid4().hex, workflow="txt2img", priority=0, created_at=now(), total=n, request_hash=uuid.uuid4().hex,
+    job = JobRecord(id=uuid.uuid4().hex, workflow=workflow, priority=0, created_at=now(), total=n, request_hash=uuid.uuid4().hex,
                     webhook_url=webhook, webhook_per_item=webhook is not None, use_cache=cache, owner=owner)
     store.create_job(job, [ItemRecord(job_id=job.id, index=i, params={"prompt": "p"}, seed=(seeds or list(range(n)))[i]) for i in range(n)])
     return job
@@ -116,6 +116,54 @@ def test_transient_errors_retry_and_node_errors_do_not(tmp_path):
     assert (oom.state, oom.attempts) == ("succeeded", 2) and sorted(engine.calls) == [0, 0, 1]
     assert (node.state, node.attempts) == ("failed", 1)
     assert node.error == {"kind": "node", "message": "boom", "retryable": False, "node_id": "3", "class_type": "KSampler"}
+
+
+def test_a_bug_in_execute_fails_the_item_once_with_its_cause_and_is_logged(tmp_path, caplog):
+    """An exception `execute` raises is ours: not 'engine unavailable', not retried, logged with job id and index."""
+    job = submit(tmp_path, 2)
+    calls: list[int | None] = []
+
+    async def broken(workflow: str, values: dict[str, Any], seed: int | None, on_event: Callable[[dict[str, Any]], None]) -> ItemResult:
+        calls.append(seed)
+        return {"txt2img": None}[workflow + "-typo"]  # type: ignore[return-value]  # a KeyError, as a bug would raise
+
+    r = runner(tmp_path, broken)  # type: ignore[arg-type]
+    with caplog.at_level("ERROR", logger="comfybento.jobs.runner"):
+        run_until(r, finished(r, job.id))
+    items = r.store.get_items(job.id, 0, 2)
+    assert sorted(calls) == [0, 1] and [(i.state, i.attempts) for i in items] == [("failed", 1)] * 2
+    error = items[0].error
+    assert error["kind"] == "internal" and error["retryable"] is False
+    assert "KeyError" in error["message"] and job.id in error["message"] and "unavailable" not in error["message"]
+    assert "txt2img-typo" not in error["message"]  # no internals
+    logged = [rec for rec in caplog.records if rec.exc_info and job.id in rec.getMessage()]
+    assert len(logged) == 2
+    assert sorted(int(rec.getMessage().split(" item ")[1].split(" ")[0]) for rec in logged) == [0, 1]
+
+
+def test_internal_errors_from_the_engine_are_not_retried_but_unavailable_ones_are(tmp_path):
+    job = submit(tmp_path, 2)
+    engine = Engine(failures={0: [ItemResult(ok=False, status=500, error="internal error", error_kind="internal")],
+                              1: [ItemResult(ok=False, status=503, error="the engine stopped", error_kind="unavailable")] * 2})
+    r = runner(tmp_path, engine)
+    run_until(r, finished(r, job.id))
+    internal, unavailable = r.store.get_items(job.id, 0, 2)
+    assert (internal.state, internal.attempts, internal.error["retryable"]) == ("failed", 1, False)
+    assert (unavailable.state, unavailable.attempts) == ("succeeded", 3)
+
+
+def test_a_replica_runs_only_the_workflows_it_serves(tmp_path):
+    """Two replicas with different workflows on one store: each item runs on the replica that serves it, at the first try."""
+    mine, theirs = submit(tmp_path, 3), submit(tmp_path, 3, workflow="upscale")
+    engine = Engine()
+    r = runner(tmp_path, engine)
+    run_until(r, finished(r, mine.id))
+    assert sorted(engine.calls) == [0, 1, 2]
+    assert r.store.get_job(theirs.id).counts == {"queued": 3}  # type: ignore[union-attr]
+    other_engine = Engine()
+    other = runner(tmp_path, other_engine, workflows=frozenset({"upscale"}))
+    run_until(other, finished(other, theirs.id))
+    assert [(i.state, i.attempts) for i in other.store.get_items(theirs.id, 0, 3)] == [("succeeded", 1)] * 3
 
 
 def test_a_result_after_the_lease_was_lost_leaves_no_files(tmp_path):

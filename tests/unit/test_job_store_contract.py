@@ -38,8 +38,8 @@ def store(request, tmp_path, redis_url) -> JobStore:
 
 
 def _job(n: int, priority: int = 0, key: str | None = None, webhook: str | None = None, per_item: bool = False,
-         request_hash: str | None = None, owner: str | None = None):
-    job = JobRecord(id=uuid.uuid4().hex, workflow="txt2img", priority=priority, created_at=now(), total=n,
+         request_hash: str | None = None, owner: str | None = None, workflow: str = "txt2img"):
+    job = JobRecord(id=uuid.uuid4().hex, workflow=workflow, priority=priority, created_at=now(), total=n,
                     idempotency_key=key, request_hash=request_hash or f"h{n}", webhook_url=webhook, webhook_per_item=per_item,
                     owner=owner)
     items = [ItemRecord(job_id=job.id, index=i, params={"prompt": f"p{i}"}, seed=2**53 - i) for i in range(n)]
@@ -79,6 +79,52 @@ def test_every_item_leased_once_and_completed_once(store):
         assert store.complete("b", lease, {"outputs": []})
     done = store.get_job(job.id)
     assert done.state == "succeeded" and done.counts == {"succeeded": 5}
+
+
+def test_a_replica_leases_only_the_workflows_it_serves(store):
+    """Replicas serving different workflows share one store: none leases an item it cannot run (the cause of
+    'engine unavailable: <workflow>' failures when a second server with other workflows shared the job store)."""
+    other, other_items = _job(3, workflow="upscale")
+    mine, mine_items = _job(2, priority=1)
+    store.create_job(other, other_items)
+    store.create_job(mine, mine_items)
+    assert store.lease("w", 10, 60, MAX, workflows=[]) == []
+    leased = store.lease("w", 10, 60, MAX, workflows={"txt2img", "img2img"})
+    assert sorted((x.job_id, x.index) for x in leased) == [(mine.id, 0), (mine.id, 1)]
+    assert all(x.workflow == "txt2img" for x in leased)
+    assert store.lease("w", 10, 60, MAX, workflows=["txt2img"]) == []
+    # a retry and an expired lease go back to their own workflow's queue, not to a replica that cannot run them
+    (up,) = store.lease("u", 1, 0.01, MAX, workflows=["upscale"])
+    assert store.fail("w", leased[0], {"kind": "unavailable", "retryable": True}, retry_at=now())
+    time.sleep(0.05)
+    (retried,) = store.lease("w", 10, 60, MAX, workflows=["txt2img"])
+    assert (retried.job_id, retried.index, retried.attempt) == (mine.id, 0, 2)
+    rest = store.lease("u", 10, 60, MAX, workflows=["upscale"])
+    assert sorted(x.index for x in rest) == [0, 1, 2] and {x.attempt for x in rest if x.index == up.index} == {2}
+    assert store.lease("any", 10, 60, MAX) == []  # None: every workflow; nothing is left
+
+
+def test_mixed_workflows_lease_in_priority_order_across_queues(store):
+    first, first_items = _job(2, workflow="a")
+    second, second_items = _job(2, workflow="b")
+    urgent, urgent_items = _job(1, priority=9, workflow="b")
+    for job, items in ((first, first_items), (second, second_items), (urgent, urgent_items)):
+        store.create_job(job, items)
+    leased = store.lease("w", 5, 60, MAX, workflows=["a", "b"])
+    assert [x.job_id for x in leased] == [urgent.id, first.id, first.id, second.id, second.id]
+
+
+def test_redis_items_queued_before_per_workflow_queues_are_still_leased(redis_url):
+    store = RedisJobStore(redis_url)
+    store.r.flushdb()
+    job, items = _job(2)
+    store.create_job(job, items)
+    queue = "cb:ready:txt2img"  # as a store written by the previous version left it: one queue for every workflow
+    store.r.zadd("cb:ready", dict(store.r.zrange(queue, 0, -1, withscores=True)))
+    store.r.delete(queue)
+    assert store.lease("w", 10, 60, MAX, workflows=["other"]) == []
+    assert sorted(x.index for x in store.lease("w", 10, 60, MAX, workflows=["txt2img"])) == [0, 1]
+    assert store.r.zcard("cb:ready") == 0
 
 
 def test_expired_lease_is_taken_over_and_the_old_owner_cannot_record(store):
@@ -305,7 +351,7 @@ def test_redis_create_is_one_transaction(store):
     assert is_new and created.id == job.id and store.r.get("cb:idem:crashed") == job.id
     with pytest.raises(IdempotencyConflict):
         store.create_job(*_job(3, key="crashed"))
-    assert store.r.zcard("cb:jobs") == 1 and store.r.zcard("cb:ready") == 2  # the refused create wrote nothing
+    assert store.r.zcard("cb:jobs") == 1 and store.r.zcard("cb:ready:txt2img") == 2  # the refused create wrote nothing
 
 
 # ------------------------------------------------------------ owner and usage
