@@ -128,8 +128,9 @@ class Settings:
     job_retry_base_s: float = 2.0
     # Finished jobs (and their outputs) are deleted after this many seconds.
     job_retention_s: int = 7 * 24 * 3600
-    # Items a replica keeps in flight (they feed the same batches as live requests).
-    job_concurrency: int = 16
+    # Items a replica keeps in flight (they feed the same batches as live requests, behind them); 0: four times the
+    # largest max batch of the served workflows, so a batch is always queued behind the one executing.
+    job_concurrency: int = 0
     # Outputs: "local" (a folder) or "s3" (S3-compatible, presigned URLs in results).
     storage: str = "local"
     output_dir: Path = Path(".comfybento/outputs")
@@ -259,7 +260,7 @@ def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
         "job_max_attempts": _int(env, "COMFYBENTO_JOB_MAX_ATTEMPTS", 4, minimum=1),
         "job_retry_base_s": float(_int(env, "COMFYBENTO_JOB_RETRY_BASE_MS", 2000, minimum=1)) / 1000,
         "job_retention_s": _int(env, "COMFYBENTO_JOB_RETENTION_S", 7 * 24 * 3600, minimum=1),
-        "job_concurrency": _int(env, "COMFYBENTO_JOB_CONCURRENCY", 16, minimum=1),
+        "job_concurrency": _int(env, "COMFYBENTO_JOB_CONCURRENCY", 0, minimum=0),
         "storage": storage,
         "output_dir": _path(env, "COMFYBENTO_OUTPUT_DIR", work_dir / "outputs"),
         "s3_bucket": bucket,

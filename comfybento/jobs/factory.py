@@ -32,8 +32,9 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
     store, storage = make_store(settings), make_storage(settings)
     allow = AllowList(settings.webhook_allowlist)
     served = frozenset(catalog) | ({FREE_GRAPH} if settings.runs_unmatched_graphs else frozenset())
+    concurrency = settings.job_concurrency or 4 * max((spec.max_batch_size for spec in catalog.values()), default=1)
     runner = JobRunner(
-        store, storage, execute, workflows=served, concurrency=settings.job_concurrency, lease_s=settings.job_lease_s,
+        store, storage, execute, workflows=served, concurrency=concurrency, lease_s=settings.job_lease_s,
         max_attempts=settings.job_max_attempts, retry_base_s=settings.job_retry_base_s, retention_s=settings.job_retention_s,
         webhook_secret=settings.webhook_secret or load_or_create_secret(settings.webhook_secret_file), allow=allow,
         webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s),

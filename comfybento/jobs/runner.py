@@ -69,6 +69,7 @@ TRANSIENT_KINDS = frozenset({"unavailable", "oom", "cancelled"})
 RETENTION_EVERY_S = 60.0
 # How long a stop waits for successes being recorded and charged.
 FINISH_TIMEOUT_S = 10.0
+RECORD_THREADS = 2  # threads that store results (files, then the store's record)
 T = TypeVar("T")
 
 
@@ -113,6 +114,7 @@ class JobRunner:
         self.progress: dict[tuple[str, int], dict[str, int]] = {}
         self._stop = asyncio.Event()
         self._leases = ThreadPoolExecutor(1, thread_name_prefix="comfybento-leases")
+        self._records = ThreadPoolExecutor(RECORD_THREADS, thread_name_prefix="comfybento-job-records")
         self._resolver = ThreadPoolExecutor(webhooks.concurrency, thread_name_prefix="comfybento-webhooks")
 
     async def run_forever(self) -> None:
@@ -128,6 +130,7 @@ class JobRunner:
             await self._drain_finishing()
             await client.aclose()
             self._leases.shutdown(wait=False, cancel_futures=True)
+            self._records.shutdown(wait=False)
             self._resolver.shutdown(wait=False, cancel_futures=True)
 
     async def stop(self) -> None:
@@ -164,6 +167,11 @@ class JobRunner:
 
     async def _on_leases(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._leases, fn, *args)
+
+    async def _on_records(self, fn: Callable[..., T], *args: Any) -> T:
+        """Storing results on threads of the runner's own: a backlog of them never delays live requests' work (they
+        use the event loop's default threads)."""
+        return await asyncio.get_running_loop().run_in_executor(self._records, fn, *args)
 
     # ------------------------------------------------------------ loops
 
@@ -252,7 +260,7 @@ class JobRunner:
                 if recorded is not None:
                     self._publish_item(lease, "succeeded", outputs=recorded["outputs"])
             else:
-                retrying = await asyncio.to_thread(self._record_failure, lease, result)
+                retrying = await self._on_records(self._record_failure, lease, result)
                 self._publish_item(lease, "retrying" if retrying else "failed", error=result.error, error_kind=result.error_kind)
         except asyncio.CancelledError:
             raise
@@ -272,7 +280,7 @@ class JobRunner:
 
     async def _complete_from_cache(self, lease: Lease) -> bool:
         """Complete the item from the result cache and charge it; False on a miss."""
-        hit, recorded = await asyncio.to_thread(self._reuse_cached, lease)
+        hit, recorded = await self._on_records(self._reuse_cached, lease)
         if hit:
             await self._charge(lease, recorded)
             if recorded is not None:
@@ -280,7 +288,7 @@ class JobRunner:
         return hit
 
     async def _record_and_charge(self, lease: Lease, result: ItemResult) -> dict[str, Any] | None:
-        recorded = await asyncio.to_thread(self._record_success, lease, result)
+        recorded = await self._on_records(self._record_success, lease, result)
         await self._charge(lease, recorded)
         return recorded
 

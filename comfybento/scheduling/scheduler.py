@@ -23,7 +23,12 @@ Contract (tests/unit/test_scheduler.py checks each point, without ComfyUI):
    taught (`run`). A job with `can_batch=False` always runs alone.
 4. Policy: the queue whose oldest job arrived first goes next. A job waits at
    most for the batches ahead of it in its own queue plus one batch of every
-   other queue that was waiting before it: nothing starves.
+   other queue that was waiting before it. Within a queue, live jobs go before
+   background ones (`background=True`: batch-job items), so a batch takes the
+   live requests first and fills its free places with job items: a job keeps
+   the executor busy without making live requests wait behind its backlog. A
+   background job waits while live ones keep its queue full (they come first
+   by design); among each kind, first come first served.
 5. `run(batch, execute)` emits `Started` to each job, then calls
    `execute(jobs)`. Returning normally hands the jobs over to the caller (the
    engine finishes them: outputs, Done). `OutOfMemory` caps the key below the
@@ -77,6 +82,7 @@ class Job(Generic[P]):
     payload: P
     max_batch: int = 1
     can_batch: bool = True
+    background: bool = False  # a batch-job item: behind the live jobs of its queue (point 4)
     sink: Callable[[Event], None] = _no_events
     id: int = field(default_factory=lambda: next(_ids))
     arrived: float = field(default_factory=time.monotonic)
@@ -139,7 +145,7 @@ class Scheduler(Generic[P]):
                 job.arrived = self._clock()
                 job.state = "queued"
                 key = job.key if job.can_batch else f"{job.key}#solo{job.id}"
-                self._queues.setdefault(key, deque()).append(job)
+                self._enqueue(self._queues.setdefault(key, deque()), job)
                 if key in self._recent and job.arrived <= self._window_end(key):
                     self._returned[key] = self._returned.get(key, 0) + 1
                 self._waiting += 1
@@ -272,6 +278,15 @@ class Scheduler(Generic[P]):
         return len(jobs)
 
     # ------------------------------------------------------------ internals
+
+    @staticmethod
+    def _enqueue(queue: deque[Job[P]], job: Job[P]) -> None:
+        """Append a background job; put a live one after the live jobs already queued, before any background job."""
+        if job.background or not queue or not queue[-1].background:
+            queue.append(job)
+            return
+        at = next(i for i, queued in enumerate(queue) if queued.background)
+        queue.insert(at, job)
 
     def _window_end(self, key: str) -> float:
         _, ended, seconds = self._recent[key]

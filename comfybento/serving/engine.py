@@ -206,7 +206,7 @@ class Engine:
         except Exception as exc:
             self._finish_sink(spec, [], sink)(Failed(exc))
             return None
-        job = Job(key=key, payload=prepared, max_batch=spec.max_batch_size, can_batch=can_batch,
+        job = Job(key=key, payload=prepared, max_batch=spec.max_batch_size, can_batch=can_batch, background=item.background,
                   sink=self._finish_sink(spec, prepared.files, sink))
         self.scheduler.submit(job)
         return job

@@ -30,6 +30,7 @@ class EngineItem(BaseModel):
     output_quality: int | None = None  # WebP/JPEG quality; None: the workflow's default
     request_id: str = ""
     file_suffixes: dict[str, str] = Field(default_factory=dict)  # file field -> its upload's extension (".wav")
+    background: bool = False  # a batch-job item: the scheduler runs live requests of its shape first
 
 
 class OutputBlob(BaseModel):

@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -301,18 +302,22 @@ def _job_hooks(project: Project) -> dict[str, Any]:
             try:  # uploads are checked and decoded off the event loop; a bad item is its own failure, not a retry
                 if workflow == FREE_GRAPH:
                     item = free_graph_item(values)
-                else:
-                    item = await asyncio.to_thread(engine_item, project.catalog[workflow], values, seed, self.input_urls)
+                else:  # on threads of their own: a job's backlog never delays a live request's checks
+                    item = await asyncio.get_running_loop().run_in_executor(
+                        self.job_items, engine_item, project.catalog[workflow], values, seed, self.input_urls)
             except ComfyBentoError as exc:
                 return ItemResult.failure(exc, seed)
+            item.background = True  # behind live requests of its shape, filling their batches (scheduler point 4)
             return await call_engine(self, workflow, item, on_event)
 
+        self.job_items = ThreadPoolExecutor(2, thread_name_prefix="comfybento-job-items")
         service, self.job_runner = make_jobs(project.settings, project.catalog, execute)
         jobs_api.bind(service)
         self.job_task = asyncio.create_task(self.job_runner.run_forever())
 
     async def stop_jobs(self: Any) -> None:
         await self.job_runner.stop()
+        self.job_items.shutdown(wait=False, cancel_futures=True)
         if self.engine_client is not None:
             await self.engine_client.aclose()
 

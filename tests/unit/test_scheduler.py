@@ -394,3 +394,26 @@ def test_callers_that_do_not_come_back_soon_cause_no_wait():
     now[0] += 0.01
     scheduler.submit(_job("k", "new", max_batch=16))  # right after the batch: with a return rate of 1 it would wait
     assert scheduler._coalesce_wait("k") == 0.0
+
+
+def test_live_jobs_go_before_background_ones_and_fill_batches_first():
+    """Point 4: a job's backlog never makes a live request wait behind it; job items fill the batch's free places."""
+    scheduler: Scheduler[str] = Scheduler(coalesce_max_s=0)
+    for i in range(10):
+        background = _job("a", f"job{i}", max_batch=4)
+        background.background = True
+        scheduler.submit(background)
+    scheduler.submit(_job("a", "live0", max_batch=4))
+    scheduler.submit(_job("a", "live1", max_batch=4))
+    first = scheduler.next_batch(timeout=1)
+    assert first is not None and [j.payload for j in first] == ["live0", "live1", "job0", "job1"]
+    scheduler.run(first, lambda jobs: None)
+    scheduler.submit(_job("a", "live2", max_batch=4))
+    second = scheduler.next_batch(timeout=1)
+    assert second is not None and [j.payload for j in second] == ["live2", "job2", "job3", "job4"]
+    scheduler.run(second, lambda jobs: None)
+    rest = []
+    while (batch := scheduler.next_batch(timeout=0.05)) is not None:
+        rest += [j.payload for j in batch]
+        scheduler.run(batch, lambda jobs: None)
+    assert rest == [f"job{i}" for i in range(5, 10)]  # background jobs keep their order
