@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from comfybento.errors import ComfyBentoError
 from comfybento.jobs.api_models import JobList, JobResults, JobStatus, JobSubmit
 from comfybento.jobs.service import InvalidItems, JobService
+from comfybento.outputs import diskspace
 from comfybento.outputs.media import media_type_of
 from comfybento.serving import access, stream
 from comfybento.serving.http import error_response, request_id
@@ -57,7 +58,9 @@ def submit(req: JobSubmit, request: Request) -> JSONResponse:
     """Validates every item (a 422 lists each bad item's index and field; nothing is queued), then returns the job id at once.
 
     The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish.
+    A 507 while the disk is below its free-space watermark (nothing is queued).
     """
+    diskspace.require_room()
     job, created = jobs().submit(req, owner=access.key_name(request))
     status = jobs().status(job.id)
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)

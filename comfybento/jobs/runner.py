@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import httpx
 from standardwebhooks import Webhook
 
-from comfybento.errors import NotFound
+from comfybento.errors import NotFound, StorageFull
 from comfybento.jobs.live import JobEvents
 from comfybento.jobs.records import Delivery, Lease, backoff_s, item_usage, now
 from comfybento.jobs.store import JobStore
@@ -77,7 +77,8 @@ def output_key(lease: Lease, output: str, index: int, ext: str) -> str:
 class JobRunner:
     def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, concurrency: int, lease_s: float,
                  max_attempts: int, retry_base_s: float, retention_s: float, webhook_secret: str, allow: AllowList,
-                 webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook, live: JobEvents | None = None) -> None:
+                 webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook, live: JobEvents | None = None,
+                 may_lease: Callable[[], bool] = lambda: True) -> None:
         self.store = store
         self.storage = storage
         self.execute = execute
@@ -92,6 +93,7 @@ class JobRunner:
         self.webhooks = webhooks
         self.on_usage = on_usage
         self.live = live if live is not None else JobEvents()  # items' events as they happen, to streams (jobs/live.py)
+        self.may_lease = may_lease  # False pauses leasing (a disk below its watermark: outputs/diskspace.py); items wait
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[Any]] = set()  # successes being recorded and charged (see `_unstoppable`)
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -209,7 +211,7 @@ class JobRunner:
 
     async def _fill(self) -> int:
         free = self.concurrency - len(self._running)
-        if free <= 0:
+        if free <= 0 or not self.may_lease():
             return 0
         leases = await self._on_leases(self.store.lease, self.owner, free, self.lease_s, self.max_attempts)
         for lease in leases:
@@ -243,6 +245,8 @@ class JobRunner:
                 self._publish_item(lease, "retrying" if retrying else "failed", error=result.error, error_kind=result.error_kind)
         except asyncio.CancelledError:
             raise
+        except StorageFull as exc:  # no room for its outputs or its record: a retry, once space is back
+            log.warning("job %s item %d: %s; the lease will expire and it reruns", lease.job_id, lease.index, exc)
         except Exception:
             log.exception("job %s item %d: could not record the result; the lease will expire and it reruns", lease.job_id, lease.index)
 
