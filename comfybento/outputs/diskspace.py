@@ -91,7 +91,6 @@ class DiskWatcher:
         self._lock = threading.Lock()
         self._sampled_at: float | None = None
         self._low: Low | None = None
-        self._below: set[str] = set()
         self.on_low: list[Callable[[Low], None]] = []
         self.free: dict[str, int] = {}
 
@@ -108,9 +107,10 @@ class DiskWatcher:
             t = self._clock()
             if self._sampled_at is None or t - self._sampled_at >= self.interval_s:
                 self._sampled_at = t
-                was_low = self._low is not None
-                self._low = self._sample()
-                crossed = self._low if self._low is not None and not was_low else None
+                was_low, self._low = self._low is not None, self._sample()
+                if was_low != (self._low is not None):
+                    self._log_crossing()
+                    crossed = self._low
             low = self._low
         for hook in self.on_low if crossed is not None else ():
             try:
@@ -139,22 +139,19 @@ class DiskWatcher:
             self.free[folder.role] = free
             if self._export is not None:
                 self._export(folder.role, free)
-            self._log_crossing(folder, free)
             if free < self.watermark_bytes and first is None:
                 first = Low(folder, free, self.watermark_bytes)
         return first
 
-    def _log_crossing(self, folder: Folder, free: int) -> None:
-        below = free < self.watermark_bytes
-        if below and folder.role not in self._below:
-            self._below.add(folder.role)
-            log.warning("disk space: %s (%s) has %s free, below the watermark of %s: new work that writes to disk is "
-                        "refused (507) and jobs wait until it frees", folder.role, folder.path, size(free),
-                        size(self.watermark_bytes))
-        elif not below and folder.role in self._below:
-            self._below.discard(folder.role)
-            log.info("disk space: %s (%s) has %s free again, above the watermark of %s: new work is accepted",
-                     folder.role, folder.path, size(free), size(self.watermark_bytes))
+    def _log_crossing(self) -> None:
+        """One line per crossing, naming every watched folder and its free space."""
+        folders = ", ".join(f"{f.role} ({f.path}) {size(self.free[f.role])}" for f in self.folders if f.role in self.free)
+        if self._low is not None:
+            log.warning("disk space: below the watermark of %s (free: %s): new work that writes to disk is refused and "
+                        "jobs wait until space is freed", size(self.watermark_bytes), folders)
+        else:
+            log.info("disk space: above the watermark of %s again (free: %s): new work is accepted",
+                     size(self.watermark_bytes), folders)
 
 
 # ---------------------------------------------------------------- the process's watcher

@@ -97,9 +97,11 @@ def test_crossing_the_watermark_logs_one_line_each_way_exports_the_gauge_and_cal
         watcher.low()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3, lines
-    assert lines[0].startswith("disk space: outputs (/o) has 5.0 MiB free, below the watermark of 10.0 MiB")
-    assert lines[1].startswith("disk space: outputs (/o) has 20.0 MiB free again, above the watermark")
-    assert lines[2].startswith("disk space: outputs (/o) has 2.0 MiB free, below")
+    assert lines[0].startswith("disk space: below the watermark of 10.0 MiB (free: work (/w) 50.0 MiB, outputs (/o) 5.0 MiB): "
+                               "new work that writes to disk is refused")
+    assert lines[1].startswith("disk space: above the watermark of 10.0 MiB again (free: work (/w) 50.0 MiB, outputs (/o) 20.0 MiB)")
+    assert lines[2].startswith("disk space: below the watermark of 10.0 MiB (free: work (/w) 50.0 MiB, outputs (/o) 2.0 MiB)")
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "WARNING"]
     assert went_low == ["outputs", "outputs"]
     assert exported[-2:] == [("work", 50 * MiB), ("outputs", 2 * MiB)] and len(exported) == 14
 
