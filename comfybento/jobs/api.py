@@ -58,9 +58,8 @@ def submit(req: JobSubmit, request: Request) -> JSONResponse:
     """Validates every item (a 422 lists each bad item's index and field; nothing is queued), then returns the job id at once.
 
     The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish.
-    A 507 while the disk is below its free-space watermark (nothing is queued).
     """
-    diskspace.require_room()
+    diskspace.require_room()  # a 507 while the disk is below its free-space watermark: nothing is queued
     job, created = jobs().submit(req, owner=access.key_name(request))
     status = jobs().status(job.id)
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)

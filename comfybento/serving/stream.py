@@ -83,8 +83,7 @@ class DoneEvent(BaseModel):
 class FailedEvent(BaseModel):
     event: Literal["failed"] = "failed"
     error: str = Field(description="What went wrong: the field, node, file, model or limit.")
-    error_kind: str = Field(description="invalid | too_large | node | oom | workflow | unavailable | storage_full | cancelled | "
-                                        "internal")
+    error_kind: str = Field(description="invalid | too_large | node | oom | workflow | unavailable | cancelled | internal")
     status: int = Field(description="The HTTP status the non-streaming endpoint would have answered.")
     node_id: str | None = Field(default=None, description="For node errors: the node that failed.")
     class_type: str | None = Field(default=None, description="For node errors: that node's class.")
