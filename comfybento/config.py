@@ -164,6 +164,16 @@ class Settings:
     # batches; one that matches nothing is refused, naming the first difference. "any": such a graph runs alone,
     # unbatched, after checks against the node registry and models.lock (workflows/free_graph.py).
     submitted_graphs: str = "match"
+    # ---- free disk space (comfybento/outputs/diskspace.py)
+    # Bytes that must stay free in the work folder, the local output folder and the SQLite job store's folder
+    # (COMFYBENTO_MIN_FREE_BYTES). Below it in any of them, new work that writes to disk (jobs, uploads, assets,
+    # outputs as URLs) is refused with 507 (503 + Retry-After in the ComfyUI and Comfy API v2 routes), jobs are not
+    # leased and /readyz answers 503 with the reason; requests that return their outputs inline still run.
+    # None (unset): room for two of the largest writes a served workflow can make (its max_request_pixels x 4 bytes,
+    # or its max_upload_bytes if larger), at least 64 MiB: 128 MiB with the default limits. 0 turns the check off.
+    min_free_bytes: int | None = None
+    # Free space is sampled at most this often (COMFYBENTO_DISK_CHECK_MS), however many requests ask.
+    disk_check_ms: int = 1000
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -223,6 +233,8 @@ class Settings:
             model_cache_bytes=_int(env, "COMFYBENTO_MODEL_CACHE_BYTES", 0),
             limits=_limits(env),
             submitted_graphs=_choice(env, "COMFYBENTO_SUBMITTED_GRAPHS", "match", ("match", "any")),
+            min_free_bytes=_int(env, "COMFYBENTO_MIN_FREE_BYTES", 0) if env.get("COMFYBENTO_MIN_FREE_BYTES", "").strip() else None,
+            disk_check_ms=_int(env, "COMFYBENTO_DISK_CHECK_MS", 1000, minimum=1),
             **_job_settings(env, work_dir),
             **_access_settings(env),
         )

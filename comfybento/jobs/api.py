@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from comfybento.errors import ComfyBentoError
 from comfybento.jobs.api_models import JobList, JobResults, JobStatus, JobSubmit
 from comfybento.jobs.service import InvalidItems, JobService
+from comfybento.outputs import diskspace
 from comfybento.outputs.media import media_type_of
 from comfybento.serving import access, stream
 from comfybento.serving.http import error_response, request_id
@@ -58,6 +59,7 @@ def submit(req: JobSubmit, request: Request) -> JSONResponse:
 
     The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish.
     """
+    diskspace.require_room()  # a 507 while the disk is below its free-space watermark: nothing is queued
     job, created = jobs().submit(req, owner=access.key_name(request))
     status = jobs().status(job.id)
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)

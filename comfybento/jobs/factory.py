@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from comfybento.config import Settings
 from comfybento.jobs.live import JobEvents
 from comfybento.jobs.runner import Execute, JobRunner
@@ -28,7 +30,9 @@ def make_storage(settings: Settings) -> Storage:
     return LocalStorage(settings.output_dir)
 
 
-def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Execute) -> tuple[JobService, JobRunner]:
+def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Execute,
+              may_lease: Callable[[], bool] = lambda: True) -> tuple[JobService, JobRunner]:
+    """`may_lease`: False pauses the runner's leasing (the disk watcher's `has_room`: a full disk)."""
     store, storage = make_store(settings), make_storage(settings)
     allow = AllowList(settings.webhook_allowlist)
     served = frozenset(catalog) | ({FREE_GRAPH} if settings.runs_unmatched_graphs else frozenset())
@@ -40,6 +44,7 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
         webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s),
         on_usage=access.charge_owner,  # each succeeded item is charged to the API key that submitted its job
         live=JobEvents(),
+        may_lease=may_lease,
     )
     service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s,
                          live_progress=runner.progress, live=runner.live,

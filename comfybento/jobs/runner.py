@@ -20,7 +20,7 @@ them), so a result the store accepted is charged.
 A replica leases only items of the workflows it serves (`workflows`): replicas
 with different workflows can share one store.
 
-Retries are for transient causes only (`TRANSIENT_KINDS`: the engine restarting
+Retries are for transient causes only (`TRANSIENT_KINDS`: a full disk, the engine restarting
 or shedding load, out of memory, a cancelled engine call), with exponential
 backoff. Any other failure (an invalid item, a node error, a bug) fails the
 item on its first attempt with its real cause. An exception that `execute`
@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 import httpx
 from standardwebhooks import Webhook
 
-from comfybento.errors import ComfyBentoError, NotFound, describe
+from comfybento.errors import ComfyBentoError, NotFound, StorageFull, describe
 from comfybento.jobs.live import JobEvents
 from comfybento.jobs.records import Delivery, Lease, backoff_s, item_usage, now
 from comfybento.jobs.store import JobStore
@@ -65,7 +65,7 @@ Execute = Callable[[str, dict[str, Any], "int | None", OnEvent], Awaitable[ItemR
 # (owner: the job's API key name or None, images, GPU-seconds) of a succeeded item
 OnUsage = Callable[["str | None", int, float], Awaitable[None]]
 # Error kinds worth another attempt later; every other kind fails the item at once.
-TRANSIENT_KINDS = frozenset({"unavailable", "oom", "cancelled"})
+TRANSIENT_KINDS = frozenset({"unavailable", "oom", "cancelled", "storage_full"})
 RETENTION_EVERY_S = 60.0
 # How long a stop waits for successes being recorded and charged.
 FINISH_TIMEOUT_S = 10.0
@@ -91,7 +91,7 @@ class JobRunner:
     def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, workflows: frozenset[str], concurrency: int,
                  lease_s: float, max_attempts: int, retry_base_s: float, retention_s: float, webhook_secret: str,
                  allow: AllowList, webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook,
-                 live: JobEvents | None = None) -> None:
+                 live: JobEvents | None = None, may_lease: Callable[[], bool] = lambda: True) -> None:
         self.store = store
         self.workflows = workflows  # what this replica's engine runs: the only items it leases
         self.storage = storage
@@ -107,6 +107,7 @@ class JobRunner:
         self.webhooks = webhooks
         self.on_usage = on_usage
         self.live = live if live is not None else JobEvents()  # items' events as they happen, to streams (jobs/live.py)
+        self.may_lease = may_lease  # False pauses leasing (a disk below its watermark: outputs/diskspace.py); items wait
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[Any]] = set()  # successes being recorded and charged (see `_unstoppable`)
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -231,7 +232,7 @@ class JobRunner:
 
     async def _fill(self) -> int:
         free = self.concurrency - len(self._running)
-        if free <= 0:
+        if free <= 0 or not self.may_lease():
             return 0
         leases = await self._on_leases(self.store.lease, self.owner, free, self.lease_s, self.max_attempts, self.workflows)
         for lease in leases:
@@ -264,6 +265,8 @@ class JobRunner:
                 self._publish_item(lease, "retrying" if retrying else "failed", error=result.error, error_kind=result.error_kind)
         except asyncio.CancelledError:
             raise
+        except StorageFull as exc:  # no room for its outputs or its record: a retry, once space is back
+            log.warning("job %s item %d: %s; the lease will expire and it reruns", lease.job_id, lease.index, exc)
         except Exception:
             log.exception("job %s item %d: could not record the result; the lease will expire and it reruns", lease.job_id, lease.index)
 

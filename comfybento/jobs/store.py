@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from comfybento.errors import ComfyBentoError
+from comfybento.errors import ComfyBentoError, storage_full
 from comfybento.jobs.events import item_event, job_event
 from comfybento.jobs.records import (
     TERMINAL_JOB_STATES,
@@ -144,14 +144,20 @@ class SQLiteJobStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. A full disk (SQLITE_FULL, in a statement or the COMMIT) is a StorageFull, and the
+        transaction is rolled back unless SQLite already did: the next one starts clean once space is freed."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                full = storage_full(exc) if isinstance(exc, sqlite3.OperationalError) else None
+                if full is not None:
+                    raise full from exc
                 raise
-            self._db.execute("COMMIT")
 
     # ------------------------------------------------------------ jobs
 

@@ -5,11 +5,12 @@ Keys: `<job id>/<file>` for job items, `outputs/<random id>/<file>` for live req
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
-from comfybento.errors import ConfigError, NotFound
+from comfybento.errors import STORAGE_ERRNOS, ConfigError, NotFound, StorageFull
 
 
 class Storage(Protocol):
@@ -38,11 +39,20 @@ class LocalStorage:
         return self.root.joinpath(*_safe_key(key).split("/"))
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Write the file whole or not at all; a write that finds no room (ENOSPC, EDQUOT, EROFS) is a StorageFull."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if exc.errno not in STORAGE_ERRNOS:
+                raise
+            raise StorageFull(f"the outputs folder (COMFYBENTO_OUTPUT_DIR) has no room for {len(data)} bytes "
+                              f"({STORAGE_ERRNOS[exc.errno]}); retry later", folder="outputs") from exc
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

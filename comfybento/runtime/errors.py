@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from comfybento.errors import InvalidRequest, NodeExecutionError, OutOfMemory, WorkflowError
+from comfybento.errors import STORAGE_ERRNOS, InvalidRequest, NodeExecutionError, OutOfMemory, StorageFull, WorkflowError
 from comfybento.workflows.batchplan import original_node_id
 
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
 FieldNames = Mapping[tuple[str, str], str]  # (node id, input name) -> request field name
 
 
@@ -51,6 +53,11 @@ def from_execution(status_messages: list[tuple[str, dict[str, Any]]]) -> Excepti
             message = str(data.get("exception_message", "")).strip()
             if "OutOfMemory" in str(data.get("exception_type", "")):
                 return OutOfMemory(f"node {node_id} ({class_type}) ran out of device memory: {message}")
+            if (found := _ERRNO.search(message)) and int(found.group(1)) in STORAGE_ERRNOS:
+                # a file-writing output node found the work folder full: transient, not the node's fault
+                return StorageFull(f"node {node_id} ({class_type}) could not write its file: the work folder "
+                                   f"(COMFYBENTO_WORK_DIR) is full ({STORAGE_ERRNOS[int(found.group(1))]}); retry later",
+                                   folder="work")
             return NodeExecutionError(node_id, class_type, message)
         if event == "execution_interrupted":
             return NodeExecutionError(original_node_id(str(data.get("node_id"))), str(data.get("node_type")), "interrupted")

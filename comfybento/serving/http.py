@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from comfybento.errors import describe
+from comfybento.errors import StorageFull, describe
 
 log = logging.getLogger("comfybento.http")
 
@@ -61,21 +61,23 @@ def error_response(error: BaseException | Mapping[str, Any], retry_after_s: int 
                    headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None) -> JSONResponse:
     """An error (an exception, or the fields of an engine result) as a JSON answer, logged in one line.
 
-    Body: {"error", "error_kind", "request_id"} and, for node errors, "node_id" and "class_type".
-    429 and 503 answers say when to retry.
+    Body: {"error", "error_kind", "request_id"} and, for node errors, "node_id" and "class_type"; for storage_full
+    (507), the "folder", its "free_bytes" and the "watermark_bytes" when known. 429, 503 and 507 answers say when
+    to retry (a 507 after StorageFull.retry_after_s unless told otherwise).
     """
     fields = describe(error) if isinstance(error, BaseException) else dict(error)
     status = int(fields.get("status") or 500)
     body = {"error": fields.get("error") or "failed", "error_kind": fields.get("error_kind") or "internal",
             "request_id": request_id()}
-    for key in ("node_id", "class_type"):
-        if fields.get(key):
+    for key in ("node_id", "class_type", "folder", "free_bytes", "watermark_bytes"):
+        if fields.get(key) is not None:
             body[key] = fields[key]
     body.update(extra or {})
     headers = dict(headers or {})
-    if retry_after_s and status in (429, 503):
-        headers["Retry-After"] = str(retry_after_s)
-    level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
+    retry = retry_after_s or (StorageFull.retry_after_s if status == 507 else None)
+    if retry and status in (429, 503, 507):
+        headers["Retry-After"] = str(retry)
+    level = logging.ERROR if status >= 500 and status not in (503, 507) else logging.INFO
     log.log(level, "request %s answered %d (%s): %s", request_id(), status, body["error_kind"], body["error"])
     return JSONResponse(body, status_code=status, headers=headers)
 

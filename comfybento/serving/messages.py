@@ -16,7 +16,7 @@ from comfybento.errors import describe
 from comfybento.outputs.media import OutputKind
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Preview, Progress, Queued, Started
 
-ErrorKind = Literal["invalid", "too_large", "node", "oom", "workflow", "unavailable", "cancelled", "internal"]
+ErrorKind = Literal["invalid", "too_large", "node", "oom", "workflow", "unavailable", "storage_full", "cancelled", "internal"]
 OutputFormat = Literal["png", "webp", "jpeg"]
 
 

@@ -55,3 +55,13 @@ QUEUE_NONEMPTY = bentoml.metrics.Counter(
     name="comfybento_queue_nonempty_seconds",
     documentation="Seconds during which at least one request was queued for the executor.",
 )
+DISK_FREE = bentoml.metrics.Gauge(
+    name="comfybento_disk_free_bytes",
+    documentation="Free bytes of each folder new work writes to (work, outputs, jobs), sampled at most every "
+                  "COMFYBENTO_DISK_CHECK_MS; below comfybento_disk_watermark_bytes, such work is refused.",
+    labelnames=["folder"],
+)
+DISK_WATERMARK = bentoml.metrics.Gauge(
+    name="comfybento_disk_watermark_bytes",
+    documentation="Free bytes each watched folder must keep (COMFYBENTO_MIN_FREE_BYTES; 0: not checked).",
+)

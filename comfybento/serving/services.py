@@ -26,18 +26,20 @@ from typing import Annotated, Any
 import bentoml
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from comfybento.compat import comfy_v2
 from comfybento.compat import comfyui as comfyui_api
-from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFull
+from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFull, StorageFull
 from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
 from comfybento.jobs.runner import OnEvent
+from comfybento.outputs import diskspace
 from comfybento.outputs.delivery import StorageOnFirstUse, output_item, outputs_as_urls
 from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission
-from comfybento.serving import access, engine_route, lifecycle, stream
+from comfybento.serving import access, engine_route, lifecycle, metrics, stream
 from comfybento.serving.engine_client import EngineClient, OnOutput, engine_url
 from comfybento.serving.http import (
     RequestEdgeMiddleware,
@@ -170,9 +172,13 @@ async def _while_connected(call: Coroutine[Any, Any, ItemResult]) -> ItemResult 
     return None
 
 
-async def _admit(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> EngineItem | Response:
-    """Validate and admit a request (the caller must `admission.leave` once done): its engine item, or the error response."""
+async def _admit(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> EngineItem | Response:
+    """Validate and admit a request (the caller must `admission.leave` once done): its engine item, or the error response.
+
+    `stores_outputs` (output_delivery 'url'): refused with a 507 while the disk is below its watermark."""
     try:
+        if stores_outputs:
+            self.disk.require_room()
         item = await asyncio.to_thread(engine_item, spec, values, resolve_seed(spec.params, values), self.input_urls)
     except ComfyBentoError as exc:
         return error_response(exc)
@@ -188,9 +194,9 @@ async def _charge(result: ItemResult, key: str | None = None) -> None:
     await (access.charge_owner(key, images, gpu_seconds) if key is not None else access.charge(images=images, gpu_seconds=gpu_seconds))
 
 
-async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any]) -> ItemResult | Response:
+async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> ItemResult | Response:
     """Validate, admit, run on the engine: the result, or the error response (the one mapping: serving/http.py)."""
-    item = await _admit(self, spec, values)
+    item = await _admit(self, spec, values, stores_outputs)
     if isinstance(item, Response):
         return item
     try:
@@ -211,10 +217,11 @@ def _stream_endpoint(spec: WorkflowSpec) -> Any:
     """`POST /<workflow>/stream`: the same request as `POST /<workflow>`, answered with its live events (serving/stream.py)."""
 
     async def endpoint(self: Any, **values: Any) -> Response:
-        item = await _admit(self, spec, values)
+        by_url = values.get("output_delivery") == "url"
+        item = await _admit(self, spec, values, stores_outputs=by_url)
         if isinstance(item, Response):
-            return item  # a 4xx (or 503) JSON answer before any stream starts
-        rid, key, root, by_url = request_id(), access.key_name(), base_url(), values.get("output_delivery") == "url"
+            return item  # a 4xx (or 503, 507) JSON answer before any stream starts
+        rid, key, root = request_id(), access.key_name(), base_url()
         folder = uuid.uuid4().hex
 
         async def deliver(blob: OutputBlob) -> stream.OutputEvent:
@@ -243,7 +250,7 @@ def _stream_endpoint(spec: WorkflowSpec) -> Any:
 def _json_endpoint(spec: WorkflowSpec) -> Any:
     async def endpoint(self: Any, **values: Any) -> Any:
         delivery = values.get("output_delivery", "base64")
-        result = await _generate(self, spec, values)
+        result = await _generate(self, spec, values, stores_outputs=delivery == "url")
         if isinstance(result, Response):
             return result
         if delivery == "url":
@@ -311,7 +318,7 @@ def _job_hooks(project: Project) -> dict[str, Any]:
             return await call_engine(self, workflow, item, on_event)
 
         self.job_items = ThreadPoolExecutor(2, thread_name_prefix="comfybento-job-items")
-        service, self.job_runner = make_jobs(project.settings, project.catalog, execute)
+        service, self.job_runner = make_jobs(project.settings, project.catalog, execute, may_lease=self.disk.has_room)
         jobs_api.bind(service)
         self.job_task = asyncio.create_task(self.job_runner.run_forever())
 
@@ -332,9 +339,14 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         self.admission = Admission(limit=settings.max_queue, retry_after_s=settings.retry_after_s)
         self.output_storage = StorageOnFirstUse(settings)
         self.input_urls = AllowList(settings.input_url_allowlist, "input url")
+        self.disk = _disk_watcher(project)
         self.engine_client = EngineClient(engine_url(ENGINE_NAME), ENGINE_TIMEOUT_S) if settings.engine_entry == "scheduler" else None
 
     async def __is_ready__(self: Any) -> bool:
+        low = self.disk.low()
+        if low is not None:  # BentoML answers a False with a fixed text: the reason goes in the 503 itself
+            raise HTTPException(503, f"not ready for work that writes to disk: {low.reason()}; requests that return "
+                                     "their outputs inline still run", headers={"Retry-After": str(StorageFull.retry_after_s)})
         # BentoML's own dependency probe lets a connection error escape while the engine starts,
         # and the probe request then hangs for the traffic timeout; answer it here first.
         return await self.engine_client.ready() if self.engine_client is not None else True
@@ -367,6 +379,16 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas
     quiet_client_errors()
     return service
+
+
+def _disk_watcher(project: Project) -> diskspace.DiskWatcher:
+    """The process's free-space watcher (outputs/diskspace.py), its gauges exported; installed for the jobs API."""
+    watcher = diskspace.watcher_for(project.settings, [s.limits for s in project.catalog.values()],
+                                    export=lambda folder, free: metrics.DISK_FREE.labels(folder=folder).set(free))
+    metrics.DISK_WATERMARK.set(watcher.watermark_bytes)
+    diskspace.install(watcher)
+    watcher.low()  # the first sample: the gauges and, when already low, its log line
+    return watcher
 
 
 def _bento_version(service: Any) -> str | None:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from comfybento.errors import describe
+from comfybento.errors import ComfyBentoError, describe, storage_full
 from comfybento.jobs.api_models import JobStatus, OutputRef
 from comfybento.jobs.service import JobService
 from comfybento.outputs.delivery import live_key, output_item
@@ -226,13 +226,20 @@ async def request_events(
             if got is _END:
                 break
             if isinstance(got, OutputBlob):
-                yield sse(await deliver(got))
+                try:
+                    frame = sse(await deliver(got))
+                except Exception as exc:  # the output could not be stored (a full disk ...): the stream ends failed
+                    _log_failure(rid, "storing an output failed", exc)
+                    finished = True
+                    yield sse(failed_event(exc, rid))
+                    return
+                yield frame
             elif (event := engine_event(got)) is not None:
                 yield sse(event)
         try:
             result = task.result()
         except Exception as exc:  # the engine call itself broke (not a failed result)
-            log.exception("request %s: the engine call failed", rid)
+            _log_failure(rid, "the engine call failed", exc)
             finished = True
             yield sse(failed_event(exc, rid))
             return
@@ -243,6 +250,14 @@ async def request_events(
             task.cancel()
         if not finished:
             log.info("request %s: the client left the stream; its work is cancelled", rid)
+
+
+def _log_failure(rid: str, what: str, exc: Exception) -> None:
+    """One line for an error a client is told of (a full disk: its message), a traceback for an unexpected one."""
+    if isinstance(exc, ComfyBentoError) or storage_full(exc) is not None:
+        log.warning("request %s: %s: %s", rid, what, describe(exc)["error"])
+    else:
+        log.exception("request %s: %s", rid, what)
 
 
 class EventStreamResponse(StreamingResponse):

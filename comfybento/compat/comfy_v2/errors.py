@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from comfybento.errors import ComfyBentoError, describe
+from comfybento.errors import ComfyBentoError, StorageFull, describe
 from comfybento.serving.http import request_id
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class V2Error(ComfyBentoError):
 def envelope(status: int, code: str, message: str, details: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details}, "request_id": request_id()}
-    log.log(logging.ERROR if status >= 500 else logging.INFO, "request %s answered %d (%s): %s", request_id(), status, code, message)
+    log.log(logging.ERROR if status >= 500 and status != 503 else logging.INFO, "request %s answered %d (%s): %s", request_id(), status, code, message)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -51,6 +51,9 @@ def error_envelope(exc: BaseException) -> JSONResponse:
         return envelope(exc.status_code, CODES.get(exc.status_code, "invalid_request"), str(exc.detail))
     fields = describe(exc)
     status = int(fields["status"])
+    if fields["error_kind"] == "storage_full":  # the spec has no 507: 503 + Retry-After, with its own code
+        details: dict[str, Any] = {k: fields[k] for k in ("folder", "free_bytes", "watermark_bytes") if k in fields}
+        return envelope(503, "storage_full", str(fields["error"]), details or None, {"Retry-After": str(StorageFull.retry_after_s)})
     if status >= 500 and not isinstance(exc, ComfyBentoError):
         log.error("request %s failed", request_id(), exc_info=exc)
         return envelope(500, "upstream_error", "internal error (see the server log)")

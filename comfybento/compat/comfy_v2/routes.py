@@ -28,6 +28,7 @@ from comfybento.jobs.api import jobs
 from comfybento.jobs.api_models import JobSubmit
 from comfybento.jobs.records import now
 from comfybento.jobs.store import IdempotencyConflict
+from comfybento.outputs import diskspace
 from comfybento.serving import access
 from comfybento.workflows.limits import ENV_NAMES
 from comfybento.workflows.matching import match_graph
@@ -79,6 +80,7 @@ def upload_limit() -> int:
 
 @router.post("/assets")
 async def post_asset(request: Request) -> JSONResponse:
+    diskspace.require_room()  # 503 storage_full while the disk is below its free-space watermark
     form = await request.form(max_files=1, max_fields=32)
     try:
         upload = form.get("file")
@@ -101,6 +103,7 @@ async def post_asset(request: Request) -> JSONResponse:
 
 @router.post("/assets/from-hash", status_code=201)
 def asset_from_hash(body: FromHash, request: Request) -> JSONResponse:
+    diskspace.require_room()
     record = _assets().from_hash(body.hash, body.file_path, access.key_name(request))
     return JSONResponse(_asset_json(record, _origin(request), False), status_code=201)
 
@@ -168,6 +171,7 @@ def ranged(data: bytes, media_type: str, range_header: str | None) -> Response:
 @router.post("/jobs", status_code=201)
 def post_job(body: JobPost, request: Request, idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JSONResponse:
     """Match the graph to a served workflow and queue it as a one-item job (the same store as /jobs: it survives restarts)."""
+    diskspace.require_room()
     graph = body.workflow
     if all(k in graph for k in ("nodes", "links")):
         raise V2Error(422, "workflow_format_ui", "workflow: this is the UI export (nodes/links); submit the API-format graph (Export (API))")

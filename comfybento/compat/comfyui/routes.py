@@ -18,8 +18,9 @@ from starlette.datastructures import UploadFile
 
 from comfybento.compat.comfyui import files, prompts, ws
 from comfybento.config import get_settings
-from comfybento.errors import ComfyBentoError, InvalidRequest, NotFound
+from comfybento.errors import ComfyBentoError, InvalidRequest, NotFound, StorageFull
 from comfybento.jobs.api import jobs
+from comfybento.outputs import diskspace
 from comfybento.serving import access
 from comfybento.workflows.node_info import fingerprint, snapshot_path
 
@@ -40,8 +41,11 @@ def comfy_error(exc: ComfyBentoError, kind: str = "invalid_prompt") -> JSONRespo
     """A refusal in ComfyUI's shape: 400 {"error": {type, message, details, extra_info}, "node_errors": {}}."""
     message = str(exc)
     status = 400 if int(exc.error_code) in (400, 422) else int(exc.error_code)
+    headers = None
+    if isinstance(exc, StorageFull):  # ComfyUI's API has no 507: the generic "retry later"
+        status, kind, headers = 503, "storage_full", {"Retry-After": str(exc.retry_after_s)}
     body = {"error": {"type": kind, "message": message, "details": message, "extra_info": {}}, "node_errors": {}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 # ---------------------------------------------------------------- prompts and queue
@@ -54,6 +58,7 @@ async def post_prompt(request: Request) -> JSONResponse:
     except ValueError:
         return comfy_error(InvalidRequest("body: not valid JSON"))
     try:
+        diskspace.require_room()
         done = await asyncio.to_thread(prompts.submit, jobs(), body, access.key_name(request))
     except ComfyBentoError as exc:
         return comfy_error(exc)
@@ -137,6 +142,7 @@ def view(filename: str, subfolder: str = "", type: str = "output") -> Response:
 
 
 async def _upload(request: Request) -> tuple[bytes, UploadFile, dict[str, str]]:
+    diskspace.require_room()  # a 507 while the disk is below its free-space watermark
     form = await request.form()
     image = form.get("image")
     if not isinstance(image, UploadFile):
