@@ -55,3 +55,10 @@ QUEUE_NONEMPTY = bentoml.metrics.Counter(
     name="comfybento_queue_nonempty_seconds",
     documentation="Seconds during which at least one request was queued for the executor.",
 )
+COST_SECONDS_PER_UNIT = bentoml.metrics.Gauge(
+    name="comfybento_cost_seconds_per_unit",
+    documentation="GPU-seconds per unit of work (megapixel x step x image) of each workflow, learned from its results on this "
+                  "replica (scheduling/cost.py; its prior until the first result). Dry-run job estimates use it.",
+    labelnames=["workflow"],
+    multiprocess_mode="mostrecent",
+)
