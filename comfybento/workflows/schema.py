@@ -243,7 +243,9 @@ def preset_field(presets: Presets) -> tuple[Any, Any]:
                                       {"preset": repr(value), "known": ", ".join(names)})
         return handler(value)
 
-    schema = {"type": "string", "enum": list(names), "nullable": True, "description": description}
+    # x-presets: each preset's values, for clients that show them (the playground fills its form with them)
+    schema = {"type": "string", "enum": list(names), "nullable": True, "description": description,
+              "x-presets": {name: dict(values) for name, values in presets.items()}}
     return (Annotated[str | None, WrapValidator(known), WithJsonSchema(schema)], Field(default=None, description=description))
 
 

@@ -89,6 +89,7 @@ def test_presets_are_an_enum_in_the_openapi_with_their_values_described(node_def
     spec = _workflow(node_defs, tmp_path, PRESETS)
     field = spec.input_model.model_json_schema()["properties"]["preset"]
     assert field["enum"] == ["fast", "quality"] and field["nullable"] is True
+    assert field["x-presets"]["fast"] == {"steps": 4, "cfg": 5.0}  # the values themselves, for clients (the playground)
     assert "fast: steps=4, cfg=5.0; quality: steps=30, cfg=7.5, sampler_name='dpmpp_2m', width=256" in field["description"]
     doc = fix_openapi({"info": {}, "paths": {"/jobs": {"post": {"requestBody": {"content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/JobSubmit"}}}}}}}, "components": {"schemas": {}}}, {"txt2img": spec})
