@@ -24,9 +24,10 @@ def free_port() -> int:
 
 
 def make_workflows_dir(target: Path, extra: tuple[str, ...] = TEST_WORKFLOWS) -> Path:
-    """The demo workflow plus the named test graphs (and their sidecars) in one folder."""
+    """The demo workflow (and its sidecar) plus the named test graphs (and theirs) in one folder."""
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "workflows" / "txt2img.json", target / "txt2img.json")
+    for suffix in (".json", ".yaml"):
+        shutil.copy(ROOT / "workflows" / f"txt2img{suffix}", target / f"txt2img{suffix}")
     for name in extra:
         for suffix in (".json", ".yaml"):
             src = GRAPHS / f"{name}{suffix}"

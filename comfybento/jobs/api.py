@@ -14,8 +14,9 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from comfybento.errors import ComfyBentoError
-from comfybento.jobs.api_models import JobList, JobResults, JobStatus, JobSubmit
+from comfybento.jobs.api_models import JobEstimate, JobList, JobResults, JobStatus, JobSubmit, UsageReport
 from comfybento.jobs.service import InvalidItems, JobService
+from comfybento.jobs.usage import MAX_DAYS, report
 from comfybento.outputs import diskspace
 from comfybento.outputs.media import media_type_of
 from comfybento.serving import access, stream
@@ -53,15 +54,21 @@ def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-@app.post("/jobs", status_code=202, summary="Submit a batch job")
-def submit(req: JobSubmit, request: Request) -> JSONResponse:
+@app.post("/jobs", status_code=202, summary="Submit a batch job", responses={200: {"model": JobEstimate}})
+async def submit(req: JobSubmit, request: Request) -> JSONResponse:
     """Validates every item (a 422 lists each bad item's index and field; nothing is queued), then returns the job id at once.
 
-    The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish.
+    The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish, and a
+    job that makes more images than the key's daily quota has left is refused up front (429). With `dry_run: true` nothing is
+    queued: the answer (200) is the job's estimate: items, cache hits, images, GPU-seconds and the key's quota.
     """
+    quota = await access.images_left(request)
+    if req.dry_run:
+        estimate = await asyncio.to_thread(jobs().estimate, req, quota)
+        return JSONResponse(estimate.model_dump(), status_code=200)
     diskspace.require_room()  # a 507 while the disk is below its free-space watermark: nothing is queued
-    job, created = jobs().submit(req, owner=access.key_name(request))
-    status = jobs().status(job.id)
+    job, created = await asyncio.to_thread(jobs().submit, req, access.key_name(request), quota)
+    status = await asyncio.to_thread(jobs().status, job.id)
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)
 
 
@@ -99,6 +106,30 @@ async def events(job_id: str, request: Request) -> StreamingResponse:
 def cancel(job_id: str) -> JobStatus:
     jobs().cancel(job_id)
     return jobs().status(job_id)
+
+
+@app.post("/jobs/{job_id}/retry", summary="Retry the failed items of a finished job")
+def retry(job_id: str) -> JobStatus:
+    """Re-queues the items of a `failed` job that failed, with the same parameters and seeds; succeeded items keep their results.
+
+    Idempotent: while the retried items are queued or running, or when nothing failed (a succeeded, running or cancelled job),
+    nothing changes. The answer is the job's status either way.
+    """
+    job, count = jobs().retry(job_id)
+    if count:
+        log.info("request %s: job %s: %d failed items queued again", request_id(), job.id, count)
+    return jobs().status(job_id)
+
+
+@app.get("/usage", summary="Usage per API key and day")
+def usage(request: Request, days: Annotated[int, Query(ge=1, le=MAX_DAYS, description="UTC days to show, up to today.")] = 7) -> UsageReport:
+    """Requests (generation requests and job items that succeeded), images and GPU-seconds per UTC day, kept in the job store.
+
+    A key sees its own usage; an operator key every key's; with API keys off, the service's totals.
+    """
+    key = access.request_key(request)
+    return report(jobs().store, days, key.name if key is not None else None, keys_on=key is not None,
+                  operator=access.is_operator(key))
 
 
 @app.get("/jobs/{job_id}/archive", summary="Every output of the job as one zip", response_class=StreamingResponse)

@@ -30,6 +30,10 @@ class JobSubmit(BaseModel):
         default=None, min_length=1, max_length=200, description="Submitting again with the same key returns the same job.")
     webhook: WebhookSpec | None = Field(default=None, description="Where to POST signed completion events.")
     cache: bool = Field(default=False, description="Reuse a stored result for an identical (workflow, parameters, seed) item.")
+    preset: str | None = Field(default=None, min_length=1, max_length=32, description=(
+        "A preset of the workflow's sidecar for every item (an item's own `preset` and its explicit fields override it)."))
+    dry_run: bool = Field(default=False, description=(
+        "Queue nothing: answer 200 with the job's estimate (items, cache hits, GPU-seconds, images) and the key's quota."))
 
 
 class ItemError(BaseModel):
@@ -121,3 +125,46 @@ class JobResults(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobStatus]
+
+
+class QuotaOut(BaseModel):
+    images_per_day: int | None = Field(description="The API key's daily image quota (null: unlimited, or API keys are off).")
+    remaining: int | None = Field(description="Images the key may still make now (null: unlimited).")
+
+
+class JobEstimate(BaseModel):
+    """What a job would cost (`dry_run: true`): nothing is queued."""
+
+    dry_run: bool = Field(default=True, description="Always true: this is an estimate.")
+    workflow: str
+    items: int = Field(description="Items after the fan-out.")
+    cache_hits: int = Field(description="Items whose result is in the result cache (counted only with `cache: true`).")
+    images: int = Field(description="Images the job would make (and charge to the key), cache hits included.")
+    gpu_seconds: float = Field(description="Estimated GPU-seconds of the items that would run (cache hits cost none).")
+    seconds_per_unit: float = Field(description="The workflow's cost used: GPU-seconds per megapixel x step x image.")
+    measured: int = Field(description="Results the cost was measured on since this replica started (0: the documented prior).")
+    quota: QuotaOut
+    fits_quota: bool = Field(description="Whether the key's remaining images cover the job (a real submission over it is a 429).")
+
+
+class UsageCounts(BaseModel):
+    requests: int = Field(description="Generation requests and job items that succeeded.")
+    images: int = Field(description="Images made.")
+    gpu_seconds: float = Field(description="GPU-seconds used (each item's share of its engine batch).")
+
+
+class DayUsage(UsageCounts):
+    day: str = Field(description="The UTC day, YYYY-MM-DD.")
+
+
+class KeyUsage(BaseModel):
+    key: str | None = Field(description="The API key's name (null: requests made without API keys).")
+    total: UsageCounts = Field(description="Sum over the days shown.")
+    days: list[DayUsage] = Field(description="Each day with usage, oldest first.")
+
+
+class UsageReport(BaseModel):
+    since: str = Field(description="The first UTC day shown (YYYY-MM-DD).")
+    until: str = Field(description="The last UTC day shown (today).")
+    scope: str = Field(description="own (the calling key's), all (an operator key: every key) or total (API keys are off).")
+    keys: list[KeyUsage]

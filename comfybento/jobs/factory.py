@@ -9,8 +9,10 @@ from comfybento.jobs.live import JobEvents
 from comfybento.jobs.runner import Execute, JobRunner
 from comfybento.jobs.service import JobService
 from comfybento.jobs.store import JobStore, SQLiteJobStore
+from comfybento.jobs.usage import usage_sink
 from comfybento.jobs.webhooks import AllowList, WebhookPolicy, load_or_create_secret
 from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
+from comfybento.scheduling.cost import CostModel
 from comfybento.serving import access
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
@@ -31,9 +33,11 @@ def make_storage(settings: Settings) -> Storage:
 
 
 def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Execute,
-              may_lease: Callable[[], bool] = lambda: True) -> tuple[JobService, JobRunner]:
-    """`may_lease`: False pauses the runner's leasing (the disk watcher's `has_room`: a full disk)."""
+              costs: CostModel | None = None, may_lease: Callable[[], bool] = lambda: True) -> tuple[JobService, JobRunner]:
+    """The job service and this replica's runner; every charge is also counted per key and day in the store (GET /usage).
+    `may_lease`: False pauses the runner's leasing (the disk watcher's `has_room`: a full disk)."""
     store, storage = make_store(settings), make_storage(settings)
+    access.record_usage_in(usage_sink(store))
     allow = AllowList(settings.webhook_allowlist)
     served = frozenset(catalog) | ({FREE_GRAPH} if settings.runs_unmatched_graphs else frozenset())
     concurrency = settings.job_concurrency or 4 * max((spec.max_batch_size for spec in catalog.values()), default=1)
@@ -48,5 +52,5 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
     )
     service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s,
                          live_progress=runner.progress, live=runner.live,
-                         free_graphs=FreeGraphs(settings) if settings.runs_unmatched_graphs else None)
+                         free_graphs=FreeGraphs(settings) if settings.runs_unmatched_graphs else None, costs=costs)
     return service, runner

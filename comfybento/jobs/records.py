@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -116,3 +117,24 @@ def backoff_s(attempt: int, base: float, cap: float = 300.0) -> float:
 
 def now() -> float:
     return time.time()
+
+
+@dataclass
+class UsageRecord:
+    """What one API key (None: requests without keys) used on one UTC day."""
+
+    day: str  # YYYY-MM-DD, UTC
+    key: str | None
+    requests: int = 0  # generation requests and job items that succeeded
+    images: int = 0
+    gpu_seconds: float = 0.0
+
+
+def usage_day(t: float) -> str:
+    """The UTC day (YYYY-MM-DD) usage at time `t` counts in."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d")
+
+
+def retried_delivery_id(delivery_id: str, t: float) -> str:
+    """The id an earlier delivery keeps when its job is retried, so the retried job's own events get the usual ids."""
+    return f"{delivery_id}@{int(t * 1000)}"

@@ -7,6 +7,8 @@ Keys (prefix `cb:`), each deleted with its job by `delete_job`:
 - `idem:<key>` -> job id, set in the same MULTI/EXEC as the job, so a create is all or nothing;
 - `deliveries:<id>` (the job's delivery ids) and `delivery:<delivery id>` (its attempt log);
 - `cache:<key>` (a result and the job whose files it names) and `jobcache:<id>` (the cache keys the job made).
+Usage, never deleted with jobs: a hash `usage:<day>` per UTC day, fields `<key>:requests`, `<key>:images`
+and `<key>:gpu_seconds` (`<key>` empty for requests without API keys).
 Shared sorted sets hold members `<id>|<index>`: `ready:<workflow>` (one per workflow, by
 priority, age, index; empty ones vanish, as Redis drops an empty set),
 `delayed` (retries), `leases` (by expiry), `deliveries:due`, and `jobs` (by
@@ -31,7 +33,17 @@ from typing import Any
 import redis
 
 from comfybento.jobs.events import item_event, job_event
-from comfybento.jobs.records import TERMINAL_JOB_STATES, Delivery, ItemRecord, JobRecord, Lease, item_usage, now
+from comfybento.jobs.records import (
+    TERMINAL_JOB_STATES,
+    Delivery,
+    ItemRecord,
+    JobRecord,
+    Lease,
+    UsageRecord,
+    item_usage,
+    now,
+    retried_delivery_id,
+)
 from comfybento.jobs.store import check_idempotent
 
 P = "cb:"
@@ -166,6 +178,33 @@ end
 return 1
 """
 
+# KEYS: the ready queue of the job's workflow. ARGV: job id. Re-queue the failed items of a job whose state is
+# 'failed': the count, -1 for any other job.
+_RETRY = """
+local job = ARGV[1]
+local jkey = 'cb:job:' .. job
+if redis.call('HGET', jkey, 'state') ~= 'failed' then return -1 end
+local n = 0
+for i = 0, tonumber(redis.call('HGET', jkey, 'total')) - 1 do
+  local idx = string.format('%06d', i)
+  local ikey = 'cb:item:' .. job .. ':' .. idx
+  if redis.call('HGET', ikey, 'state') == 'failed' then
+    redis.call('HSET', ikey, 'state', 'queued', 'attempts', 0, 'owner', '')
+    redis.call('HDEL', ikey, 'error', 'result', 'started_at', 'finished_at', 'lease_expires')
+    redis.call('ZADD', KEYS[1], redis.call('HGET', ikey, 'score'), job .. '|' .. idx)
+    n = n + 1
+  end
+end
+redis.call('HINCRBY', jkey, 'n:failed', -n)
+redis.call('HINCRBY', jkey, 'n:queued', n)
+local state = 'queued'
+if tonumber(redis.call('HGET', jkey, 'n:succeeded') or '0') > 0 then state = 'running' end
+redis.call('HSET', jkey, 'state', state)
+redis.call('HDEL', jkey, 'finished_at')
+return n
+"""
+USAGE_FIELDS = ("requests", "images", "gpu_seconds")
+
 _QUEUES = [P + "ready", P + "leases", P + "delayed", P + "deliveries:due"]
 
 
@@ -187,6 +226,7 @@ class RedisJobStore:
         self._cache_put = self.r.register_script(_CACHE_PUT)
         self._save_delivery = self.r.register_script(_SAVE_DELIVERY)
         self._cache_drop = self.r.register_script(_CACHE_DROP)
+        self._retry = self.r.register_script(_RETRY)
 
     # ------------------------------------------------------------ jobs
 
@@ -426,8 +466,73 @@ class RedisJobStore:
                     *(P + f"item:{job.id}:{i:06d}" for i in range(job.total)), *(P + "delivery:" + d for d in delivery_ids))
         for queue in (_ready(job.workflow), P + "ready", P + "leases", P + "delayed"):
             pipe.zrem(queue, *members)
-        pipe.zrem(P + "deliveries:due", f"{job.id}:job", *(f"{job.id}:item:{i:06d}" for i in range(job.total)))
+        pipe.zrem(P + "deliveries:due", f"{job.id}:job", *(f"{job.id}:item:{i:06d}" for i in range(job.total)), *delivery_ids)
         pipe.zrem(P + "jobs", job.id)
         pipe.execute()
         if idem is not None and self.r.get(idem) == job.id:  # no other job can hold the key while it names this one
             self.r.delete(idem)
+
+    # ------------------------------------------------------------ retry
+
+    def retry_failed(self, job_id: str) -> tuple[JobRecord, int] | None:
+        """(the job, how many items were re-queued), or None for no such job; the re-queue is one Lua script."""
+        job = self.get_job(job_id)
+        if job is None:
+            return None
+        if job.state != "failed":
+            return job, 0
+        pipe = self.r.pipeline(transaction=False)
+        for idx in range(job.total):
+            pipe.hget(P + f"item:{job_id}:{idx:06d}", "state")
+        failed = [idx for idx, state in enumerate(pipe.execute()) if state == "failed"]
+        if job.webhook_url:
+            self._keep_deliveries(job, [f"{job_id}:job", *(f"{job_id}:item:{i:06d}" for i in failed)])
+        count = int(self._retry(keys=[_ready(job.workflow)], args=[job_id]))
+        after = self.get_job(job_id)
+        return (after, max(0, count)) if after is not None else None
+
+    def _keep_deliveries(self, job: JobRecord, ids: list[str]) -> None:
+        """Move the job's earlier deliveries (sent or pending) to new ids, each saved with its payload and log."""
+        t = now()
+        listed = set(self.r.lrange(P + "deliveries:" + job.id, 0, -1))
+        for old in ids:
+            score = self.r.zscore(P + "deliveries:due", old)
+            if score is None and old not in listed:
+                continue  # never queued: nothing to keep
+            delivery = self._delivery(old)
+            pipe = self.r.pipeline(transaction=True)
+            pipe.zrem(P + "deliveries:due", old)
+            pipe.lrem(P + "deliveries:" + job.id, 0, old)
+            pipe.delete(P + "delivery:" + old)
+            if delivery is not None:
+                delivery.id = retried_delivery_id(old, t)
+                pipe.set(P + "delivery:" + delivery.id, json.dumps(delivery.__dict__))
+                pipe.rpush(P + "deliveries:" + job.id, delivery.id)
+                if score is not None and delivery.state == "pending":
+                    pipe.zadd(P + "deliveries:due", {delivery.id: score})
+            pipe.execute()
+
+    # ------------------------------------------------------------ usage
+
+    def add_usage(self, day: str, key: str | None, requests: int, images: int, gpu_seconds: float) -> None:
+        name = P + "usage:" + day
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(name, f"{key or ''}:requests", requests)
+        pipe.hincrby(name, f"{key or ''}:images", images)
+        pipe.hincrbyfloat(name, f"{key or ''}:gpu_seconds", gpu_seconds)
+        pipe.execute()
+
+    def usage(self, days: list[str]) -> list[UsageRecord]:
+        pipe = self.r.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(P + "usage:" + day)
+        out = []
+        for day, fields in sorted(zip(days, pipe.execute(), strict=True)):
+            by_key: dict[str, UsageRecord] = {}
+            for name, value in fields.items():
+                key, _, counter = name.rpartition(":")
+                if counter in USAGE_FIELDS:
+                    record = by_key.setdefault(key, UsageRecord(day=day, key=key or None))
+                    setattr(record, counter, float(value) if counter == "gpu_seconds" else int(value))
+            out += [by_key[k] for k in sorted(by_key)]
+        return out

@@ -23,23 +23,26 @@ from comfybento.jobs.api_models import (
     ItemFailure,
     ItemProgress,
     ItemResultOut,
+    JobEstimate,
     JobResults,
     JobStatus,
     JobSubmit,
     JobUsage,
     OutputRef,
 )
+from comfybento.jobs.estimate import Planned, Quota, check_quota, estimate, plan
 from comfybento.jobs.live import JobEvents
 from comfybento.jobs.records import ItemRecord, JobRecord, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList
 from comfybento.outputs.storage import LocalStorage, Storage
+from comfybento.scheduling.cost import CostModel
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
 from comfybento.workflows.limits import check_request_limits
 from comfybento.workflows.params import UPLOAD_KINDS
-from comfybento.workflows.schema import build_input_model
+from comfybento.workflows.schema import PRESET_FIELD, build_input_model
 from comfybento.workflows.uploads import check_item_input
 
 PROGRESS_LIMIT = 1000
@@ -85,10 +88,18 @@ def expand(req: JobSubmit, max_items: int) -> list[dict[str, Any]]:
     return [{**(req.base or {}), **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*(fanout[k] for k in keys))]
 
 
+# A submission made ready: (raw items, validated values, seeds, each item's workflow: the same spec, or one per submitted graph).
+Prepared = tuple[list[dict[str, Any]], list[dict[str, Any]], list["int | None"], list[WorkflowSpec]]
+
+
+def _planned(specs: list[WorkflowSpec], values: list[dict[str, Any]], seeds: list[int | None]) -> list[Planned]:
+    return [plan(spec, v, seed) for spec, v, seed in zip(specs, values, seeds, strict=True)]
+
+
 class JobService:
     def __init__(self, catalog: dict[str, WorkflowSpec], store: JobStore, storage: Storage, allow: AllowList,
                  max_items: int, retention_s: int, live_progress: dict[tuple[str, int], dict[str, int]] | None = None,
-                 live: JobEvents | None = None, free_graphs: FreeGraphs | None = None) -> None:
+                 live: JobEvents | None = None, free_graphs: FreeGraphs | None = None, costs: CostModel | None = None) -> None:
         self.catalog = catalog
         self.store = store
         self.storage = storage
@@ -100,23 +111,46 @@ class JobService:
         self.live = live if live is not None else JobEvents()  # the runner's live events (jobs/live.py)
         # COMFYBENTO_SUBMITTED_GRAPHS=any: jobs of the reserved workflow FREE_GRAPH, unmatched graphs (workflows/free_graph.py)
         self.free_graphs = free_graphs
+        self.costs = costs if costs is not None else CostModel()  # the front's, which learns from results (serving/services.py)
         self.item_models: dict[str, type[BaseModel]] = {
-            name: build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True, limits=spec.limits) for name, spec in catalog.items()}
+            name: build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True, limits=spec.limits,
+                                    presets=spec.presets) for name, spec in catalog.items()}
 
     # ------------------------------------------------------------ submit
 
-    def submit(self, req: JobSubmit, owner: str | None = None) -> tuple[JobRecord, bool]:
-        """Validate and queue a job for `owner` (the submitting API key's name; None when keys are off): (job, created)."""
+    def submit(self, req: JobSubmit, owner: str | None = None, quota: Quota = None) -> tuple[JobRecord, bool]:
+        """Validate and queue a job for `owner` (the submitting API key's name; None when keys are off): (job, created).
+
+        `quota`: the key's (images per day, images left); a job making more images than are left is refused (429).
+        """
+        raw, values, seeds, specs = self._prepare(req)
+        if quota is not None:
+            check_quota(owner, _planned(specs, values, seeds), quota)
+        return self._create(req, raw, owner, specs[0].name, values, seeds)
+
+    def estimate(self, req: JobSubmit, quota: Quota = None) -> JobEstimate:
+        """What the job would cost (`dry_run`): validated like a submission, nothing queued."""
+        _, values, seeds, specs = self._prepare(req)
+        return estimate(_planned(specs, values, seeds), self.store, self.costs, req.cache, quota)
+
+    def _prepare(self, req: JobSubmit) -> Prepared:
+        """(raw items, validated values, seeds, each item's workflow) of a submission, or the 4xx of its first problem."""
         spec = self.catalog.get(req.workflow)
         if spec is None and req.workflow == FREE_GRAPH and self.free_graphs is not None:
-            return self._submit_free_graphs(req, owner)
+            return self._prepare_free_graphs(req)
         if spec is None:
             raise InvalidRequest(f"workflow: unknown workflow {req.workflow!r}; known: {sorted(self.catalog)}")
+        if req.preset is not None and req.preset not in spec.presets:
+            known = f"its presets: {', '.join(spec.presets)}" if spec.presets else "it has none"
+            raise InvalidRequest(f"preset: unknown preset {req.preset!r} of workflow '{spec.name}'; {known}")
         raw = expand(req, self.max_items)
         if not raw:
             raise InvalidRequest("items: a job needs at least one item")
+        if req.preset is not None:  # an item's own preset, and its explicit fields, win
+            raw = [{PRESET_FIELD: req.preset, **item} for item in raw]
         values = self._validate(spec, raw)
-        return self._create(req, raw, owner, spec.name, values, [resolve_seed(spec.params, v) for v in values])
+        seeds = [resolve_seed(spec.params, v) for v in values]
+        return raw, values, seeds, [spec] * len(values)
 
     def _create(self, req: JobSubmit, raw: list[dict[str, Any]], owner: str | None, workflow: str, values: list[dict[str, Any]],
                 seeds: list[int | None]) -> tuple[JobRecord, bool]:
@@ -131,22 +165,27 @@ class JobService:
         items = [ItemRecord(job_id=job.id, index=i, params=v, seed=seed) for i, (v, seed) in enumerate(zip(values, seeds, strict=True))]
         return self.store.create_job(job, items)
 
-    def _submit_free_graphs(self, req: JobSubmit, owner: str | None) -> tuple[JobRecord, bool]:
+    def _prepare_free_graphs(self, req: JobSubmit) -> Prepared:
         """A job of unmatched graphs: each item {"graph": ...} checked in full (free_graph.py), each to run alone."""
         assert self.free_graphs is not None
+        if req.preset is not None:
+            raise InvalidRequest(f"preset: a job of submitted graphs has no presets (got {req.preset!r})")
         raw = expand(req, self.max_items)
         if not raw:
             raise InvalidRequest("items: a job needs at least one item")
         errors: list[ItemError] = []
-        values = []
+        values, specs = [], []
         for index, item in enumerate(raw):
             try:
-                values.append({"graph": self.free_graphs.spec(item).graph})
+                spec = self.free_graphs.spec(item)
             except ComfyBentoError as exc:
                 errors.append(ItemError(index=index, field="graph", message=str(exc)))
+                continue
+            values.append({"graph": spec.graph})
+            specs.append(spec)
         if errors:
             raise InvalidItems(errors)
-        return self._create(req, raw, owner, FREE_GRAPH, values, [None] * len(values))
+        return raw, values, [None] * len(values), specs
 
     def _validate(self, spec: WorkflowSpec, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model = self.item_models[spec.name]
@@ -156,6 +195,7 @@ class JobService:
         for index, item in enumerate(raw):
             try:
                 validated = model.model_validate(item).model_dump()
+                validated.pop(PRESET_FIELD, None)  # applied: the item stores the values it runs with
             except ValidationError as exc:
                 errors += [ItemError(index=index, field=".".join(map(str, e["loc"])) or "(item)", message=e["msg"]) for e in exc.errors()]
                 continue
@@ -234,6 +274,13 @@ class JobService:
         if job is None:
             raise NotFound(f"job {job_id!r} does not exist (or expired)")
         return job
+
+    def retry(self, job_id: str) -> tuple[JobRecord, int]:
+        """Re-queue the failed items of a finished job (same parameters and seeds): (the job, items re-queued; 0: nothing changed)."""
+        retried = self.store.retry_failed(job_id)
+        if retried is None:
+            raise NotFound(f"job {job_id!r} does not exist (or expired)")
+        return retried
 
 
 def read_local(root: Path, key: str) -> bytes:

@@ -17,6 +17,14 @@ Contract (both stores keep it; tests run against both):
   runner asks `expirable` for jobs finished before a time, deletes their
   files, then `delete_job` deletes the job with everything that refers to
   it: items, deliveries, its idempotency key and the result-cache entries it made.
+- `retry_failed` re-queues the failed items of a job that finished `failed` (same
+  parameters and seeds, attempts from zero), in one transaction; succeeded items
+  keep their results. Any other job is left as it is, so a second call changes
+  nothing. The job's earlier webhook deliveries (its `job` event, the retried items'
+  events) keep their logs under new ids (`records.retried_delivery_id`), so the
+  retried job's own events are queued again when it finishes.
+- `add_usage` adds to a key's counters of a UTC day (`records.usage_day`); `usage`
+  reads every key's counters of the given days. Usage is never deleted with jobs.
 """
 
 from __future__ import annotations
@@ -37,10 +45,12 @@ from comfybento.jobs.records import (
     ItemRecord,
     JobRecord,
     Lease,
+    UsageRecord,
     gave_up_error,
     item_usage,
     job_state_from_counts,
     now,
+    retried_delivery_id,
 )
 
 
@@ -82,6 +92,9 @@ class JobStore(Protocol):
     def deliveries(self, job_id: str) -> list[Delivery]: ...
     def expirable(self, before: float) -> list[str]: ...
     def delete_job(self, job_id: str) -> None: ...
+    def retry_failed(self, job_id: str) -> tuple[JobRecord, int] | None: ...
+    def add_usage(self, day: str, key: str | None, requests: int, images: int, gpu_seconds: float) -> None: ...
+    def usage(self, days: list[str]) -> list[UsageRecord]: ...
 
 
 SCHEMA = """
@@ -132,6 +145,7 @@ class SQLiteJobStore:
         self._db.executescript(SCHEMA)
         self._migrate()
         self._db.execute("CREATE INDEX IF NOT EXISTS result_cache_job ON result_cache (job_id)")
+        self._db.executescript(_USAGE_SCHEMA)
 
     def _migrate(self) -> None:
         """Add the columns a file made by an older version lacks (in one transaction: processes opening it together agree)."""
@@ -366,6 +380,53 @@ class SQLiteJobStore:
         with self._tx() as db:
             for table, col in (("items", "job_id"), ("deliveries", "job_id"), ("result_cache", "job_id"), ("jobs", "id")):
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (job_id,))
+
+    # ------------------------------------------------------------ retry
+
+    def retry_failed(self, job_id: str) -> tuple[JobRecord, int] | None:
+        """(the job, how many items were re-queued), or None for no such job."""
+        t = now()
+        with self._tx() as db:
+            job = self._job(db, job_id)
+            if job is None:
+                return None
+            if job.state != "failed":
+                return job, 0
+            failed = [r["idx"] for r in db.execute("SELECT idx FROM items WHERE job_id=? AND state='failed'", (job_id,))]
+            earlier = [f"{job_id}:job", *(f"{job_id}:item:{i}" for i in failed)]
+            db.executemany("UPDATE deliveries SET id=? WHERE id=?", [(retried_delivery_id(d, t), d) for d in earlier])
+            db.execute("UPDATE items SET state='queued', attempts=0, lease_owner=NULL, lease_expires=NULL, next_attempt_at=0, "
+                       "started_at=NULL, finished_at=NULL, result=NULL, error=NULL WHERE job_id=? AND state='failed'", (job_id,))
+            job = self._job(db, job_id)
+            assert job is not None
+            state = job_state_from_counts(job.counts, job.total, cancelled=False)
+            db.execute("UPDATE jobs SET state=?, finished_at=NULL, updated_at=? WHERE id=?", (state, t, job_id))
+            job = self._job(db, job_id)
+        assert job is not None
+        return job, len(failed)
+
+    # ------------------------------------------------------------ usage
+
+    def add_usage(self, day: str, key: str | None, requests: int, images: int, gpu_seconds: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO usage (day, key, requests, images, gpu_seconds) VALUES (?,?,?,?,?) ON CONFLICT (day, key) DO "
+                       "UPDATE SET requests=requests+excluded.requests, images=images+excluded.images, "
+                       "gpu_seconds=gpu_seconds+excluded.gpu_seconds", (day, key or "", requests, images, gpu_seconds))
+
+    def usage(self, days: list[str]) -> list[UsageRecord]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM usage WHERE day IN ({','.join('?' * len(days))}) ORDER BY day, key", days).fetchall()
+        return [UsageRecord(day=r["day"], key=r["key"] or None, requests=r["requests"], images=r["images"],
+                            gpu_seconds=r["gpu_seconds"]) for r in rows]
+
+
+# Per API key ('' without keys) and UTC day: what `add_usage` counted.
+_USAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+  day TEXT NOT NULL, key TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0, images INTEGER NOT NULL DEFAULT 0,
+  gpu_seconds REAL NOT NULL DEFAULT 0, PRIMARY KEY (day, key)
+);
+"""
 
 
 def _job_from_row(row: sqlite3.Row, counts: dict[str, int]) -> JobRecord:

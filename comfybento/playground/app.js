@@ -113,7 +113,9 @@ function control(name, prop, required) {
   let input;
   if (kind === "enum") {
     input = document.createElement("select");
+    if (prop.nullable) input.append(new Option("(none)", "", false, prop.default == null)); // e.g. preset: none chosen
     for (const option of prop.enum) input.append(new Option(option, option, false, option === prop.default));
+    if (prop["x-presets"]) input.addEventListener("change", () => applyPreset(prop["x-presets"][input.value]));
   } else if (kind === "text") {
     input = document.createElement("textarea");
     input.rows = 3;
@@ -143,6 +145,16 @@ function control(name, prop, required) {
   input.dataset.kind = kind;
   input.dataset.type = prop.type || "";
   return input;
+}
+
+// A preset chosen in the form fills the fields it sets (the request then sends them, as the preset would set them).
+function applyPreset(values) {
+  for (const [name, value] of Object.entries(values || {})) {
+    const input = document.getElementById(`field-${name}`);
+    if (!input || input.dataset.role === "file") continue;
+    if (input.dataset.kind === "boolean") input.checked = Boolean(value);
+    else input.value = String(value);
+  }
 }
 
 function fileControl(name, prop, required) {
@@ -228,6 +240,7 @@ async function formValues() {
   for (const input of $("params").querySelectorAll("input[name], select[name], textarea[name]")) {
     if (input.dataset.kind === "boolean") values[input.name] = input.checked;
     else if (input.value === "" && input.dataset.kind === "number") continue; // nullable (seed): drawn by the server
+    else if (input.value === "" && input.dataset.kind === "enum") continue; // nullable (preset): none
     else values[input.name] = input.dataset.kind === "number" ? coerce(input.value, input.dataset.type) : input.value;
   }
   return values;

@@ -18,6 +18,11 @@
 - `key_name(request)`: the name of the request's key (a job records it as its owner);
   `charge_owner(name, ...)`: the same charge for a key named by its name, outside any
   request (the job runner calls it as each item of the key's job succeeds).
+- `images_left(request)`: the request key's daily image quota and what is left of it,
+  read without drawing (a batch job is refused up front when its images do not fit).
+- `record_usage_in(sink)`: every charge (with keys on or off) is also handed to `sink(key
+  name or None, images, GPU-seconds)` in a thread; the jobs factory points it at the job
+  store, which keeps usage per key and day for `GET /usage` (jobs/usage.py).
 - `install(service, settings)`: CORS (Starlette's CORSMiddleware, outermost, so a
   preflight is answered before auth and every response, a 401 or 429 too, carries
   the CORS headers), then the access middleware.
@@ -28,11 +33,13 @@ keys still are) and each failure counts in comfybento_access_limiter_errors_tota
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -71,6 +78,9 @@ EXPOSED_HEADERS = (
 _current: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("comfybento_access_grant", default=None)
 # The Access that `install` gave this process's middleware (None when keys are off): `charge_owner` charges through it.
 _installed: dict[str, Access] = {}
+# Where each charge is also recorded (key name or None, images, GPU-seconds); see `record_usage_in`.
+UsageSink = Callable[["str | None", int, float], None]
+_usage_sink: dict[str, UsageSink] = {}
 
 
 def parse_bearer(value: str | None) -> str | None:
@@ -170,6 +180,13 @@ class Access:
         if gpu_seconds > 0:
             metrics["gpu_seconds"].labels(key=key.name).inc(gpu_seconds)
 
+    async def images_left(self, key: ApiKey) -> int | None:
+        """The images the key may still make now (its bucket refilled, nothing drawn); None: unlimited, or the limiter is down."""
+        if key.images_per_day is None:
+            return None
+        decision = await self._take(f"{key.name}:images", Policy(key.images_per_day, 86400), cost=0, require=ALWAYS)
+        return decision.remaining if decision is not None else None
+
 
 def _grant_of(target: Any) -> Grant | None:
     if target is None:
@@ -189,6 +206,7 @@ async def charge(target: HTTPConnection | dict[str, Any] | None = None, *, image
     grant = _grant_of(target)
     if grant is not None:
         await grant.access.charge(grant.key, images, gpu_seconds)
+    await _record(grant.key.name if grant is not None else None, images, gpu_seconds)
 
 
 def key_name(target: HTTPConnection | dict[str, Any] | None = None) -> str | None:
@@ -207,6 +225,43 @@ async def charge_owner(name: str | None, images: int = 0, gpu_seconds: float = 0
     key = acl.by_name.get(name) if acl is not None and name is not None else None
     if acl is not None and key is not None:
         await acl.charge(key, images, gpu_seconds)
+    await _record(name, images, gpu_seconds)
+
+
+def request_key(target: HTTPConnection | dict[str, Any] | None = None) -> ApiKey | None:
+    """The API key of a request (or its scope; None: the request being handled); None when keys are off."""
+    grant = _grant_of(target)
+    return grant.key if grant is not None else None
+
+
+def is_operator(key: ApiKey | None) -> bool:
+    """Whether a key may see every key's usage and jobs (the keys file's `operator: true`)."""
+    return bool(getattr(key, "operator", False))
+
+
+async def images_left(target: HTTPConnection | dict[str, Any] | None = None) -> tuple[int, int | None] | None:
+    """(images per day, images left now) of the request's key, read without drawing; None when keys are off or it is unlimited."""
+    grant = _grant_of(target)
+    if grant is None or grant.key.images_per_day is None:
+        return None
+    return grant.key.images_per_day, await grant.access.images_left(grant.key)
+
+
+def record_usage_in(sink: UsageSink | None) -> None:
+    """Hand every later charge to `sink` too (None: stop). A sink that fails is logged; the charge stands."""
+    _usage_sink.clear()
+    if sink is not None:
+        _usage_sink["sink"] = sink
+
+
+async def _record(name: str | None, images: int, gpu_seconds: float) -> None:
+    sink = _usage_sink.get("sink")
+    if sink is None:
+        return
+    try:
+        await asyncio.to_thread(sink, name, images, gpu_seconds)
+    except Exception:
+        log.exception("recording the usage of key %r failed (%d images, %.3f GPU-seconds)", name, images, gpu_seconds)
 
 
 def rate_limit_headers(checks: list[tuple[str, Decision]]) -> dict[str, str]:

@@ -65,3 +65,10 @@ DISK_WATERMARK = bentoml.metrics.Gauge(
     name="comfybento_disk_watermark_bytes",
     documentation="Free bytes each watched folder must keep (COMFYBENTO_MIN_FREE_BYTES; 0: not checked).",
 )
+COST_SECONDS_PER_UNIT = bentoml.metrics.Gauge(
+    name="comfybento_cost_seconds_per_unit",
+    documentation="GPU-seconds per unit of work (megapixel x step x image) of each workflow, learned from its results on this "
+                  "replica (scheduling/cost.py; its prior until the first result). Dry-run job estimates use it.",
+    labelnames=["workflow"],
+    multiprocess_mode="mostrecent",
+)

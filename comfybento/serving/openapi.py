@@ -27,7 +27,7 @@ from comfybento.jobs.records import ItemState, JobState
 from comfybento.serving import stream
 from comfybento.serving.playground import is_playground_path, playground_file
 from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.schema import build_input_model
+from comfybento.workflows.schema import PRESET_FIELD, build_input_model
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -72,6 +72,8 @@ OPERATION_IDS = {  # the jobs API's routes (FastAPI would name them `submit_jobs
     ("get", "/jobs/{job_id}"): "getJob",
     ("get", "/jobs/{job_id}/results"): "getJobResults",
     ("post", "/jobs/{job_id}/cancel"): "cancelJob",
+    ("post", "/jobs/{job_id}/retry"): "retryJob",
+    ("get", "/usage"): "getUsage",
     ("get", "/jobs/{job_id}/archive"): "getJobArchive",
     ("get", "/jobs/{job_id}/files/{name}"): "getJobFile",
     ("get", "/outputs/{folder}/{name}"): "getOutputFile",
@@ -171,7 +173,8 @@ def _job_item_name(workflow: str) -> str:
 
 def _add_job_items(schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
     for name, spec in catalog.items():
-        model = build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True, limits=spec.limits)
+        model = build_input_model(name, list(spec.params), spec.encoding, images_as_base64=True, limits=spec.limits,
+                                  presets=spec.presets)
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for sub, body in schema.pop("$defs", {}).items():
             schemas.setdefault(sub, body)
@@ -189,11 +192,13 @@ def _type_job_submit(op: dict[str, Any], catalog: dict[str, WorkflowSpec], schem
 
 
 def _job_variant(name: str, base_ref: str, schemas: dict[str, Any]) -> dict[str, Any]:
-    """One workflow's submission: its items, base and fan-out typed like its endpoint's fields."""
+    """One workflow's submission: its items, base and fan-out typed like its endpoint's fields, its presets named."""
     item = {"$ref": f"#/components/schemas/{_job_item_name(name)}"}
     fields = schemas[_job_item_name(name)].get("properties", {})
     fanout = {field: {"type": "array", "items": _without_default(body)} for field, body in fields.items()}
+    presets = {"preset": _without_default(fields[PRESET_FIELD])} if PRESET_FIELD in fields else {}
     return {"allOf": [{"$ref": base_ref}, {"type": "object", "properties": {
+        **presets,
         "workflow": {"type": "string", "enum": [name]},
         "items": {"type": "array", "items": item, "description": f"Items of the '{name}' workflow."},
         "base": {"allOf": [item], "description": "Parameters shared by every item of a fan-out."},
@@ -270,6 +275,11 @@ def _type_bodies(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[s
         status = {"application/json": {"schema": {"$ref": "#/components/schemas/JobStatus"}}}
         submit["202"] = {"description": "The job is queued: its status.", "content": status}
         submit["200"] = {"description": "A job with this idempotency_key was submitted before: its status.", "content": status}
+        if "JobEstimate" in schemas:
+            either = {"oneOf": [{"$ref": "#/components/schemas/JobStatus"}, {"$ref": "#/components/schemas/JobEstimate"}]}
+            submit["200"] = {"description": "`dry_run: true`: the job's estimate (nothing is queued). Otherwise a job with this "
+                                            "idempotency_key was submitted before: its status.",
+                             "content": {"application/json": {"schema": either}}}
     for path in INFRA:
         ok = paths.get(path, {}).get("get", {}).get("responses", {}).get("200")
         if ok is not None and "content" not in ok:

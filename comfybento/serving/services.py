@@ -39,6 +39,7 @@ from comfybento.outputs import diskspace
 from comfybento.outputs.delivery import StorageOnFirstUse, output_item, outputs_as_urls
 from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission
+from comfybento.scheduling.cost import CostModel, work_of
 from comfybento.serving import access, engine_route, lifecycle, metrics, stream
 from comfybento.serving.engine_client import EngineClient, OnOutput, engine_url
 from comfybento.serving.http import (
@@ -58,7 +59,7 @@ from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.free_graph import FREE_GRAPH
 from comfybento.workflows.limits import check_request_limits
 from comfybento.workflows.params import UPLOAD_KINDS, OutputSpec
-from comfybento.workflows.schema import GenerateResponse, Timings
+from comfybento.workflows.schema import PRESET_FIELD, GenerateResponse, Timings
 from comfybento.workflows.uploads import read_input
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None, ur
     values = dict(values)
     output_format, quality = values.pop("output_format", None), values.pop("output_quality", None)
     values.pop("output_delivery", None)  # the front's concern (stored outputs and URLs), not the engine's
+    values.pop(PRESET_FIELD, None)  # applied when the request was validated (workflows/schema.py): its values are in place
     check_request_limits(spec.name, spec.graph, spec.params, values, spec.limits, seed)
     suffixes = {}
     for param in spec.params:
@@ -188,10 +190,23 @@ async def _admit(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_o
     return item
 
 
+def gpu_seconds_of(result: ItemResult) -> float:
+    """A result's share of its engine batch: what its key is charged, and what the cost model learns from."""
+    return result.execution_ms / 1000 / max(1, result.batch_size)
+
+
 async def _charge(result: ItemResult, key: str | None = None) -> None:
     """Draw a result's images from the caller's API key (serving/access.py); `key`: its name, outside the handler."""
-    images, gpu_seconds = len(result.outputs), result.execution_ms / 1000 / max(1, result.batch_size)
+    images, gpu_seconds = len(result.outputs), gpu_seconds_of(result)
     await (access.charge_owner(key, images, gpu_seconds) if key is not None else access.charge(images=images, gpu_seconds=gpu_seconds))
+
+
+def observe_cost(costs: CostModel, spec: WorkflowSpec, item: EngineItem, result: ItemResult) -> None:
+    """Teach the workflow's cost model (scheduling/cost.py) a succeeded result, and export its new rate."""
+    if not result.ok:
+        return
+    rate = costs.observe(spec.name, work_of(spec.graph, spec.params, item.values), gpu_seconds_of(result))
+    metrics.COST_SECONDS_PER_UNIT.labels(workflow=spec.name).set(rate)
 
 
 async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> ItemResult | Response:
@@ -207,6 +222,7 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any], store
         return error_response(Cancelled("the client went away"))
     if not result.ok:
         return error_response(result.model_dump(), self.admission.retry_after_s)
+    observe_cost(self.costs, spec, item, result)
     await _charge(result)
     log.info("request %s: %s ok, seed %s, batch %d, queued %.0f ms, ran %.0f ms", request_id(), spec.name, result.seed,
              result.batch_size, result.queue_ms, result.execution_ms)
@@ -232,6 +248,7 @@ def _stream_endpoint(spec: WorkflowSpec) -> Any:
         async def finish(result: ItemResult) -> stream.AnyEvent:
             if not result.ok:
                 return stream.failed_event(result, rid)
+            observe_cost(self.costs, spec, item, result)
             await _charge(result, key)
             return stream.done_event(spec.name, result)
 
@@ -315,10 +332,13 @@ def _job_hooks(project: Project) -> dict[str, Any]:
             except ComfyBentoError as exc:
                 return ItemResult.failure(exc, seed)
             item.background = True  # behind live requests of its shape, filling their batches (scheduler point 4)
-            return await call_engine(self, workflow, item, on_event)
+            result = await call_engine(self, workflow, item, on_event)
+            if workflow != FREE_GRAPH:
+                observe_cost(self.costs, project.catalog[workflow], item, result)
+            return result
 
         self.job_items = ThreadPoolExecutor(2, thread_name_prefix="comfybento-job-items")
-        service, self.job_runner = make_jobs(project.settings, project.catalog, execute, may_lease=self.disk.has_room)
+        service, self.job_runner = make_jobs(project.settings, project.catalog, execute, self.costs, may_lease=self.disk.has_room)
         jobs_api.bind(service)
         self.job_task = asyncio.create_task(self.job_runner.run_forever())
 
@@ -340,6 +360,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         self.output_storage = StorageOnFirstUse(settings)
         self.input_urls = AllowList(settings.input_url_allowlist, "input url")
         self.disk = _disk_watcher(project)
+        self.costs = CostModel()  # GPU-seconds per unit of work, per workflow, learned from the results (dry-run estimates)
         self.engine_client = EngineClient(engine_url(ENGINE_NAME), ENGINE_TIMEOUT_S) if settings.engine_entry == "scheduler" else None
 
     async def __is_ready__(self: Any) -> bool:

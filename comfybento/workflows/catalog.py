@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from comfybento.config import Settings
 from comfybento.errors import TooLarge, WorkflowError
@@ -16,15 +17,15 @@ from comfybento.outputs.encoding import Encoding
 from comfybento.workflows.batchplan import BatchPlan, plan_batching
 from comfybento.workflows.graph import Graph, NodeDefs, check_graph, consumers, is_link, load_graph, sorted_ids
 from comfybento.workflows.limits import Limits, check_request_limits
-from comfybento.workflows.params import OutputSpec, Param, infer_outputs, infer_params
-from comfybento.workflows.schema import build_input_model
+from comfybento.workflows.params import UPLOAD_KINDS, OutputSpec, Param, infer_outputs, infer_params
+from comfybento.workflows.schema import PRESET_FIELD, build_input_model
 from comfybento.workflows.sidecar import apply_sidecar, load_sidecar
 
 log = logging.getLogger(__name__)
 
 # Request fields every endpoint has (a workflow parameter cannot take these names).
 COMMON_FIELDS = ("output_format", "output_quality", "output_delivery")
-RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "schema", "api", "workflows", "static_content", "playground",
+RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "schema", "api", "workflows", "static_content", "playground", "usage",
                   # ComfyUI's own routes (compat/comfyui/)
                   "prompt", "queue", "interrupt", "history", "view", "upload", "object_info", "system_stats", "free", "embeddings",
                   "extensions", "models", "ws"}
@@ -81,6 +82,8 @@ class WorkflowSpec:
     limits: Limits
     # Request fields that choose a model file (a sidecar exposing a loader input): models.lock entries only.
     model_choices: tuple[ModelChoice, ...] = ()
+    # The sidecar's presets: name -> request field values (checked at startup), chosen with the `preset` field.
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def checkpoints(self) -> list[str]:
@@ -188,13 +191,15 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
     except TooLarge as exc:
         raise WorkflowError(f"{where}: the graph's own values are over a limit: {exc}. Lower them in the graph, or raise "
                             f"the limit (COMFYBENTO_MAX_... or `limits:` in {path.with_suffix('.yaml').name})") from None
+    input_model = build_input_model(name, list(params), sidecar.encoding, limits=limits, presets=sidecar.presets)
+    check_presets(str(path.with_suffix(".yaml")), name, graph, params, limits, input_model, sidecar.presets)
     return WorkflowSpec(
         name=name,
         path=path,
         graph=graph,
         params=params,
         outputs=outputs,
-        input_model=build_input_model(name, list(params), sidecar.encoding, limits=limits),
+        input_model=input_model,
         models=models,
         max_batch_size=sidecar.max_batch_size or settings.max_batch_size,
         max_latency_ms=sidecar.max_latency_ms or settings.max_latency_ms,
@@ -203,7 +208,36 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
         encoding=sidecar.encoding,
         limits=limits,
         model_choices=model_choices,
+        presets=sidecar.presets,
     )
+
+
+def check_presets(where: str, workflow: str, graph: Graph, params: tuple[Param, ...], limits: Limits, model: type[BaseModel],
+                  presets: dict[str, dict[str, Any]]) -> None:
+    """Fail fast on a preset that names no field, sets an input file, or holds a value out of its field's bounds or the limits."""
+    if presets and PRESET_FIELD in {p.name for p in params}:
+        raise WorkflowError(f"{where}: a parameter is named '{PRESET_FIELD}', which picks a preset; rename it in `params:`")
+    known = set(model.model_fields) - {PRESET_FIELD}
+    files = {p.name for p in params if p.kind in UPLOAD_KINDS}
+    for preset, values in presets.items():
+        label = f"{where}: presets.{preset}"
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise WorkflowError(f"{label}: {unknown} are not fields of '{workflow}'; its fields: {sorted(known)}")
+        if files & set(values):
+            raise WorkflowError(f"{label}: {sorted(files & set(values))} are input files; a preset cannot set them")
+        try:
+            validated = model.model_validate({PRESET_FIELD: preset}).model_dump()
+        except ValidationError as exc:
+            wrong = [e for e in exc.errors() if e["loc"] and e["loc"][0] in values]
+            if wrong:
+                shown = "; ".join(f"{e['loc'][0]}: {e['msg']} (got {values[str(e['loc'][0])]!r})" for e in wrong)
+                raise WorkflowError(f"{label}: {shown}") from None
+            validated = values  # only required input files are missing: the preset's own values are valid
+        try:
+            check_request_limits(workflow, graph, params, validated, limits)
+        except TooLarge as exc:
+            raise WorkflowError(f"{label} is over a limit: {exc}") from None
 
 
 def load_catalog(settings: Settings, node_defs: NodeDefs, lock: ModelLock) -> dict[str, WorkflowSpec]:

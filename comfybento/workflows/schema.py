@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
-from pydantic import BaseModel, Field, ValidationError, ValidatorFunctionWrapHandler, WithJsonSchema, WrapValidator, create_model
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+    create_model,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -212,21 +222,64 @@ def encoding_fields(encoding: Encoding) -> dict[str, tuple[Any, Any]]:
     }
 
 
+Presets = Mapping[str, Mapping[str, Any]]
+PRESET_FIELD = "preset"
+
+
+def describe_presets(presets: Presets) -> str:
+    """`fast: steps=4, cfg=5.0; quality: ...`: each preset's values, for the OpenAPI and error messages."""
+    return "; ".join(f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in values.items()) for name, values in presets.items())
+
+
+def preset_field(presets: Presets) -> tuple[Any, Any]:
+    """The `preset` field: one of the sidecar's preset names (an enum in the OpenAPI, each preset's values described)."""
+    names = tuple(presets)
+    description = (f"A named set of field values from the workflow's sidecar; fields given explicitly override it. "
+                   f"{describe_presets(presets)}.")
+
+    def known(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if value is not None and value not in names:
+            raise PydanticCustomError("unknown_preset", "unknown preset {preset}; this workflow has {known}",
+                                      {"preset": repr(value), "known": ", ".join(names)})
+        return handler(value)
+
+    # x-presets: each preset's values, for clients that show them (the playground fills its form with them)
+    schema = {"type": "string", "enum": list(names), "nullable": True, "description": description,
+              "x-presets": {name: dict(values) for name, values in presets.items()}}
+    return (Annotated[str | None, WrapValidator(known), WithJsonSchema(schema)], Field(default=None, description=description))
+
+
+def with_preset(presets: Presets, data: Any) -> Any:
+    """A request's raw fields with its preset's values under them: explicit fields win, then the preset, then the defaults."""
+    if not isinstance(data, dict):
+        return data
+    name = data.get(PRESET_FIELD)
+    chosen = presets.get(name) if isinstance(name, str) else None
+    return {**chosen, **data} if chosen else data
+
+
 def build_input_model(workflow: str, params: list[Param], encoding: Encoding | None = None,
-                      images_as_base64: bool = False, limits: Limits | None = None) -> type[BaseModel]:
+                      images_as_base64: bool = False, limits: Limits | None = None, presets: Presets | None = None) -> type[BaseModel]:
     """The request model of one workflow endpoint; unknown fields are rejected.
 
-    With images_as_base64, image fields are base64 strings (batch-job items are JSON).
+    With images_as_base64, image fields are base64 strings (batch-job items are JSON). With presets
+    (the sidecar's), a `preset` field picks one, applied before the fields are validated.
     """
     limits = limits or Limits()
     fields = {param.name: field_for(param, limits, images_as_base64) for param in params}
     fields.update(encoding_fields(encoding or Encoding()))
+    validators: dict[str, Any] = {}
+    if presets:
+        fields[PRESET_FIELD] = preset_field(presets)
+        table = {name: dict(values) for name, values in presets.items()}
+        validators["apply_preset"] = model_validator(mode="before")(lambda cls, data: with_preset(table, data))
     model_name = "".join(part.capitalize() for part in workflow.replace("-", "_").split("_"))
     model_name += "JobItem" if images_as_base64 else "Input"
     model = create_model(  # type: ignore[call-overload]
         model_name,
         __base__=bentoml.IODescriptor if images_as_base64 else RequestModel,
         __doc__=f"Parameters of the '{workflow}' workflow.",
+        __validators__=validators,
         **fields,
     )
     model.model_config["extra"] = "forbid"

@@ -15,10 +15,14 @@
                                                           # (workflows/catalog.py LOADER_FOLDERS) is an enum of
                                                           # the models.lock entries of its folder, nothing else
       - {node: "3", input: steps, max: 50, default: 12, description: "..."}
+    presets:                 # named sets of request fields a request or job picks with `preset`
+      fast: {steps: 4, cfg: 5.0}                          # (explicit fields override them; checked against
+      quality: {steps: 30, cfg: 7.5, width: 768}          #  the fields' bounds and the limits at startup)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,9 @@ from comfybento.workflows.params import Param, identifier, param_from_input
 ENTRY_KEYS = {"node", "input", "name", "hide", "description", "default", "min", "max"}
 
 
-TOP_KEYS = {"params", "max_batch_size", "max_latency_ms", "output_format", "output_quality", "png_compress_level", "limits"}
+TOP_KEYS = {"params", "max_batch_size", "max_latency_ms", "output_format", "output_quality", "png_compress_level", "limits",
+            "presets"}
+PRESET_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class Sidecar:
     encoding: Encoding = field(default_factory=Encoding)
     entries: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     limits: dict[str, Any] = field(default_factory=dict)
+    # name -> request field values (checked against the workflow's fields in catalog.py, once they are known)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def load_sidecar(path: Path) -> Sidecar:
@@ -71,7 +79,24 @@ def load_sidecar(path: Path) -> Sidecar:
         max_latency_ms=_positive(path, data, "max_latency_ms"),
         encoding=_encoding(path, data),
         entries=tuple(entries),
+        presets=_presets(path, data.get("presets")),
     )
+
+
+def _presets(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
+    """The sidecar's `presets:`: names (lowercase identifiers) -> a mapping of request fields to values."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise WorkflowError(f"{path}: 'presets' must be a mapping of names to fields, e.g. {{fast: {{steps: 4}}}}")
+    presets = {}
+    for name, values in raw.items():
+        if not isinstance(name, str) or not PRESET_NAME.match(name):
+            raise WorkflowError(f"{path}: preset name {name!r} must be lowercase letters, digits, '_' or '-', starting with a letter")
+        if not isinstance(values, dict) or not values:
+            raise WorkflowError(f"{path}: presets.{name} must be a non-empty mapping of request fields to values, e.g. {{steps: 4}}")
+        presets[name] = {str(k): v for k, v in values.items()}
+    return presets
 
 
 def _encoding(path: Path, data: dict[str, Any]) -> Encoding:

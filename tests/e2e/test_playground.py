@@ -124,6 +124,10 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
         assert (steps.get_attribute("min"), steps.get_attribute("step")) == ("1", "1")  # bounds from the schema
         assert browser.find_element(By.ID, "field-prompt").tag_name == "textarea"  # a multiline prompt
         assert "webp" in [o.text for o in Select(browser.find_element(By.ID, "field-output_format")).options]  # enums as selects
+        preset = Select(browser.find_element(By.ID, "field-preset"))  # the sidecar's presets, none chosen at first
+        assert preset.first_selected_option.text == "(none)" and [o.text for o in preset.options][1:] == ["fast", "balanced", "quality"]
+        preset.select_by_value("fast")
+        assert steps.get_attribute("value") == "8"  # a chosen preset fills the fields it sets
         fill(browser, "prompt", "a lighthouse at dusk")
         fill(browser, "width", str(SIZE))
         fill(browser, "height", str(SIZE))

@@ -474,3 +474,109 @@ def test_a_sqlite_file_of_the_old_schema_is_migrated_on_open(tmp_path):
     store.cache_put("k2", {"outputs": []}, new.id)
     assert store.cache_get("k") == {} and store.cache_get("k2") == {"outputs": []}
     assert SQLiteJobStore(path).get_job(new.id).owner == "alice"  # opening a migrated file again changes nothing
+
+
+# ------------------------------------------------------------ retry of failed items
+
+
+def _finish_with_one_failure(store: JobStore, job: JobRecord) -> None:
+    """Item 1 fails for good, the others succeed (2 images each)."""
+    for lease in store.lease("w", job.total, 60, MAX):
+        if lease.index == 1:
+            assert store.fail("w", lease, {"kind": "node", "retryable": False}, retry_at=None)
+        else:
+            assert store.complete("w", lease, {"outputs": [{"key": "a"}, {"key": "b"}], "execution_ms": 1000, "batch_size": 1})
+
+
+def test_retry_requeues_only_the_failed_items_with_their_seeds(store):
+    job, items = _job(3)
+    store.create_job(job, items)
+    _finish_with_one_failure(store, job)
+    kept = store.get_items(job.id, 0, 3)[0]
+    assert store.get_job(job.id).state == "failed"
+    retried, count = store.retry_failed(job.id)
+    assert count == 1 and retried.state == "running" and retried.finished_at is None
+    assert retried.counts == {"succeeded": 2, "queued": 1} and retried.images == 4  # the succeeded items' usage stays
+    item = store.get_items(job.id, 1, 1)[0]
+    assert (item.state, item.attempts, item.error, item.seed, item.params) == ("queued", 0, None, 2**53 - 1, {"prompt": "p1"})
+    assert store.get_items(job.id, 0, 1)[0] == kept  # untouched
+    assert store.retry_failed(job.id) == (retried, 0)  # again while it is queued: nothing changes
+    (lease,) = store.lease("w", 10, 60, MAX)
+    assert (lease.index, lease.seed, lease.attempt) == (1, 2**53 - 1, 1)
+    assert store.retry_failed(job.id)[1] == 0 and store.get_items(job.id, 1, 1)[0].state == "running"  # and while it runs
+    assert store.complete("w", lease, {"outputs": [{"key": "c"}], "execution_ms": 500, "batch_size": 1})
+    done = store.get_job(job.id)
+    assert done.state == "succeeded" and done.counts == {"succeeded": 3} and done.images == 5
+    assert store.retry_failed(job.id) == (done, 0)  # nothing failed: nothing to do
+    assert store.retry_failed("no-such-job") is None
+
+
+def test_retry_gives_an_item_that_used_every_attempt_new_attempts(store):
+    job, items = _job(1)
+    store.create_job(job, items)
+    for _ in range(MAX):
+        store.lease("dies", 1, 0.01, MAX)
+        time.sleep(0.05)
+    assert store.lease("w", 1, 60, MAX) == [] and store.get_job(job.id).state == "failed"  # given up
+    assert store.retry_failed(job.id)[1] == 1
+    (lease,) = store.lease("w", 1, 60, MAX)
+    assert lease.attempt == 1 and store.complete("w", lease, {"outputs": []})
+    assert store.get_job(job.id).state == "succeeded"
+
+
+def test_a_cancelled_job_is_not_retried(store):
+    job, items = _job(2)
+    store.create_job(job, items)
+    (lease,) = store.lease("w", 1, 60, MAX)
+    store.fail("w", lease, {"kind": "node", "retryable": False}, retry_at=None)
+    store.cancel(job.id)
+    cancelled, count = store.retry_failed(job.id)
+    assert count == 0 and cancelled.state == "cancelled" and store.lease("w", 10, 60, MAX) == []
+
+
+def test_a_retried_job_sends_its_webhooks_again_and_keeps_the_earlier_ones(store):
+    job, items = _job(2, webhook="http://127.0.0.1:1/hook", per_item=True)
+    store.create_job(job, items)
+    _finish_with_one_failure(store, job)
+    first = store.due_deliveries("w", 10, 0)  # claimed for no time: what is not saved is due again at once
+    assert sorted(d.event for d in first) == ["item.failed", "item.succeeded", "job.failed"]
+    for delivery in first:
+        if delivery.event != "item.failed":  # the failed item's event is still pending when the job is retried
+            store.save_delivery(Delivery(**{**delivery.__dict__, "attempts": 1, "state": "delivered", "log": [{"ok": True}]}))
+    store.retry_failed(job.id)
+    (lease,) = store.lease("w", 10, 60, MAX)
+    store.complete("w", lease, {"outputs": []})
+    due = sorted((d.event, d.payload["data"].get("state")) for d in store.due_deliveries("w2", 10, 30))
+    assert due == [("item.failed", "failed"), ("item.succeeded", "succeeded"), ("job.succeeded", "succeeded")]
+    kept = {(d.event, d.state) for d in store.deliveries(job.id)}  # the earlier ones, with their logs
+    assert {("job.failed", "delivered"), ("item.succeeded", "delivered"), ("item.failed", "pending")} <= kept
+    assert _expire_all(store) == [job.id] and store.deliveries(job.id) == []
+    if isinstance(store, RedisJobStore):
+        assert sorted(store.r.scan_iter("*")) == []
+    else:
+        assert store._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+
+
+# ------------------------------------------------------------ usage per key and day
+
+
+def test_usage_adds_up_per_key_and_day(store):
+    store.add_usage("2026-01-02", "alice", 1, 4, 1.5)
+    store.add_usage("2026-01-02", "alice", 1, 2, 0.25)
+    store.add_usage("2026-01-02", None, 1, 1, 0.5)
+    store.add_usage("2026-01-01", "bob", 3, 0, 0.0)
+    store.add_usage("2025-12-01", "alice", 9, 9, 9.0)  # outside the days asked for
+    got = [(u.day, u.key, u.requests, u.images, u.gpu_seconds) for u in store.usage(["2026-01-01", "2026-01-02"])]
+    assert got == [("2026-01-01", "bob", 3, 0, 0.0), ("2026-01-02", None, 1, 1, 0.5), ("2026-01-02", "alice", 2, 6, 1.75)]
+    assert store.usage(["2030-01-01"]) == []
+
+
+def test_usage_survives_a_new_store_on_the_same_data(store, tmp_path, redis_url):
+    store.add_usage("2026-01-02", "alice", 1, 4, 1.5)
+    job, items = _job(1)
+    store.create_job(job, items)
+    _run_to_end(store, job)
+    _expire_all(store)  # usage is not the job's: it outlives it
+    reopened = SQLiteJobStore(tmp_path / "jobs.sqlite3") if isinstance(store, SQLiteJobStore) else RedisJobStore(redis_url)
+    reopened.add_usage("2026-01-02", "alice", 1, 1, 0.5)
+    assert [(u.requests, u.images, u.gpu_seconds) for u in reopened.usage(["2026-01-02"])] == [(2, 5, 2.0)]

@@ -2,7 +2,7 @@
 
 import type { Client, Options as Options2, TDataShape } from './client';
 import { client } from './client.gen';
-import type { CancelJobData, CancelJobErrors, CancelJobResponses, GetHealthzData, GetHealthzResponses, GetJobArchiveData, GetJobArchiveErrors, GetJobArchiveResponses, GetJobData, GetJobErrors, GetJobEventsData, GetJobEventsErrors, GetJobEventsResponse, GetJobEventsResponses, GetJobFileData, GetJobFileErrors, GetJobFileResponses, GetJobResponses, GetJobResultsData, GetJobResultsErrors, GetJobResultsResponses, GetLivezData, GetLivezResponses, GetMetricsData, GetMetricsResponses, GetOutputFileData, GetOutputFileErrors, GetOutputFileResponses, GetReadyzData, GetReadyzResponses, ListJobsData, ListJobsErrors, ListJobsResponses, SubmitJobData, SubmitJobErrors, SubmitJobResponses, Txt2ImgData, Txt2ImgErrors, Txt2ImgPngData, Txt2ImgPngErrors, Txt2ImgPngResponses, Txt2ImgResponses, Txt2ImgSaveImageData, Txt2ImgSaveImageErrors, Txt2ImgSaveImageResponses, Txt2ImgStreamData, Txt2ImgStreamErrors, Txt2ImgStreamResponse, Txt2ImgStreamResponses } from './types.gen';
+import type { CancelJobData, CancelJobErrors, CancelJobResponses, GetHealthzData, GetHealthzResponses, GetJobArchiveData, GetJobArchiveErrors, GetJobArchiveResponses, GetJobData, GetJobErrors, GetJobEventsData, GetJobEventsErrors, GetJobEventsResponse, GetJobEventsResponses, GetJobFileData, GetJobFileErrors, GetJobFileResponses, GetJobResponses, GetJobResultsData, GetJobResultsErrors, GetJobResultsResponses, GetLivezData, GetLivezResponses, GetMetricsData, GetMetricsResponses, GetOutputFileData, GetOutputFileErrors, GetOutputFileResponses, GetReadyzData, GetReadyzResponses, GetUsageData, GetUsageErrors, GetUsageResponses, ListJobsData, ListJobsErrors, ListJobsResponses, RetryJobData, RetryJobErrors, RetryJobResponses, SubmitJobData, SubmitJobErrors, SubmitJobResponses, Txt2ImgData, Txt2ImgErrors, Txt2ImgPngData, Txt2ImgPngErrors, Txt2ImgPngResponses, Txt2ImgResponses, Txt2ImgSaveImageData, Txt2ImgSaveImageErrors, Txt2ImgSaveImageResponses, Txt2ImgStreamData, Txt2ImgStreamErrors, Txt2ImgStreamResponse, Txt2ImgStreamResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -96,7 +96,9 @@ export const listJobs = <ThrowOnError extends boolean = false>(options?: Options
  *
  * Validates every item (a 422 lists each bad item's index and field; nothing is queued), then returns the job id at once.
  *
- * The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish.
+ * The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish, and a
+ * job that makes more images than the key's daily quota has left is refused up front (429). With `dry_run: true` nothing is
+ * queued: the answer (200) is the job's estimate: items, cache hits, images, GPU-seconds and the key's quota.
  */
 export const submitJob = <ThrowOnError extends boolean = false>(options: Options<SubmitJobData, ThrowOnError>) => (options.client ?? client).post<SubmitJobResponses, SubmitJobErrors, ThrowOnError>({
     url: '/jobs',
@@ -131,6 +133,25 @@ export const getJobEvents = <ThrowOnError extends boolean = false>(options: Opti
  * Cancel a job
  */
 export const cancelJob = <ThrowOnError extends boolean = false>(options: Options<CancelJobData, ThrowOnError>) => (options.client ?? client).post<CancelJobResponses, CancelJobErrors, ThrowOnError>({ url: '/jobs/{job_id}/cancel', ...options });
+
+/**
+ * Retry the failed items of a finished job
+ *
+ * Re-queues the items of a `failed` job that failed, with the same parameters and seeds; succeeded items keep their results.
+ *
+ * Idempotent: while the retried items are queued or running, or when nothing failed (a succeeded, running or cancelled job),
+ * nothing changes. The answer is the job's status either way.
+ */
+export const retryJob = <ThrowOnError extends boolean = false>(options: Options<RetryJobData, ThrowOnError>) => (options.client ?? client).post<RetryJobResponses, RetryJobErrors, ThrowOnError>({ url: '/jobs/{job_id}/retry', ...options });
+
+/**
+ * Usage per API key and day
+ *
+ * Requests (generation requests and job items that succeeded), images and GPU-seconds per UTC day, kept in the job store.
+ *
+ * A key sees its own usage; an operator key every key's; with API keys off, the service's totals.
+ */
+export const getUsage = <ThrowOnError extends boolean = false>(options?: Options<GetUsageData, ThrowOnError>) => (options?.client ?? client).get<GetUsageResponses, GetUsageErrors, ThrowOnError>({ url: '/usage', ...options });
 
 /**
  * Every output of the job as one zip

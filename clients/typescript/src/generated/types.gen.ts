@@ -5,6 +5,36 @@ export type ClientOptions = {
 };
 
 /**
+ * DayUsage
+ */
+export type DayUsage = {
+    /**
+     * Requests
+     *
+     * Generation requests and job items that succeeded.
+     */
+    requests: number;
+    /**
+     * Images
+     *
+     * Images made.
+     */
+    images: number;
+    /**
+     * Gpu Seconds
+     *
+     * GPU-seconds used (each item's share of its engine batch).
+     */
+    gpu_seconds: number;
+    /**
+     * Day
+     *
+     * The UTC day, YYYY-MM-DD.
+     */
+    day: string;
+};
+
+/**
  * DeliveryOut
  */
 export type DeliveryOut = {
@@ -151,6 +181,67 @@ export type ItemResultOut = {
      */
     batch_size: number | null;
     error: ItemFailure | null;
+};
+
+/**
+ * JobEstimate
+ *
+ * What a job would cost (`dry_run: true`): nothing is queued.
+ */
+export type JobEstimate = {
+    /**
+     * Dry Run
+     *
+     * Always true: this is an estimate.
+     */
+    dry_run: boolean;
+    /**
+     * Workflow
+     */
+    workflow: string;
+    /**
+     * Items
+     *
+     * Items after the fan-out.
+     */
+    items: number;
+    /**
+     * Cache Hits
+     *
+     * Items whose result is in the result cache (counted only with `cache: true`).
+     */
+    cache_hits: number;
+    /**
+     * Images
+     *
+     * Images the job would make (and charge to the key), cache hits included.
+     */
+    images: number;
+    /**
+     * Gpu Seconds
+     *
+     * Estimated GPU-seconds of the items that would run (cache hits cost none).
+     */
+    gpu_seconds: number;
+    /**
+     * Seconds Per Unit
+     *
+     * The workflow's cost used: GPU-seconds per megapixel x step x image.
+     */
+    seconds_per_unit: number;
+    /**
+     * Measured
+     *
+     * Results the cost was measured on since this replica started (0: the documented prior).
+     */
+    measured: number;
+    quota: QuotaOut;
+    /**
+     * Fits Quota
+     *
+     * Whether the key's remaining images cover the job (a real submission over it is a 429).
+     */
+    fits_quota: boolean;
 };
 
 /**
@@ -326,6 +417,18 @@ export type JobSubmit = {
      * Reuse a stored result for an identical (workflow, parameters, seed) item.
      */
     cache?: boolean;
+    /**
+     * Preset
+     *
+     * A preset of the workflow's sidecar for every item (an item's own `preset` and its explicit fields override it).
+     */
+    preset?: string | null;
+    /**
+     * Dry Run
+     *
+     * Queue nothing: answer 200 with the job's estimate (items, cache hits, GPU-seconds, images) and the key's quota.
+     */
+    dry_run?: boolean;
 };
 
 /**
@@ -346,6 +449,25 @@ export type JobUsage = {
      * GPU-seconds: each item's share of its engine batch (0 for a cached result).
      */
     gpu_seconds: number;
+};
+
+/**
+ * KeyUsage
+ */
+export type KeyUsage = {
+    /**
+     * Key
+     *
+     * The API key's name (null: requests made without API keys).
+     */
+    key: string | null;
+    total: UsageCounts;
+    /**
+     * Days
+     *
+     * Each day with usage, oldest first.
+     */
+    days: Array<DayUsage>;
 };
 
 /**
@@ -398,6 +520,76 @@ export type OutputRef = {
      * Where to download the file (a presigned URL with S3 storage).
      */
     url: string;
+};
+
+/**
+ * QuotaOut
+ */
+export type QuotaOut = {
+    /**
+     * Images Per Day
+     *
+     * The API key's daily image quota (null: unlimited, or API keys are off).
+     */
+    images_per_day: number | null;
+    /**
+     * Remaining
+     *
+     * Images the key may still make now (null: unlimited).
+     */
+    remaining: number | null;
+};
+
+/**
+ * UsageCounts
+ */
+export type UsageCounts = {
+    /**
+     * Requests
+     *
+     * Generation requests and job items that succeeded.
+     */
+    requests: number;
+    /**
+     * Images
+     *
+     * Images made.
+     */
+    images: number;
+    /**
+     * Gpu Seconds
+     *
+     * GPU-seconds used (each item's share of its engine batch).
+     */
+    gpu_seconds: number;
+};
+
+/**
+ * UsageReport
+ */
+export type UsageReport = {
+    /**
+     * Since
+     *
+     * The first UTC day shown (YYYY-MM-DD).
+     */
+    since: string;
+    /**
+     * Until
+     *
+     * The last UTC day shown (today).
+     */
+    until: string;
+    /**
+     * Scope
+     *
+     * own (the calling key's), all (an operator key: every key) or total (API keys are off).
+     */
+    scope: string;
+    /**
+     * Keys
+     */
+    keys: Array<KeyUsage>;
 };
 
 /**
@@ -536,6 +728,12 @@ export type Txt2ImgInput = {
      * How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the output storage, local or S3; `url` says where). Batch jobs always store them.
      */
     output_delivery?: 'base64' | 'url';
+    /**
+     * Preset
+     *
+     * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
+     */
+    preset?: 'fast' | 'balanced' | 'quality';
 };
 
 /**
@@ -877,6 +1075,12 @@ export type Txt2ImgJobItem = {
      * How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the output storage, local or S3; `url` says where). Batch jobs always store them.
      */
     output_delivery?: 'base64' | 'url';
+    /**
+     * Preset
+     *
+     * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
+     */
+    preset?: 'fast' | 'balanced' | 'quality';
 };
 
 /**
@@ -1595,6 +1799,10 @@ export type ListJobsResponse = ListJobsResponses[keyof ListJobsResponses];
 
 export type SubmitJobData = {
     body: JobSubmit & {
+        /**
+         * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
+         */
+        preset?: 'fast' | 'balanced' | 'quality';
         workflow?: 'txt2img';
         /**
          * Items of the 'txt2img' workflow.
@@ -1622,6 +1830,7 @@ export type SubmitJobData = {
             output_format?: Array<'png' | 'webp' | 'jpeg'>;
             output_quality?: Array<number>;
             output_delivery?: Array<'base64' | 'url'>;
+            preset?: Array<'fast' | 'balanced' | 'quality'>;
         };
     };
     path?: never;
@@ -1664,9 +1873,9 @@ export type SubmitJobError = SubmitJobErrors[keyof SubmitJobErrors];
 
 export type SubmitJobResponses = {
     /**
-     * A job with this idempotency_key was submitted before: its status.
+     * `dry_run: true`: the job's estimate (nothing is queued). Otherwise a job with this idempotency_key was submitted before: its status.
      */
-    200: JobStatus;
+    200: JobStatus | JobEstimate;
     /**
      * The job is queued: its status.
      */
@@ -1899,6 +2108,112 @@ export type CancelJobResponses = {
 };
 
 export type CancelJobResponse = CancelJobResponses[keyof CancelJobResponses];
+
+export type RetryJobData = {
+    body?: never;
+    path: {
+        /**
+         * Job Id
+         */
+        job_id: string;
+    };
+    query?: never;
+    url: '/jobs/{job_id}/retry';
+};
+
+export type RetryJobErrors = {
+    /**
+     * The body is malformed or a field is invalid (`detail` lists each field).
+     */
+    400: ErrorResponse;
+    /**
+     * No API key, or a wrong one (Authorization: Bearer <key>).
+     */
+    401: ErrorResponse;
+    /**
+     * No such job, file or output.
+     */
+    404: ErrorResponse;
+    /**
+     * Over a limit (pixels, images, steps, upload or body size): the message names it.
+     */
+    413: ErrorResponse;
+    /**
+     * Validation Error
+     */
+    422: HttpValidationError | ErrorResponse;
+    /**
+     * The API key is over its rate limit or quota (see Retry-After).
+     */
+    429: ErrorResponse;
+    /**
+     * Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).
+     */
+    500: ErrorResponse;
+    /**
+     * The service is at capacity or restarting (see Retry-After).
+     */
+    503: ErrorResponse;
+};
+
+export type RetryJobError = RetryJobErrors[keyof RetryJobErrors];
+
+export type RetryJobResponses = {
+    /**
+     * Successful Response
+     */
+    200: JobStatus;
+};
+
+export type RetryJobResponse = RetryJobResponses[keyof RetryJobResponses];
+
+export type GetUsageData = {
+    body?: never;
+    path?: never;
+    query?: {
+        /**
+         * Days
+         *
+         * UTC days to show, up to today.
+         */
+        days?: number;
+    };
+    url: '/usage';
+};
+
+export type GetUsageErrors = {
+    /**
+     * No API key, or a wrong one (Authorization: Bearer <key>).
+     */
+    401: ErrorResponse;
+    /**
+     * Validation Error
+     */
+    422: HttpValidationError | ErrorResponse;
+    /**
+     * The API key is over its rate limit or quota (see Retry-After).
+     */
+    429: ErrorResponse;
+    /**
+     * Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).
+     */
+    500: ErrorResponse;
+    /**
+     * The service is at capacity or restarting (see Retry-After).
+     */
+    503: ErrorResponse;
+};
+
+export type GetUsageError = GetUsageErrors[keyof GetUsageErrors];
+
+export type GetUsageResponses = {
+    /**
+     * Successful Response
+     */
+    200: UsageReport;
+};
+
+export type GetUsageResponse = GetUsageResponses[keyof GetUsageResponses];
 
 export type GetJobArchiveData = {
     body?: never;
