@@ -10,6 +10,7 @@ import base64
 import binascii
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from comfybento.errors import ConfigError
 from comfybento.serving.keys import ApiKey, server_keys
-from comfybento.workflows.limits import ENV_NAMES, Limits
+from comfybento.workflows.limits import CPU_LIMITS, ENV_NAMES, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A built Bento keeps the project in <bento>/src beside <bento>/bento.yaml.
@@ -114,6 +115,9 @@ class Settings:
     # What one request may ask of the machine (COMFYBENTO_MAX_IMAGE_PIXELS, ...; see workflows/limits.py);
     # a workflow's sidecar can change them for that workflow.
     limits: Limits = field(default_factory=Limits)
+    # Seconds one execution (a batch) may run before it is interrupted and its requests fail with a 413 naming this
+    # limit, so one heavy request cannot hold the engine for minutes (0: no limit). 120 on a CPU engine, else 600.
+    max_execution_s: int = 600
     # ---- batch jobs
     # Where jobs live: "sqlite" (an embedded file, the default) or "redis" (shared by replicas).
     jobs_backend: str = "sqlite"
@@ -231,7 +235,8 @@ class Settings:
             compile=_bool(env, "COMFYBENTO_COMPILE", False),
             previews=_choice(env, "COMFYBENTO_PREVIEWS", "off", ("off", "latent2rgb")),
             model_cache_bytes=_int(env, "COMFYBENTO_MODEL_CACHE_BYTES", 0),
-            limits=_limits(env),
+            limits=_limits(env, cpu_engine(env)),
+            max_execution_s=_int(env, "COMFYBENTO_MAX_EXECUTION_S", 120 if cpu_engine(env) else 600, minimum=0),
             submitted_graphs=_choice(env, "COMFYBENTO_SUBMITTED_GRAPHS", "match", ("match", "any")),
             min_free_bytes=_int(env, "COMFYBENTO_MIN_FREE_BYTES", 0) if env.get("COMFYBENTO_MIN_FREE_BYTES", "").strip() else None,
             disk_check_ms=_int(env, "COMFYBENTO_DISK_CHECK_MS", 1000, minimum=1),
@@ -240,8 +245,24 @@ class Settings:
         )
 
 
-def _limits(env: dict[str, str]) -> Limits:
-    defaults = Limits()
+def nvidia_gpu_present() -> bool:
+    """An NVIDIA driver with at least one GPU, seen without initialising CUDA."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or shutil.which("nvidia-smi") is not None
+
+
+def cpu_engine(env: dict[str, str]) -> bool:
+    """Whether the engine runs on a CPU: forced (COMFYBENTO_CPU=1, COMFYBENTO_GPU=0), or served here without a GPU.
+    A built Bento's engine gets a GPU (runtime/devices.py), even where its front runs on a CPU."""
+    if _bool(env, "COMFYBENTO_CPU", False):
+        return True
+    if env.get("COMFYBENTO_GPU", "").strip():
+        return not _bool(env, "COMFYBENTO_GPU", False)
+    return not IN_BENTO and not nvidia_gpu_present()
+
+
+def _limits(env: dict[str, str], cpu: bool) -> Limits:
+    defaults = CPU_LIMITS if cpu else Limits()
     return Limits(**{name: _int(env, var, getattr(defaults, name), minimum=1) for name, var in ENV_NAMES.items()})
 
 

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
-from comfybento.config import Settings
-
-
-def nvidia_gpu_present() -> bool:
-    """An NVIDIA driver with at least one GPU, seen without initialising CUDA."""
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return (gpus.is_dir() and any(gpus.iterdir())) or shutil.which("nvidia-smi") is not None
+from comfybento.config import Settings, nvidia_gpu_present
 
 
 def building_bento() -> bool:

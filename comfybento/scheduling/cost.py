@@ -16,10 +16,14 @@ the gauge comfybento_cost_seconds_per_unit (serving/metrics.py).
 
 from __future__ import annotations
 
+import statistics
+import threading
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from comfybento.errors import TooLarge
 from comfybento.workflows.binding import bind
 from comfybento.workflows.graph import Graph
 from comfybento.workflows.limits import BATCH_INPUTS, HEIGHT_INPUTS, STEP_INPUTS, WIDTH_INPUTS
@@ -98,3 +102,37 @@ class CostModel:
     def estimate(self, workflow: str, work: Work) -> float:
         """Estimated GPU-seconds of one item of this size."""
         return self.rate(workflow) * work.units
+
+    def check(self, workflow: str, work: Work, budget_s: float, min_results: int = 3) -> None:
+        """Refuse (413) an item whose estimate is over the engine's execution budget, once the workflow's rate was
+        measured (`min_results` results; the prior alone never refuses)."""
+        if budget_s <= 0 or self.measured(workflow) < min_results:
+            return
+        estimate = self.estimate(workflow, work)
+        if estimate > budget_s:
+            raise TooLarge(f"{workflow}: this request would take about {estimate:.0f} s of engine time ({work.megapixels:.2f} "
+                           f"megapixels x {work.steps} steps x {work.images} images, at this workflow's measured "
+                           f"{self.rate(workflow):.3f} s per unit), more than the limit of {budget_s:.0f} s per execution "
+                           "(COMFYBENTO_MAX_EXECUTION_S); ask for fewer steps, pixels or images")
+
+
+class HeavyRequests:
+    """Which requests are far heavier than their neighbours: the engine runs those at background priority.
+
+    A request is heavy when its work is more than `factor` times the median work of the last `window` requests of
+    its workflow (with at least `min_seen` of them: the first requests of a workflow are never heavy). Thread-safe.
+    """
+
+    def __init__(self, factor: float = 4.0, window: int = 64, min_seen: int = 8) -> None:
+        self.factor, self.min_seen = factor, min_seen
+        self._recent: dict[str, deque[float]] = {}
+        self._window = window
+        self._lock = threading.Lock()
+
+    def is_heavy(self, workflow: str, work: Work) -> bool:
+        """Record this request's work and tell whether it is heavy."""
+        with self._lock:
+            recent = self._recent.setdefault(workflow, deque(maxlen=self._window))
+            heavy = len(recent) >= self.min_seen and work.units > self.factor * statistics.median(recent)
+            recent.append(work.units)
+        return heavy

@@ -26,9 +26,13 @@ Contract (tests/unit/test_scheduler.py checks each point, without ComfyUI):
    other queue that was waiting before it. Within a queue, live jobs go before
    background ones (`background=True`: batch-job items), so a batch takes the
    live requests first and fills its free places with job items: a job keeps
-   the executor busy without making live requests wait behind its backlog. A
-   background job waits while live ones keep its queue full (they come first
-   by design); among each kind, first come first served.
+   the executor busy without making live requests wait behind its backlog.
+   Across queues, one whose head is live goes before one whose head is
+   background (a job's items, or a request far heavier than its neighbours,
+   which the engine marks background). A background job waits while live ones
+   keep the executor busy, at most `background_max_wait_s` (30 s): after that
+   it competes by age like a live one, so nothing starves. Among each kind,
+   first come first served.
 5. `run(batch, execute)` emits `Started` to each job, then calls
    `execute(jobs)`. Returning normally hands the jobs over to the caller (the
    engine finishes them: outputs, Done). `OutOfMemory` caps the key below the
@@ -108,8 +112,10 @@ class Stats:
 
 class Scheduler(Generic[P]):
     def __init__(self, clock: Callable[[], float] = time.monotonic, coalesce_fraction: float = 0.25,
-                 coalesce_max_s: float = 0.25, on_abandoned: Callable[[], None] | None = None) -> None:
+                 coalesce_max_s: float = 0.25, on_abandoned: Callable[[], None] | None = None,
+                 background_max_wait_s: float = 30.0) -> None:
         self._clock = clock
+        self._background_max_wait_s = background_max_wait_s
         self._on_abandoned = on_abandoned
         self._running: list[Job[P]] = []
         self._coalesce_fraction = coalesce_fraction
@@ -205,7 +211,7 @@ class Scheduler(Generic[P]):
                     if remaining is not None and remaining <= 0:
                         return None
                     self._cond.wait(remaining)
-                key = min(self._queues, key=lambda k: self._queues[k][0].arrived)
+                key = self._next_key()
                 wait = self._coalesce_wait(key)
                 if wait <= 0:
                     break
@@ -278,6 +284,13 @@ class Scheduler(Generic[P]):
         return len(jobs)
 
     # ------------------------------------------------------------ internals
+
+    def _next_key(self) -> str:
+        """The queue whose head goes next (point 4): the oldest live head; a background head only when no live one
+        waits, or once it has waited `background_max_wait_s` (then by age like a live one: it never starves)."""
+        aged = self._clock() - self._background_max_wait_s
+        live = [k for k, q in self._queues.items() if not q[0].background or q[0].arrived <= aged]
+        return min(live or self._queues, key=lambda k: self._queues[k][0].arrived)
 
     @staticmethod
     def _enqueue(queue: deque[Job[P]], job: Job[P]) -> None:

@@ -34,6 +34,7 @@ from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry
 from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
 from comfybento.outputs.media import KNOWN_OUTPUTS, ProducedFile, ProducedText, dimensions, kind_of, media_type_of
+from comfybento.scheduling.cost import HeavyRequests, graph_work
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Preview, Progress
 from comfybento.scheduling.scheduler import Job, Scheduler, Stats
 from comfybento.serving import metrics
@@ -99,6 +100,8 @@ class Engine:
         self._encoders = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="comfybento-encode")
         self._loop: Future[Any] | None = None
         self._stats = Stats(0.0, 0.0, 0.0, 0, 0, 0.0)
+        self._heavy = HeavyRequests()
+        self.max_execution_s = settings.max_execution_s  # COMFYBENTO_MAX_EXECUTION_S (0: none); see _within_budget
         # Models a request chooses (spec.model_choices) are fetched and hash-checked on their first use.
         self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check)
         # COMFYBENTO_SUBMITTED_GRAPHS=any: graphs that match no workflow, run alone (workflows/free_graph.py)
@@ -206,7 +209,9 @@ class Engine:
         except Exception as exc:
             self._finish_sink(spec, [], sink)(Failed(exc))
             return None
-        job = Job(key=key, payload=prepared, max_batch=spec.max_batch_size, can_batch=can_batch, background=item.background,
+        # A job item, or a request far heavier than its workflow's recent ones, waits behind the live ones (scheduler point 4)
+        background = self._heavy.is_heavy(spec.name, graph_work(prepared.graph)) or item.background
+        job = Job(key=key, payload=prepared, max_batch=spec.max_batch_size, can_batch=can_batch, background=background,
                   sink=self._finish_sink(spec, prepared.files, sink))
         self.scheduler.submit(job)
         return job
@@ -333,7 +338,7 @@ class Engine:
                 jobs[0].emit(Preview(data["data"], data.get("media_type", "image/jpeg")))
 
         clock = time.perf_counter()
-        executed = self.executor.execute(graph, spec.field_names, on_progress)
+        executed = self._within_budget(lambda: self.executor.execute(graph, spec.field_names, on_progress))
         elapsed = time.perf_counter() - clock
         metrics.EXECUTIONS.labels(workflow=spec.name, mode=mode).inc()
         metrics.BATCH_SIZE.labels(workflow=spec.name).observe(len(jobs))
@@ -343,6 +348,32 @@ class Engine:
             timings = {"queue_ms": queue_s[index] * 1000, "execution_ms": elapsed * 1000, "batch_size": len(jobs)}
             self._encoders.submit(_encode_and_finish, job, _split(spec, executed, index, len(jobs)), timings, release)
         self._export_stats()
+
+    def _within_budget(self, run: Callable[[], Any]) -> Any:
+        """Run an execution; past COMFYBENTO_MAX_EXECUTION_S, interrupt it (ComfyUI's flag, checked at each step) and
+        fail it with a 413 naming the limit."""
+        budget = self.max_execution_s
+        if not budget:
+            return run()
+        over = threading.Event()
+
+        def interrupt() -> None:
+            over.set()
+            self._interrupt()
+
+        timer = threading.Timer(budget, interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            return run()
+        except Exception as exc:
+            if over.is_set():
+                metrics.BUDGET_EXCEEDED.inc()
+                raise TooLarge(f"the execution ran longer than the limit of {budget} s and was interrupted "
+                               "(COMFYBENTO_MAX_EXECUTION_S); ask for fewer steps, pixels or images") from exc
+            raise
+        finally:
+            timer.cancel()
 
     def _export_stats(self) -> None:
         new, old = self.scheduler.stats(), self._stats

@@ -16,6 +16,10 @@ QUEUE_WAIT = bentoml.metrics.Histogram(
     labelnames=["workflow"],
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+BUDGET_EXCEEDED = bentoml.metrics.Counter(
+    name="comfybento_executions_over_budget",
+    documentation="Executions interrupted for running longer than COMFYBENTO_MAX_EXECUTION_S.",
+)
 EXECUTION_TIME = bentoml.metrics.Histogram(
     name="comfybento_execution_seconds",
     documentation="Wall time of one ComfyUI graph execution.",

@@ -150,7 +150,7 @@ def _field_type(param: Param) -> Any:
 
 
 # Server-side limits that lower a node's own bound, by parameter role (workflows/limits.py).
-ROLE_LIMITS = {"steps": "max_steps", "batch_size": "max_images"}
+ROLE_LIMITS = {"steps": "max_steps", "batch_size": "max_images", "width": "max_side", "height": "max_side"}
 # Smallest values that keep a node's arithmetic finite (KSampler divides steps by denoise).
 ROLE_MINIMUMS = {"denoise": 0.01}
 

@@ -218,3 +218,17 @@ def test_out_of_memory_splits_the_batch_and_remembers_what_fits(engine, monkeypa
     monkeypatch.setattr(comfy.sample, "sample", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated")))
     alone = _run(engine, "txt2img", prompt="x", width=64, height=64, steps=2, seed=1)
     assert not alone.ok and alone.error_kind == "too_large" and alone.status == 413 and "even alone" in alone.error
+
+
+def test_an_execution_over_its_budget_is_interrupted_with_a_413_naming_the_limit(engine):
+    """COMFYBENTO_MAX_EXECUTION_S: one heavy request cannot hold the engine; it fails alone, the next one runs."""
+    engine.max_execution_s = 1
+    try:
+        started = time.monotonic()
+        slow = _run(engine, "txt2img", prompt="slow", width=128, height=128, steps=150, seed=3)
+        took = time.monotonic() - started
+    finally:
+        engine.max_execution_s = engine.settings.max_execution_s
+    assert not slow.ok and slow.status == 413 and slow.error_kind == "too_large"
+    assert "COMFYBENTO_MAX_EXECUTION_S" in (slow.error or "") and took < 30
+    assert _run(engine, "txt2img", prompt="next", width=64, height=64, steps=2, seed=4).ok

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfybento.config import Settings
+from comfybento.errors import TooLarge
 from comfybento.jobs.api_models import JobSubmit
 from comfybento.jobs.estimate import QuotaExceeded
 from comfybento.jobs.records import Lease
@@ -17,7 +18,7 @@ from comfybento.jobs.store import SQLiteJobStore
 from comfybento.jobs.webhooks import AllowList
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.storage import LocalStorage
-from comfybento.scheduling.cost import PRIOR_S_PER_UNIT, CostModel, Work, graph_work, work_of
+from comfybento.scheduling.cost import PRIOR_S_PER_UNIT, CostModel, HeavyRequests, Work, graph_work, work_of
 from comfybento.serving.access import Access
 from comfybento.serving.keys import ApiKey, hash_key
 from comfybento.serving.ratelimit import MemoryBuckets
@@ -115,3 +116,24 @@ def test_images_left_is_read_without_drawing():
         return [*seen, await acl.images_left(key), await acl.images_left(acl.by_name["free"])]
 
     assert asyncio.run(scenario()) == [10, 10, 7, None]
+
+
+def test_a_request_far_heavier_than_its_neighbours_is_heavy():
+    heavy = HeavyRequests(factor=4, window=16, min_seen=4)
+    small, big = Work(megapixels=0.016, steps=20, images=1), Work(megapixels=0.26, steps=20, images=1)
+    assert not any(heavy.is_heavy("txt2img", big if i == 0 else small) for i in range(4))  # too few seen yet
+    assert heavy.is_heavy("txt2img", big)
+    assert not heavy.is_heavy("txt2img", small)
+    assert not heavy.is_heavy("other", big)  # per workflow
+
+
+def test_an_estimate_over_the_execution_budget_is_refused_once_measured():
+    costs = CostModel(prior_s_per_unit=1.0)
+    work = Work(megapixels=0.25, steps=100, images=1)  # 25 units
+    costs.check("txt2img", work, budget_s=10)  # the prior alone never refuses
+    for _ in range(3):
+        costs.observe("txt2img", Work(megapixels=0.25, steps=4, images=1), gpu_seconds=1.0)  # 1 s per unit
+    with pytest.raises(TooLarge, match="COMFYBENTO_MAX_EXECUTION_S"):
+        costs.check("txt2img", work, budget_s=10)
+    costs.check("txt2img", Work(megapixels=0.25, steps=20, images=1), budget_s=10)
+    costs.check("txt2img", work, budget_s=0)  # 0: no budget

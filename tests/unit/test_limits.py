@@ -8,8 +8,9 @@ import os
 import pytest
 from PIL import Image
 
+from comfybento.config import Settings
 from comfybento.errors import InvalidRequest, TooLarge, WorkflowError
-from comfybento.workflows.limits import Limits, check_graph_limits
+from comfybento.workflows.limits import CPU_LIMITS, Limits, check_graph_limits
 from comfybento.workflows.uploads import check_image, read_upload
 
 
@@ -93,3 +94,38 @@ def test_read_upload_sizes_and_base64():
         read_upload("image", "not base64!", Limits())
     with pytest.raises(InvalidRequest, match="required"):
         read_upload("image", None, Limits())
+
+
+# The shapes that exhausted memory or the engine's time on a 2-core, 24 GB CPU machine (hostile-input issue, point 2),
+# each refused under the CPU engine's defaults by the limit that names it.
+@pytest.mark.parametrize(
+    ("graph", "named"),
+    [
+        (_graph(width=4096, height=4096, steps=1), "max_side"),  # engine >= 9 GB in 14 s
+        (_graph(width=1024, height=1024, batch_size=16), "max_image_pixels"),  # >= 8.9 GB
+        (_graph(width=128, height=6496, batch_size=16), "max_side"),  # 7.9 GB and > 300 s
+        (_graph(width=11776, height=128), "max_side"),  # 1.5 Mpx: 253 s and 7.1 GB
+        (_graph(width=1936, height=128, steps=66), "max_aspect_ratio"),  # a fuzzer's 311 s item
+        (_graph(width=512, height=512, batch_size=2), "max_request_pixels"),  # 2 x 1.1 GB over the process's base
+        (_graph(width=2048, height=128), "max_aspect_ratio"),
+    ],
+)
+def test_cpu_defaults_refuse_the_shapes_that_exhausted_the_machine(graph, named):
+    with pytest.raises(TooLarge, match=named):
+        check_graph_limits("txt2img", graph, CPU_LIMITS)
+
+
+def test_cpu_defaults_allow_what_fits_in_2_gb():
+    for graph in (_graph(width=512, height=512), _graph(width=256, height=256, batch_size=4), _graph(width=1024, height=128),  # 8:1
+                  _graph(width=128, height=128, batch_size=16)):
+        check_graph_limits("txt2img", graph, CPU_LIMITS)
+
+
+def test_the_engine_device_picks_the_defaults():
+    assert Settings.from_env({"COMFYBENTO_CPU": "1"}).limits == CPU_LIMITS
+    assert Settings.from_env({"COMFYBENTO_GPU": "1"}).limits == Limits()
+    assert Settings.from_env({"COMFYBENTO_GPU": "1", "COMFYBENTO_MAX_SIDE": "4096"}).limits.max_side == 4096
+    cpu = Settings.from_env({"COMFYBENTO_CPU": "1", "COMFYBENTO_MAX_REQUEST_PIXELS": str(1024 * 1024)})
+    assert cpu.limits.max_request_pixels == 1024 * 1024 and cpu.limits.max_side == 2048
+    assert Settings.from_env({"COMFYBENTO_CPU": "1"}).max_execution_s == 120
+    assert Settings.from_env({"COMFYBENTO_GPU": "1"}).max_execution_s == 600

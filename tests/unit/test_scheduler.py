@@ -417,3 +417,25 @@ def test_live_jobs_go_before_background_ones_and_fill_batches_first():
         rest += [j.payload for j in batch]
         scheduler.run(batch, lambda jobs: None)
     assert rest == [f"job{i}" for i in range(5, 10)]  # background jobs keep their order
+
+
+def test_a_background_queue_waits_for_live_ones_until_it_has_waited_too_long():
+    """Across queues: a live head goes before an older background head (a job's items, a heavy request) ..."""
+    now = [100.0]
+    scheduler: Scheduler[str] = Scheduler(clock=lambda: now[0], coalesce_max_s=0, background_max_wait_s=30)
+    heavy = _job("big", "heavy")
+    heavy.background = True
+    scheduler.submit(heavy)
+    now[0] += 1
+    scheduler.submit(_job("small", "live0"))
+    batch = scheduler.next_batch(timeout=0)
+    assert batch is not None and [j.payload for j in batch] == ["live0"]
+    scheduler.run(batch, lambda jobs: None)
+    now[0] += 1
+    scheduler.submit(_job("small", "live1"))
+    now[0] += 29  # ... until the background head has waited 30 s: then by age, so it never starves
+    batch = scheduler.next_batch(timeout=0)
+    assert batch is not None and [j.payload for j in batch] == ["heavy"]
+    scheduler.run(batch, lambda jobs: None)
+    batch = scheduler.next_batch(timeout=0)
+    assert batch is not None and [j.payload for j in batch] == ["live1"]
