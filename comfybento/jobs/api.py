@@ -1,4 +1,7 @@
-"""The jobs HTTP API (FastAPI, mounted on the entry service; its routes are part of the OpenAPI)."""
+"""The jobs HTTP API (FastAPI, mounted on the entry service; its routes are part of the OpenAPI).
+
+Every route answers for the caller's own jobs and live outputs only (serving/ownership.py): another key's is a 404.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from comfybento.jobs.service import InvalidItems, JobService
 from comfybento.outputs.media import media_type_of
 from comfybento.serving import access, stream
 from comfybento.serving.http import error_response, request_id
+from comfybento.serving.ownership import caller
 
 log = logging.getLogger(__name__)
 app = FastAPI(title="comfybento jobs", version="1", docs_url=None, redoc_url=None, openapi_url=None)
@@ -59,7 +63,7 @@ def submit(req: JobSubmit, request: Request) -> JSONResponse:
     The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish.
     """
     job, created = jobs().submit(req, owner=access.key_name(request))
-    status = jobs().status(job.id)
+    status = jobs().status(job.id, caller(request))
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)
 
 
@@ -68,43 +72,44 @@ Offset = Annotated[int, Query(ge=0, le=10**9, description="Rows to skip.")]
 
 
 @app.get("/jobs", summary="List jobs")
-def list_jobs(limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0) -> JobList:
+def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0) -> JobList:
+    """The caller's jobs, newest first (an operator key's: every job)."""
     service = jobs()
-    return JobList(jobs=[service.status(j.id) for j in service.store.list_jobs(limit, offset)])
+    return JobList(jobs=[service.status(j.id) for j in service.list_jobs(limit, offset, caller(request))])
 
 
 @app.get("/jobs/{job_id}", summary="Job status")
-def status(job_id: str) -> JobStatus:
+def status(job_id: str, request: Request) -> JobStatus:
     """State, item counts, per-item progress, an estimated completion time and the webhook delivery log."""
-    return jobs().status(job_id)
+    return jobs().status(job_id, caller(request))
 
 
 @app.get("/jobs/{job_id}/results", summary="Item results, paged")
 def results(job_id: str, request: Request, offset: Offset = 0,
             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobResults:
-    return jobs().results(job_id, offset, limit, _base_url(request))
+    return jobs().results(job_id, offset, limit, _base_url(request), caller(request))
 
 
 @app.get("/jobs/{job_id}/events", summary="Live events of a job (Server-Sent Events)", response_class=StreamingResponse)
 async def events(job_id: str, request: Request) -> StreamingResponse:
     """The job's status as a `job` event, then its items' `progress` and `item` events (items already finished first) and
     `job` again whenever its state or counts change; the stream ends after a `job` whose state is terminal."""
-    await asyncio.to_thread(jobs().status, job_id)  # an unknown job: a 404 before any stream
+    await asyncio.to_thread(jobs().job, job_id, caller(request))  # an unknown job (or another key's): a 404 before any stream
     return stream.EventStreamResponse(stream.job_events(jobs(), job_id, _base_url(request)))
 
 
 @app.post("/jobs/{job_id}/cancel", summary="Cancel a job")
-def cancel(job_id: str) -> JobStatus:
-    jobs().cancel(job_id)
+def cancel(job_id: str, request: Request) -> JobStatus:
+    jobs().cancel(job_id, caller(request))
     return jobs().status(job_id)
 
 
 @app.get("/jobs/{job_id}/archive", summary="Every output of the job as one zip", response_class=StreamingResponse)
-def archive(job_id: str) -> StreamingResponse:
+def archive(job_id: str, request: Request) -> StreamingResponse:
     """The zip is built in a temporary folder that is removed before the first byte is sent (the open file is streamed)."""
     folder = Path(tempfile.mkdtemp(prefix="comfybento-archive-"))
     try:
-        path = jobs().archive(job_id, folder / f"{job_id}.zip")
+        path = jobs().archive(job_id, folder / f"{job_id}.zip", caller(request))
         size = path.stat().st_size
         fh = path.open("rb")
     finally:
@@ -120,11 +125,11 @@ def _chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
 
 
 @app.get("/jobs/{job_id}/files/{name}", summary="One output file of a job (local storage)", response_class=Response)
-def file(job_id: str, name: str) -> Response:
-    return Response(jobs().file(job_id, name), media_type=media_type_of(name))
+def file(job_id: str, name: str, request: Request) -> Response:
+    return Response(jobs().file(job_id, name, caller(request)), media_type=media_type_of(name))
 
 
 @app.get("/outputs/{folder}/{name}", summary="One output of a live request asked for as a URL (local storage)",
          response_class=Response)
-def live_file(folder: str, name: str) -> Response:
-    return Response(jobs().live_file(folder, name), media_type=media_type_of(name))
+def live_file(folder: str, name: str, request: Request) -> Response:
+    return Response(jobs().live_file(folder, name, caller(request)), media_type=media_type_of(name))
