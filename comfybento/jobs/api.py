@@ -73,8 +73,7 @@ Offset = Annotated[int, Query(ge=0, le=10**9, description="Rows to skip.")]
 
 @app.get("/jobs", summary="List jobs")
 def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0) -> JobList:
-    """The caller's jobs, newest first (an operator key's: every job)."""
-    service = jobs()
+    service = jobs()  # the caller's jobs, newest first (an operator key's: every job)
     return JobList(jobs=[service.status(j.id) for j in service.list_jobs(limit, offset, caller(request))])
 
 

@@ -125,6 +125,9 @@ def test_a_hash_is_mintable_only_by_the_key_that_uploaded_it(tmp_path):
     with pytest.raises(V2Error) as plain:
         store.resolve_reference("image", "example.png", Caller("alice"))
     assert plain.value.code == "missing_asset" and "core/ASSET" in str(plain.value)
+    assert store.upload(PNG, "image/png", "a.png", owner="alice")[1] is False  # alice's bytes again: not new to alice
+    assert store.upload(PNG, "image/png", "b.png", owner="bob")[1] is True  # new to bob: alice's upload is not confirmed
+    assert store.mintable(record.hash, "bob")  # bob holds the bytes now
 
 
 def test_submit_status_outputs_workflow_and_a_single_use_idempotency_key(v2):

@@ -77,16 +77,18 @@ class AssetStore:
 
     def upload(self, data: bytes, content_type: str, file_path: str | None, owner: str | None,
                expected_hash: str | None = None) -> tuple[AssetRecord, bool]:
-        """Store the bytes (once per hash) and mint an asset over them: (record, whether the blob is new)."""
+        """Store the bytes (once per hash) and mint an asset over them: (record, whether the bytes are new to this owner).
+
+        "New" is per owner: that another key uploaded the same bytes is never confirmed (serving/ownership.py)."""
         digest = blake3_of(data)
         if expected_hash is not None and parse_hash(expected_hash) != digest.split(":", 1)[1]:
             raise V2Error(409, "hash_mismatch", f"expected_hash: the bytes hash to {digest}, not {expected_hash}")
         hexd = digest.split(":", 1)[1]
-        blob = f"{PREFIX}/blobs/{hexd}"
-        new = not _exists(self.storage, blob)
-        if new:
+        blob, hold = f"{PREFIX}/blobs/{hexd}", f"{PREFIX}/holds/{_owner_tag(owner)}/{hexd}"
+        new = not (_exists(self.storage, hold) and _exists(self.storage, blob))
+        if not _exists(self.storage, blob):
             self.storage.put(blob, data, content_type)
-        self.storage.put(f"{PREFIX}/holds/{_owner_tag(owner)}/{hexd}", b"1", "text/plain")
+        self.storage.put(hold, b"1", "text/plain")
         return self._mint(digest, len(data), content_type, file_path, owner), new
 
     def from_hash(self, hash_value: str, file_path: str | None, owner: str | None) -> AssetRecord:
