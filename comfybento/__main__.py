@@ -81,7 +81,8 @@ def _keys(args: argparse.Namespace) -> int:
         raise ConfigError("no keys file: pass --file PATH or set COMFYBENTO_API_KEYS_FILE")
     key = new_key()
     try:
-        entry = ApiKey(name=args.name, sha256=hash_key(key), rate_per_min=args.rate_per_min, images_per_day=args.images_per_day)
+        entry = ApiKey(name=args.name, sha256=hash_key(key), rate_per_min=args.rate_per_min, images_per_day=args.images_per_day,
+                       operator=args.operator)
     except ValidationError as exc:
         raise ConfigError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
     append_key(path, entry)
@@ -97,6 +98,7 @@ def _add_keys_parser(sub: Any) -> None:
     add.add_argument("name", help="unique name of the key (labels its metrics and limits)")
     add.add_argument("--rate-per-min", type=int, default=None, help="requests per minute (default: unlimited)")
     add.add_argument("--images-per-day", type=int, default=None, help="images per day (default: unlimited)")
+    add.add_argument("--operator", action="store_true", help="the key sees and manages every key's jobs, prompts and files")
     add.add_argument("--file", default=None, help="keys file (default: COMFYBENTO_API_KEYS_FILE)")
     add.set_defaults(func=_keys)
 

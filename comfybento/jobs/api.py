@@ -1,4 +1,7 @@
-"""The jobs HTTP API (FastAPI, mounted on the entry service; its routes are part of the OpenAPI)."""
+"""The jobs HTTP API (FastAPI, mounted on the entry service; its routes are part of the OpenAPI).
+
+Every route answers for the caller's own jobs and live outputs only (serving/ownership.py): another key's is a 404.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from comfybento.outputs import diskspace
 from comfybento.outputs.media import media_type_of
 from comfybento.serving import access, stream
 from comfybento.serving.http import error_response, request_id
+from comfybento.serving.ownership import caller
 
 log = logging.getLogger(__name__)
 app = FastAPI(title="comfybento jobs", version="1", docs_url=None, redoc_url=None, openapi_url=None)
@@ -68,7 +72,7 @@ async def submit(req: JobSubmit, request: Request) -> JSONResponse:
         return JSONResponse(estimate.model_dump(), status_code=200)
     diskspace.require_room()  # a 507 while the disk is below its free-space watermark: nothing is queued
     job, created = await asyncio.to_thread(jobs().submit, req, access.key_name(request), quota)
-    status = await asyncio.to_thread(jobs().status, job.id)
+    status = await asyncio.to_thread(jobs().status, job.id, caller(request))
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)
 
 
@@ -77,48 +81,49 @@ Offset = Annotated[int, Query(ge=0, le=10**9, description="Rows to skip.")]
 
 
 @app.get("/jobs", summary="List jobs")
-def list_jobs(limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0) -> JobList:
-    service = jobs()
-    return JobList(jobs=[service.status(j.id) for j in service.store.list_jobs(limit, offset)])
+def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0) -> JobList:
+    service = jobs()  # the caller's jobs, newest first (an operator key's: every job)
+    return JobList(jobs=[service.status(j.id) for j in service.list_jobs(limit, offset, caller(request))])
 
 
 @app.get("/jobs/{job_id}", summary="Job status")
-def status(job_id: str) -> JobStatus:
+def status(job_id: str, request: Request) -> JobStatus:
     """State, item counts, per-item progress, an estimated completion time and the webhook delivery log."""
-    return jobs().status(job_id)
+    return jobs().status(job_id, caller(request))
 
 
 @app.get("/jobs/{job_id}/results", summary="Item results, paged")
 def results(job_id: str, request: Request, offset: Offset = 0,
             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobResults:
-    return jobs().results(job_id, offset, limit, _base_url(request))
+    return jobs().results(job_id, offset, limit, _base_url(request), caller(request))
 
 
 @app.get("/jobs/{job_id}/events", summary="Live events of a job (Server-Sent Events)", response_class=StreamingResponse)
 async def events(job_id: str, request: Request) -> StreamingResponse:
     """The job's status as a `job` event, then its items' `progress` and `item` events (items already finished first) and
     `job` again whenever its state or counts change; the stream ends after a `job` whose state is terminal."""
-    await asyncio.to_thread(jobs().status, job_id)  # an unknown job: a 404 before any stream
+    await asyncio.to_thread(jobs().job, job_id, caller(request))  # an unknown job (or another key's): a 404 before any stream
     return stream.EventStreamResponse(stream.job_events(jobs(), job_id, _base_url(request)))
 
 
 @app.post("/jobs/{job_id}/cancel", summary="Cancel a job")
-def cancel(job_id: str) -> JobStatus:
-    jobs().cancel(job_id)
+def cancel(job_id: str, request: Request) -> JobStatus:
+    jobs().cancel(job_id, caller(request))
     return jobs().status(job_id)
 
 
 @app.post("/jobs/{job_id}/retry", summary="Retry the failed items of a finished job")
-def retry(job_id: str) -> JobStatus:
+def retry(job_id: str, request: Request) -> JobStatus:
     """Re-queues the items of a `failed` job that failed, with the same parameters and seeds; succeeded items keep their results.
 
     Idempotent: while the retried items are queued or running, or when nothing failed (a succeeded, running or cancelled job),
     nothing changes. The answer is the job's status either way.
     """
+    jobs().job(job_id, caller(request))  # another key's job: a 404, nothing retried
     job, count = jobs().retry(job_id)
     if count:
         log.info("request %s: job %s: %d failed items queued again", request_id(), job.id, count)
-    return jobs().status(job_id)
+    return jobs().status(job_id, caller(request))
 
 
 @app.get("/usage", summary="Usage per API key and day")
@@ -133,11 +138,11 @@ def usage(request: Request, days: Annotated[int, Query(ge=1, le=MAX_DAYS, descri
 
 
 @app.get("/jobs/{job_id}/archive", summary="Every output of the job as one zip", response_class=StreamingResponse)
-def archive(job_id: str) -> StreamingResponse:
+def archive(job_id: str, request: Request) -> StreamingResponse:
     """The zip is built in a temporary folder that is removed before the first byte is sent (the open file is streamed)."""
     folder = Path(tempfile.mkdtemp(prefix="comfybento-archive-"))
     try:
-        path = jobs().archive(job_id, folder / f"{job_id}.zip")
+        path = jobs().archive(job_id, folder / f"{job_id}.zip", caller(request))
         size = path.stat().st_size
         fh = path.open("rb")
     finally:
@@ -153,11 +158,11 @@ def _chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
 
 
 @app.get("/jobs/{job_id}/files/{name}", summary="One output file of a job (local storage)", response_class=Response)
-def file(job_id: str, name: str) -> Response:
-    return Response(jobs().file(job_id, name), media_type=media_type_of(name))
+def file(job_id: str, name: str, request: Request) -> Response:
+    return Response(jobs().file(job_id, name, caller(request)), media_type=media_type_of(name))
 
 
 @app.get("/outputs/{folder}/{name}", summary="One output of a live request asked for as a URL (local storage)",
          response_class=Response)
-def live_file(folder: str, name: str) -> Response:
-    return Response(jobs().live_file(folder, name), media_type=media_type_of(name))
+def live_file(folder: str, name: str, request: Request) -> Response:
+    return Response(jobs().live_file(folder, name, caller(request)), media_type=media_type_of(name))

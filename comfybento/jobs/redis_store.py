@@ -268,6 +268,8 @@ class RedisJobStore:
             "webhook_url": job.webhook_url or "", "webhook_per_item": int(job.webhook_per_item), "use_cache": int(job.use_cache),
             "owner": job.owner or "", "images": 0, "gpu_seconds": 0, "n:queued": job.total})
         pipe.zadd(P + "jobs", {job.id: job.created_at})
+        if job.owner is not None:
+            pipe.zadd(P + "jobs:owner:" + job.owner, {job.id: job.created_at})
 
     def get_job(self, job_id: str) -> JobRecord | None:
         h = self.r.hgetall(P + "job:" + job_id)
@@ -282,8 +284,9 @@ class RedisJobStore:
             use_cache=h["use_cache"] == "1", counts=counts, owner=h.get("owner") or None, images=int(h.get("images") or 0),
             gpu_seconds=float(h.get("gpu_seconds") or 0))
 
-    def list_jobs(self, limit: int, offset: int) -> list[JobRecord]:
-        ids = self.r.zrevrange(P + "jobs", offset, offset + limit - 1)
+    def list_jobs(self, limit: int, offset: int, owner: str | None = None) -> list[JobRecord]:
+        """Newest first; of one owner from its own index (`jobs:owner:<name>`, kept since owners are listed apart)."""
+        ids = self.r.zrevrange(P + ("jobs:owner:" + owner if owner is not None else "jobs"), offset, offset + limit - 1)
         return [j for i in ids if (j := self.get_job(i)) is not None]
 
     def _item(self, job_id: str, index: int) -> ItemRecord | None:
@@ -468,6 +471,8 @@ class RedisJobStore:
             pipe.zrem(queue, *members)
         pipe.zrem(P + "deliveries:due", f"{job.id}:job", *(f"{job.id}:item:{i:06d}" for i in range(job.total)), *delivery_ids)
         pipe.zrem(P + "jobs", job.id)
+        if job.owner is not None:
+            pipe.zrem(P + "jobs:owner:" + job.owner, job.id)
         pipe.execute()
         if idem is not None and self.r.get(idem) == job.id:  # no other job can hold the key while it names this one
             self.r.delete(idem)

@@ -35,8 +35,10 @@ from comfybento.jobs.live import JobEvents
 from comfybento.jobs.records import ItemRecord, JobRecord, now
 from comfybento.jobs.store import JobStore
 from comfybento.jobs.webhooks import AllowList
+from comfybento.outputs.delivery import live_folder_tag
 from comfybento.outputs.storage import LocalStorage, Storage
 from comfybento.scheduling.cost import CostModel
+from comfybento.serving.ownership import Caller
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
@@ -207,14 +209,22 @@ class JobService:
 
     # ------------------------------------------------------------ read
 
-    def job(self, job_id: str) -> JobRecord:
+    def job(self, job_id: str, caller: Caller | None = None) -> JobRecord:
+        """The job; NotFound when it does not exist or `caller` (given by every route) may not see it (serving/ownership.py)."""
         job = self.store.get_job(job_id)
+        message = f"job {job_id!r} does not exist (or expired)"
         if job is None:
-            raise NotFound(f"job {job_id!r} does not exist (or expired)")
+            raise NotFound(message)
+        if caller is not None:
+            caller.require(job.owner, message)
         return job
 
-    def status(self, job_id: str) -> JobStatus:
-        job = self.job(job_id)
+    def list_jobs(self, limit: int, offset: int, caller: Caller) -> list[JobRecord]:
+        """The jobs `caller` may see, newest first."""
+        return self.store.list_jobs(limit, offset, owner=caller.listing_owner)
+
+    def status(self, job_id: str, caller: Caller | None = None) -> JobStatus:
+        job = self.job(job_id, caller)
         items = self.store.get_items(job_id, 0, PROGRESS_LIMIT)
         return JobStatus(
             id=job.id, workflow=job.workflow, state=job.state, priority=job.priority, total=job.total, counts=job.counts,
@@ -225,8 +235,8 @@ class JobService:
             webhooks=[DeliveryOut(id=d.id, event=d.event, url=d.url, state=d.state, attempts=d.log) for d in self.store.deliveries(job_id)],
         )
 
-    def results(self, job_id: str, offset: int, limit: int, base_url: str) -> JobResults:
-        job = self.job(job_id)
+    def results(self, job_id: str, offset: int, limit: int, base_url: str, caller: Caller | None = None) -> JobResults:
+        job = self.job(job_id, caller)
         items = self.store.get_items(job_id, offset, limit)
         return JobResults(id=job.id, state=job.state, total=job.total, offset=offset, limit=limit,
                           items=[self._item_out(i, base_url) for i in items], archive_url=f"{base_url}/jobs/{job_id}/archive")
@@ -241,9 +251,9 @@ class JobService:
             batch_size=result.get("batch_size"), error=ItemFailure(**item.error) if item.error and item.state != "succeeded" else None,
         )
 
-    def archive(self, job_id: str, target: Path) -> Path:
+    def archive(self, job_id: str, target: Path, caller: Caller | None = None) -> Path:
         """A zip of every output of the job's finished items (named <item>-<output>-<index>.<extension>)."""
-        self.job(job_id)
+        self.job(job_id, caller)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as zf:
             offset = 0
             while batch := self.store.get_items(job_id, offset, 500):
@@ -254,22 +264,30 @@ class JobService:
                 offset += len(batch)
         return target
 
-    def file(self, job_id: str, name: str) -> bytes:
-        self.job(job_id)
+    def file(self, job_id: str, name: str, caller: Caller | None = None) -> bytes:
+        self.job(job_id, caller)
         return self._read(f"{job_id}/{name}")
 
-    def live_file(self, folder: str, name: str) -> bytes:
-        """A live request's output stored for its URL (outputs/delivery.py)."""
-        if isinstance(self.storage, LocalStorage):
-            return read_local(self.storage.root / "outputs", f"{folder}/{name}")
-        return self.storage.get(f"outputs/{folder}/{name}")
+    def live_file(self, folder: str, name: str, caller: Caller | None = None) -> bytes:
+        """A live request's output stored for its URL (outputs/delivery.py); its folder carries its owner's tag."""
+        missing = NotFound(f"no such file: {folder}/{name}")  # the same answer for a missing file and another key's
+        if caller is not None and not caller.can_see_tag(live_folder_tag(folder)):
+            raise missing
+        try:
+            if isinstance(self.storage, LocalStorage):
+                return read_local(self.storage.root / "outputs", f"{folder}/{name}")
+            return self.storage.get(f"outputs/{folder}/{name}")
+        except NotFound:
+            raise missing from None
 
     def _read(self, key: str) -> bytes:
         if isinstance(self.storage, LocalStorage):
             return read_local(self.storage.root, key)
         return self.storage.get(key)
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, caller: Caller | None = None) -> JobRecord:
+        if caller is not None:
+            self.job(job_id, caller)
         job = self.store.cancel(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} does not exist (or expired)")

@@ -73,7 +73,7 @@ def check_idempotent(existing: JobRecord, job: JobRecord) -> None:
 class JobStore(Protocol):
     def create_job(self, job: JobRecord, items: list[ItemRecord]) -> tuple[JobRecord, bool]: ...
     def get_job(self, job_id: str) -> JobRecord | None: ...
-    def list_jobs(self, limit: int, offset: int) -> list[JobRecord]: ...
+    def list_jobs(self, limit: int, offset: int, owner: str | None = None) -> list[JobRecord]: ...  # newest first; owner: its jobs only
     def get_items(self, job_id: str, offset: int, limit: int) -> list[ItemRecord]: ...
     def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int,
               workflows: Collection[str] | None = None) -> list[Lease]:
@@ -146,6 +146,7 @@ class SQLiteJobStore:
         self._migrate()
         self._db.execute("CREATE INDEX IF NOT EXISTS result_cache_job ON result_cache (job_id)")
         self._db.executescript(_USAGE_SCHEMA)
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at)")
 
     def _migrate(self) -> None:
         """Add the columns a file made by an older version lacks (in one transaction: processes opening it together agree)."""
@@ -209,9 +210,10 @@ class SQLiteJobStore:
         with self._lock:
             return self._job(self._db, job_id)
 
-    def list_jobs(self, limit: int, offset: int) -> list[JobRecord]:
+    def list_jobs(self, limit: int, offset: int, owner: str | None = None) -> list[JobRecord]:
+        where, args = ("WHERE owner = ? ", (owner,)) if owner is not None else ("", ())
         with self._lock:
-            rows = self._db.execute("SELECT id FROM jobs ORDER BY created_at DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+            rows = self._db.execute(f"SELECT id FROM jobs {where}ORDER BY created_at DESC LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
             return [j for r in rows if (j := self._job(self._db, r["id"])) is not None]
 
     def get_items(self, job_id: str, offset: int, limit: int) -> list[ItemRecord]:

@@ -15,7 +15,8 @@
   RateLimit-Limit / -Remaining / -Reset / -Policy (draft-ietf-httpapi-ratelimit-headers-06).
 - `charge(...)`: handlers call it once a response's images are known; it draws them
   from the key's daily quota and counts them, with GPU-seconds, in per-key metrics.
-- `key_name(request)`: the name of the request's key (a job records it as its owner);
+- `api_key(request)`, `key_name(request)`: the request's key and its name (a job records the name as its owner;
+  serving/ownership.py decides from the key what the request may see);
   `charge_owner(name, ...)`: the same charge for a key named by its name, outside any
   request (the job runner calls it as each item of the key's job succeeds).
 - `images_left(request)`: the request key's daily image quota and what is left of it,
@@ -209,10 +210,16 @@ async def charge(target: HTTPConnection | dict[str, Any] | None = None, *, image
     await _record(grant.key.name if grant is not None else None, images, gpu_seconds)
 
 
+def api_key(target: HTTPConnection | dict[str, Any] | None = None) -> ApiKey | None:
+    """The API key of a request (or its scope; None: the request being handled); None when keys are off."""
+    grant = _grant_of(target)
+    return grant.key if grant is not None else None
+
+
 def key_name(target: HTTPConnection | dict[str, Any] | None = None) -> str | None:
     """The name of the API key of a request (or its scope; None: the request being handled); None when keys are off."""
-    grant = _grant_of(target)
-    return grant.key.name if grant is not None else None
+    key = api_key(target)
+    return key.name if key is not None else None
 
 
 async def charge_owner(name: str | None, images: int = 0, gpu_seconds: float = 0.0) -> None:

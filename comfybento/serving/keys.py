@@ -11,6 +11,7 @@ The keys file is a YAML (or JSON, which YAML reads too) list of entries:
       sha256: "9f86d0...0f00a08"  # hex sha256 of the key
       rate_per_min: 60            # optional: requests per minute (token bucket)
       images_per_day: 1000        # optional: images per day (token bucket)
+      operator: true              # optional: sees and manages every key's work (serving/ownership.py)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class ApiKey(BaseModel):
     sha256: str = Field(description="Hex sha256 of the key (64 hex digits).")
     rate_per_min: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Requests per minute; none: unlimited.")
     images_per_day: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Images per day; none: unlimited.")
+    operator: bool = Field(default=False, description="Sees and manages the work of every key (support, usage); others see their own.")
 
     @field_validator("sha256", mode="before")
     @classmethod
@@ -83,7 +85,7 @@ def parse_keys(path: Path, text: str) -> tuple[ApiKey, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ConfigError(f"COMFYBENTO_API_KEYS_FILE {path}: must be a list of {{name, sha256, rate_per_min, images_per_day}}")
+        raise ConfigError(f"COMFYBENTO_API_KEYS_FILE {path}: must be a list of {{name, sha256, rate_per_min, images_per_day, operator}}")
     keys: list[ApiKey] = []
     for index, entry in enumerate(raw):
         try:
@@ -135,6 +137,8 @@ def _entry_yaml(key: ApiKey) -> str:
         for field, value in (("rate_per_min", key.rate_per_min), ("images_per_day", key.images_per_day))
         if value is not None
     ]
+    if key.operator:
+        lines.append("  operator: true")
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +165,7 @@ def append_key(path: Path, key: ApiKey) -> None:
     existing = parse_keys(path, old)
     if any(k.name == key.name for k in existing):
         raise ConfigError(f"{path} already has a key named {key.name!r}")
-    entries = [k.model_dump(exclude_none=True) for k in (*existing, key)]
+    entries = [k.model_dump(exclude_defaults=True) for k in (*existing, key)]
     if path.suffix.lower() == ".json":
         new = json.dumps(entries, indent=2) + "\n"
     else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +35,7 @@ from comfybento.jobs import api as jobs_api
 from comfybento.jobs.factory import make_jobs
 from comfybento.jobs.runner import OnEvent
 from comfybento.outputs import diskspace
-from comfybento.outputs.delivery import StorageOnFirstUse, output_item, outputs_as_urls
+from comfybento.outputs.delivery import StorageOnFirstUse, live_folder, output_item, outputs_as_urls
 from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission
 from comfybento.scheduling.cost import CostModel, work_of
@@ -245,7 +244,7 @@ def _stream_endpoint(spec: WorkflowSpec) -> Any:
         if isinstance(item, Response):
             return item  # a 4xx (or 503, 507) JSON answer before any stream starts
         rid, key, root = request_id(), access.key_name(), base_url()
-        folder = uuid.uuid4().hex
+        folder = live_folder(key)  # tagged with the key: its URLs are the key's only (serving/ownership.py)
 
         async def deliver(blob: OutputBlob) -> stream.OutputEvent:
             if not by_url:
@@ -279,7 +278,7 @@ def _json_endpoint(spec: WorkflowSpec) -> Any:
             return result
         if delivery == "url":
             try:
-                outputs = await asyncio.to_thread(outputs_as_urls, self.output_storage(), result, base_url())
+                outputs = await asyncio.to_thread(outputs_as_urls, self.output_storage(), result, base_url(), access.key_name())
             except ComfyBentoError as exc:
                 return error_response(exc)
         else:

@@ -166,7 +166,8 @@ def test_api_keys_own_assets_and_jobs_and_a_job_survives_a_restart(tmp_path, mon
             asset.commit()
             mine = bob.assets.from_bytes(png_bytes(), filename="a.png", content_type="image/png")
             mine.commit()
-            assert mine.created_new is False and mine.id != asset.id  # same bytes, bob's own record: uploaded, not minted by hash
+            # same bytes, bob's own record: uploaded, not minted by hash, and new to bob (alice's upload is not confirmed)
+            assert mine.created_new is True and mine.id != asset.id
             with pytest.raises(comfy_sdk.ComfyError) as hidden:
                 bob.assets.get(asset.id)
             assert hidden.value.http_status == 404

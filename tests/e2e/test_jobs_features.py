@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from comfybento.serving.keys import ApiKey, hash_key, new_key
+from comfybento.serving.keys import hash_key, new_key
 from tests.e2e.conftest import serving
 from tests.e2e.test_jobs import wait_job
 from tests.e2e.test_progress import stream
@@ -19,7 +19,6 @@ from tests.helpers import make_workflows_dir, service_env
 pytestmark = pytest.mark.e2e
 
 SMALL = {"prompt": "a paper boat", "width": 64, "height": 64, "seed": 3}
-HAS_OPERATORS = "operator" in ApiKey.model_fields  # the keys file's `operator: true` (serving/keys.py)
 
 
 def _png(server: str, body: dict) -> bytes:
@@ -128,7 +127,7 @@ class Keyed:
 def keyed(tmp_path_factory) -> Iterator[Keyed]:
     root = tmp_path_factory.mktemp("features-keys")
     keys = {name: new_key() for name in ("alice", "tiny", "root")}
-    extra = {"alice": "", "tiny": "  images_per_day: 2\n", "root": "  operator: true\n" if HAS_OPERATORS else ""}
+    extra = {"alice": "", "tiny": "  images_per_day: 2\n", "root": "  operator: true\n"}
     (root / "keys.yaml").write_text("".join(f'- name: {n}\n  sha256: "{hash_key(k)}"\n{extra[n]}' for n, k in keys.items()))
     env = service_env(make_workflows_dir(root / "workflows", ()), root / "work")
     env["COMFYBENTO_API_KEYS_FILE"] = str(root / "keys.yaml")
@@ -158,8 +157,6 @@ def test_a_key_sees_its_own_usage_and_an_operator_every_key(keyed):
     assert mine["scope"] == "own" and [k["key"] for k in mine["keys"]] == ["alice"]
     assert {f: mine["keys"][0]["total"][f] for f in ("requests", "images")} == {"requests": 2, "images": 2}
     assert mine["keys"][0]["days"][-1]["day"] == mine["until"]
-    if not HAS_OPERATORS:
-        pytest.skip("ApiKey has no `operator` flag on this branch (serving/keys.py): the operator view is checked once it has")
     everyone = _usage(keyed.url, keyed.keys["root"])
     assert everyone["scope"] == "all" and "alice" in {k["key"] for k in everyone["keys"]}  # not only its own
 

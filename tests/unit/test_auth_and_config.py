@@ -114,6 +114,10 @@ def test_keys_add_prints_the_key_once_and_stores_its_hash(tmp_path, capsys):
         ("alice", hash_key(alice), 30, 500),
         ("bob", hash_key(bob), None, None),
     ]
+    assert main(["keys", "add", "ops", "--operator", "--file", str(path)]) == 0
+    capsys.readouterr()
+    assert [k.operator for k in Settings.from_env({"COMFYBENTO_API_KEYS_FILE": str(path)}).api_keys] == [False, False, True]
+    text = path.read_text()
     assert main(["keys", "add", "alice", "--file", str(path)]) == 2  # names are unique
     assert main(["keys", "add", "carol", "--rate-per-min", "0", "--file", str(path)]) == 2
     assert "rate_per_min" in capsys.readouterr().err and path.read_text() == text

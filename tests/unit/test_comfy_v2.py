@@ -26,6 +26,7 @@ from comfybento.jobs.webhooks import AllowList
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
+from comfybento.serving.ownership import Caller
 from comfybento.workflows.catalog import load_workflow
 from tests.helpers import sample_image
 
@@ -116,13 +117,17 @@ def test_a_hash_is_mintable_only_by_the_key_that_uploaded_it(tmp_path):
         store.from_hash(record.hash, "b.png", owner="bob")
     assert refused.value.code == "blob_not_found"
     with pytest.raises(V2Error):
-        store.get(record.id, "bob")  # not yours reads as missing
+        store.get(record.id, Caller("bob"))  # not yours reads as missing
+    assert store.get(record.id, Caller("alice")) == store.get(record.id, Caller("ops", operator=True)) == record
     with pytest.raises(V2Error) as missing:
-        store.resolve_reference("image", {"__type": "core/ASSET", "info": {"id": record.id}}, owner="bob")
+        store.resolve_reference("image", {"__type": "core/ASSET", "info": {"id": record.id}}, Caller("bob"))
     assert missing.value.code == "missing_asset"
     with pytest.raises(V2Error) as plain:
-        store.resolve_reference("image", "example.png", owner="alice")
+        store.resolve_reference("image", "example.png", Caller("alice"))
     assert plain.value.code == "missing_asset" and "core/ASSET" in str(plain.value)
+    assert store.upload(PNG, "image/png", "a.png", owner="alice")[1] is False  # alice's bytes again: not new to alice
+    assert store.upload(PNG, "image/png", "b.png", owner="bob")[1] is True  # new to bob: alice's upload is not confirmed
+    assert store.mintable(record.hash, "bob")  # bob holds the bytes now
 
 
 def test_submit_status_outputs_workflow_and_a_single_use_idempotency_key(v2):

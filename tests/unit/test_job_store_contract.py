@@ -375,6 +375,21 @@ def test_owner_is_stored_and_leases_carry_it(store, tmp_path, redis_url):
     assert (fresh.images, fresh.gpu_seconds) == (0, 0.0)
 
 
+def test_jobs_are_listed_per_owner_newest_first_and_leave_the_listing_when_deleted(store):
+    made = {}
+    for n, owner in enumerate(("alice", "bob", None, "alice")):
+        job, items = _job(1, owner=owner)
+        job.created_at += n  # distinct, increasing creation times
+        made[n] = store.create_job(job, items)[0].id
+    assert [j.id for j in store.list_jobs(10, 0, owner="alice")] == [made[3], made[0]]
+    assert [j.id for j in store.list_jobs(1, 1, owner="alice")] == [made[0]]
+    assert [j.id for j in store.list_jobs(10, 0, owner="bob")] == [made[1]]
+    assert store.list_jobs(10, 0, owner="carol") == []
+    assert [j.id for j in store.list_jobs(10, 0)] == [made[3], made[2], made[1], made[0]]  # no owner given: every job
+    store.delete_job(made[3])
+    assert [j.id for j in store.list_jobs(10, 0, owner="alice")] == [made[0]]
+
+
 def test_usage_adds_up_over_completions_and_only_for_successes(store):
     job, items = _job(4, owner="alice")
     store.create_job(job, items)

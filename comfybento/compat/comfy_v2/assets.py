@@ -2,7 +2,8 @@
 
 Keys (all under `comfy-v2/`):
 - `blobs/<blake3 hex>`: the bytes, stored once however many assets name them;
-- `assets/<uuid>.json`: an asset record (hash, size, content type, file path, owner, created_at);
+- `assets/<uuid>.json`: an asset record (hash, size, content type, file path, owner, created_at); it is seen
+  by whom serving/ownership.py lets see its owner's objects;
 - `holds/<owner tag>/<blake3 hex>`: the owner uploaded these bytes, so it may mint from their hash
   (the spec's trust boundary: a hash is a lookup key, never an authority; a miss and "not yours" look the same).
 Job outputs are assets too, named `out_<job>_<item>_<n>` (views.py), read from the job's own results.
@@ -11,7 +12,6 @@ Job outputs are assets too, named `out_<job>_<item>_<n>` (views.py), read from t
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import mimetypes
 import re
@@ -25,6 +25,7 @@ from blake3 import blake3
 from comfybento.compat.comfy_v2.errors import V2Error
 from comfybento.errors import NotFound
 from comfybento.outputs.storage import Storage
+from comfybento.serving.ownership import Caller, owner_tag
 
 PREFIX = "comfy-v2"
 HASH = re.compile(r"blake3:([0-9a-f]{64})")
@@ -57,7 +58,7 @@ def parse_hash(value: str) -> str:
 
 def _owner_tag(owner: str | None) -> str:
     """A key-safe tag per API key name ("open" when keys are off)."""
-    return hashlib.sha256(owner.encode()).hexdigest()[:32] if owner is not None else "open"
+    return owner_tag(owner) if owner is not None else "open"
 
 
 def _exists(storage: Storage, key: str) -> bool:
@@ -76,16 +77,18 @@ class AssetStore:
 
     def upload(self, data: bytes, content_type: str, file_path: str | None, owner: str | None,
                expected_hash: str | None = None) -> tuple[AssetRecord, bool]:
-        """Store the bytes (once per hash) and mint an asset over them: (record, whether the blob is new)."""
+        """Store the bytes (once per hash) and mint an asset over them: (record, whether the bytes are new to this owner).
+
+        "New" is per owner: that another key uploaded the same bytes is never confirmed (serving/ownership.py)."""
         digest = blake3_of(data)
         if expected_hash is not None and parse_hash(expected_hash) != digest.split(":", 1)[1]:
             raise V2Error(409, "hash_mismatch", f"expected_hash: the bytes hash to {digest}, not {expected_hash}")
         hexd = digest.split(":", 1)[1]
-        blob = f"{PREFIX}/blobs/{hexd}"
-        new = not _exists(self.storage, blob)
-        if new:
+        blob, hold = f"{PREFIX}/blobs/{hexd}", f"{PREFIX}/holds/{_owner_tag(owner)}/{hexd}"
+        new = not (_exists(self.storage, hold) and _exists(self.storage, blob))
+        if not _exists(self.storage, blob):
             self.storage.put(blob, data, content_type)
-        self.storage.put(f"{PREFIX}/holds/{_owner_tag(owner)}/{hexd}", b"1", "text/plain")
+        self.storage.put(hold, b"1", "text/plain")
         return self._mint(digest, len(data), content_type, file_path, owner), new
 
     def from_hash(self, hash_value: str, file_path: str | None, owner: str | None) -> AssetRecord:
@@ -101,8 +104,8 @@ class AssetStore:
         self.storage.put(f"{PREFIX}/assets/{record.id}.json", json.dumps(asdict(record)).encode(), "application/json")
         return record
 
-    def delete(self, asset_id: str, owner: str | None) -> None:
-        self.get(asset_id, owner)  # 404 unless it exists and is the caller's
+    def delete(self, asset_id: str, caller: Caller) -> None:
+        self.get(asset_id, caller)  # 404 unless it exists and the caller may see it
         self.storage.delete(f"{PREFIX}/assets/{asset_id}.json")
 
     # ---------------------------------------------------------- read
@@ -111,8 +114,8 @@ class AssetStore:
         hexd = parse_hash(hash_value)
         return _exists(self.storage, f"{PREFIX}/holds/{_owner_tag(owner)}/{hexd}") and _exists(self.storage, f"{PREFIX}/blobs/{hexd}")
 
-    def get(self, asset_id: str, owner: str | None) -> AssetRecord:
-        """An uploaded asset of `owner`; 404 (the same for "not yours") otherwise."""
+    def get(self, asset_id: str, caller: Caller) -> AssetRecord:
+        """An uploaded asset `caller` may see; 404 (the same for "not yours") otherwise."""
         if not ASSET_ID.fullmatch(asset_id):
             raise V2Error(404, "not_found", f"asset {asset_id[:80]!r} does not exist")
         try:
@@ -120,14 +123,14 @@ class AssetStore:
         except (NotFound, FileNotFoundError, KeyError):
             raise V2Error(404, "not_found", f"asset {asset_id!r} does not exist") from None
         record = AssetRecord(**doc)
-        if record.owner != owner:
+        if not caller.can_see(record.owner):
             raise V2Error(404, "not_found", f"asset {asset_id!r} does not exist")
         return record
 
     def content(self, record: AssetRecord) -> bytes:
         return self.storage.get(f"{PREFIX}/blobs/{record.hash.split(':', 1)[1]}")
 
-    def resolve_reference(self, kind: str, literal: Any, owner: str | None) -> str:
+    def resolve_reference(self, kind: str, literal: Any, caller: Caller) -> str:
         """A graph's `core/ASSET` reference -> the file field's value (base64 of the asset's bytes); 422 missing_asset otherwise."""
         info = literal.get("info") if isinstance(literal, dict) and literal.get("__type") == "core/ASSET" else None
         asset_id = info.get("id") if isinstance(info, dict) else None
@@ -135,7 +138,7 @@ class AssetStore:
             raise V2Error(422, "missing_asset", f"a {kind} input must be a core/ASSET reference "
                           f"{{'__type': 'core/ASSET', 'info': {{'id': <asset id>}}}}; got {str(literal)[:80]!r} (upload it to /api/v2/assets)")
         try:
-            record = self.get(asset_id, owner)
+            record = self.get(asset_id, caller)
         except V2Error:
             raise V2Error(422, "missing_asset", f"asset {asset_id[:80]!r} does not exist (or is not yours)") from None
         return base64.b64encode(self.content(record)).decode()

@@ -3,7 +3,8 @@
 Left out of comfybento's own OpenAPI (include_in_schema=False): the spec is published by Comfy and its clients are the
 official SDKs; in /docs.json these routes would only add untyped operations to the generated TypeScript client.
 Every answer of these routes, errors included, is in the spec's shapes (errors.py). Auth is the service's: the SDKs
-send `Authorization: Bearer <key>`, which the access middleware checks like on every route.
+send `Authorization: Bearer <key>`, which the access middleware checks like on every route; jobs and assets are
+the caller's own (serving/ownership.py), another key's are a 404 `not_found`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.datastructures import UploadFile
 from comfybento.compat.comfy_v2.assets import AssetRecord, AssetStore, iso
 from comfybento.compat.comfy_v2.errors import V2Error, V2Route
 from comfybento.compat.comfy_v2.events import job_stream
-from comfybento.compat.comfy_v2.views import API, ITEMS_READ, STATES, URL_TTL_S, job_view, load_job, output_blob, progress_snapshot, visible
+from comfybento.compat.comfy_v2.views import API, ITEMS_READ, STATES, URL_TTL_S, job_view, load_job, output_blob, progress_snapshot
 from comfybento.config import get_settings
 from comfybento.errors import TooLarge
 from comfybento.jobs.api import jobs
@@ -30,6 +31,7 @@ from comfybento.jobs.records import now
 from comfybento.jobs.store import IdempotencyConflict
 from comfybento.outputs import diskspace
 from comfybento.serving import access
+from comfybento.serving.ownership import caller
 from comfybento.workflows.limits import ENV_NAMES
 from comfybento.workflows.matching import match_graph
 
@@ -115,32 +117,32 @@ def head_by_hash(hash_value: str, request: Request) -> Response:
 
 @router.get("/assets/{asset_id}")
 def get_asset(asset_id: str, request: Request) -> dict[str, Any]:
-    owner, origin = access.key_name(request), _origin(request)
-    blob = output_blob(jobs(), asset_id, owner)
+    who, origin = caller(request), _origin(request)
+    blob = output_blob(jobs(), asset_id, who)
     if blob is not None:
         size = len(jobs().storage.get(blob.key))
         return {"id": asset_id, "hash": None, "size_bytes": size, "content_type": blob.content_type, "file_path": blob.name,
                 "created_at": iso(jobs().job(blob.job_id).created_at), "url": f"{origin}{API}/assets/{asset_id}/content",
                 "url_expires_at": iso(now() + URL_TTL_S), "expires_at": None, "job_id": blob.job_id}
-    return _asset_json(_assets().get(asset_id, owner), origin)
+    return _asset_json(_assets().get(asset_id, who), origin)
 
 
 @router.delete("/assets/{asset_id}", status_code=204)
 def delete_asset(asset_id: str, request: Request) -> Response:
-    if output_blob(jobs(), asset_id, access.key_name(request)) is not None:
+    if output_blob(jobs(), asset_id, caller(request)) is not None:
         raise V2Error(409, "asset_in_use", f"asset {asset_id!r} is an output of a job; it goes when the job expires")
-    _assets().delete(asset_id, access.key_name(request))
+    _assets().delete(asset_id, caller(request))
     return Response(status_code=204)
 
 
 @router.get("/assets/{asset_id}/content")
 def asset_content(asset_id: str, request: Request, range_header: Annotated[str | None, Header(alias="range")] = None) -> Response:
-    owner = access.key_name(request)
-    blob = output_blob(jobs(), asset_id, owner)
+    who = caller(request)
+    blob = output_blob(jobs(), asset_id, who)
     if blob is not None:
         data, media = jobs().storage.get(blob.key), blob.content_type
     else:
-        record = _assets().get(asset_id, owner)
+        record = _assets().get(asset_id, who)
         data, media = _assets().content(record), record.content_type
     return ranged(data, media, range_header)
 
@@ -175,12 +177,12 @@ def post_job(body: JobPost, request: Request, idempotency_key: Annotated[str | N
     graph = body.workflow
     if all(k in graph for k in ("nodes", "links")):
         raise V2Error(422, "workflow_format_ui", "workflow: this is the UI export (nodes/links); submit the API-format graph (Export (API))")
-    owner, service = access.key_name(request), jobs()
-    run = match_graph(service.catalog, graph, lambda kind, literal: _assets().resolve_reference(kind, literal, owner),
+    who, service = caller(request), jobs()
+    run = match_graph(service.catalog, graph, lambda kind, literal: _assets().resolve_reference(kind, literal, who),
                       allow_unmatched=service.free_graphs is not None)
     key = f"comfy-v2:{idempotency_key}" if idempotency_key else None
     try:
-        job, created = service.submit(JobSubmit(workflow=run.workflow, items=[run.values], idempotency_key=key), owner=owner)
+        job, created = service.submit(JobSubmit(workflow=run.workflow, items=[run.values], idempotency_key=key), owner=who.name)
     except IdempotencyConflict:
         created = False
     if not created:
@@ -196,24 +198,24 @@ def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 50,
     """The caller's jobs, newest first (the SDKs' list_jobs). comfybento keeps no labels: a metadata[...] filter matches nothing."""
     if cursor is not None and not cursor.isdigit():
         raise V2Error(422, "invalid_cursor", f"cursor: {cursor!r} is not a cursor this service gave")
-    offset, owner = int(cursor or 0), access.key_name(request)
-    page = jobs().store.list_jobs(limit, offset)
+    offset = int(cursor or 0)
+    page = jobs().list_jobs(limit, offset, caller(request))
     filtered = any(k.startswith("metadata[") for k in request.query_params)
     items = [] if filtered else [
         {"id": j.id, "status": STATES.get(j.state, "queued"), "create_time": iso(j.created_at), "update_time": iso(j.updated_at or j.created_at),
-         "workflow_name": j.workflow} for j in page if visible(j, owner)]
+         "workflow_name": j.workflow} for j in page]
     return {"jobs": items, "next_cursor": str(offset + limit) if len(page) == limit and not filtered else None}
 
 
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, request: Request) -> dict[str, Any]:
-    job = load_job(jobs(), job_id, access.key_name(request))
+    job = load_job(jobs(), job_id, caller(request))
     return job_view(jobs(), job, _origin(request))
 
 
 @router.get("/jobs/{job_id}/workflow")
 def get_job_workflow(job_id: str, request: Request) -> dict[str, Any]:
-    job = load_job(jobs(), job_id, access.key_name(request))
+    job = load_job(jobs(), job_id, caller(request))
     try:
         graph = json.loads(jobs().storage.get(WORKFLOW_KEY.format(job_id=job.id)))
     except Exception:
@@ -223,7 +225,7 @@ def get_job_workflow(job_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
-    job = load_job(jobs(), job_id, access.key_name(request))
+    job = load_job(jobs(), job_id, caller(request))
     if job.state not in ("succeeded", "failed", "cancelled"):
         job = jobs().cancel(job.id)
     return job_view(jobs(), job, _origin(request))
@@ -231,8 +233,8 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 
 @router.get("/jobs/{job_id}/events")
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
-    service, origin, owner = jobs(), _origin(request), access.key_name(request)
-    job = await asyncio.to_thread(load_job, service, job_id, owner)
+    service, origin, who = jobs(), _origin(request), caller(request)
+    job = await asyncio.to_thread(load_job, service, job_id, who)
     sizes: dict[str, int] = {}
 
     last: dict[str, Any] = {}
@@ -241,7 +243,7 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
         """The job re-read from the store; for a live progress event only its progress, from the job as last read (its
         items change state only with the events that make job_stream re-read it), so a sampler step reads nothing."""
         if live is None or not last:
-            last["job"] = load_job(service, job.id, owner)
+            last["job"] = load_job(service, job.id, who)
             last["items"] = service.store.get_items(job.id, 0, ITEMS_READ)
         if live is not None:
             return {"progress": progress_snapshot(service, last["job"], last["items"], live)}

@@ -10,6 +10,7 @@ from comfybento.compat.comfy_v2.assets import iso
 from comfybento.compat.comfy_v2.errors import V2Error
 from comfybento.jobs.records import ItemRecord, JobRecord, now
 from comfybento.jobs.service import JobService
+from comfybento.serving.ownership import Caller
 
 API = "/api/v2"
 TERMINAL = ("succeeded", "canceled", "failed", "expired")
@@ -33,14 +34,10 @@ def output_id(job_id: str, index: int, n: int) -> str:
     return f"out_{job_id}_{index}_{n}"
 
 
-def visible(job: JobRecord, owner: str | None) -> bool:
-    """A job is shown only to the API key that submitted it (all jobs when keys are off)."""
-    return owner is None or job.owner == owner
-
-
-def load_job(service: JobService, job_id: str, owner: str | None) -> JobRecord:
+def load_job(service: JobService, job_id: str, caller: Caller) -> JobRecord:
+    """The job, if `caller` may see it (serving/ownership.py); the same 404 for one that does not exist."""
     job = service.store.get_job(job_id) if re.fullmatch(r"[0-9a-f]{32}", job_id) else None
-    if job is None or not visible(job, owner):
+    if job is None or not caller.can_see(job.owner):
         raise V2Error(404, "not_found", f"job {job_id[:80]!r} does not exist (or expired)")
     return job
 
@@ -121,12 +118,12 @@ def job_error(items: list[ItemRecord]) -> dict[str, Any]:
             "class_type": error.get("class_type"), "traceback": None}
 
 
-def output_blob(service: JobService, asset_id: str, owner: str | None) -> OutputBlob | None:
+def output_blob(service: JobService, asset_id: str, caller: Caller) -> OutputBlob | None:
     """The stored file behind an output asset id (None: not an output id); 404 when its job or item is gone or not the caller's."""
     match = OUTPUT_ID.fullmatch(asset_id)
     if match is None:
         return None
-    job = load_job(service, match.group(1), owner)
+    job = load_job(service, match.group(1), caller)
     items = service.store.get_items(job.id, int(match.group(2)), 1)
     outs = (items[0].result or {}).get("outputs", []) if items and items[0].state == "succeeded" else []
     n = int(match.group(3))

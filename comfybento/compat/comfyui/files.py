@@ -1,8 +1,11 @@
 """ComfyUI's files: uploaded inputs (/upload/image, /upload/mask) and outputs (/view), kept in the job storage.
 
-Keys: `comfyui-inputs/[<subfolder>/]<name>` for uploads (every replica sees
-them, S3 included); an output is `<prompt id>/<file>`, the job's own output
-key, shown to ComfyUI clients as {filename, subfolder: <prompt id>, type: output}.
+Keys: `comfyui-inputs/[<owner tag>/][<subfolder>/]<name>` for uploads (every replica
+sees them, S3 included): with API keys on, each key has its own folder (its tag,
+serving/ownership.py), so a name never reaches, or overwrites, another key's file.
+An output is `<prompt id>/<file>`, the job's own output key, shown to ComfyUI
+clients as {filename, subfolder: <prompt id>, type: output}, and read only by
+whom may see the job.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from pathlib import PurePosixPath
 from PIL import Image, UnidentifiedImageError
 
 from comfybento.errors import InvalidRequest, NotFound, TooLarge
+from comfybento.jobs.service import JobService
 from comfybento.outputs.media import media_type_of
 from comfybento.outputs.storage import Storage
+from comfybento.serving.ownership import Caller
 
 INPUTS = "comfyui-inputs"
 _SEGMENT = re.compile(r"^[^/\\\x00]{1,200}$")
@@ -36,21 +41,29 @@ def _segments(path: str, field: str) -> list[str]:
     return parts
 
 
-def key(filename: str, subfolder: str, kind: str) -> str:
-    """The storage key of a ComfyUI file reference (a 404 for anything outside the input and output folders)."""
+def key(filename: str, subfolder: str, kind: str, tag: str | None = None) -> str:
+    """The storage key of a ComfyUI file reference (a 404 for anything outside the input and output folders);
+    an input is looked for in the folder of the owner `tag` (None: keys off, the one shared folder)."""
     name = _segments(filename, "filename")
     if len(name) != 1:
         raise InvalidRequest(f"filename: {filename!r} must be a file name, not a path")
     folder = _segments(subfolder, "subfolder")
     if kind == "input":
-        return "/".join([INPUTS, *folder, name[0]])
+        return "/".join([INPUTS, *([tag] if tag is not None else []), *folder, name[0]])
     if kind == "output" and len(folder) == 1:
         return f"{folder[0]}/{name[0]}"
     raise NotFound(f"no such file: type={kind!r} subfolder={subfolder!r} filename={filename!r}")
 
 
-def read(storage: Storage, filename: str, subfolder: str, kind: str) -> bytes:
-    return storage.get(key(filename, subfolder, kind))
+def read(service: JobService, filename: str, subfolder: str, kind: str, caller: Caller) -> bytes:
+    """A file `caller` may see: one of its uploads, or an output of a prompt (job) it may see; else a 404, the same as
+    for a file that does not exist."""
+    where = key(filename, subfolder, kind, caller.tag)
+    if kind == "output":
+        job = service.store.get_job(where.split("/", 1)[0])
+        if job is None or not caller.can_see(job.owner):
+            raise NotFound(f"no such file: {where}")
+    return service.storage.get(where)
 
 
 def content_type(filename: str) -> str:
@@ -63,20 +76,21 @@ def check_size(data: bytes, limit: int) -> None:
                        "(COMFYBENTO_MAX_UPLOAD_BYTES)")
 
 
-def store_upload(storage: Storage, data: bytes, filename: str, subfolder: str, overwrite: bool) -> str:
-    """Store an upload; returns the name it got (ComfyUI's 'name (1).ext' when another file has the name)."""
+def store_upload(storage: Storage, data: bytes, filename: str, subfolder: str, overwrite: bool, tag: str | None) -> str:
+    """Store an upload in the folder of the owner `tag`; returns the name it got (ComfyUI's 'name (1).ext' when another
+    file of that folder has the name)."""
     name = PurePosixPath(filename.replace("\\", "/")).name or "upload.png"
     stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix
     candidate, n = name, 1
     while not overwrite:
         try:
-            existing = read(storage, candidate, subfolder, "input")
+            existing = storage.get(key(candidate, subfolder, "input", tag))
         except NotFound:
             break
         if existing == data:  # the same file again: ComfyUI keeps its name
             return candidate
         candidate, n = f"{stem} ({n}){suffix}", n + 1
-    storage.put(key(candidate, subfolder, "input"), data, content_type(candidate))
+    storage.put(key(candidate, subfolder, "input", tag), data, content_type(candidate))
     return candidate
 
 

@@ -4,7 +4,8 @@ A prompt is a one-item job whose idempotency key starts with `PREFIX` (that is
 how /history and /queue tell prompts from other jobs); its submitted graph,
 client id and extra data are kept beside its outputs in the job storage
 (`<prompt id>/comfyui-prompt.json`), so they expire with the job and are seen
-by every replica.
+by every replica. A prompt belongs to the API key that submitted it; every function
+here sees only the prompts of the `caller` it is given (serving/ownership.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from comfybento.errors import ComfyBentoError, InvalidRequest
 from comfybento.jobs.api_models import JobSubmit
 from comfybento.jobs.records import TERMINAL_JOB_STATES, ItemRecord, JobRecord
 from comfybento.jobs.service import JobService
+from comfybento.serving.ownership import Caller
 from comfybento.workflows.matching import match_graph
 
 PREFIX = "comfyui:"
@@ -36,15 +38,16 @@ class Submitted:
     workflow: str
 
 
-def submit(service: JobService, body: Any, owner: str | None) -> Submitted:
-    """Match body["prompt"] to a served workflow and queue it as a one-item job (raises ComfyBentoError naming the problem)."""
+def submit(service: JobService, body: Any, caller: Caller) -> Submitted:
+    """Match body["prompt"] to a served workflow and queue it as a one-item job of `caller` (raises ComfyBentoError naming
+    the problem); its file inputs are the caller's uploads, or outputs of prompts it may see."""
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object {prompt, client_id, extra_data}")
     graph = body.get("prompt")
-    run = match_graph(service.catalog, graph, lambda kind, literal: _resolve(service, literal))
+    run = match_graph(service.catalog, graph, lambda kind, literal: _resolve(service, literal, caller))
     req = JobSubmit(workflow=run.workflow, items=[run.values], idempotency_key=PREFIX + uuid.uuid4().hex,
                     priority=1 if body.get("front") else 0)
-    job, _ = service.submit(req, owner=owner)
+    job, _ = service.submit(req, owner=caller.name)
     given = body.get("number")
     number = given if isinstance(given, int) else int(job.created_at * 1000)
     extra_data = body.get("extra_data")
@@ -54,14 +57,14 @@ def submit(service: JobService, body: Any, owner: str | None) -> Submitted:
     return Submitted(job.id, number, run.workflow)
 
 
-def _resolve(service: JobService, literal: Any) -> str:
+def _resolve(service: JobService, literal: Any, caller: Caller) -> str:
     """A graph's file literal (an uploaded input, or an output as 'name [output]') as the base64 the job item takes."""
     if not isinstance(literal, str):
         raise InvalidRequest(f"prompt: file input {literal!r} must be the name of an uploaded file (POST /upload/image)")
     name, kind = files.split_annotation(literal)
     folder, _, filename = name.rpartition("/")
     try:
-        data = files.read(service.storage, filename, folder, kind)
+        data = files.read(service, filename, folder, kind, caller)
     except ComfyBentoError:
         raise InvalidRequest(f"prompt: file {literal!r} was not uploaded here (POST /upload/image first)") from None
     return base64.b64encode(data).decode()
@@ -79,15 +82,16 @@ def load_record(service: JobService, prompt_id: str) -> dict[str, Any]:
         return {}
 
 
-def recent_jobs(service: JobService, limit: int = SCAN_JOBS) -> list[JobRecord]:
+def recent_jobs(service: JobService, caller: Caller, limit: int = SCAN_JOBS) -> list[JobRecord]:
+    """The newest jobs `caller` may see."""
     out: list[JobRecord] = []
-    while len(out) < limit and (page := service.store.list_jobs(min(200, limit - len(out)), len(out))):
+    while len(out) < limit and (page := service.list_jobs(min(200, limit - len(out)), len(out), caller)):
         out += page
     return out
 
 
-def queue_remaining(service: JobService) -> int:
-    return sum(1 for j in recent_jobs(service) if j.state not in TERMINAL_JOB_STATES)
+def queue_remaining(service: JobService, caller: Caller) -> int:
+    return sum(1 for j in recent_jobs(service, caller) if j.state not in TERMINAL_JOB_STATES)
 
 
 def queue_entry(service: JobService, job: JobRecord) -> list[Any]:
@@ -97,8 +101,8 @@ def queue_entry(service: JobService, job: JobRecord) -> list[Any]:
             record.get("extra_data") or {"workflow": job.workflow}, _output_nodes(service, job.workflow)]
 
 
-def queue(service: JobService) -> dict[str, list[list[Any]]]:
-    active = sorted((j for j in recent_jobs(service) if j.state not in TERMINAL_JOB_STATES), key=lambda j: j.created_at)
+def queue(service: JobService, caller: Caller) -> dict[str, list[list[Any]]]:
+    active = sorted((j for j in recent_jobs(service, caller) if j.state not in TERMINAL_JOB_STATES), key=lambda j: j.created_at)
     return {"queue_running": [queue_entry(service, j) for j in active if j.state == "running"],
             "queue_pending": [queue_entry(service, j) for j in active if j.state != "running"]}
 
@@ -158,10 +162,10 @@ def error_event(prompt_id: str, item: ItemRecord | None, stamp: int) -> dict[str
             "timestamp": stamp}
 
 
-def history(service: JobService, max_items: int | None) -> dict[str, Any]:
+def history(service: JobService, max_items: int | None, caller: Caller) -> dict[str, Any]:
     """Finished prompts, newest last as in ComfyUI (at most max_items of the newest)."""
     entries: list[tuple[str, dict[str, Any]]] = []
-    for job in recent_jobs(service):
+    for job in recent_jobs(service, caller):
         if is_prompt(job) and (entry := history_entry(service, job)) is not None:
             entries.append((job.id, entry))
             if max_items is not None and len(entries) >= max_items:
@@ -169,20 +173,26 @@ def history(service: JobService, max_items: int | None) -> dict[str, Any]:
     return dict(reversed(entries))
 
 
-def delete_prompts(service: JobService, ids: list[str]) -> None:
+def visible_prompt(service: JobService, prompt_id: str, caller: Caller) -> JobRecord | None:
+    """The prompt, if it exists and `caller` may see it."""
+    job = service.store.get_job(prompt_id)
+    return job if job is not None and is_prompt(job) and caller.can_see(job.owner) else None
+
+
+def delete_prompts(service: JobService, ids: list[str], caller: Caller) -> None:
     """Remove finished prompts from the history (their job and files); a queued or running one is left alone."""
     for prompt_id in ids:
-        job = service.store.get_job(prompt_id)
-        if job is not None and is_prompt(job) and job.state in TERMINAL_JOB_STATES:
+        job = visible_prompt(service, prompt_id, caller)
+        if job is not None and job.state in TERMINAL_JOB_STATES:
             service.storage.delete_prefix(prompt_id)
             service.store.delete_job(prompt_id)
 
 
-def cancel_prompts(service: JobService, ids: list[str] | None, states: tuple[str, ...]) -> list[str]:
-    """Cancel the prompts named (None: every prompt) that are in one of `states`; returns the ids cancelled."""
+def cancel_prompts(service: JobService, ids: list[str] | None, states: tuple[str, ...], caller: Caller) -> list[str]:
+    """Cancel the prompts named (None: every prompt) of `caller`'s that are in one of `states`; returns the ids cancelled."""
     wanted = set(ids) if ids is not None else None
     done = []
-    for job in recent_jobs(service):
+    for job in recent_jobs(service, caller):
         if is_prompt(job) and job.state in states and (wanted is None or job.id in wanted):
             service.cancel(job.id)
             done.append(job.id)

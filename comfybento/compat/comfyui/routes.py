@@ -1,4 +1,9 @@
-"""ComfyUI's server routes on the entry service, each at /x and at /api/x as ComfyUI serves them (not in the OpenAPI)."""
+"""ComfyUI's server routes on the entry service, each at /x and at /api/x as ComfyUI serves them (not in the OpenAPI).
+
+Each route sees the caller's own prompts, uploads and outputs only (serving/ownership.py): another key's are
+answered as ones that do not exist (`{}` from /history/{id}, a 404 from /view), left out of /queue and /history,
+and left alone by /interrupt, POST /queue and POST /history.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from comfybento.config import get_settings
 from comfybento.errors import ComfyBentoError, InvalidRequest, NotFound, StorageFull
 from comfybento.jobs.api import jobs
 from comfybento.outputs import diskspace
-from comfybento.serving import access
+from comfybento.serving.ownership import caller
 from comfybento.workflows.node_info import fingerprint, snapshot_path
 
 log = logging.getLogger(__name__)
@@ -59,43 +64,43 @@ async def post_prompt(request: Request) -> JSONResponse:
         return comfy_error(InvalidRequest("body: not valid JSON"))
     try:
         diskspace.require_room()
-        done = await asyncio.to_thread(prompts.submit, jobs(), body, access.key_name(request))
+        done = await asyncio.to_thread(prompts.submit, jobs(), body, caller(request))
     except ComfyBentoError as exc:
         return comfy_error(exc)
     client_id = body.get("client_id")
     if isinstance(client_id, str) and client_id:
-        ws.CLIENTS.add(client_id, done.prompt_id)
+        ws.CLIENTS.add(ws.client_key(caller(request), client_id), done.prompt_id)
     return JSONResponse({"prompt_id": done.prompt_id, "number": done.number, "node_errors": {}})
 
 
 @route("/prompt", ["GET"])
-def get_prompt() -> dict[str, Any]:
-    return {"exec_info": {"queue_remaining": prompts.queue_remaining(jobs())}}
+def get_prompt(request: Request) -> dict[str, Any]:
+    return {"exec_info": {"queue_remaining": prompts.queue_remaining(jobs(), caller(request))}}
 
 
 @route("/queue", ["GET"])
-def get_queue() -> dict[str, Any]:
-    return prompts.queue(jobs())
+def get_queue(request: Request) -> dict[str, Any]:
+    return prompts.queue(jobs(), caller(request))
 
 
 @route("/queue", ["POST"])
 async def post_queue(request: Request) -> Response:
-    """{"clear": true} cancels every pending prompt; {"delete": [ids]} cancels those (queued or running)."""
-    body = await _json_object(request)
+    """{"clear": true} cancels the caller's pending prompts; {"delete": [ids]} cancels those (queued or running)."""
+    body, who = await _json_object(request), caller(request)
     if body.get("clear"):
-        await asyncio.to_thread(prompts.cancel_prompts, jobs(), None, ("queued",))
+        await asyncio.to_thread(prompts.cancel_prompts, jobs(), None, ("queued",), who)
     if isinstance(body.get("delete"), list):
         ids = [str(i) for i in body["delete"]]
-        await asyncio.to_thread(prompts.cancel_prompts, jobs(), ids, ("queued", "running"))
+        await asyncio.to_thread(prompts.cancel_prompts, jobs(), ids, ("queued", "running"), who)
     return Response(status_code=200)
 
 
 @route("/interrupt", ["POST"])
 async def interrupt(request: Request) -> Response:
-    """Cancels the running prompts (or only body["prompt_id"]); their clients get execution_interrupted."""
+    """Cancels the caller's running prompts (or only body["prompt_id"]); their clients get execution_interrupted."""
     body = await _json_object(request)
     ids = [str(body["prompt_id"])] if body.get("prompt_id") else None
-    await asyncio.to_thread(prompts.cancel_prompts, jobs(), ids, ("running",))
+    await asyncio.to_thread(prompts.cancel_prompts, jobs(), ids, ("running",), caller(request))
     return Response(status_code=200)
 
 
@@ -112,32 +117,32 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 
 @route("/history", ["GET"])
-def get_history(max_items: int | None = Query(default=None, ge=1, le=prompts.SCAN_JOBS)) -> dict[str, Any]:
-    return prompts.history(jobs(), max_items)
+def get_history(request: Request, max_items: int | None = Query(default=None, ge=1, le=prompts.SCAN_JOBS)) -> dict[str, Any]:
+    return prompts.history(jobs(), max_items, caller(request))
 
 
 @route("/history/{prompt_id}", ["GET"])
-def get_history_item(prompt_id: str) -> dict[str, Any]:
-    job = jobs().store.get_job(prompt_id)
-    entry = prompts.history_entry(jobs(), job) if job is not None and prompts.is_prompt(job) else None
+def get_history_item(prompt_id: str, request: Request) -> dict[str, Any]:
+    job = prompts.visible_prompt(jobs(), prompt_id, caller(request))
+    entry = prompts.history_entry(jobs(), job) if job is not None else None
     return {prompt_id: entry} if entry is not None else {}
 
 
 @route("/history", ["POST"])
 async def post_history(request: Request) -> Response:
-    """{"clear": true} forgets every finished prompt; {"delete": [ids]} those (their outputs go too)."""
-    body = await _json_object(request)
+    """{"clear": true} forgets the caller's finished prompts; {"delete": [ids]} those (their outputs go too)."""
+    body, who = await _json_object(request), caller(request)
     if body.get("clear"):
-        ids = [j.id for j in await asyncio.to_thread(prompts.recent_jobs, jobs()) if prompts.is_prompt(j)]
-        await asyncio.to_thread(prompts.delete_prompts, jobs(), ids)
+        ids = [j.id for j in await asyncio.to_thread(prompts.recent_jobs, jobs(), who) if prompts.is_prompt(j)]
+        await asyncio.to_thread(prompts.delete_prompts, jobs(), ids, who)
     if isinstance(body.get("delete"), list):
-        await asyncio.to_thread(prompts.delete_prompts, jobs(), [str(i) for i in body["delete"]])
+        await asyncio.to_thread(prompts.delete_prompts, jobs(), [str(i) for i in body["delete"]], who)
     return Response(status_code=200)
 
 
 @route("/view", ["GET"])
-def view(filename: str, subfolder: str = "", type: str = "output") -> Response:
-    data = files.read(jobs().storage, filename, subfolder, type)
+def view(request: Request, filename: str, subfolder: str = "", type: str = "output") -> Response:
+    data = files.read(jobs(), filename, subfolder, type, caller(request))
     return Response(data, media_type=files.content_type(filename), headers={"Content-Disposition": f'filename="{filename}"'})
 
 
@@ -165,7 +170,8 @@ async def upload_image(request: Request) -> dict[str, str]:
         raise InvalidRequest("type: uploads go to 'input' here")
     subfolder = fields.get("subfolder", "")
     overwrite = fields.get("overwrite", "false").lower() in ("true", "1")
-    name = await asyncio.to_thread(files.store_upload, jobs().storage, data, image.filename or "upload.png", subfolder, overwrite)
+    name = await asyncio.to_thread(files.store_upload, jobs().storage, data, image.filename or "upload.png", subfolder, overwrite,
+                                   caller(request).tag)
     return _answer(name, subfolder)
 
 
@@ -175,8 +181,8 @@ async def upload_mask(request: Request) -> dict[str, str]:
     data, image, fields = await _upload(request)
     try:
         ref = json.loads(fields.get("original_ref", ""))
-        original = await asyncio.to_thread(files.read, jobs().storage, str(ref["filename"]), str(ref.get("subfolder") or ""),
-                                           str(ref.get("type") or "input"))
+        original = await asyncio.to_thread(files.read, jobs(), str(ref["filename"]), str(ref.get("subfolder") or ""),
+                                           str(ref.get("type") or "input"), caller(request))
     except (ValueError, KeyError, TypeError):
         raise InvalidRequest("original_ref: expected JSON {filename, subfolder, type} of an uploaded image") from None
     except NotFound:
@@ -184,7 +190,8 @@ async def upload_mask(request: Request) -> dict[str, str]:
     masked = await asyncio.to_thread(files.apply_mask, original, data)
     subfolder = fields.get("subfolder", str(ref.get("subfolder") or ""))
     overwrite = fields.get("overwrite", "false").lower() in ("true", "1")
-    name = await asyncio.to_thread(files.store_upload, jobs().storage, masked, image.filename or "mask.png", subfolder, overwrite)
+    name = await asyncio.to_thread(files.store_upload, jobs().storage, masked, image.filename or "mask.png", subfolder, overwrite,
+                                   caller(request).tag)
     return _answer(name, subfolder)
 
 
@@ -261,7 +268,7 @@ def model_files(folder: str) -> list[str]:
 
 async def websocket(socket: WebSocket) -> None:
     """ComfyUI's /ws (compat/comfyui/ws.py); the API key was checked by the access middleware (header or ?token=)."""
-    await ws.serve(socket, jobs())
+    await ws.serve(socket, jobs(), caller(socket))
 
 
 for _path in ("/ws", "/api/ws"):

@@ -9,6 +9,10 @@ then executing + executed per output node, execution_success and executing
 Events come from `jobs().live` (this replica's runner); every second the
 client's unfinished prompts are also read from the store, which covers items
 run by another replica and events lost to a lagging subscriber.
+
+A client id belongs to the API key that uses it: clients are kept per (key, client
+id), so a socket gets the events of its own key's prompts only, whatever client id
+it names, and the queue length it is sent counts that key's jobs (serving/ownership.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from comfybento.compat.comfyui import prompts
 from comfybento.jobs.records import TERMINAL_JOB_STATES
 from comfybento.jobs.service import JobService
+from comfybento.serving.ownership import Caller
 from comfybento.workflows.graph import sorted_ids
 
 POLL_S = 1.0
@@ -33,32 +38,39 @@ PREVIEW_FORMATS = {"image/jpeg": 1, "image/png": 2}  # ComfyUI's binary PREVIEW_
 MAX_CLIENTS = 10_000
 MAX_PROMPTS = 1000
 STATUS_S = 0.25  # the queue length sent in status updates is at most this old (it scans the job store)
-_REMAINING: list[float] = [0.0, 0]  # [when counted (monotonic), queue_remaining]
+# The owner a queue length was counted for -> (when counted (monotonic), queue_remaining).
+_REMAINING: dict[str | None, tuple[float, int]] = {}
+ClientKey = tuple[str | None, str]  # (the API key's name, None when keys are off; the client id)
+
+
+def client_key(caller: Caller, client_id: str) -> ClientKey:
+    """A client id as the key of `caller` uses it: the same id under another key is another client."""
+    return (caller.name, client_id)
 
 
 class Clients:
-    """client id -> its prompts whose end it has not been sent yet (this replica's submissions), bounded."""
+    """client (key, client id) -> its prompts whose end it has not been sent yet (this replica's submissions), bounded."""
 
     def __init__(self) -> None:
-        self._prompts: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+        self._prompts: OrderedDict[ClientKey, OrderedDict[str, None]] = OrderedDict()
 
-    def add(self, client_id: str, prompt_id: str) -> None:
-        mine = self._prompts.setdefault(client_id, OrderedDict())
-        self._prompts.move_to_end(client_id)
+    def add(self, client: ClientKey, prompt_id: str) -> None:
+        mine = self._prompts.setdefault(client, OrderedDict())
+        self._prompts.move_to_end(client)
         mine[prompt_id] = None
         while len(mine) > MAX_PROMPTS:
             mine.popitem(last=False)
         while len(self._prompts) > MAX_CLIENTS:
             self._prompts.popitem(last=False)
 
-    def has(self, client_id: str, prompt_id: str) -> bool:
-        return prompt_id in self._prompts.get(client_id, ())
+    def has(self, client: ClientKey, prompt_id: str) -> bool:
+        return prompt_id in self._prompts.get(client, ())
 
-    def prompts(self, client_id: str) -> list[str]:
-        return list(self._prompts.get(client_id, ()))
+    def prompts(self, client: ClientKey) -> list[str]:
+        return list(self._prompts.get(client, ()))
 
-    def done(self, client_id: str, prompt_id: str) -> None:
-        self._prompts.get(client_id, OrderedDict()).pop(prompt_id, None)
+    def done(self, client: ClientKey, prompt_id: str) -> None:
+        self._prompts.get(client, OrderedDict()).pop(prompt_id, None)
 
 
 CLIENTS = Clients()
@@ -71,10 +83,12 @@ def _ms() -> int:
 class Session:
     """One websocket: which of its prompts have started, and what to send for each event."""
 
-    def __init__(self, ws: WebSocket, service: JobService, client_id: str) -> None:
+    def __init__(self, ws: WebSocket, service: JobService, caller: Caller, client_id: str) -> None:
         self.ws = ws
         self.service = service
-        self.client_id = client_id
+        self.caller = caller
+        self.client_id = client_id  # as the client named itself (sent back as the sid)
+        self.client = client_key(caller, client_id)
         self.started: dict[str, str | None] = {}  # prompt id -> the node last announced as executing
 
     async def send(self, kind: str, data: dict[str, Any]) -> None:
@@ -82,10 +96,10 @@ class Session:
 
     async def send_status(self, with_sid: bool = False, fresh: bool = True) -> None:
         """The queue's length: read fresh on connect and after the client's own prompts; for others' at most every STATUS_S."""
-        now = time.monotonic()
-        if fresh or with_sid or now - _REMAINING[0] > STATUS_S:
-            _REMAINING[:] = [now, await asyncio.to_thread(prompts.queue_remaining, self.service)]
-        remaining = int(_REMAINING[1])
+        now, owner = time.monotonic(), self.caller.listing_owner
+        if fresh or with_sid or owner not in _REMAINING or now - _REMAINING[owner][0] > STATUS_S:
+            _REMAINING[owner] = (now, await asyncio.to_thread(prompts.queue_remaining, self.service, self.caller))
+        remaining = _REMAINING[owner][1]
         data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": remaining}}}
         if with_sid:
             data["sid"] = self.client_id
@@ -116,7 +130,7 @@ class Session:
             await self.poll()
             return
         prompt_id = str(event.get("job_id"))
-        if not CLIENTS.has(self.client_id, prompt_id):
+        if not CLIENTS.has(self.client, prompt_id):
             if kind == "item" and event.get("status") != "retrying":
                 await self.send_status(fresh=False)  # another prompt or job finished: the queue changed
             return
@@ -146,10 +160,10 @@ class Session:
 
     async def poll(self) -> None:
         """The store's word on each unfinished prompt of this client (items run elsewhere, lost events)."""
-        for prompt_id in CLIENTS.prompts(self.client_id):
+        for prompt_id in CLIENTS.prompts(self.client):
             job = await asyncio.to_thread(self.service.store.get_job, prompt_id)
             if job is None:
-                CLIENTS.done(self.client_id, prompt_id)
+                CLIENTS.done(self.client, prompt_id)
             elif job.state in TERMINAL_JOB_STATES:
                 await self.finish(prompt_id)
             elif job.state == "running":
@@ -158,9 +172,9 @@ class Session:
     async def finish(self, prompt_id: str) -> None:
         """The end of a prompt, from the store: its outputs and success, or its error or interruption."""
         job = await asyncio.to_thread(self.service.store.get_job, prompt_id)
-        if job is None or job.state not in TERMINAL_JOB_STATES or not CLIENTS.has(self.client_id, prompt_id):
+        if job is None or job.state not in TERMINAL_JOB_STATES or not CLIENTS.has(self.client, prompt_id):
             return
-        CLIENTS.done(self.client_id, prompt_id)
+        CLIENTS.done(self.client, prompt_id)
         await self.start(prompt_id)
         item = await asyncio.to_thread(prompts.item_of, self.service, prompt_id)
         if job.state == "succeeded":
@@ -178,11 +192,11 @@ class Session:
         await self.send_status()
 
 
-async def serve(ws: WebSocket, service: JobService) -> None:
-    """Run one /ws connection until the client goes."""
+async def serve(ws: WebSocket, service: JobService, caller: Caller) -> None:
+    """Run one /ws connection of `caller` until the client goes."""
     client_id = ws.query_params.get("clientId") or ws.query_params.get("clientid") or ""
     await ws.accept()
-    session = Session(ws, service, client_id or "anonymous")
+    session = Session(ws, service, caller, client_id or "anonymous")
     with service.live.subscription(None) as queue:
         await session.send_status(with_sid=True)
         await session.poll()
