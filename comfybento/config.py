@@ -163,6 +163,10 @@ class Settings:
     # batches; one that matches nothing is refused, naming the first difference. "any": such a graph runs alone,
     # unbatched, after checks against the node registry and models.lock (workflows/free_graph.py).
     submitted_graphs: str = "match"
+    # Node types such a graph may use beside the safe default set (workflows/sandbox.py DEFAULT_NODES),
+    # COMFYBENTO_GRAPH_NODES, comma-separated; "*" adds every type in the node registry except those that read or
+    # write datasets, models or pickles on the server's disk (sandbox.DISK_NODES), which only their own name adds.
+    graph_nodes: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -222,6 +226,7 @@ class Settings:
             model_cache_bytes=_int(env, "COMFYBENTO_MODEL_CACHE_BYTES", 0),
             limits=_limits(env),
             submitted_graphs=_choice(env, "COMFYBENTO_SUBMITTED_GRAPHS", "match", ("match", "any")),
+            graph_nodes=_names(env, "COMFYBENTO_GRAPH_NODES"),
             **_job_settings(env, work_dir),
             **_access_settings(env),
         )
@@ -230,6 +235,10 @@ class Settings:
 def _limits(env: dict[str, str]) -> Limits:
     defaults = Limits()
     return Limits(**{name: _int(env, var, getattr(defaults, name), minimum=1) for name, var in ENV_NAMES.items()})
+
+
+def _names(env: dict[str, str], name: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in env.get(name, "").split(",") if x.strip())
 
 
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

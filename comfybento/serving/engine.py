@@ -41,7 +41,7 @@ from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob
 from comfybento.workflows.batchplan import BatchPlan, merge_graph
 from comfybento.workflows.binding import bind, shape_key
 from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
+from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs, scratch_folder
 from comfybento.workflows.graph import Graph, is_link
 from comfybento.workflows.limits import check_graph_limits
 from comfybento.workflows.params import NAMED_UPLOADS
@@ -95,6 +95,7 @@ class Engine:
         self.catalog = catalog
         self.scheduler: Scheduler[Prepared] = Scheduler(coalesce_max_s=settings.coalesce_ms / 1000, on_abandoned=self._interrupt)
         self.input_dir = settings.work_dir / "input"
+        self.comfy_folders: tuple[Path, ...] = ()  # ComfyUI's input, output and temp folders once started
         self.executor: Any = None  # runtime.executor.ComfyExecutor once started
         self._encoders = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="comfybento-encode")
         self._loop: Future[Any] | None = None
@@ -113,6 +114,7 @@ class Engine:
 
         runtime = bootstrap(self.settings)
         self.input_dir = runtime.input_dir  # where LoadImage reads (ComfyUI's folder is one per process)
+        self.comfy_folders = runtime.folders
         from comfybento.packs.inputs import stage_inputs
 
         for name in stage_inputs(self.settings.inputs_dir, self.input_dir):
@@ -192,7 +194,7 @@ class Engine:
         spec = self.catalog.get(workflow)
         if spec is None and workflow == FREE_GRAPH and self.free_graphs is not None:
             try:  # an unmatched submitted graph: checked again here, its models hash-checked on first use; it runs alone
-                spec, item = self.free_graphs.spec(item.values), item.model_copy(update={"values": {}})
+                spec, item = self.free_graphs.runnable(item.values), item.model_copy(update={"values": {}})
                 for entry in spec.models:
                     self.models.ensure(entry)
             except Exception as exc:
@@ -206,8 +208,9 @@ class Engine:
         except Exception as exc:
             self._finish_sink(spec, [], sink)(Failed(exc))
             return None
+        scratch = [root / scratch_folder(spec) for root in self.comfy_folders] if spec.name == FREE_GRAPH else []
         job = Job(key=key, payload=prepared, max_batch=spec.max_batch_size, can_batch=can_batch,
-                  sink=self._finish_sink(spec, prepared.files, sink))
+                  sink=self._finish_sink(spec, prepared.files, sink, scratch))
         self.scheduler.submit(job)
         return job
 
@@ -293,13 +296,15 @@ class Engine:
         path.write_bytes(data)
         return path
 
-    def _finish_sink(self, spec: WorkflowSpec, files: list[Path], sink: Sink) -> Sink:
-        """Wraps a request's sink: on its terminal event, delete its files and count/log failures once."""
+    def _finish_sink(self, spec: WorkflowSpec, files: list[Path], sink: Sink, folders: list[Path] | None = None) -> Sink:
+        """Wraps a request's sink: on its terminal event, delete its files (and folders) and count/log failures once."""
 
         def wrapped(event: Event) -> None:
             if isinstance(event, (Done, Failed)):
                 for path in files:
                     path.unlink(missing_ok=True)
+                for folder in folders or ():  # an unmatched graph's own folder, with whatever it wrote
+                    shutil.rmtree(folder, ignore_errors=True)
             if isinstance(event, Failed):
                 kind = describe(event.error)["error_kind"]
                 if not isinstance(event.error, ComfyBentoError):

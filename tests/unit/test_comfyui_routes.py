@@ -99,6 +99,27 @@ def test_a_mismatched_graph_gets_comfyuis_error_shape_naming_the_difference(clie
     assert "prompt" in c.post("/prompt", json={"prompt": []}).json()["error"]["message"]
 
 
+def test_an_unmatched_prompt_runs_as_a_graph_job_when_submitted_graphs_is_any(client, node_defs):
+    """COMFYBENTO_SUBMITTED_GRAPHS=any: /prompt queues what /jobs and /api/v2/jobs run (as the README says)."""
+    from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
+
+    c, service = client
+    graph = _graph()
+    graph["100"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    service.free_graphs = FreeGraphs(Settings.from_env({"COMFYBENTO_SUBMITTED_GRAPHS": "any"}), node_defs,
+                                     parse_lock(ROOT / "models.lock"))
+    r = c.post("/prompt", json={"prompt": graph, "client_id": "c1"})
+    assert r.status_code == 200, r.text
+    job = service.job(r.json()["prompt_id"])
+    assert job.workflow == FREE_GRAPH
+    (item,) = service.store.get_items(job.id, 0, 1)
+    assert item.params["graph"]["100"] == {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    graph["100"]["class_type"] = "SaveImageDataSetToFolder"
+    graph["100"]["inputs"].update(folder_name="../../x", filename_prefix="a")
+    refused = c.post("/prompt", json={"prompt": graph})
+    assert refused.status_code == 400 and "node 100 (SaveImageDataSetToFolder)" in refused.json()["error"]["message"]
+
+
 def test_websocket_sends_status_then_the_end_of_the_clients_prompt_from_the_store(client):
     c, service = client
     prompt_id = c.post("/prompt", json={"prompt": _graph(), "client_id": "ws-client"}).json()["prompt_id"]

@@ -37,11 +37,15 @@ class Submitted:
 
 
 def submit(service: JobService, body: Any, owner: str | None) -> Submitted:
-    """Match body["prompt"] to a served workflow and queue it as a one-item job (raises ComfyBentoError naming the problem)."""
+    """Match body["prompt"] to a served workflow and queue it as a one-item job (raises ComfyBentoError naming the problem).
+
+    With COMFYBENTO_SUBMITTED_GRAPHS=any a graph that matches none is a job of the reserved workflow `_graph`.
+    """
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object {prompt, client_id, extra_data}")
     graph = body.get("prompt")
-    run = match_graph(service.catalog, graph, lambda kind, literal: _resolve(service, literal))
+    run = match_graph(service.catalog, graph, lambda kind, literal: _resolve(service, literal),
+                      allow_unmatched=service.free_graphs is not None)  # COMFYBENTO_SUBMITTED_GRAPHS=any
     req = JobSubmit(workflow=run.workflow, items=[run.values], idempotency_key=PREFIX + uuid.uuid4().hex,
                     priority=1 if body.get("front") else 0)
     job, _ = service.submit(req, owner=owner)
