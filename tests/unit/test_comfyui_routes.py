@@ -169,6 +169,28 @@ def test_uploads_keep_names_rename_on_clash_and_are_bounded(client, monkeypatch)
     assert r.status_code == 413 and "50 bytes" in r.json()["error"] and "COMFYBENTO_MAX_UPLOAD_BYTES" in r.json()["error"]
 
 
+def test_view_and_uploads_never_follow_a_link_out_of_storage(client, tmp_path):
+    """A link placed in the job storage (the webhook secret beside it, say) reads as missing and is never written through."""
+    c, service = client
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("whsec_not_yours")
+    job_id = "0123abcd"
+    service.storage.put(f"{job_id}/real.png", PNG, "image/png")  # a real output folder to plant links in
+    c.post("/upload/image", files={"image": ("a.png", PNG, "image/png")}, data={"subfolder": "s"})
+    assert c.get("/view", params={"filename": "real.png", "subfolder": job_id, "type": "output"}).content == PNG
+    root = service.storage.root
+    (root / job_id / "secret.png").symlink_to(secret)
+    (root / "comfyui-inputs" / "s" / "secret.png").symlink_to(secret)
+    (root / "comfyui-inputs" / "out").symlink_to(tmp_path)
+    for params in ({"filename": "secret.png", "subfolder": job_id, "type": "output"},
+                   {"filename": "secret.png", "subfolder": "s", "type": "input"},
+                   {"filename": "webhook-secret", "subfolder": "out", "type": "input"}):
+        r = c.get("/view", params=params)
+        assert r.status_code == 404 and b"whsec" not in r.content, params
+    assert c.post("/upload/image", files={"image": ("x.png", PNG, "image/png")}, data={"subfolder": "out"}).status_code == 404
+    assert not (tmp_path / "x.png").exists() and secret.read_text() == "whsec_not_yours"
+
+
 def test_mask_upload_stores_the_original_with_the_masks_alpha(client):
     c, _ = client
     c.post("/upload/image", files={"image": ("orig.png", PNG, "image/png")}, data={"overwrite": "true"})

@@ -18,7 +18,12 @@ from tests.file_server import file_server
 from tests.media_samples import png
 
 INTERNAL = ["http://127.0.0.1/x.png", "http://10.1.2.3/x.png", "http://169.254.169.254/latest/meta-data",
-            "http://[::1]/x.png", "http://[::ffff:127.0.0.1]/x.png", "http://0.0.0.0/x.png", "http://192.168.0.1/x.png"]
+            "http://[::1]/x.png", "http://[::ffff:127.0.0.1]/x.png", "http://0.0.0.0/x.png", "http://192.168.0.1/x.png",
+            # IPv6 forms of IPv4 (NAT64, 6to4, IPv4-compatible: a gateway reaches the IPv4 address) and multicast
+            "http://[64:ff9b::7f00:1]/x.png", "http://[64:ff9b::a9fe:a9fe]/x.png", "http://[64:ff9b::808:808]/x.png",
+            "http://[64:ff9b:1::a00:1]/x.png", "http://[2002:7f00:1::]/x.png", "http://[2002:808:808::1]/x.png",
+            "http://[::127.0.0.1]/x.png", "http://[::8.8.8.8]/x.png", "http://[ff0e::1]/x.png", "http://224.0.0.1/x.png",
+            "http://239.255.255.250/x.png"]
 
 
 def test_webhooks_use_the_shared_allow_list():
@@ -29,6 +34,11 @@ def test_webhooks_use_the_shared_allow_list():
 def test_internal_addresses_are_refused_naming_the_field(url):
     with pytest.raises(InvalidRequest, match=r"^image: address .* is not in the allow-list"):
         AllowList([]).check(url, "image")
+
+
+def test_public_addresses_are_allowed():
+    for address in ("8.8.8.8", "[2606:4700:4700::1111]", "[2a00:1450:4001:80b::200e]"):
+        assert AllowList([]).check(f"http://{address}/x.png", "image") == [ipaddress.ip_address(address.strip("[]"))]
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x.png", "file:///etc/passwd", "gopher://x/", "http:///x", "not a url"])
