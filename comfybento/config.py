@@ -149,6 +149,14 @@ class Settings:
     input_url_allowlist: tuple[str, ...] = ()
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 1.0
+    # One delivery attempt, start to end (DNS, connection, the POST and the answer), and the bytes a second the
+    # answer must keep up over any 5 s (comfybento/transfer.py); at most 64 KiB of the answer is read.
+    webhook_timeout_s: float = 10.0
+    webhook_min_bytes_per_s: int = 1024
+    # Models by URL (models.lock `url:` sources): seconds for one file's download, and the bytes a second it must
+    # keep up over any 5 s.
+    model_fetch_s: int = 6 * 3600
+    model_fetch_min_bytes_per_s: int = 64 * 1024
     # ---- access (comfybento/serving/access.py)
     # One unlimited key (kept for compatibility; it is the key named "default" in api_keys).
     api_key: str = ""
@@ -281,6 +289,10 @@ def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
         "input_url_allowlist": tuple(x.strip() for x in env.get("COMFYBENTO_INPUT_URL_ALLOWLIST", "").split(",") if x.strip()),
         "webhook_max_attempts": _int(env, "COMFYBENTO_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1),
         "webhook_backoff_s": float(_int(env, "COMFYBENTO_WEBHOOK_BACKOFF_MS", 1000, minimum=1)) / 1000,
+        "webhook_timeout_s": float(_int(env, "COMFYBENTO_WEBHOOK_TIMEOUT_MS", 10_000, minimum=1)) / 1000,
+        "webhook_min_bytes_per_s": _int(env, "COMFYBENTO_WEBHOOK_MIN_BYTES_PER_S", 1024),
+        "model_fetch_s": _int(env, "COMFYBENTO_MODEL_FETCH_S", 6 * 3600, minimum=1),
+        "model_fetch_min_bytes_per_s": _int(env, "COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S", 64 * 1024),
     }
 
 

@@ -127,12 +127,13 @@ def send_checked(client: httpx.Client, request: httpx.Request, addresses: Sequen
     raise error
 
 
-async def asend_checked(client: httpx.AsyncClient, request: httpx.Request, addresses: Sequence[Address]) -> httpx.Response:
+async def asend_checked(client: httpx.AsyncClient, request: httpx.Request, addresses: Sequence[Address],
+                        stream: bool = False) -> httpx.Response:
     """send_checked for an async client."""
     error = httpx.ConnectError(f"{request.url.host} does not resolve")
     for address in addresses:
         try:
-            return await client.send(pinned(_copy(request), address), follow_redirects=False)
+            return await client.send(pinned(_copy(request), address), stream=stream, follow_redirects=False)
         except httpx.ConnectError as exc:
             error = exc
     raise error

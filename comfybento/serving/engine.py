@@ -30,6 +30,7 @@ from typing import Any
 
 from comfybento.config import Settings
 from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest, ModelLockError, TooLarge, WorkflowError, describe
+from comfybento.models.fetch import transfer_limits
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry
 from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
@@ -101,7 +102,8 @@ class Engine:
         self._loop: Future[Any] | None = None
         self._stats = Stats(0.0, 0.0, 0.0, 0, 0, 0.0)
         # Models a request chooses (spec.model_choices) are fetched and hash-checked on their first use.
-        self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check)
+        self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check,
+                                    transfer_limits(settings))
         # COMFYBENTO_SUBMITTED_GRAPHS=any: graphs that match no workflow, run alone (workflows/free_graph.py)
         self.free_graphs = FreeGraphs(settings) if settings.runs_unmatched_graphs else None
 
@@ -142,7 +144,7 @@ class Engine:
         used = sorted({m for spec in self.catalog.values() for m in spec.models}, key=lambda m: m.path)
         if settings.fetch_models:
             for entry in used:
-                log.info("%s: %s", entry.path, fetch_entry(entry, settings.models_dir))
+                log.info("%s: %s", entry.path, fetch_entry(entry, settings.models_dir, transfer_limits(settings)))
         problems = [p for m in used if (p := verify_entry(m, settings.models_dir, not settings.skip_hash_check))]
         if problems:
             raise ModelLockError("model files do not match models.lock: " + "; ".join(problems)

@@ -118,6 +118,31 @@ def test_a_slow_server_is_cut_off_at_the_time_limit():
         assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize("drip_headers", [False, True])
+def test_a_server_that_drips_is_cut_off_at_the_total_deadline(drip_headers):
+    """Headers (or not even they), then a byte a second: each read is quick, the whole never comes."""
+    with file_server() as files:
+        url = files.add("/drip.png", png(8, 8)[:60], "image/png", drip_s=1, drip_headers=drip_headers)
+        started = time.monotonic()
+        limits = replace(Limits(), max_url_seconds=2, min_url_bytes_per_s=1)
+        with pytest.raises(TooLarge, match=r"^image: .* was not fetched within 2 s \(max_url_seconds\)"):
+            fetch("image", url, "image", limits, AllowList(["localhost"]))
+        assert time.monotonic() - started < 3
+
+
+def test_a_server_below_the_minimum_rate_is_cut_off():
+    with file_server() as files:
+        url = files.add("/drip.png", png(8, 8)[:60], "image/png", drip_s=0.5)
+        started = time.monotonic()
+        limits = replace(Limits(), max_url_seconds=60, min_url_bytes_per_s=1024)
+        with pytest.raises(TooLarge, match=r"came at fewer than 1024 bytes/s over 5 s .*, slower than the limit of 1024 "
+                                           r"bytes/s \(min_url_bytes_per_s\)"):
+            fetch("image", url, "image", limits, AllowList(["localhost"]))
+        assert 4.5 < time.monotonic() - started < 6.5
+        fast = files.add("/fast.png", png(64, 64), "image/png")
+        assert fetch("image", fast, "image", limits, AllowList(["localhost"]))[0] == png(64, 64)
+
+
 def test_a_declared_type_of_another_kind_and_a_failed_answer_are_refused():
     allow = AllowList(["localhost"])
     with file_server() as files:
