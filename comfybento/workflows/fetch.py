@@ -90,7 +90,7 @@ def _check_declared_type(field: str, url: str, kind: str, content_type: str) -> 
 
 def _read_body(field: str, url: str, response: httpx.Response, limits: Limits, watchdog: Watchdog) -> bytes:
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limits.max_upload_bytes:
+    if declared.isdigit() and (len(declared) > 18 or int(declared) > limits.max_upload_bytes):
         raise TooLarge(f"{field}: {url!r} is {declared} bytes, more than the limit of {limits.max_upload_bytes} "
                        "(max_upload_bytes)")
     body = bytearray()

@@ -52,6 +52,8 @@ class Limits:
     min_upload_side: int = 8
     # Bytes of a whole request body (multipart uploads included).
     max_body_bytes: int = 64 * 1024 * 1024
+    # Nesting of arrays and objects in a JSON body, measured before it is parsed (the service-wide value applies).
+    max_json_depth: int = 64
     # Input files given by URL: seconds for the whole download (connection, headers, body, redirects included),
     # the bytes a second it must keep up over any 5 s (comfybento/transfer.py), and redirects followed.
     # Their bytes count against max_upload_bytes like an upload's.
