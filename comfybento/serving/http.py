@@ -198,7 +198,7 @@ class BodyTooLarge(Exception):
 
 async def _read_whole(receive: Any) -> tuple[bytes, bool]:
     """The request body (through the limited receive), and whether the client is still there."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
