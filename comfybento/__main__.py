@@ -15,7 +15,7 @@ from comfybento.errors import ComfyBentoError, ConfigError
 
 
 def _models(args: argparse.Namespace) -> int:
-    from comfybento.models.fetch import fetch_all
+    from comfybento.models.fetch import fetch_all, transfer_limits
     from comfybento.models.lock import parse_lock, verify_all
 
     settings = get_settings()
@@ -25,7 +25,7 @@ def _models(args: argparse.Namespace) -> int:
             from comfybento.runtime.bootstrap import bootstrap
 
             bootstrap(settings)
-        for path, state in fetch_all(lock, settings.models_dir).items():
+        for path, state in fetch_all(lock, settings.models_dir, transfer_limits(settings)).items():
             print(f"{state:8} {path}")
         return 0
     problems = verify_all(lock, settings.models_dir)

@@ -154,6 +154,14 @@ class Settings:
     input_url_allowlist: tuple[str, ...] = ()
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 1.0
+    # One delivery attempt, start to end (DNS, connection, the POST and the answer), and the bytes a second the
+    # answer must keep up over any 5 s (comfybento/transfer.py); at most 64 KiB of the answer is read.
+    webhook_timeout_s: float = 10.0
+    webhook_min_bytes_per_s: int = 1024
+    # Models by URL (models.lock `url:` sources): seconds for one file's download, and the bytes a second it must
+    # keep up over any 5 s.
+    model_fetch_s: int = 6 * 3600
+    model_fetch_min_bytes_per_s: int = 64 * 1024
     # ---- access (comfybento/serving/access.py)
     # One unlimited key (kept for compatibility; it is the key named "default" in api_keys).
     api_key: str = ""
@@ -178,6 +186,10 @@ class Settings:
     min_free_bytes: int | None = None
     # Free space is sampled at most this often (COMFYBENTO_DISK_CHECK_MS), however many requests ask.
     disk_check_ms: int = 1000
+    # Node types such a graph may use beside the safe default set (workflows/sandbox.py DEFAULT_NODES),
+    # COMFYBENTO_GRAPH_NODES, comma-separated; "*" adds every type in the node registry except those that read or
+    # write datasets, models or pickles on the server's disk (sandbox.DISK_NODES), which only their own name adds.
+    graph_nodes: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -240,6 +252,7 @@ class Settings:
             submitted_graphs=_choice(env, "COMFYBENTO_SUBMITTED_GRAPHS", "match", ("match", "any")),
             min_free_bytes=_int(env, "COMFYBENTO_MIN_FREE_BYTES", 0) if env.get("COMFYBENTO_MIN_FREE_BYTES", "").strip() else None,
             disk_check_ms=_int(env, "COMFYBENTO_DISK_CHECK_MS", 1000, minimum=1),
+            graph_nodes=_names(env, "COMFYBENTO_GRAPH_NODES"),
             **_job_settings(env, work_dir),
             **_access_settings(env),
         )
@@ -264,6 +277,10 @@ def cpu_engine(env: dict[str, str]) -> bool:
 def _limits(env: dict[str, str], cpu: bool) -> Limits:
     defaults = CPU_LIMITS if cpu else Limits()
     return Limits(**{name: _int(env, var, getattr(defaults, name), minimum=1) for name, var in ENV_NAMES.items()})
+
+
+def _names(env: dict[str, str], name: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in env.get(name, "").split(",") if x.strip())
 
 
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -306,6 +323,10 @@ def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
         "input_url_allowlist": tuple(x.strip() for x in env.get("COMFYBENTO_INPUT_URL_ALLOWLIST", "").split(",") if x.strip()),
         "webhook_max_attempts": _int(env, "COMFYBENTO_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1),
         "webhook_backoff_s": float(_int(env, "COMFYBENTO_WEBHOOK_BACKOFF_MS", 1000, minimum=1)) / 1000,
+        "webhook_timeout_s": float(_int(env, "COMFYBENTO_WEBHOOK_TIMEOUT_MS", 10_000, minimum=1)) / 1000,
+        "webhook_min_bytes_per_s": _int(env, "COMFYBENTO_WEBHOOK_MIN_BYTES_PER_S", 1024),
+        "model_fetch_s": _int(env, "COMFYBENTO_MODEL_FETCH_S", 6 * 3600, minimum=1),
+        "model_fetch_min_bytes_per_s": _int(env, "COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S", 64 * 1024),
     }
 
 

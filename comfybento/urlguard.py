@@ -3,8 +3,11 @@
 One allow-list for both. Entries are host names (`hooks.example.com`,
 `*.example.com`) or networks (`10.0.0.0/8`, `127.0.0.1`). With an empty list,
 any host that resolves only to public addresses is allowed; loopback, private,
-link-local (169.254.169.254, the cloud metadata address) and reserved
-addresses never are unless listed. A listed host name admits the addresses
+link-local (169.254.169.254, the cloud metadata address), reserved and
+multicast addresses never are unless listed, nor IPv6 addresses that carry an
+IPv4 one a gateway may reach (NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4
+2002::/16, Teredo 2001::/32, IPv4-mapped ::ffff:a.b.c.d and IPv4-compatible
+::a.b.c.d). A listed host name admits the addresses
 that name resolves to, whatever they are (how a test reaches `localhost`
 without opening 127.0.0.1 itself).
 
@@ -29,6 +32,16 @@ import httpx
 from comfybento.errors import InvalidRequest
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# IPv6 ranges that stand for IPv4 addresses (which a translator or relay would reach): internal whatever they embed.
+_EMBEDS_IPV4 = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32",
+                                                        "::ffff:0:0/96", "::/96"))
+
+
+def is_internal(address: Address) -> bool:
+    """Not a public unicast address: private, loopback, link-local, reserved, multicast, or an IPv6 form of IPv4."""
+    if not address.is_global or address.is_multicast:
+        return True
+    return isinstance(address, ipaddress.IPv6Address) and any(address in net for net in _EMBEDS_IPV4)
 
 
 class AllowList:
@@ -57,7 +70,7 @@ class AllowList:
         for address in addresses:
             if any(address in net for net in self.networks):
                 continue
-            if self.networks or self.hosts or not address.is_global:
+            if self.networks or self.hosts or is_internal(address):
                 raise InvalidRequest(f"{label}: address {address} of {host!r} ({url!r}) is not in the allow-list "
                                      "(internal addresses are refused unless listed)")
         return addresses
@@ -114,12 +127,13 @@ def send_checked(client: httpx.Client, request: httpx.Request, addresses: Sequen
     raise error
 
 
-async def asend_checked(client: httpx.AsyncClient, request: httpx.Request, addresses: Sequence[Address]) -> httpx.Response:
+async def asend_checked(client: httpx.AsyncClient, request: httpx.Request, addresses: Sequence[Address],
+                        stream: bool = False) -> httpx.Response:
     """send_checked for an async client."""
     error = httpx.ConnectError(f"{request.url.host} does not resolve")
     for address in addresses:
         try:
-            return await client.send(pinned(_copy(request), address), follow_redirects=False)
+            return await client.send(pinned(_copy(request), address), stream=stream, follow_redirects=False)
         except httpx.ConnectError as exc:
             error = exc
     raise error

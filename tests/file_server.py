@@ -1,8 +1,11 @@
 """A local HTTP server that serves input files for the URL-input tests: files, redirects, stalls and bodies of any size.
 
 Routes are set per test: `server.add("/x.png", body, "image/png")`,
-`server.redirect("/r", "http://...")`, `server.add("/slow", body, stall_s=5)`.
-A body sent `chunked` has no Content-Length (its size is only known by reading it).
+`server.redirect("/r", "http://...")`, `server.add("/slow", body, stall_s=5)`,
+`server.add("/drip", body, drip_s=1)` (the headers, then one byte a second;
+`drip_headers=True`: the headers too). A body sent `chunked` has no
+Content-Length (its size is only known by reading it). POST is answered like
+GET (the request body read first): a webhook receiver that drips its answer.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ class Route:
     location: str = ""
     stall_s: float = 0.0
     chunked: bool = False
+    drip_s: float = 0.0
+    drip_headers: bool = False
 
 
 class FileServer:
@@ -36,8 +41,9 @@ class FileServer:
         return f"http://{host}:{self.port}{path}"
 
     def add(self, path: str, body: bytes, content_type: str = "application/octet-stream", stall_s: float = 0.0,
-            chunked: bool = False) -> str:
-        self.routes[path] = Route(body=body, content_type=content_type, stall_s=stall_s, chunked=chunked)
+            chunked: bool = False, drip_s: float = 0.0, drip_headers: bool = False) -> str:
+        self.routes[path] = Route(body=body, content_type=content_type, stall_s=stall_s, chunked=chunked, drip_s=drip_s,
+                                  drip_headers=drip_headers)
         return self.url(path)
 
     def redirect(self, path: str, location: str, status: int = 302) -> str:
@@ -52,9 +58,16 @@ def file_server() -> Iterator[FileServer]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.do_GET()
+
         def do_GET(self) -> None:
             files.hits.append(self.path)
             route = files.routes.get(self.path, Route(status=404))
+            if route.drip_s:
+                self._drip(route)
+                return
             try:
                 self.send_response(route.status)
                 if route.location:
@@ -68,6 +81,22 @@ def file_server() -> Iterator[FileServer]:
                 self._body(route)
             except OSError:
                 pass  # the client gave up
+
+        def _drip(self, route: Route) -> None:
+            head = (f"HTTP/1.1 {route.status} OK\r\ncontent-type: {route.content_type}\r\n"
+                    f"content-length: {len(route.body)}\r\n\r\n").encode()
+            try:
+                if not route.drip_headers:
+                    self.wfile.write(head)
+                    self.wfile.flush()
+                for byte in (head if route.drip_headers else b"") + route.body:
+                    if files.closing.wait(route.drip_s):
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+            except OSError:
+                pass  # the client gave up
+            self.close_connection = True
 
         def _body(self, route: Route) -> None:
             step = max(1, len(route.body) // 20) if route.stall_s else 64 * 1024

@@ -45,7 +45,8 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
         store, storage, execute, workflows=served, concurrency=concurrency, lease_s=settings.job_lease_s,
         max_attempts=settings.job_max_attempts, retry_base_s=settings.job_retry_base_s, retention_s=settings.job_retention_s,
         webhook_secret=settings.webhook_secret or load_or_create_secret(settings.webhook_secret_file), allow=allow,
-        webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s),
+        webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s,
+                               timeout_s=settings.webhook_timeout_s, min_bytes_per_s=settings.webhook_min_bytes_per_s),
         on_usage=access.charge_owner,  # each succeeded item is charged to the API key that submitted its job
         live=JobEvents(),
         may_lease=may_lease,

@@ -50,10 +50,8 @@ from comfybento.workflows.uploads import check_item_input
 PROGRESS_LIMIT = 1000
 
 
-class InvalidItems(ComfyBentoError):
-    """The submission has invalid items; nothing was queued."""
-
-    error_code = 422  # type: ignore[assignment]
+class InvalidItems(InvalidRequest):
+    """The submission has invalid items; nothing was queued (a 422 of kind "invalid")."""
 
     def __init__(self, errors: list[ItemError]) -> None:
         self.errors = errors

@@ -5,7 +5,9 @@ made by the `standardwebhooks` library with a `whsec_<base64>` secret: the
 configured one, or one generated once per replica and kept in its work dir.
 Nothing is ever sent unsigned. Deliveries run on their own task with bounded
 concurrency and a deadline per attempt (see the runner), never on the loop
-that renews leases.
+that renews leases. The deadline covers the whole attempt, the receiver's
+answer included, which must also keep up a minimum rate (comfybento/transfer.py);
+only its first 64 KiB are read.
 """
 
 from __future__ import annotations
@@ -29,17 +31,22 @@ from standardwebhooks import Webhook
 from comfybento.config import parse_webhook_secret
 from comfybento.errors import InvalidRequest
 from comfybento.jobs.records import Delivery, backoff_s, now
+from comfybento.transfer import TooSlow, TransferLimits, read_limited
 from comfybento.urlguard import AllowList, asend_checked
 
 log = logging.getLogger(__name__)
+
+ANSWER_BYTES = 64 * 1024  # of a receiver's answer read (its status is what counts)
 
 
 @dataclass(frozen=True)
 class WebhookPolicy:
     max_attempts: int
     backoff_s: float
-    # Longest one attempt may take (the allow-list's DNS look-up, then the POST), start to end.
+    # Longest one attempt may take (the allow-list's DNS look-up, the POST and the answer), start to end.
     timeout_s: float = 10.0
+    # Bytes a second the answer must keep up over any 5 s (0: no minimum).
+    min_bytes_per_s: int = 1024
     # Deliveries in flight at once on a replica.
     concurrency: int = 4
 
@@ -83,11 +90,19 @@ async def attempt(delivery: Delivery, signer: Webhook, allow: AllowList, client:
             # Checked again (DNS may have changed), and the POST goes to an address this check approved.
             addresses = await asyncio.get_running_loop().run_in_executor(resolver, allow.check, delivery.url)
             body, headers = signed_request(delivery, signer)
-            resp = await asend_checked(client, client.build_request("POST", delivery.url, content=body, headers=headers), addresses)
+            request = client.build_request("POST", delivery.url, content=body, headers=headers)
+            resp = await asend_checked(client, request, addresses, stream=True)
+            try:
+                await read_limited(resp.aiter_raw(), TransferLimits(policy.timeout_s, policy.min_bytes_per_s), ANSWER_BYTES)
+            finally:
+                await resp.aclose()
         entry["status_code"] = resp.status_code
         ok = 200 <= resp.status_code < 300
     except TimeoutError:
         entry["error"] = f"no answer within {policy.timeout_s:g} s"
+        ok = False
+    except TooSlow as exc:
+        entry["error"] = f"the answer {exc}, slower than {policy.min_bytes_per_s} bytes/s"
         ok = False
     except (httpx.HTTPError, InvalidRequest) as exc:
         entry["error"] = str(exc) or type(exc).__name__

@@ -1,4 +1,8 @@
-"""Download or generate every file in models.lock, verifying each before it is used."""
+"""Download or generate every file in models.lock, verifying each before it is used.
+
+A `url:` source is downloaded within a total deadline and a minimum rate (COMFYBENTO_MODEL_FETCH_S,
+COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S; comfybento/transfer.py): a server that drips fails the fetch, naming them.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,23 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from comfybento.errors import ModelLockError
 from comfybento.models.lock import ModelEntry, ModelLock, sha256_file, verify_entry
+from comfybento.transfer import TooSlow, TransferLimits, Watchdog
+
+if TYPE_CHECKING:
+    from comfybento.config import Settings
 
 log = logging.getLogger(__name__)
+
+# COMFYBENTO_MODEL_FETCH_S and COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S's defaults (config.py), for callers without settings.
+DEFAULT_LIMITS = TransferLimits(6 * 3600, 64 * 1024)
+
+
+def transfer_limits(settings: Settings) -> TransferLimits:
+    return TransferLimits(settings.model_fetch_s, settings.model_fetch_min_bytes_per_s)
 
 
 def _generate(entry: ModelEntry, dest: Path) -> None:
@@ -37,17 +53,24 @@ def _generators() -> dict[str, Callable[[Path], None]]:
     }
 
 
-def _download_url(entry: ModelEntry, dest: Path) -> None:
-    import requests
+def _download_url(entry: ModelEntry, dest: Path, limits: TransferLimits) -> None:
+    import httpx
     from rich.progress import Progress
 
-    with requests.get(entry.source["url"], stream=True, timeout=60) as resp:
-        resp.raise_for_status()
-        with Progress() as progress, dest.open("wb") as fh:
-            task = progress.add_task(entry.path, total=entry.size)
-            for chunk in resp.iter_content(chunk_size=1 << 20):
-                fh.write(chunk)
-                progress.advance(task, len(chunk))
+    with Watchdog(limits) as watchdog, httpx.Client(follow_redirects=True, timeout=watchdog.remaining()) as client:
+        try:
+            with client.stream("GET", entry.source["url"], extensions={"trace": watchdog.trace}) as resp:
+                resp.raise_for_status()
+                with Progress() as progress, dest.open("wb") as fh:
+                    task = progress.add_task(entry.path, total=entry.size)
+                    for chunk in resp.iter_bytes():
+                        fh.write(chunk)
+                        progress.advance(task, len(chunk))
+                        watchdog.count(len(chunk))
+        except httpx.HTTPError:
+            watchdog.check()  # the watchdog cut it off: TooSlow says why
+            raise
+    watchdog.check()
 
 
 def _download_hf(entry: ModelEntry, dest: Path) -> None:
@@ -60,7 +83,7 @@ def _download_hf(entry: ModelEntry, dest: Path) -> None:
     written.replace(dest)
 
 
-def fetch_entry(entry: ModelEntry, models_dir: Path) -> str:
+def fetch_entry(entry: ModelEntry, models_dir: Path, limits: TransferLimits = DEFAULT_LIMITS) -> str:
     """Make one file present and verified; returns 'ok', 'fetched' or raises ModelLockError."""
     target = entry.local_path(models_dir)
     if target.is_file() and verify_entry(entry, models_dir) is None:
@@ -72,11 +95,15 @@ def fetch_entry(entry: ModelEntry, models_dir: Path) -> str:
             if "generator" in entry.source:
                 _generate(entry, part)
             elif "url" in entry.source:
-                _download_url(entry, part)
+                _download_url(entry, part, limits)
             else:
                 _download_hf(entry, part)
         except ModelLockError:
             raise
+        except TooSlow as exc:
+            raise ModelLockError(f"{entry.path}: could not fetch from {entry.source}: the download {exc} (the limits: "
+                                 f"COMFYBENTO_MODEL_FETCH_S={limits.total_s:g}, "
+                                 f"COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S={limits.min_bytes_per_s})") from None
         except Exception as exc:  # network, auth, disk: say which file
             raise ModelLockError(f"{entry.path}: could not fetch from {entry.source}: {exc}") from exc
         digest = sha256_file(part)
@@ -89,9 +116,9 @@ def fetch_entry(entry: ModelEntry, models_dir: Path) -> str:
     return "fetched"
 
 
-def fetch_all(lock: ModelLock, models_dir: Path) -> dict[str, str]:
+def fetch_all(lock: ModelLock, models_dir: Path, limits: TransferLimits = DEFAULT_LIMITS) -> dict[str, str]:
     results = {}
     for entry in lock.entries:
-        results[entry.path] = fetch_entry(entry, models_dir)
+        results[entry.path] = fetch_entry(entry, models_dir, limits)
         log.info("%s: %s", entry.path, results[entry.path])
     return results

@@ -1,12 +1,16 @@
 """Where job outputs (and live outputs asked for as URLs) go: a local folder (default) or S3-compatible object storage.
 
 Keys: `<job id>/<file>` for job items, `outputs/<random id>/<file>` for live requests.
+A local key never leads out of its folder: no `..`, and no link is followed (a link placed in
+the folder reads as a missing file, and nothing is written through one).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +40,14 @@ class LocalStorage:
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*_safe_key(key).split("/"))
+        """Where a key is written: no folder on the way may be a link (the file itself is replaced, never followed)."""
+        path = self.root.joinpath(*_safe_key(key).split("/"))
+        for folder in path.parents:
+            if folder == self.root:
+                break
+            if folder.is_symlink():
+                raise NotFound(f"no such file: {key}")
+        return path
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Write the file whole or not at all; a write that finds no room (ENOSPC, EDQUOT, EROFS) is a StorageFull."""
@@ -55,10 +66,25 @@ class LocalStorage:
                               f"({STORAGE_ERRNOS[exc.errno]}); retry later", folder="outputs") from exc
 
     def get(self, key: str) -> bytes:
-        path = self._path(key)
-        if not path.is_file():
-            raise NotFound(f"no such file: {key}")
-        return path.read_bytes()
+        """The regular file at the key, each folder and the file opened without following a link."""
+        *folders, name = _safe_key(key).split("/")
+        fd = -1
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            for folder in folders:
+                inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            file = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        except OSError:
+            raise NotFound(f"no such file: {key}") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        with os.fdopen(file, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise NotFound(f"no such file: {key}")
+            return fh.read()
 
     def url(self, key: str, base_url: str) -> str:
         first, name = key.split("/", 1)
@@ -67,7 +93,10 @@ class LocalStorage:
         return f"{base_url}/jobs/{first}/files/{name}"
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except NotFound:
+            pass
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)

@@ -43,6 +43,8 @@ class ComfyRuntime:
     input_dir: Path
     # ComfyUI's own node modules (comfy_extras/*.py) that failed to import, as ComfyUI reports them.
     import_failed: tuple[str, ...] = ()
+    # ComfyUI's input, output and temp folders (an unmatched graph's own folder lies in each).
+    folders: tuple[Path, ...] = ()
 
 
 def find_comfyui_root(settings: Settings) -> Path:
@@ -112,6 +114,7 @@ def _bootstrap(settings: Settings) -> ComfyRuntime:
         cpu_threads=settings.cpu_threads,
         input_dir=settings.work_dir / "input",
         import_failed=import_failed,
+        folders=tuple(settings.work_dir / sub for sub in ("input", "output", "temp")),
     )
 
 

@@ -1,4 +1,8 @@
-"""The one place where ComfyUI's error tuples and dicts become comfybento exceptions."""
+"""The one place where ComfyUI's error tuples and dicts become comfybento exceptions.
+
+Their messages never show a server path: each absolute path becomes `…/<its last part>` (`scrub_paths`), and an
+unmatched graph's own folder (`_graph-<hex>/`) disappears from the names the client gave.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,19 @@ from comfybento.workflows.batchplan import original_node_id
 
 _ERRNO = re.compile(r"\[Errno (\d+)\]")
 FieldNames = Mapping[tuple[str, str], str]  # (node id, input name) -> request field name
+
+# An absolute POSIX path (not inside a word, a URL or a relative path), or a Windows one.
+_ABSOLUTE = re.compile(r"(?<![\w.:/~-])(?:/[^\s'\"`,;:()\[\]{}<>|]+)+|\b[A-Za-z]:\\[^\s'\"`,;()\[\]{}<>|]+")
+_SCRATCH = re.compile(r"_graph-[0-9a-f]{32}/")
+
+
+def scrub_paths(text: str) -> str:
+    """A message with each server path cut to its last part, and the request folder of an unmatched graph left out."""
+    def last_part(match: re.Match[str]) -> str:
+        parts = [p for p in re.split(r"[/\\]", match.group(0)) if p]
+        return "…/" + parts[-1] if parts else "…"
+
+    return _SCRATCH.sub("", _ABSOLUTE.sub(last_part, text))
 
 
 def from_validation(result: tuple[Any, ...], field_names: FieldNames) -> Exception:
@@ -28,7 +45,7 @@ def from_validation(result: tuple[Any, ...], field_names: FieldNames) -> Excepti
             messages.append(f"{where}: {reason.get('message')}: {reason.get('details')}")
     if not messages and error:
         messages.append(f"{error.get('message')}: {error.get('details')}")
-    text = "; ".join(messages) or "ComfyUI rejected the graph"
+    text = scrub_paths("; ".join(messages)) or "ComfyUI rejected the graph"
     if any(field_names.get((original_node_id(str(n)), i)) for n, i in _inputs(node_errors)):
         return InvalidRequest(text)
     return WorkflowError(f"the workflow failed ComfyUI's validation: {text}")
@@ -50,7 +67,7 @@ def from_execution(status_messages: list[tuple[str, dict[str, Any]]]) -> Excepti
         if event == "execution_error":
             node_id = original_node_id(str(data.get("node_id")))
             class_type = str(data.get("node_type"))
-            message = str(data.get("exception_message", "")).strip()
+            message = scrub_paths(str(data.get("exception_message", "")).strip())
             if "OutOfMemory" in str(data.get("exception_type", "")):
                 return OutOfMemory(f"node {node_id} ({class_type}) ran out of device memory: {message}")
             if (found := _ERRNO.search(message)) and int(found.group(1)) in STORAGE_ERRNOS:

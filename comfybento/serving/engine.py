@@ -30,6 +30,7 @@ from typing import Any
 
 from comfybento.config import Settings
 from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest, ModelLockError, TooLarge, WorkflowError, describe
+from comfybento.models.fetch import transfer_limits
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry
 from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
@@ -42,7 +43,7 @@ from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob
 from comfybento.workflows.batchplan import BatchPlan, merge_graph
 from comfybento.workflows.binding import bind, shape_key
 from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
+from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs, scratch_folder
 from comfybento.workflows.graph import Graph, is_link
 from comfybento.workflows.limits import check_graph_limits
 from comfybento.workflows.params import NAMED_UPLOADS
@@ -96,6 +97,7 @@ class Engine:
         self.catalog = catalog
         self.scheduler: Scheduler[Prepared] = Scheduler(coalesce_max_s=settings.coalesce_ms / 1000, on_abandoned=self._interrupt)
         self.input_dir = settings.work_dir / "input"
+        self.comfy_folders: tuple[Path, ...] = ()  # ComfyUI's input, output and temp folders once started
         self.executor: Any = None  # runtime.executor.ComfyExecutor once started
         self._encoders = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="comfybento-encode")
         self._loop: Future[Any] | None = None
@@ -103,7 +105,8 @@ class Engine:
         self._heavy = HeavyRequests()
         self.max_execution_s = settings.max_execution_s  # COMFYBENTO_MAX_EXECUTION_S (0: none); see _within_budget
         # Models a request chooses (spec.model_choices) are fetched and hash-checked on their first use.
-        self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check)
+        self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check,
+                                    transfer_limits(settings))
         # COMFYBENTO_SUBMITTED_GRAPHS=any: graphs that match no workflow, run alone (workflows/free_graph.py)
         self.free_graphs = FreeGraphs(settings) if settings.runs_unmatched_graphs else None
 
@@ -116,6 +119,7 @@ class Engine:
 
         runtime = bootstrap(self.settings)
         self.input_dir = runtime.input_dir  # where LoadImage reads (ComfyUI's folder is one per process)
+        self.comfy_folders = runtime.folders
         from comfybento.packs.inputs import stage_inputs
 
         for name in stage_inputs(self.settings.inputs_dir, self.input_dir):
@@ -143,7 +147,7 @@ class Engine:
         used = sorted({m for spec in self.catalog.values() for m in spec.models}, key=lambda m: m.path)
         if settings.fetch_models:
             for entry in used:
-                log.info("%s: %s", entry.path, fetch_entry(entry, settings.models_dir))
+                log.info("%s: %s", entry.path, fetch_entry(entry, settings.models_dir, transfer_limits(settings)))
         problems = [p for m in used if (p := verify_entry(m, settings.models_dir, not settings.skip_hash_check))]
         if problems:
             raise ModelLockError("model files do not match models.lock: " + "; ".join(problems)
@@ -195,7 +199,7 @@ class Engine:
         spec = self.catalog.get(workflow)
         if spec is None and workflow == FREE_GRAPH and self.free_graphs is not None:
             try:  # an unmatched submitted graph: checked again here, its models hash-checked on first use; it runs alone
-                spec, item = self.free_graphs.spec(item.values), item.model_copy(update={"values": {}})
+                spec, item = self.free_graphs.runnable(item.values), item.model_copy(update={"values": {}})
                 for entry in spec.models:
                     self.models.ensure(entry)
             except Exception as exc:
@@ -209,10 +213,11 @@ class Engine:
         except Exception as exc:
             self._finish_sink(spec, [], sink)(Failed(exc))
             return None
+        scratch = [root / scratch_folder(spec) for root in self.comfy_folders] if spec.name == FREE_GRAPH else []
         # A job item, or a request far heavier than its workflow's recent ones, waits behind the live ones (scheduler point 4)
         background = self._heavy.is_heavy(spec.name, graph_work(prepared.graph)) or item.background
         job = Job(key=key, payload=prepared, max_batch=spec.max_batch_size, can_batch=can_batch, background=background,
-                  sink=self._finish_sink(spec, prepared.files, sink))
+                  sink=self._finish_sink(spec, prepared.files, sink, scratch))
         self.scheduler.submit(job)
         return job
 
@@ -298,13 +303,15 @@ class Engine:
         path.write_bytes(data)
         return path
 
-    def _finish_sink(self, spec: WorkflowSpec, files: list[Path], sink: Sink) -> Sink:
-        """Wraps a request's sink: on its terminal event, delete its files and count/log failures once."""
+    def _finish_sink(self, spec: WorkflowSpec, files: list[Path], sink: Sink, folders: list[Path] | None = None) -> Sink:
+        """Wraps a request's sink: on its terminal event, delete its files (and folders) and count/log failures once."""
 
         def wrapped(event: Event) -> None:
             if isinstance(event, (Done, Failed)):
                 for path in files:
                     path.unlink(missing_ok=True)
+                for folder in folders or ():  # an unmatched graph's own folder, with whatever it wrote
+                    shutil.rmtree(folder, ignore_errors=True)
             if isinstance(event, Failed):
                 kind = describe(event.error)["error_kind"]
                 if not isinstance(event.error, ComfyBentoError):

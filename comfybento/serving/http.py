@@ -4,6 +4,10 @@
   one, else a fresh one); log lines about a request carry it too.
 - A body over `max_body_bytes` gets a 413 before it is read (Content-Length)
   or as soon as it passes the limit (chunked).
+- A JSON body (a JSON content type, or none) is read whole and its nesting
+  measured before any route parses it: deeper than `max_json_depth` is a 413
+  naming the limit (a parser's recursion never sees it). A form-urlencoded body
+  gets a 415 naming its content type: no route takes one.
 - `error_response` is the one place an error becomes an HTTP answer: the
   fields come from `errors.describe` (or an engine result, which carries the
   same fields), never a traceback or a server path.
@@ -35,6 +39,31 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("comfybento_req
 _RECEIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("comfybento_receive", default=None)
 _SCOPE: contextvars.ContextVar[Any] = contextvars.ContextVar("comfybento_scope", default=None)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+MAX_DIGITS = 18  # of an integer read from a header or a query: anything longer is refused, never converted
+
+
+def json_too_deep(body: bytes, limit: int) -> bool:
+    """True when a JSON text nests arrays and objects deeper than `limit` (C-speed passes, no recursion).
+
+    Strings are cut out, only brackets kept; each pass removes the innermost pairs. What `limit` passes leave is
+    either nested deeper, or does not balance (not JSON: the route's parser says so).
+    """
+    skeleton = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKET)
+    for _ in range(limit):
+        reduced = skeleton.replace(b"[]", b"").replace(b"{}", b"")
+        if len(reduced) == len(skeleton):
+            break
+        skeleton = reduced
+    if not skeleton or skeleton[:1] not in (b"[", b"{"):
+        return False
+    return skeleton.count(b"[") + skeleton.count(b"{") == skeleton.count(b"]") + skeleton.count(b"}")
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    return media in ("", "text/plain") or media == "application/json" or media.endswith("+json")
 
 
 def base_url() -> str:
@@ -83,11 +112,12 @@ def error_response(error: BaseException | Mapping[str, Any], retry_after_s: int 
 
 
 class RequestEdgeMiddleware:
-    """ASGI middleware: request id in and out, and the request body limit."""
+    """ASGI middleware: request id in and out, the request body limit, JSON bodies' nesting, form bodies refused."""
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, max_body_bytes: int, max_json_depth: int = 64) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -106,10 +136,16 @@ class RequestEdgeMiddleware:
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, headers: dict[bytes, bytes], rid: str) -> None:
         id_header = (b"x-request-id", rid.encode("latin-1"))
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+        if length is not None and (not length.isdigit() or len(length) > MAX_DIGITS or int(length) > self.max_body_bytes):
             status, msg = (413, self._too_large()) if length.isdigit() else (400, "Content-Length is not a number")
             await _send_json(send, status, {"error": msg, "error_kind": "too_large" if status == 413 else "invalid",
                                             "request_id": rid}, id_header)
+            return
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+            await _send_json(send, 415, {"error": f"Content-Type {content_type!r} is not accepted: send JSON "
+                                                  "(application/json) or multipart/form-data", "error_kind": "invalid",
+                                         "request_id": rid}, id_header)
             return
         state = {"received": 0, "over": False, "started": False}
 
@@ -130,9 +166,22 @@ class RequestEdgeMiddleware:
                 message = {**message, "headers": [*message.get("headers", []), id_header]}
             await send(message)
 
-        token, scope_token = _RECEIVE.set(limited_receive), _SCOPE.set(scope)
+        app_receive = limited_receive
+        if _is_json(content_type) and scope.get("method") in ("POST", "PUT", "PATCH"):
+            try:
+                body, more = await _read_whole(limited_receive)
+            except BodyTooLarge:
+                await _send_json(send, 413, {"error": self._too_large(), "error_kind": "too_large", "request_id": rid}, id_header)
+                return
+            if json_too_deep(body, self.max_json_depth):
+                await _send_json(send, 413, {"error": f"the JSON body nests arrays and objects deeper than the limit of "
+                                                      f"{self.max_json_depth} (max_json_depth)", "error_kind": "too_large",
+                                             "request_id": rid}, id_header)
+                return
+            app_receive = _replay(body, more, limited_receive)
+        token, scope_token = _RECEIVE.set(app_receive), _SCOPE.set(scope)
         try:
-            await self.app(scope, limited_receive, send_with_id)
+            await self.app(scope, app_receive, send_with_id)
         except BodyTooLarge:
             pass
         finally:
@@ -147,6 +196,34 @@ class RequestEdgeMiddleware:
 
 class BodyTooLarge(Exception):
     """Raised into the app when the body it is reading passes the limit."""
+
+
+async def _read_whole(receive: Any) -> tuple[bytes, bool]:
+    """The request body (through the limited receive), and whether the client is still there."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def _replay(body: bytes, connected: bool, receive: Any) -> Any:
+    """A receive that gives the app the body already read, then waits on the client (its disconnect) as before."""
+    sent = False
+
+    async def replay() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if not connected:
+            return {"type": "http.disconnect"}
+        return await receive()
+
+    return replay
 
 
 async def _send_json(send: Any, status: int, body: dict[str, Any], *headers: tuple[bytes, bytes]) -> None:

@@ -402,7 +402,8 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     service = bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S, "concurrency": settings.max_queue,
                                                           "external_queue": False})(cls)
     # The first added runs first: every answer (a 401 included) carries the request id; the docs need no key.
-    service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project))
+    service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project),
+                                max_json_depth=settings.limits.max_json_depth)
     service.add_asgi_middleware(OpenAPIMiddleware, build=lambda: fix_openapi(service.openapi_spec.asdict(), project.catalog,
                                                                               _bento_version(service)))
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas

@@ -7,13 +7,16 @@ checks it when it is submitted (`free_spec`), the engine again before it runs
 every required input present and every link to a real output, every literal of
 the right type and within its bounds or choices, every model file a models.lock
 entry (the engine hash-checks it on first use), no input files, at least one
-output node. It never shares a batch: it runs solo, and returns every output.
+output node, only node types and paths the sandbox allows (workflows/sandbox.py:
+its path inputs are moved into the request's own folder, `scratch_folder`). It
+never shares a batch: it runs solo, and returns every output.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
@@ -27,6 +30,7 @@ from comfybento.workflows.graph import Graph, InputDef, NodeDefs, check_graph, i
 from comfybento.workflows.limits import check_graph_limits
 from comfybento.workflows.matching import GraphRun, ResolveFile, check_shape
 from comfybento.workflows.params import UPLOAD_KINDS, infer_outputs, infer_params
+from comfybento.workflows.sandbox import NodeRules, confine, is_path_input, sandbox_problems
 from comfybento.workflows.schema import build_input_model
 
 FREE_GRAPH = "_graph"  # the reserved workflow name of an unmatched graph's job (NAME_RE makes it no endpoint's)
@@ -75,6 +79,9 @@ def free_spec(graph: Graph, node_defs: NodeDefs, lock: ModelLock, settings: Sett
                 f"'{files[0].input_name}' reads an input file; a graph that matches no served workflow takes "
                 "no files (serve a workflow for it)"
             )
+        problems = sandbox_problems(graph, node_defs, NodeRules.from_names(settings.graph_nodes))
+        if problems:
+            raise GraphRefused(f"{where}: " + "; ".join(problems[:10]))
         outputs = tuple(infer_outputs(graph, node_defs))
         check_graph_limits(where, graph, settings.limits)
     except WorkflowError as exc:
@@ -83,7 +90,7 @@ def free_spec(graph: Graph, node_defs: NodeDefs, lock: ModelLock, settings: Sett
         raise GraphRefused(f"{where}: no output node that comfybento returns (SaveImage, SaveAudio, PreviewAny ...)")
     return WorkflowSpec(
         name=FREE_GRAPH,
-        path=Path(f"{FREE_GRAPH}-{uuid.uuid4().hex[:8]}.json"),
+        path=Path(f"{FREE_GRAPH}-{uuid.uuid4().hex}.json"),
         graph=graph,
         params=(),
         outputs=outputs,
@@ -98,6 +105,11 @@ def free_spec(graph: Graph, node_defs: NodeDefs, lock: ModelLock, settings: Sett
     )
 
 
+def scratch_folder(spec: WorkflowSpec) -> str:
+    """The request's own folder of an unmatched graph, inside ComfyUI's input, output and temp folders."""
+    return spec.path.stem
+
+
 def _literal_problems(node_id: str, node: dict[str, Any], node_defs: NodeDefs) -> list[str]:
     node_def = node_defs[node["class_type"]]
     label = f"node {node_id} ({node['class_type']})"
@@ -106,6 +118,8 @@ def _literal_problems(node_id: str, node: dict[str, Any], node_defs: NodeDefs) -
         input_def = node_def.inputs.get(name)
         if input_def is None:
             problems.append(f"{label}: input '{name}' is not an input of {node['class_type']}")
+        elif is_path_input(node["class_type"], name, node_defs):
+            continue  # a file or folder name: the sandbox checks it
         elif not is_link(value):
             problem = _value_problem(input_def, value)
             if problem:
@@ -161,3 +175,8 @@ class FreeGraphs:
     def spec(self, values: Any) -> WorkflowSpec:
         """The one-off workflow of a FREE_GRAPH item's values ({"graph": ...}), or GraphRefused / TooLarge."""
         return free_spec(graph_of(values), self.node_defs, self.lock, self.settings)
+
+    def runnable(self, values: Any) -> WorkflowSpec:
+        """`spec`, its path inputs moved into its own folder (`scratch_folder`): what the engine runs."""
+        spec = self.spec(values)
+        return replace(spec, graph=confine(spec.graph, self.node_defs, scratch_folder(spec)))

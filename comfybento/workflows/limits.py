@@ -57,9 +57,13 @@ class Limits:
     min_upload_side: int = 8
     # Bytes of a whole request body (multipart uploads included).
     max_body_bytes: int = 64 * 1024 * 1024
-    # Input files given by URL: seconds for the whole download (redirects included) and redirects followed.
+    # Nesting of arrays and objects in a JSON body, measured before it is parsed (the service-wide value applies).
+    max_json_depth: int = 64
+    # Input files given by URL: seconds for the whole download (connection, headers, body, redirects included),
+    # the bytes a second it must keep up over any 5 s (comfybento/transfer.py), and redirects followed.
     # Their bytes count against max_upload_bytes like an upload's.
     max_url_seconds: int = 20
+    min_url_bytes_per_s: int = 16 * 1024
     max_url_redirects: int = 5
     # Video and audio inputs: length in seconds, and frames of a video, read from the container's header.
     max_media_seconds: int = 600

@@ -132,3 +132,50 @@ def test_a_client_that_leaves_stops_its_work(server):
     quick = httpx.post(f"{server}/txt2img", json={"steps": 1, "width": 64, "height": 64, "seed": 1}, timeout=120)
     assert quick.status_code == 200
     assert time.monotonic() - started < 30
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/prompt", '{"prompt": ' + "[" * 1000 + "]" * 1000 + "}"),
+        ("POST", "/api/prompt", '{"prompt": ' + _nested(5000) + "}"),
+        ("POST", "/history", '{"delete": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("POST", "/jobs", '{"workflow": "txt2img", "items": [' + _nested(2000) + "]}"),
+        ("POST", "/txt2img", '{"prompt": ' + _nested(3000) + "}"),
+        ("POST", "/api/v2/jobs", '{"workflow": ' + _nested(1000) + "}"),
+    ],
+)
+def test_a_deeply_nested_json_body_is_a_413_not_a_500(server, method, path, body):
+    resp = httpx.request(method, f"{server}{path}", content=body.encode(), headers={"content-type": "application/json"}, timeout=60)
+    assert resp.status_code == 413, (path, resp.status_code, resp.text[:300])
+    assert "max_json_depth" in resp.json()["error"] and resp.json()["error_kind"] == "too_large"
+
+
+def test_integers_in_queries_and_headers_are_bounded(server):
+    cursor = httpx.get(f"{server}/api/v2/jobs", params={"cursor": "9999999999999999999"}, timeout=30)
+    assert cursor.status_code == 422 and cursor.json()["error"]["code"] == "invalid_cursor", cursor.text
+    upload = httpx.post(f"{server}/api/v2/assets", files={"file": ("a.png", _png(Image.new("RGB", (8, 8))), "image/png")},
+                        data={"content_type": "image/png", "file_path": "a.png"}, timeout=30)
+    assert upload.status_code in (200, 201), upload.text
+    content = f"{server}/api/v2/assets/{upload.json()['id']}/content"
+    ranged = httpx.get(content, headers={"Range": "bytes=" + "9" * 5000 + "-"}, timeout=30)
+    assert ranged.status_code == 416 and ranged.headers["content-range"].startswith("bytes */"), ranged.text
+    assert httpx.get(content, headers={"Range": "bytes=0-3"}, timeout=30).status_code == 206
+    offset = httpx.get(f"{server}/jobs", params={"offset": "9" * 5000}, timeout=30)
+    assert offset.status_code == 422 and "offset" in offset.text
+
+
+def test_a_form_body_to_a_typed_endpoint_is_a_415_naming_its_type(server):
+    resp = httpx.post(f"{server}/txt2img", data={"prompt": "a fox", "steps": "1"}, timeout=30)
+    assert resp.status_code == 415, resp.text
+    assert "application/x-www-form-urlencoded" in resp.json()["error"] and resp.json()["error_kind"] == "invalid"
+
+
+def test_job_items_with_invalid_fields_are_of_kind_invalid(server):
+    resp = httpx.post(f"{server}/jobs", json={"workflow": "txt2img", "items": [{"steps": "many"}, {"width": 3}]}, timeout=30)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error_kind"] == "invalid" and [i["index"] for i in resp.json()["items"]] == [0, 1]

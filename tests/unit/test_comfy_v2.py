@@ -88,6 +88,9 @@ def test_uploads_are_content_addressed_deduplicated_and_served_with_ranges(v2):
     part = client.get(f"/api/v2/assets/{asset_id}/content", headers={"Range": "bytes=1-3"})
     assert part.status_code == 206 and part.content == PNG[1:4] and part.headers["content-range"] == f"bytes 1-3/{len(PNG)}"
     assert client.get(f"/api/v2/assets/{asset_id}/content", headers={"Range": f"bytes={len(PNG)}-"}).status_code == 416
+    for huge in ("bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=-" + "9" * 19):
+        r = client.get(f"/api/v2/assets/{asset_id}/content", headers={"Range": huge})
+        assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(PNG)}", huge[:20]
     assert client.delete(f"/api/v2/assets/{asset_id}").status_code == 204
     gone = client.get(f"/api/v2/assets/{asset_id}")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
@@ -181,6 +184,9 @@ def test_cancel_is_idempotent_and_jobs_are_listed_newest_first_in_pages(v2):
     assert [(j["id"], j["status"]) for j in second["jobs"]] == [(job["id"], "canceled")]
     assert client.get("/api/v2/jobs", params={"metadata[team]": "a"}).json() == {"jobs": [], "next_cursor": None}
     assert client.get("/api/v2/jobs", params={"cursor": "x"}).json()["error"]["code"] == "invalid_cursor"
+    for huge in ("9999999999999999999", "1" * 20, "10000000000"):
+        r = client.get("/api/v2/jobs", params={"cursor": huge})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor", huge
 
 
 def test_the_event_stream_of_a_finished_job_sends_its_outputs_then_its_terminal_status(v2):

@@ -99,6 +99,27 @@ def test_a_mismatched_graph_gets_comfyuis_error_shape_naming_the_difference(clie
     assert "prompt" in c.post("/prompt", json={"prompt": []}).json()["error"]["message"]
 
 
+def test_an_unmatched_prompt_runs_as_a_graph_job_when_submitted_graphs_is_any(client, node_defs):
+    """COMFYBENTO_SUBMITTED_GRAPHS=any: /prompt queues what /jobs and /api/v2/jobs run (as the README says)."""
+    from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
+
+    c, service = client
+    graph = _graph()
+    graph["100"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    service.free_graphs = FreeGraphs(Settings.from_env({"COMFYBENTO_SUBMITTED_GRAPHS": "any"}), node_defs,
+                                     parse_lock(ROOT / "models.lock"))
+    r = c.post("/prompt", json={"prompt": graph, "client_id": "c1"})
+    assert r.status_code == 200, r.text
+    job = service.job(r.json()["prompt_id"])
+    assert job.workflow == FREE_GRAPH
+    (item,) = service.store.get_items(job.id, 0, 1)
+    assert item.params["graph"]["100"] == {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    graph["100"]["class_type"] = "SaveImageDataSetToFolder"
+    graph["100"]["inputs"].update(folder_name="../../x", filename_prefix="a")
+    refused = c.post("/prompt", json={"prompt": graph})
+    assert refused.status_code == 400 and "node 100 (SaveImageDataSetToFolder)" in refused.json()["error"]["message"]
+
+
 def test_websocket_sends_status_then_the_end_of_the_clients_prompt_from_the_store(client):
     c, service = client
     prompt_id = c.post("/prompt", json={"prompt": _graph(), "client_id": "ws-client"}).json()["prompt_id"]
@@ -146,6 +167,29 @@ def test_uploads_keep_names_rename_on_clash_and_are_bounded(client, monkeypatch)
     monkeypatch.setattr(routes, "get_settings", lambda: small)
     r = c.post("/upload/image", files={"image": ("b.png", PNG, "image/png")})
     assert r.status_code == 413 and "50 bytes" in r.json()["error"] and "COMFYBENTO_MAX_UPLOAD_BYTES" in r.json()["error"]
+
+
+def test_view_and_uploads_never_follow_a_link_out_of_storage(client, tmp_path):
+    """A link placed in the job storage (the webhook secret beside it, say) reads as missing and is never written through."""
+    c, service = client
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("whsec_not_yours")
+    job_id = c.post("/api/prompt", json={"prompt": _graph("links")}).json()["prompt_id"]
+    _finish(service)  # a real prompt's output folder to plant links in
+    c.post("/upload/image", files={"image": ("a.png", PNG, "image/png")}, data={"subfolder": "s"})
+    real = {"filename": "00000-a1-save_image-0.png", "subfolder": job_id, "type": "output"}
+    assert c.get("/view", params=real).content == PNG
+    root = service.storage.root
+    (root / job_id / "secret.png").symlink_to(secret)
+    (root / "comfyui-inputs" / "s" / "secret.png").symlink_to(secret)
+    (root / "comfyui-inputs" / "out").symlink_to(tmp_path)
+    for params in ({"filename": "secret.png", "subfolder": job_id, "type": "output"},
+                   {"filename": "secret.png", "subfolder": "s", "type": "input"},
+                   {"filename": "webhook-secret", "subfolder": "out", "type": "input"}):
+        r = c.get("/view", params=params)
+        assert r.status_code == 404 and b"whsec" not in r.content, params
+    assert c.post("/upload/image", files={"image": ("x.png", PNG, "image/png")}, data={"subfolder": "out"}).status_code == 404
+    assert not (tmp_path / "x.png").exists() and secret.read_text() == "whsec_not_yours"
 
 
 def test_mask_upload_stores_the_original_with_the_masks_alpha(client):

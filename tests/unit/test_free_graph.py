@@ -19,7 +19,7 @@ from comfybento.models.lock import parse_lock
 from comfybento.outputs.storage import LocalStorage
 from comfybento.workflows.catalog import WorkflowSpec, load_workflow
 from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs, GraphRefused
-from comfybento.workflows.graph import NodeDef
+from comfybento.workflows.graph import InputDef, NodeDef
 from comfybento.workflows.matching import GraphMismatch, match_graph
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,3 +124,134 @@ def test_jobs_of_unmatched_graphs_are_checked_and_queued_only_when_allowed(spec:
         service(free).submit(JobSubmit(workflow=FREE_GRAPH, items=[run.values, {"graph": bad}]))
     with pytest.raises(InvalidItems, match=r"items\[0\].graph: .*nothing else"):
         service(free).submit(JobSubmit(workflow=FREE_GRAPH, items=[{"graph": bad, "seed": 3}]))
+
+
+# ------------------------------------------------------------ the sandbox (workflows/sandbox.py)
+
+DATASET_NODES = {
+    "SaveImageDataSetToFolder": {"images": ["8", 0], "folder_name": "dataset", "filename_prefix": "image"},
+    "SaveImageTextDataSetToFolder": {"images": ["8", 0], "texts": "a caption", "folder_name": "dataset", "filename_prefix": "image"},
+    "SaveTrainingDataset": {"latents": ["3", 0], "conditioning": ["6", 0], "folder_name": "training", "shard_size": 10},
+    "LoadImageDataSetFromFolder": {"folder": "dataset"},
+    "LoadImageTextDataSetFromFolder": {"folder": "dataset"},
+    "LoadTrainingDataset": {"folder_name": "training"},
+    "CheckpointSave": {"model": ["4", 0], "clip": ["4", 1], "vae": ["4", 2], "filename_prefix": "checkpoints/ComfyUI"},
+}
+
+
+def _s(name: str, required: bool = True, default: str | None = None) -> InputDef:
+    return InputDef(name=name, type="STRING", required=required, options={} if default is None else {"default": default})
+
+
+@pytest.fixture
+def sandbox_defs(node_defs: dict[str, NodeDef]) -> dict[str, NodeDef]:
+    """The unit node definitions, with ComfyUI 0.3.75's dataset and model-saving nodes and a few others."""
+    link = lambda name, typ: InputDef(name=name, type=typ, required=True)  # noqa: E731
+    extra = [
+        NodeDef("SaveImageDataSetToFolder", {"images": link("images", "IMAGE"), "folder_name": _s("folder_name"),
+                                             "filename_prefix": _s("filename_prefix")}, output_node=True),
+        NodeDef("SaveImageTextDataSetToFolder", {"images": link("images", "IMAGE"), "texts": _s("texts"),
+                                                 "folder_name": _s("folder_name"), "filename_prefix": _s("filename_prefix")},
+                output_node=True),
+        NodeDef("SaveTrainingDataset", {"latents": link("latents", "LATENT"), "conditioning": link("conditioning", "CONDITIONING"),
+                                        "folder_name": _s("folder_name"), "shard_size": InputDef("shard_size", "INT", True)},
+                output_node=True),
+        NodeDef("LoadImageDataSetFromFolder", {"folder": InputDef("folder", "COMBO", True)}, return_types=("IMAGE",)),
+        NodeDef("LoadImageTextDataSetFromFolder", {"folder": InputDef("folder", "COMBO", True)}, return_types=("IMAGE", "STRING")),
+        NodeDef("LoadTrainingDataset", {"folder_name": _s("folder_name")}, return_types=("LATENT", "CONDITIONING")),
+        NodeDef("CheckpointSave", {"model": link("model", "MODEL"), "clip": link("clip", "CLIP"), "vae": link("vae", "VAE"),
+                                   "filename_prefix": _s("filename_prefix")}, output_node=True),
+        NodeDef("SaveAnimatedWEBP", {"images": link("images", "IMAGE"), "filename_prefix": _s("filename_prefix", False, "ComfyUI")},
+                output_node=True),
+        NodeDef("RegexReplace", {"string": _s("string"), "regex_pattern": _s("regex_pattern"), "replace": _s("replace")},
+                return_types=("STRING",)),
+        NodeDef("StringConcatenate", {"string_a": _s("string_a"), "string_b": _s("string_b")}, return_types=("STRING",)),
+    ]
+    return {**node_defs, **{d.class_type: d for d in extra}}
+
+
+def _free(defs: dict[str, NodeDef], graph_nodes: str = "") -> FreeGraphs:
+    env = {"COMFYBENTO_SUBMITTED_GRAPHS": "any", "COMFYBENTO_GRAPH_NODES": graph_nodes}
+    return FreeGraphs(Settings.from_env(env), defs, parse_lock(ROOT / "models.lock"))
+
+
+def _with(spec: WorkflowSpec, class_type: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    graph = _unmatched(spec)
+    graph["300"] = {"class_type": class_type, "inputs": inputs}
+    if class_type.startswith("Load"):  # its outputs used, so that it is part of the graph
+        graph["301"] = {"class_type": "PreviewAny", "inputs": {"source": ["300", 0]}}
+    return graph
+
+
+def test_the_operators_node_types_are_read_once():
+    assert Settings.from_env({}).graph_nodes == ()
+    assert Settings.from_env({"COMFYBENTO_GRAPH_NODES": " RegexReplace, SaveTrainingDataset ,"}).graph_nodes == (
+        "RegexReplace", "SaveTrainingDataset")
+
+
+@pytest.mark.parametrize("class_type", sorted(DATASET_NODES))
+def test_nodes_that_read_or_write_datasets_or_models_are_refused_unless_named(spec, sandbox_defs, class_type):
+    sandbox_defs["PreviewAny"] = NodeDef("PreviewAny", {"source": InputDef("source", "*", True)}, output_node=True)
+    graph = _with(spec, class_type, dict(DATASET_NODES[class_type]))
+    for setting in ("", "*", "RegexReplace"):
+        with pytest.raises(GraphRefused, match=rf"node 300 \({class_type}\) (writes|reads) .* on the server's disk; an unmatched "
+                                               rf"graph may use it only if COMFYBENTO_GRAPH_NODES names {class_type}") as err:
+            _free(sandbox_defs, setting).spec({"graph": graph})
+        assert err.value.error_code == 422
+    assert _free(sandbox_defs, f"RegexReplace,{class_type}").spec({"graph": graph}).name == FREE_GRAPH
+
+
+def test_node_types_outside_the_default_set_are_refused_unless_added(spec, sandbox_defs):
+    graph = _with(spec, "RegexReplace", {"string": "a", "regex_pattern": "(a+)+$", "replace": "b"})
+    graph["6"]["inputs"]["text"] = ["300", 0]
+    with pytest.raises(GraphRefused, match=r"node 300 \(RegexReplace\): node type RegexReplace is not allowed in a graph "
+                                           r"that matches no served workflow \(COMFYBENTO_GRAPH_NODES adds node types"):
+        _free(sandbox_defs).spec({"graph": graph})
+    assert _free(sandbox_defs, "RegexReplace").spec({"graph": graph}).name == FREE_GRAPH
+    assert _free(sandbox_defs, "*").spec({"graph": graph}).name == FREE_GRAPH
+
+
+@pytest.mark.parametrize(
+    ("class_type", "change", "message"),
+    [
+        ("SaveImageDataSetToFolder", {"folder_name": "/tmp/outside"}, "input 'folder_name' is '/tmp/outside', an absolute path"),
+        ("SaveImageDataSetToFolder", {"folder_name": "../../outside"}, "input 'folder_name' is '../../outside': '..' may not leave"),
+        ("SaveImageDataSetToFolder", {"folder_name": "ok/../../up"}, "input 'folder_name' is 'ok/../../up': '..' may not leave"),
+        ("SaveImageDataSetToFolder", {"filename_prefix": "../x"}, "input 'filename_prefix' is '../x': '..' may not"),
+        ("SaveImageDataSetToFolder", {"filename_prefix": "sub/x"}, "input 'filename_prefix' is 'sub/x': a name inside the node's folder"),
+        ("SaveImageTextDataSetToFolder", {"folder_name": "C:/x"}, "input 'folder_name' is 'C:/x', an absolute path"),
+        ("SaveTrainingDataset", {"folder_name": "~root"}, "input 'folder_name' is '~root': a path is a relative name"),
+        ("SaveTrainingDataset", {"folder_name": "a\\b"}, "input 'folder_name' is 'a\\\\b': a path is a relative"),
+        ("LoadImageDataSetFromFolder", {"folder": "/etc"}, "input 'folder' is '/etc', an absolute path"),
+        ("LoadImageTextDataSetFromFolder", {"folder": "../input"}, "input 'folder' is '../input': '..' may not"),
+        ("LoadTrainingDataset", {"folder_name": "/var/lib"}, "input 'folder_name' is '/var/lib', an absolute path"),
+        ("LoadTrainingDataset", {"folder_name": ["6", 0]}, "input 'folder_name' takes a link; a path must be a literal name"),
+        ("CheckpointSave", {"filename_prefix": "/models/checkpoints/x"}, "input 'filename_prefix' is '/models/checkpoints/x', an abs"),
+        ("SaveAnimatedWEBP", {"filename_prefix": "../../x"}, "input 'filename_prefix' is '../../x': '..' may not"),
+        ("SaveAnimatedWEBP", {"filename_prefix": 7}, "input 'filename_prefix' is 7, not a string"),
+    ],
+)
+def test_a_path_input_stays_inside_the_requests_folder(spec, sandbox_defs, class_type, change, message):
+    sandbox_defs["PreviewAny"] = NodeDef("PreviewAny", {"source": InputDef("source", "*", True)}, output_node=True)
+    inputs = {**DATASET_NODES.get(class_type, {"images": ["8", 0]}), **change}
+    graph = _with(spec, class_type, inputs)
+    with pytest.raises(GraphRefused, match=rf"node 300 \({class_type}\) " + re.escape(message)):
+        _free(sandbox_defs, ",".join(DATASET_NODES)).spec({"graph": graph})
+
+
+def test_path_inputs_are_moved_into_the_requests_own_folder(spec, sandbox_defs):
+    from comfybento.workflows.free_graph import scratch_folder
+
+    graph = _with(spec, "SaveImageDataSetToFolder", {"images": ["8", 0], "folder_name": "ds", "filename_prefix": "img"})
+    graph["301"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["8", 0], "filename_prefix": "anim/x"}}
+    graph["302"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["8", 0]}}  # its default prefix
+    free = _free(sandbox_defs, "SaveImageDataSetToFolder")
+    checked = free.spec({"graph": graph})
+    assert checked.graph["300"]["inputs"]["folder_name"] == "ds"  # what a job stores: the graph as sent
+    runs = [free.runnable({"graph": graph}) for _ in range(2)]
+    folder = scratch_folder(runs[0])
+    assert re.fullmatch(r"_graph-[0-9a-f]{32}", folder) and folder != scratch_folder(runs[1])  # one folder per run
+    inputs = {n: runs[0].graph[n]["inputs"] for n in ("300", "301", "302")}
+    assert inputs["300"]["folder_name"] == f"{folder}/ds" and inputs["300"]["filename_prefix"] == "img"  # a name inside it
+    assert inputs["301"]["filename_prefix"] == f"{folder}/anim/x" and inputs["302"]["filename_prefix"] == f"{folder}/ComfyUI"
+    assert runs[0].graph["9"]["inputs"]["filename_prefix"] == f"{folder}/ComfyUI"  # SaveImage too (collected, never written)

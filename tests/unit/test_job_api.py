@@ -64,6 +64,15 @@ def test_offsets_and_limits_out_of_bounds_are_a_422_naming_the_parameter(client)
     assert c.get(f"/jobs/{job_id}/results", params={"offset": 10**9}).json()["items"] == []
 
 
+def test_invalid_item_fields_are_errors_of_kind_invalid(client):
+    c, _ = client
+    resp = c.post("/jobs", json={"workflow": "txt2img", "items": [{"prompt": "a", "steps": "many"}, {"width": 3}]})
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["error_kind"] == "invalid" and [i["index"] for i in body["items"]] == [0, 1]
+    assert "items[0].steps" in body["error"] and "items[1].width" in body["error"]
+
+
 def test_a_fanout_over_the_limit_is_refused_before_it_is_built(client):
     c, _ = client
     resp = c.post("/jobs", json={"workflow": "txt2img", "base": {}, "fanout": {"prompt": ["x"] * 2000, "seed": list(range(2000))}})

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
 
 from comfybento.errors import ModelLockError
 from comfybento.models.fetch import fetch_entry
-from comfybento.models.lock import parse_lock, verify_all, verify_entry
+from comfybento.models.lock import ModelEntry, parse_lock, verify_all, verify_entry
+from comfybento.transfer import TransferLimits
+from tests.file_server import file_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,10 +69,30 @@ def test_fetch_refuses_a_download_that_does_not_match(tmp_path, monkeypatch):
 
     models = tmp_path / "models"
     _, entry = _entry_for(tmp_path, b"expected bytes")
-    monkeypatch.setattr(fetch, "_download_url", lambda e, dest: dest.write_bytes(b"tampered byte"))
+    monkeypatch.setattr(fetch, "_download_url", lambda e, dest, limits: dest.write_bytes(b"tampered byte"))
     with pytest.raises(ModelLockError, match="refusing to use it"):
         fetch_entry(entry, models)
     assert not entry.local_path(models).exists()
-    monkeypatch.setattr(fetch, "_download_url", lambda e, dest: dest.write_bytes(b"expected bytes"))
+    monkeypatch.setattr(fetch, "_download_url", lambda e, dest, limits: dest.write_bytes(b"expected bytes"))
     assert fetch_entry(entry, models) == "fetched"
     assert fetch_entry(entry, models) == "ok"
+
+
+def test_a_model_by_url_is_fetched_within_a_deadline_and_a_minimum_rate(tmp_path):
+    body = b"model bytes " * 10
+    with file_server() as files:
+        fine = ModelEntry("checkpoints/m.safetensors", len(body), hashlib.sha256(body).hexdigest(), {"url": files.add("/m", body)})
+        assert fetch_entry(fine, tmp_path, TransferLimits(10, 1024)) == "fetched"
+        assert (tmp_path / "checkpoints" / "m.safetensors").read_bytes() == body
+        drip = files.add("/drip", body, drip_s=0.5)
+        slow = ModelEntry("checkpoints/s.safetensors", len(body), hashlib.sha256(body).hexdigest(), {"url": drip})
+        started = time.monotonic()
+        with pytest.raises(ModelLockError, match=r"checkpoints/s.safetensors: could not fetch .* the download was not complete "
+                                                 r"within 2 s \(the limits: COMFYBENTO_MODEL_FETCH_S=2, "):
+            fetch_entry(slow, tmp_path, TransferLimits(2, 0))
+        assert time.monotonic() - started < 3
+        started = time.monotonic()
+        with pytest.raises(ModelLockError, match=r"came at fewer than 1024 bytes/s over 5 s .*COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S=1024"):
+            fetch_entry(slow, tmp_path, TransferLimits(60, 1024))
+        assert time.monotonic() - started < 6.5
+    assert not (tmp_path / "checkpoints" / "s.safetensors").exists()

@@ -18,7 +18,12 @@ from tests.file_server import file_server
 from tests.media_samples import png
 
 INTERNAL = ["http://127.0.0.1/x.png", "http://10.1.2.3/x.png", "http://169.254.169.254/latest/meta-data",
-            "http://[::1]/x.png", "http://[::ffff:127.0.0.1]/x.png", "http://0.0.0.0/x.png", "http://192.168.0.1/x.png"]
+            "http://[::1]/x.png", "http://[::ffff:127.0.0.1]/x.png", "http://0.0.0.0/x.png", "http://192.168.0.1/x.png",
+            # IPv6 forms of IPv4 (NAT64, 6to4, IPv4-compatible: a gateway reaches the IPv4 address) and multicast
+            "http://[64:ff9b::7f00:1]/x.png", "http://[64:ff9b::a9fe:a9fe]/x.png", "http://[64:ff9b::808:808]/x.png",
+            "http://[64:ff9b:1::a00:1]/x.png", "http://[2002:7f00:1::]/x.png", "http://[2002:808:808::1]/x.png",
+            "http://[::127.0.0.1]/x.png", "http://[::8.8.8.8]/x.png", "http://[ff0e::1]/x.png", "http://224.0.0.1/x.png",
+            "http://239.255.255.250/x.png"]
 
 
 def test_webhooks_use_the_shared_allow_list():
@@ -29,6 +34,11 @@ def test_webhooks_use_the_shared_allow_list():
 def test_internal_addresses_are_refused_naming_the_field(url):
     with pytest.raises(InvalidRequest, match=r"^image: address .* is not in the allow-list"):
         AllowList([]).check(url, "image")
+
+
+def test_public_addresses_are_allowed():
+    for address in ("8.8.8.8", "[2606:4700:4700::1111]", "[2a00:1450:4001:80b::200e]"):
+        assert AllowList([]).check(f"http://{address}/x.png", "image") == [ipaddress.ip_address(address.strip("[]"))]
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x.png", "file:///etc/passwd", "gopher://x/", "http:///x", "not a url"])
@@ -106,6 +116,31 @@ def test_a_slow_server_is_cut_off_at_the_time_limit():
         with pytest.raises(TooLarge, match=r"not fetched within 1 s \(max_url_seconds\)"):
             fetch("image", url, "image", replace(Limits(), max_url_seconds=1), AllowList(["localhost"]))
         assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("drip_headers", [False, True])
+def test_a_server_that_drips_is_cut_off_at_the_total_deadline(drip_headers):
+    """Headers (or not even they), then a byte a second: each read is quick, the whole never comes."""
+    with file_server() as files:
+        url = files.add("/drip.png", png(8, 8)[:60], "image/png", drip_s=1, drip_headers=drip_headers)
+        started = time.monotonic()
+        limits = replace(Limits(), max_url_seconds=2, min_url_bytes_per_s=1)
+        with pytest.raises(TooLarge, match=r"^image: .* was not fetched within 2 s \(max_url_seconds\)"):
+            fetch("image", url, "image", limits, AllowList(["localhost"]))
+        assert time.monotonic() - started < 3
+
+
+def test_a_server_below_the_minimum_rate_is_cut_off():
+    with file_server() as files:
+        url = files.add("/drip.png", png(8, 8)[:60], "image/png", drip_s=0.5)
+        started = time.monotonic()
+        limits = replace(Limits(), max_url_seconds=60, min_url_bytes_per_s=1024)
+        with pytest.raises(TooLarge, match=r"came at fewer than 1024 bytes/s over 5 s .*, slower than the limit of 1024 "
+                                           r"bytes/s \(min_url_bytes_per_s\)"):
+            fetch("image", url, "image", limits, AllowList(["localhost"]))
+        assert 4.5 < time.monotonic() - started < 6.5
+        fast = files.add("/fast.png", png(64, 64), "image/png")
+        assert fetch("image", fast, "image", limits, AllowList(["localhost"]))[0] == png(64, 64)
 
 
 def test_a_declared_type_of_another_kind_and_a_failed_answer_are_refused():

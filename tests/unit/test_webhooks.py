@@ -8,7 +8,10 @@ import logging
 import os
 import stat
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -16,7 +19,8 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from comfybento.config import Settings
 from comfybento.errors import ConfigError, InvalidRequest
 from comfybento.jobs.records import Delivery
-from comfybento.jobs.webhooks import AllowList, load_or_create_secret, signed_request
+from comfybento.jobs.webhooks import AllowList, WebhookPolicy, attempt, load_or_create_secret, signed_request
+from tests.file_server import file_server
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
 
@@ -83,3 +87,48 @@ def test_allow_list_entries_admit_hosts_and_networks():
     allow.check("http://10.1.2.3/x")
     with pytest.raises(InvalidRequest, match="allow-list"):
         allow.check("http://10.2.0.1/x")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _attempt(url: str, policy: WebhookPolicy) -> tuple[Delivery, float]:
+    delivery = Delivery(id="j:job", job_id="j", event="job.succeeded", payload={"type": "job.succeeded"}, url=url)
+    started = time.monotonic()
+    with ThreadPoolExecutor(1) as resolver:
+        async with httpx.AsyncClient(timeout=policy.timeout_s) as client:
+            done = await attempt(delivery, Webhook(SECRET), AllowList(["localhost"]), client, policy, resolver)
+    return done, time.monotonic() - started
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("drip_headers", [False, True])
+async def test_a_receiver_that_drips_its_answer_fails_the_attempt_at_the_deadline(drip_headers):
+    with file_server() as receiver:
+        url = receiver.add("/hook", b"x" * 60, "text/plain", drip_s=1, drip_headers=drip_headers)
+        done, took = await _attempt(url, WebhookPolicy(max_attempts=3, backoff_s=1, timeout_s=2, min_bytes_per_s=0))
+    assert done.log[-1]["ok"] is False and done.log[-1]["error"] == "no answer within 2 s" and took < 3
+    assert done.state == "pending" and done.attempts == 1
+
+
+@pytest.mark.anyio
+async def test_a_receiver_below_the_minimum_rate_fails_the_attempt():
+    with file_server() as receiver:
+        url = receiver.add("/hook", b"x" * 60, "text/plain", drip_s=0.5)
+        done, took = await _attempt(url, WebhookPolicy(max_attempts=1, backoff_s=1, timeout_s=60, min_bytes_per_s=1024))
+        assert done.log[-1]["ok"] is False and 4.5 < took < 6.5, done.log
+        assert done.log[-1]["error"].startswith("the answer came at fewer than 1024 bytes/s over 5 s") and done.state == "failed"
+        fine = receiver.add("/ok", b"thanks", "text/plain")
+        delivered, _ = await _attempt(fine, WebhookPolicy(max_attempts=1, backoff_s=1, timeout_s=5, min_bytes_per_s=1024))
+    assert delivered.state == "delivered" and delivered.log[-1]["status_code"] == 200
+
+
+def test_the_webhook_and_model_fetch_limits_are_settings():
+    settings = Settings.from_env({"COMFYBENTO_WEBHOOK_TIMEOUT_MS": "2500", "COMFYBENTO_WEBHOOK_MIN_BYTES_PER_S": "10",
+                                  "COMFYBENTO_MODEL_FETCH_S": "60", "COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S": "0",
+                                  "COMFYBENTO_MIN_URL_BYTES_PER_S": "99"})
+    assert (settings.webhook_timeout_s, settings.webhook_min_bytes_per_s) == (2.5, 10)
+    assert (settings.model_fetch_s, settings.model_fetch_min_bytes_per_s) == (60, 0)
+    assert settings.limits.min_url_bytes_per_s == 99

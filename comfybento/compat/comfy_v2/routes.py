@@ -38,6 +38,7 @@ from comfybento.workflows.matching import match_graph
 router = APIRouter(prefix=API, route_class=V2Route, include_in_schema=False)
 WORKFLOW_KEY = "comfy-v2/jobs/{job_id}/workflow.json"
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+MAX_DIGITS = 18  # of a Range position
 
 
 class FromHash(BaseModel):
@@ -157,6 +158,8 @@ def ranged(data: bytes, media_type: str, range_header: str | None) -> Response:
     if match is None or not (match.group(1) or match.group(2)):
         return Response(data, media_type=media_type, headers=SAFE)
     size = len(data)
+    if any(len(g) > MAX_DIGITS for g in match.groups()):  # a position no file reaches: never converted
+        return Response(status_code=416, headers={"content-range": f"bytes */{size}"})
     if match.group(1):
         start, end = int(match.group(1)), min(size - 1, int(match.group(2)) if match.group(2) else size - 1)
     else:
@@ -196,7 +199,7 @@ def post_job(body: JobPost, request: Request, idempotency_key: Annotated[str | N
 def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 50, cursor: Annotated[str | None, Query(max_length=20)] = None,
               ) -> dict[str, Any]:
     """The caller's jobs, newest first (the SDKs' list_jobs). comfybento keeps no labels: a metadata[...] filter matches nothing."""
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (cursor.isdigit() and len(cursor) <= 9):  # an offset this service gave: < 10**9
         raise V2Error(422, "invalid_cursor", f"cursor: {cursor!r} is not a cursor this service gave")
     offset = int(cursor or 0)
     page = jobs().list_jobs(limit, offset, caller(request))

@@ -40,11 +40,15 @@ class Submitted:
 
 def submit(service: JobService, body: Any, caller: Caller) -> Submitted:
     """Match body["prompt"] to a served workflow and queue it as a one-item job of `caller` (raises ComfyBentoError naming
-    the problem); its file inputs are the caller's uploads, or outputs of prompts it may see."""
+    the problem); its file inputs are the caller's uploads, or outputs of prompts it may see.
+
+    With COMFYBENTO_SUBMITTED_GRAPHS=any a graph that matches none is a job of the reserved workflow `_graph`.
+    """
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object {prompt, client_id, extra_data}")
     graph = body.get("prompt")
-    run = match_graph(service.catalog, graph, lambda kind, literal: _resolve(service, literal, caller))
+    run = match_graph(service.catalog, graph, lambda kind, literal: _resolve(service, literal, caller),
+                      allow_unmatched=service.free_graphs is not None)  # COMFYBENTO_SUBMITTED_GRAPHS=any
     req = JobSubmit(workflow=run.workflow, items=[run.values], idempotency_key=PREFIX + uuid.uuid4().hex,
                     priority=1 if body.get("front") else 0)
     job, _ = service.submit(req, owner=caller.name)
