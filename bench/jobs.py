@@ -151,6 +151,16 @@ def live_latency(url: str, body: dict[str, Any], requests: int, background: int)
             "with_job_p50_s": busy["p50_s"], "with_job_p95_s": busy["p95_s"], "job_items_still_queued_after": left}
 
 
+def heavy_latency(url: str, body: dict[str, Any], heavy: dict[str, Any], requests: int) -> dict[str, Any]:
+    """p50/p95 of live requests from 2 clients while one heavy item (a job of one, 4x the pixels, 10x the steps) runs."""
+    job_id, _ = submit(url, [{**heavy, "prompt": "a heavy item", "seed": 7}])
+    busy = asyncio.run(measure(ours_sender(url, body), 2, requests))
+    status = wait_job(url, job_id)
+    item = httpx.get(f"{url}/jobs/{job_id}/results", timeout=60).json()["items"][0]
+    return {"with_heavy_p50_s": busy["p50_s"], "with_heavy_p95_s": busy["p95_s"], "heavy": heavy,
+            "heavy_state": status["state"], "heavy_execution_s": (item.get("execution_ms") or 0) / 1000}
+
+
 # ---------------------------------------------------------------- the job system at scale
 
 
@@ -263,7 +273,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["Live requests (2 clients), alone and while a background job runs:", "",
               "| | p50 (s) | p95 (s) |", "| --- | ---: | ---: |",
               f"| alone | {live['alone_p50_s']:.2f} | {live['alone_p95_s']:.2f} |",
-              f"| with a background job | {live['with_job_p50_s']:.2f} | {live['with_job_p95_s']:.2f} |", ""]
+              f"| with a background job | {live['with_job_p50_s']:.2f} | {live['with_job_p95_s']:.2f} |"]
+    if "with_heavy_p50_s" in live:
+        h = live["heavy"]
+        lines.append(f"| with one heavy item running ({h['width']}x{h['height']}, {h['steps']} steps: "
+                     f"{live['heavy_execution_s']:.1f} s, {live['heavy_state']}) | {live['with_heavy_p50_s']:.2f} | "
+                     f"{live['with_heavy_p95_s']:.2f} |")
+    lines.append("")
     if result.get("scale"):
         lines += ["The job system at scale:", "",
                   "| store | items | submit (s) | run (s) | img/s | front peak RSS (MB) | GET /jobs/{id} (ms) | results first / last "
@@ -325,6 +341,8 @@ def main() -> None:
         result["direct"] = {**direct_phase(url, body, n, clients), "clients": clients}
         result["job"] = job_phase(url, body, n)
         result["live"] = live_latency(url, body, 8 if args.quick else 24, background=4 * n)
+        heavy = {**body, "width": 2 * body["width"], "height": 2 * body["height"], "steps": 10 * body["steps"]}
+        result["live"].update(heavy_latency(url, body, heavy, 8 if args.quick else 24))
         result["memory"] = process_memory(proc)
     finally:
         stop_server(proc)
