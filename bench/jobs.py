@@ -55,6 +55,7 @@ from bench.run import (  # noqa: E402
     stock_sender,
 )
 from tests.e2e.conftest import kill_server, stop_server  # noqa: E402
+from tests.e2e.test_jobs import wait_job  # noqa: E402
 from tests.redis_server import redis_server  # noqa: E402
 
 JOB_PROFILES: dict[str, dict[str, Any]] = {
@@ -75,16 +76,6 @@ def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     started = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - started
-
-
-def wait_job(url: str, job_id: str, timeout: float = 7200) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{url}/jobs/{job_id}", timeout=120).json()
-        if status["state"] in TERMINAL:
-            return status
-        time.sleep(0.25)
-    raise RuntimeError(f"job {job_id} did not finish: {status['counts']}")
 
 
 def submit(url: str, job_items: list[dict[str, Any]]) -> tuple[str, float]:
@@ -137,7 +128,7 @@ def job_phase(url: str, body: dict[str, Any], n: int) -> dict[str, Any]:
     before = scrape(url)
     started = time.perf_counter()
     job_id, submit_s = submit(url, items(n, body, "job"))
-    status = wait_job(url, job_id)
+    status = wait_job(url, job_id, timeout=7200)
     elapsed = time.perf_counter() - started
     if status["counts"] != {"succeeded": n}:
         raise RuntimeError(f"job ended {status['state']} {status['counts']}")
@@ -161,7 +152,7 @@ def heavy_latency(url: str, body: dict[str, Any], heavy: dict[str, Any], request
     """p50/p95 of live requests from 2 clients while one heavy item (a job of one, 4x the pixels, 10x the steps) runs."""
     job_id, _ = submit(url, [{**heavy, "prompt": "a heavy item", "seed": 7}])
     busy = asyncio.run(measure(ours_sender(url, body), 2, requests))
-    status = wait_job(url, job_id)
+    status = wait_job(url, job_id, timeout=7200)
     item = httpx.get(f"{url}/jobs/{job_id}/results", timeout=60).json()["items"][0]
     return {"with_heavy_p50_s": busy["p50_s"], "with_heavy_p95_s": busy["p95_s"], "heavy": heavy,
             "heavy_state": status["state"], "heavy_execution_s": (item.get("execution_ms") or 0) / 1000}
@@ -221,7 +212,7 @@ def scale_row(store: str, n: int, body: dict[str, Any], work: Path, env: dict[st
                 proc, url = serve_ours("ours", work, env)
                 mem.proc = proc
                 row["killed_at_item"] = n // 3
-            status = wait_job(url, job_id)
+            status = wait_job(url, job_id, timeout=7200)
             row["run_s"] = time.perf_counter() - started
         row.update(front_peak_rss_mb=mem.peak.get("front_rss_mb", 0.0), engine_peak_rss_mb=mem.peak.get("engine_rss_mb", 0.0))
         row["state"], row["counts"] = status["state"], status["counts"]
