@@ -63,7 +63,6 @@ JOB_PROFILES: dict[str, dict[str, Any]] = {
     "sd15": {**PROFILES["sd15"], "max_batch": 16, "n": 512, "clients": 32},
     "sdxl": {**PROFILES["sdxl"], "max_batch": 8, "n": 128, "clients": 16},
 }
-TERMINAL = ("succeeded", "failed", "cancelled")
 _prompt_ids = iter(range(10**9))
 
 
