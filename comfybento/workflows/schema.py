@@ -17,6 +17,7 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -149,6 +150,16 @@ def _field_type(param: Param) -> Any:
     return {"int": int, "float": float, "string": str, "bool": bool}.get(param.kind, Any)
 
 
+def _not_bool(value: Any) -> Any:
+    """JSON's true and false are not numbers (pydantic's lax mode would take them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "Input should be a number, not a boolean")
+    return value
+
+
+NOT_BOOL = BeforeValidator(_not_bool)  # after the Field in an Annotated, or its bounds leave the JSON schema
+
+
 # Server-side limits that lower a node's own bound, by parameter role (workflows/limits.py).
 ROLE_LIMITS = {"steps": "max_steps", "batch_size": "max_images", "width": "max_side", "height": "max_side"}
 # Smallest values that keep a node's arithmetic finite (KSampler divides steps by denoise).
@@ -178,7 +189,8 @@ def _constraints(param: Param, limits: Limits) -> dict[str, Any]:
 def _seed_field(param: Param) -> tuple[Any, Any]:
     # OpenAPI 3.0 states "may be null" as `nullable`, not as a second `type: null` schema.
     schema = {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True, "description": param.description}
-    return (Annotated[int | None, Field(ge=0, le=MAX_SEED), WithJsonSchema(schema)], Field(default=None, description=param.description))
+    return (Annotated[int | None, Field(ge=0, le=MAX_SEED), NOT_BOOL, WithJsonSchema(schema)],
+            Field(default=None, description=param.description))
 
 
 def field_for(param: Param, limits: Limits, images_as_base64: bool = False) -> tuple[Any, Any]:
@@ -189,8 +201,9 @@ def field_for(param: Param, limits: Limits, images_as_base64: bool = False) -> t
     if param.role == "seed":
         return _seed_field(param)
     extra: dict[str, Any] | None = {"x-multiline": True} if param.multiline else None
+    checks = (NOT_BOOL,) if param.kind in ("int", "float") else ()
     return (
-        Annotated[typ, Field(**_constraints(param, limits))],
+        Annotated[(typ, Field(**_constraints(param, limits)), *checks)],  # type: ignore[valid-type]
         Field(default=param.default, description=param.description, json_schema_extra=extra),
     )
 
@@ -213,7 +226,7 @@ def encoding_fields(encoding: Encoding) -> dict[str, tuple[Any, Any]]:
     return {
         "output_format": (Literal["png", "webp", "jpeg"], Field(
             default=encoding.format, description="Image format of the outputs (the workflow's sidecar sets the default).")),
-        "output_quality": (Annotated[int, Field(ge=1, le=100)], Field(
+        "output_quality": (Annotated[int, Field(ge=1, le=100), NOT_BOOL], Field(
             default=encoding.quality, description="WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); "
                                                   "ignored for PNG.")),
         "output_delivery": (OutputDelivery, Field(
