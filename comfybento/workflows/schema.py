@@ -79,7 +79,7 @@ class RequestModel(bentoml.IODescriptor):
         try:
             if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
                 form = await request.form(max_files=max(1, len(cls.multipart_fields)), max_fields=len(cls.model_fields) + 1)
-                return cls.model_validate(_form_values(cls.multipart_fields, form))
+                return cls.model_validate(_form_values(cls.multipart_fields, form, _text_fields(cls)))
             return await super().from_http_request(request, serde)
         except (ValidationError, BentoMLException):
             raise
@@ -87,9 +87,10 @@ class RequestModel(bentoml.IODescriptor):
             raise malformed(name, "body", f"the request body cannot be read: {exc}") from None
 
 
-def _form_values(file_fields: list[str], form: FormData) -> dict[str, Any]:
+def _form_values(file_fields: list[str], form: FormData, text_fields: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A multipart form as the model's values: file fields as their part (a file, or text: base64 or a URL), the other
-    fields' text parsed as JSON where it is JSON (as BentoML does), else kept as text."""
+    fields' text parsed as JSON where it is JSON (as BentoML does), else kept as text. A text field's part is its text
+    (`-F prompt=7` is the prompt "7", not a number), or the string it is JSON of (`"7"`, the documented encoding)."""
     data: dict[str, Any] = {}
     for key in form:
         part = form[key]
@@ -98,10 +99,22 @@ def _form_values(file_fields: list[str], form: FormData) -> dict[str, Any]:
             continue
         text = part if isinstance(part, str) else part.file.read().decode("utf-8", "replace")
         try:
-            data[key] = json.loads(text)
+            value = json.loads(text)
         except ValueError:
-            data[key] = text
+            value = text
+        data[key] = text if key in text_fields and not isinstance(value, str) else value
     return data
+
+
+_TEXT_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def _text_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The model's fields whose values are text (strings and string enums, not files)."""
+    if model not in _TEXT_FIELDS:
+        props = model.model_json_schema().get("properties", {})
+        _TEXT_FIELDS[model] = frozenset(k for k, v in props.items() if v.get("type") == "string" and v.get("format") != "binary")
+    return _TEXT_FIELDS[model]
 
 
 
