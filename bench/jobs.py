@@ -101,20 +101,26 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                for role, mb in process_memory(self.proc).items():
-                    self.peak[role] = max(mb, self.peak.get(role, 0.0))
-            except Exception:  # a process that just ended
-                continue
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
+        while True:
+            self._run_once()
+            if self._stop.wait(0.5):
+                return
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+        self._run_once()
+
+    def _run_once(self) -> None:
+        try:
+            for role, mb in process_memory(self.proc).items():
+                self.peak[role] = max(mb, self.peak.get(role, 0.0))
+        except Exception:  # a process that just ended
+            pass
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
 
 
 # ---------------------------------------------------------------- throughput and live latency
@@ -234,10 +240,13 @@ def scale_row(store: str, n: int, body: dict[str, Any], work: Path, env: dict[st
     return row
 
 
-def scale_rows(sizes: list[int], body: dict[str, Any], root: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+def scale_rows(sizes: list[int], body: dict[str, Any], root: Path, env: dict[str, str], stores: list[str]) -> list[dict[str, Any]]:
     rows = []
-    for n in sizes:
+    for n in sizes if "sqlite" in stores else []:
         rows.append(scale_row("sqlite", n, body, root / f"sqlite-{n}", env, None, crash=n == max(sizes)))
+    if "redis" not in stores:
+        return rows
+    (root / "redis").mkdir(parents=True, exist_ok=True)
     with redis_server(root / "redis") as redis_url:
         for n in sizes:
             import redis
@@ -302,6 +311,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="prompts per throughput phase (default: the profile's)")
     parser.add_argument("--clients", type=int, default=None, help="direct clients (default: the profile's)")
     parser.add_argument("--scale", default="", help="job sizes for the scale phase, e.g. 1000,10000 (default: none)")
+    parser.add_argument("--scale-stores", default="sqlite,redis", help="stores of the scale phase")
+    parser.add_argument("--scale-only", action="store_true", help="only the scale phase")
     parser.add_argument("--no-stock", action="store_true", help="skip the stock ComfyUI baseline")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few prompts")
     parser.add_argument("--name", default=None)
@@ -327,6 +338,11 @@ def main() -> None:
         "workload": f"txt2img, {profile['ckpt']}, {body['width']}x{body['height']}, {body['steps']} steps, euler, cfg 8",
         "command": "python bench/jobs.py " + " ".join(sys.argv[1:]), "max_batch": profile["max_batch"],
     }
+    if args.scale_only:
+        result["scale"] = scale_rows([int(x) for x in args.scale.split(",")], body, root / "scale", env, args.scale_stores.split(","))
+        out = ROOT / "bench" / "results" / result["name"]
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        return
     if not args.no_stock:
         proc, url = serve_stock(root / "stock", models, cpu)
         try:
@@ -348,7 +364,7 @@ def main() -> None:
         stop_server(proc)
     result["limit"] = limit_rows(profile["ckpt"], body, [profile["max_batch"]], cpu)[0]
     if args.scale:
-        result["scale"] = scale_rows([int(x) for x in args.scale.split(",")], body, root / "scale", env)
+        result["scale"] = scale_rows([int(x) for x in args.scale.split(",")], body, root / "scale", env, args.scale_stores.split(","))
     out = ROOT / "bench" / "results" / result["name"]
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))

@@ -94,22 +94,27 @@ def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-@app.post("/jobs", status_code=202, summary="Submit a batch job", responses={200: {"model": JobEstimate}})
+@app.post("/jobs", status_code=202, summary="Submit a batch job")
 async def submit(req: JobSubmit, request: Request) -> JSONResponse:
     """Validates every item (a 422 lists each bad item's index and field; nothing is queued), then returns the job id at once.
 
     The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish, and a
-    job that makes more images than the key's daily quota has left is refused up front (429). With `dry_run: true` nothing is
-    queued: the answer (200) is the job's estimate: items, cache hits, images, GPU-seconds and the key's quota.
+    job that makes more images than the key's daily quota has left is refused up front (429). `POST /jobs/estimate` with
+    the same body tells what it would cost, queueing nothing.
     """
     quota = await access.images_left(request)
-    if req.dry_run:
-        estimate = await asyncio.to_thread(jobs().estimate, req, quota)
-        return JSONResponse(estimate.model_dump(), status_code=200)
     diskspace.require_room()  # a 507 while the disk is below its free-space watermark: nothing is queued
     job, created = await asyncio.to_thread(jobs().submit, req, access.key_name(request), quota)
     status = await asyncio.to_thread(jobs().status, job.id, caller(request))
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)
+
+
+@app.post("/jobs/estimate", summary="What a batch job would cost (nothing is queued)")
+async def estimate(req: JobSubmit, request: Request) -> JobEstimate:
+    """The same body as `POST /jobs`, validated the same way (a 422 lists each bad item), answered without queueing anything:
+    items after fan-out, result-cache hits, images, estimated GPU-seconds (the workflow's measured cost per unit of work)
+    and the key's remaining images quota."""
+    return await asyncio.to_thread(jobs().estimate, req, await access.images_left(request))
 
 
 # Query bounds: anything outside them is a 422 naming the parameter, never a store error.

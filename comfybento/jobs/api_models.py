@@ -32,8 +32,6 @@ class JobSubmit(BaseModel):
     cache: bool = Field(default=False, description="Reuse a stored result for an identical (workflow, parameters, seed) item.")
     preset: str | None = Field(default=None, min_length=1, max_length=32, description=(
         "A preset of the workflow's sidecar for every item (an item's own `preset` and its explicit fields override it)."))
-    dry_run: bool = Field(default=False, description=(
-        "Queue nothing: answer 200 with the job's estimate (items, cache hits, GPU-seconds, images) and the key's quota."))
 
 
 class ItemError(BaseModel):
@@ -133,7 +131,7 @@ class QuotaOut(BaseModel):
 
 
 class JobEstimate(BaseModel):
-    """What a job would cost (`dry_run: true`): nothing is queued."""
+    """What a job would cost (`POST /jobs/estimate`): nothing is queued."""
 
     dry_run: bool = Field(default=True, description="Always true: this is an estimate.")
     workflow: str

@@ -1,4 +1,4 @@
-"""What a job would cost before it runs (`POST /jobs` with `dry_run: true`), and the quota check of a real submission.
+"""What a job would cost before it runs (`POST /jobs/estimate`), and the quota check of a real submission.
 
 For each validated item: its work (scheduling/cost.py `work_of`), its images (the
 work's batch size x the workflow's output nodes: what a finished item is charged)

@@ -129,7 +129,7 @@ class JobService:
         return self._create(req, raw, owner, specs[0].name, values, seeds)
 
     def estimate(self, req: JobSubmit, quota: Quota = None) -> JobEstimate:
-        """What the job would cost (`dry_run`): validated like a submission, nothing queued."""
+        """What the job would cost (`POST /jobs/estimate`): validated like a submission, nothing queued."""
         _, values, seeds, specs = self._prepare(req)
         return estimate(_planned(specs, values, seeds), self.store, self.costs, req.cache, quota)
 

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from comfybento.errors import TooLarge
 from comfybento.workflows.binding import bind
 from comfybento.workflows.graph import Graph
 from comfybento.workflows.limits import BATCH_INPUTS, HEIGHT_INPUTS, STEP_INPUTS, WIDTH_INPUTS
@@ -102,18 +101,6 @@ class CostModel:
     def estimate(self, workflow: str, work: Work) -> float:
         """Estimated GPU-seconds of one item of this size."""
         return self.rate(workflow) * work.units
-
-    def check(self, workflow: str, work: Work, budget_s: float, min_results: int = 3) -> None:
-        """Refuse (413) an item whose estimate is over the engine's execution budget, once the workflow's rate was
-        measured (`min_results` results; the prior alone never refuses)."""
-        if budget_s <= 0 or self.measured(workflow) < min_results:
-            return
-        estimate = self.estimate(workflow, work)
-        if estimate > budget_s:
-            raise TooLarge(f"{workflow}: this request would take about {estimate:.0f} s of engine time ({work.megapixels:.2f} "
-                           f"megapixels x {work.steps} steps x {work.images} images, at this workflow's measured "
-                           f"{self.rate(workflow):.3f} s per unit), more than the limit of {budget_s:.0f} s per execution "
-                           "(COMFYBENTO_MAX_EXECUTION_S); ask for fewer steps, pixels or images")
 
 
 class HeavyRequests:

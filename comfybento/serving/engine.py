@@ -103,7 +103,7 @@ class Engine:
         self._loop: Future[Any] | None = None
         self._stats = Stats(0.0, 0.0, 0.0, 0, 0, 0.0)
         self._heavy = HeavyRequests()
-        self.max_execution_s = settings.max_execution_s  # COMFYBENTO_MAX_EXECUTION_S (0: none); see _within_budget
+        self.max_execution_s = 0  # COMFYBENTO_MAX_EXECUTION_S once warmed up (0: none; see _within_budget)
         # Models a request chooses (spec.model_choices) are fetched and hash-checked on their first use.
         self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check,
                                     transfer_limits(settings))
@@ -138,6 +138,7 @@ class Engine:
             metrics.WORKFLOW_BATCHABLE.labels(workflow=spec.name).set(1 if spec.batch_plan else 0)
             if self.settings.warmup or self.settings.compile:
                 self._warm_up(spec)
+        self.max_execution_s = self.settings.max_execution_s  # requests' executions; a warm-up (compiling, too) may take longer
 
     def _check_models(self) -> None:
         from comfybento.models.fetch import fetch_entry

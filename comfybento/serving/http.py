@@ -7,7 +7,8 @@
 - A JSON body (a JSON content type, or none) is read whole and its nesting
   measured before any route parses it: deeper than `max_json_depth` is a 413
   naming the limit (a parser's recursion never sees it). A form-urlencoded body
-  gets a 415 naming its content type: no route takes one.
+  gets a 415 naming its content type (no route takes one), unless it is JSON
+  (urllib's default content type, which comfy-cli sends): then it is read as JSON.
 - `error_response` is the one place an error becomes an HTTP answer: the
   fields come from `errors.describe` (or an engine result, which carries the
   same fields), never a traceback or a server path.
@@ -146,11 +147,7 @@ class RequestEdgeMiddleware:
                                          "request_id": rid}, id_header)
             return
         content_type = headers.get(b"content-type", b"").decode("latin-1")
-        if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
-            await _send_json(send, 415, {"error": f"Content-Type {content_type!r} is not accepted: send JSON "
-                                                  "(application/json) or multipart/form-data", "error_kind": "invalid",
-                                         "request_id": rid}, id_header)
-            return
+        form = content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
         state = {"received": 0, "over": False, "started": False}
 
         async def limited_receive() -> Any:
@@ -171,12 +168,19 @@ class RequestEdgeMiddleware:
             await send(message)
 
         app_receive = limited_receive
-        if _is_json(content_type) and scope.get("method") in ("POST", "PUT", "PATCH"):
+        if (_is_json(content_type) or form) and scope.get("method") in ("POST", "PUT", "PATCH"):
             try:
                 body, more = await _read_whole(limited_receive)
             except BodyTooLarge:
                 await _send_json(send, 413, {"error": self._too_large(), "error_kind": "too_large", "request_id": rid}, id_header)
                 return
+            if form and body.lstrip()[:1] not in (b"{", b"["):
+                await _send_json(send, 415, {"error": f"Content-Type {content_type!r} is not accepted: send JSON "
+                                                      "(application/json) or multipart/form-data", "error_kind": "invalid",
+                                             "request_id": rid}, id_header)
+                return
+            if form:  # JSON sent with urllib's default content type (comfy-cli does): read as the JSON it is
+                scope["headers"] = [(k, b"application/json" if k == b"content-type" else v) for k, v in scope["headers"]]
             if json_too_deep(body, self.max_json_depth):
                 await _send_json(send, 413, {"error": f"the JSON body nests arrays and objects deeper than the limit of "
                                                       f"{self.max_json_depth} (max_json_depth)", "error_kind": "too_large",

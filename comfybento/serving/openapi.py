@@ -69,6 +69,7 @@ INFRA = {"/healthz", "/livez", "/readyz", "/metrics"}
 SERVICE_PREFIX = "comfybento__"  # BentoML's operation ids: <service name>__<api name>
 OPERATION_IDS = {  # the jobs API's routes (FastAPI would name them `submit_jobs_post` ...)
     ("post", "/jobs"): "submitJob",
+    ("post", "/jobs/estimate"): "estimateJob",
     ("get", "/jobs"): "listJobs",
     ("get", "/jobs/{job_id}"): "getJob",
     ("get", "/jobs/{job_id}/results"): "getJobResults",
@@ -122,7 +123,7 @@ def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: 
             op["operationId"] = _unique(_operation_id(method, path, op), used)
             if path not in INFRA:
                 _add_errors(op, method, path)
-            if path == "/jobs" and method == "post":
+            if path in ("/jobs", "/jobs/estimate") and method == "post":
                 _type_job_submit(op, catalog, schemas, max_job_items)
     _type_bodies(doc["paths"], schemas, catalog)
     _type_files(doc["paths"], catalog)
@@ -293,11 +294,6 @@ def _type_bodies(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[s
         status = {"application/json": {"schema": {"$ref": "#/components/schemas/JobStatus"}}}
         submit["202"] = {"description": "The job is queued: its status.", "content": status}
         submit["200"] = {"description": "A job with this idempotency_key was submitted before: its status.", "content": status}
-        if "JobEstimate" in schemas:
-            either = {"oneOf": [{"$ref": "#/components/schemas/JobStatus"}, {"$ref": "#/components/schemas/JobEstimate"}]}
-            submit["200"] = {"description": "`dry_run: true`: the job's estimate (nothing is queued). Otherwise a job with this "
-                                            "idempotency_key was submitted before: its status.",
-                             "content": {"application/json": {"schema": either}}}
     for path in INFRA:
         ok = paths.get(path, {}).get("get", {}).get("responses", {}).get("200")
         if ok is not None and "content" not in ok:

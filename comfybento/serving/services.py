@@ -181,19 +181,12 @@ async def _admit(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_o
         if stores_outputs:
             self.disk.require_room()
         item = await asyncio.to_thread(engine_item, spec, values, resolve_seed(spec.params, values), self.input_urls)
-        check_cost(self, spec, item)
     except ComfyBentoError as exc:
         return error_response(exc)
     if self.admission.try_enter(spec.name) is None:
         return error_response(QueueFull(f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later"),
                               self.admission.retry_after_s)
     return item
-
-
-def check_cost(self: Any, spec: WorkflowSpec, item: EngineItem) -> None:
-    """Refuse (413) a request whose estimated engine time, at the workflow's measured rate, is over the execution
-    budget: it would only be interrupted there (scheduling/cost.py `CostModel.check`)."""
-    self.costs.check(spec.name, work_of(spec.graph, spec.params, item.values), self.max_execution_s)
 
 
 def gpu_seconds_of(result: ItemResult) -> float:
@@ -335,7 +328,6 @@ def _job_hooks(project: Project) -> dict[str, Any]:
                 else:  # on threads of their own: a job's backlog never delays a live request's checks
                     item = await asyncio.get_running_loop().run_in_executor(
                         self.job_items, engine_item, project.catalog[workflow], values, seed, self.input_urls)
-                    check_cost(self, project.catalog[workflow], item)
             except ComfyBentoError as exc:
                 return ItemResult.failure(exc, seed)
             item.background = True  # behind live requests of its shape, filling their batches (scheduler point 4)
@@ -367,7 +359,6 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         self.output_storage = StorageOnFirstUse(settings)
         self.input_urls = AllowList(settings.input_url_allowlist, "input url")
         self.disk = _disk_watcher(project)
-        self.max_execution_s = settings.max_execution_s
         self.costs = CostModel()  # GPU-seconds per unit of work, per workflow, learned from the results (dry-run estimates)
         self.engine_client = EngineClient(engine_url(ENGINE_NAME), ENGINE_TIMEOUT_S) if settings.engine_entry == "scheduler" else None
 

@@ -298,6 +298,8 @@ class _JobFollower:
             return None
         status = str(event.get("status"))
         if status in TERMINAL_JOB:
+            if index in self.sent_items:  # already told, from the store (it finished while the stream started)
+                return None
             self.sent_items.add(index)
         outputs = None
         if status == "succeeded":

@@ -154,8 +154,10 @@ def test_upload_and_websocket_events(server: str) -> None:
 
 
 def test_upload_limits_and_missing_file(server: str) -> None:
-    r = httpx.post(f"{server}/upload/image", data={"subfolder": ""}, timeout=10)
+    r = httpx.post(f"{server}/upload/image", files={"subfolder": (None, "")}, timeout=10)  # multipart, no image part
     assert r.status_code == 422 and "image" in r.json()["error"]
+    form = httpx.post(f"{server}/upload/image", data={"subfolder": ""}, timeout=10)  # not multipart at all
+    assert form.status_code == 415 and "multipart/form-data" in form.text
     graph = copy.deepcopy(IMG2IMG)
     graph["10"]["inputs"]["image"] = "never-uploaded.png"
     r = httpx.post(f"{server}/prompt", json={"prompt": graph}, timeout=10)

@@ -384,6 +384,8 @@ def _rows() -> dict[tuple[str, str], Row]:
         # /jobs
         ("GET", "/jobs"): listing("/jobs", "job"),
         ("POST", "/jobs"): Row(_bobs_job, why="makes bob's own job"),
+        ("POST", "/jobs/estimate"): Row(lambda w: w.ok("bob", "POST", "/jobs/estimate", json={"workflow": "txt2img", "items": [{}]}),
+                                        why="estimates the caller's own job from its body; reads no one's objects"),
         ("GET", "/jobs/{job_id}"): private("GET", job),
         ("GET", "/jobs/{job_id}/results"): private("GET", job + "/results"),
         ("GET", "/jobs/{job_id}/events"): private("GET", job + "/events"),

@@ -59,9 +59,9 @@ def test_a_job_takes_a_preset_per_job_and_per_item(server):
 def test_a_dry_run_estimates_and_queues_nothing(server):
     before = len(httpx.get(f"{server}/jobs", params={"limit": 500}, timeout=30).json()["jobs"])
     _png(server, {**SMALL, "steps": 2})  # the cost model learns from each result
-    body = {"workflow": "txt2img", "dry_run": True, "cache": True, "base": {**SMALL, "steps": 2},
+    body = {"workflow": "txt2img", "cache": True, "base": {**SMALL, "steps": 2},
             "fanout": {"prompt": ["a", "b", "c"], "seed": [1, 2]}}
-    resp = httpx.post(f"{server}/jobs", json=body, timeout=60)
+    resp = httpx.post(f"{server}/jobs/estimate", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
     got = resp.json()
     assert (got["dry_run"], got["workflow"], got["items"], got["images"], got["cache_hits"]) == (True, "txt2img", 6, 6, 0)
@@ -137,7 +137,7 @@ def keyed(tmp_path_factory) -> Iterator[Keyed]:
 
 def test_a_job_over_the_remaining_quota_is_refused_up_front(keyed):
     job = {"workflow": "txt2img", "base": {**SMALL, "steps": 1}, "fanout": {"seed": [1, 2, 3]}}
-    estimate = keyed.post("tiny", "/jobs", {**job, "dry_run": True}).json()
+    estimate = keyed.post("tiny", "/jobs/estimate", job).json()
     assert estimate["quota"] == {"images_per_day": 2, "remaining": 2} and estimate["images"] == 3 and not estimate["fits_quota"]
     refused = keyed.post("tiny", "/jobs", job)
     assert refused.status_code == 429

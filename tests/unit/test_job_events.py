@@ -87,3 +87,22 @@ def test_a_finished_job_is_told_at_once_and_a_silent_one_gets_keepalives(service
     quiet, _ = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "b"}]))
     assert b": keepalive" in asyncio.run(read(quiet.id, limit=3))
     assert service.live.subscribers == 0  # the stream left its subscription
+
+
+def test_an_item_told_from_the_store_is_not_told_again_by_its_late_live_event(service):
+    """An item that finished as the stream started is read from the store; its live event, arriving after, is dropped."""
+    job, _ = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "a"}, {"prompt": "b"}]))
+
+    async def follow() -> list[tuple[str, dict[str, Any]]]:
+        frames = job_events(service, job.id, "http://here", poll_s=0.05)
+        out = [await frames.__anext__()]
+        first = _complete(service, job.id, "this-replica")
+        out.append(await frames.__anext__())  # polled: the item, from the store
+        service.live.publish(job.id, {"event": "item", "job_id": job.id, "index": first["index"], "status": "succeeded",
+                                      "outputs": [first["output"]]})  # its live event, late
+        _complete(service, job.id, "this-replica")
+        out += [f async for f in frames]
+        return [(k, json.loads(d)) for k, d in parse_sse(b"".join(out).decode())]
+
+    frames = asyncio.run(asyncio.wait_for(follow(), 10))
+    assert sorted(d["index"] for k, d in frames if k == "item") == [0, 1]

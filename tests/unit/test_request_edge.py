@@ -42,6 +42,10 @@ def client() -> Any:
     async def echo(request: Request) -> dict[str, Any]:
         return {"got": len(json.dumps(await request.json()))}
 
+    @app.post("/content-type")
+    async def content_type(request: Request) -> dict[str, Any]:
+        return {"type": request.headers.get("content-type"), "body": await request.json()}
+
     @app.post("/form")
     async def form(request: Request) -> dict[str, Any]:
         return {"got": dict(await request.form())}
@@ -71,6 +75,14 @@ def test_a_form_urlencoded_body_is_a_415_naming_its_content_type(client):
     assert resp.status_code == 415, resp.text
     assert "Content-Type 'application/x-www-form-urlencoded' is not accepted" in resp.json()["error"]
     assert resp.json()["error_kind"] == "invalid"
+
+
+def test_json_sent_as_form_urlencoded_is_read_as_json_and_its_depth_checked(client):
+    """urllib's default content type (comfy-cli posts /prompt so): the body is JSON, and is taken as JSON."""
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    resp = client.post("/content-type", content=json.dumps({"prompt": {"a": 1}}).encode(), headers=headers)
+    assert resp.status_code == 200 and resp.json() == {"type": "application/json", "body": {"prompt": {"a": 1}}}
+    assert client.post("/echo", content=_nested(100).encode(), headers=headers).status_code == 413
 
 
 def test_a_content_length_of_thousands_of_digits_is_refused_not_converted(client):

@@ -2,7 +2,7 @@
 
 import type { Client, Options as Options2, TDataShape } from './client';
 import { client } from './client.gen';
-import type { CancelJobData, CancelJobErrors, CancelJobResponses, GetHealthzData, GetHealthzResponses, GetJobArchiveData, GetJobArchiveErrors, GetJobArchiveResponses, GetJobData, GetJobErrors, GetJobEventsData, GetJobEventsErrors, GetJobEventsResponse, GetJobEventsResponses, GetJobFileData, GetJobFileErrors, GetJobFileResponses, GetJobResponses, GetJobResultsData, GetJobResultsErrors, GetJobResultsResponses, GetLivezData, GetLivezResponses, GetMetricsData, GetMetricsResponses, GetOutputFileData, GetOutputFileErrors, GetOutputFileResponses, GetReadyzData, GetReadyzResponses, GetUsageData, GetUsageErrors, GetUsageResponses, ListJobsData, ListJobsErrors, ListJobsResponses, RetryJobData, RetryJobErrors, RetryJobResponses, SubmitJobData, SubmitJobErrors, SubmitJobResponses, Txt2ImgData, Txt2ImgErrors, Txt2ImgPngData, Txt2ImgPngErrors, Txt2ImgPngResponses, Txt2ImgResponses, Txt2ImgSaveImageData, Txt2ImgSaveImageErrors, Txt2ImgSaveImageResponses, Txt2ImgStreamData, Txt2ImgStreamErrors, Txt2ImgStreamResponse, Txt2ImgStreamResponses } from './types.gen';
+import type { CancelJobData, CancelJobErrors, CancelJobResponses, EstimateJobData, EstimateJobErrors, EstimateJobResponses, GetHealthzData, GetHealthzResponses, GetJobArchiveData, GetJobArchiveErrors, GetJobArchiveResponses, GetJobData, GetJobErrors, GetJobEventsData, GetJobEventsErrors, GetJobEventsResponse, GetJobEventsResponses, GetJobFileData, GetJobFileErrors, GetJobFileResponses, GetJobResponses, GetJobResultsData, GetJobResultsErrors, GetJobResultsResponses, GetLivezData, GetLivezResponses, GetMetricsData, GetMetricsResponses, GetOutputFileData, GetOutputFileErrors, GetOutputFileResponses, GetReadyzData, GetReadyzResponses, GetUsageData, GetUsageErrors, GetUsageResponses, ListJobsData, ListJobsErrors, ListJobsResponses, RetryJobData, RetryJobErrors, RetryJobResponses, SubmitJobData, SubmitJobErrors, SubmitJobResponses, Txt2ImgData, Txt2ImgErrors, Txt2ImgPngData, Txt2ImgPngErrors, Txt2ImgPngResponses, Txt2ImgResponses, Txt2ImgSaveImageData, Txt2ImgSaveImageErrors, Txt2ImgSaveImageResponses, Txt2ImgStreamData, Txt2ImgStreamErrors, Txt2ImgStreamResponse, Txt2ImgStreamResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -97,11 +97,27 @@ export const listJobs = <ThrowOnError extends boolean = false>(options?: Options
  * Validates every item (a 422 lists each bad item's index and field; nothing is queued), then returns the job id at once.
  *
  * The job belongs to the caller's API key: its items' images and GPU-seconds are charged to that key as they finish, and a
- * job that makes more images than the key's daily quota has left is refused up front (429). With `dry_run: true` nothing is
- * queued: the answer (200) is the job's estimate: items, cache hits, images, GPU-seconds and the key's quota.
+ * job that makes more images than the key's daily quota has left is refused up front (429). `POST /jobs/estimate` with
+ * the same body tells what it would cost, queueing nothing.
  */
 export const submitJob = <ThrowOnError extends boolean = false>(options: Options<SubmitJobData, ThrowOnError>) => (options.client ?? client).post<SubmitJobResponses, SubmitJobErrors, ThrowOnError>({
     url: '/jobs',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * What a batch job would cost (nothing is queued)
+ *
+ * The same body as `POST /jobs`, validated the same way (a 422 lists each bad item), answered without queueing anything:
+ * items after fan-out, result-cache hits, images, estimated GPU-seconds (the workflow's measured cost per unit of work)
+ * and the key's remaining images quota.
+ */
+export const estimateJob = <ThrowOnError extends boolean = false>(options: Options<EstimateJobData, ThrowOnError>) => (options.client ?? client).post<EstimateJobResponses, EstimateJobErrors, ThrowOnError>({
+    url: '/jobs/estimate',
     ...options,
     headers: {
         'Content-Type': 'application/json',

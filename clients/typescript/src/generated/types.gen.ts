@@ -186,7 +186,7 @@ export type ItemResultOut = {
 /**
  * JobEstimate
  *
- * What a job would cost (`dry_run: true`): nothing is queued.
+ * What a job would cost (`POST /jobs/estimate`): nothing is queued.
  */
 export type JobEstimate = {
     /**
@@ -423,12 +423,6 @@ export type JobSubmit = {
      * A preset of the workflow's sidecar for every item (an item's own `preset` and its explicit fields override it).
      */
     preset?: string | null;
-    /**
-     * Dry Run
-     *
-     * Queue nothing: answer 200 with the job's estimate (items, cache hits, GPU-seconds, images) and the key's quota.
-     */
-    dry_run?: boolean;
 };
 
 /**
@@ -1853,9 +1847,9 @@ export type SubmitJobError = SubmitJobErrors[keyof SubmitJobErrors];
 
 export type SubmitJobResponses = {
     /**
-     * `dry_run: true`: the job's estimate (nothing is queued). Otherwise a job with this idempotency_key was submitted before: its status.
+     * A job with this idempotency_key was submitted before: its status.
      */
-    200: JobStatus | JobEstimate;
+    200: JobStatus;
     /**
      * The job is queued: its status.
      */
@@ -1863,6 +1857,89 @@ export type SubmitJobResponses = {
 };
 
 export type SubmitJobResponse = SubmitJobResponses[keyof SubmitJobResponses];
+
+export type EstimateJobData = {
+    body: JobSubmit & {
+        /**
+         * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
+         */
+        preset?: 'fast' | 'balanced' | 'quality' | null;
+        workflow?: 'txt2img';
+        /**
+         * Items of the 'txt2img' workflow (not with base/fanout).
+         */
+        items?: Array<Txt2ImgJobItem>;
+        /**
+         * Parameters shared by every item of a fan-out.
+         */
+        base?: Txt2ImgJobItem;
+        /**
+         * Field -> values; items are the cartesian product, e.g. prompts x seeds.
+         */
+        fanout?: {
+            prompt?: Array<string>;
+            negative_prompt?: Array<string>;
+            seed?: Array<number | null>;
+            steps?: Array<number>;
+            cfg?: Array<number>;
+            sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
+            scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
+            denoise?: Array<number>;
+            width?: Array<number>;
+            height?: Array<number>;
+            batch_size?: Array<number>;
+            output_format?: Array<'png' | 'webp' | 'jpeg'>;
+            output_quality?: Array<number>;
+            output_delivery?: Array<'base64' | 'url'>;
+            preset?: Array<'fast' | 'balanced' | 'quality' | null>;
+        };
+    };
+    path?: never;
+    query?: never;
+    url: '/jobs/estimate';
+};
+
+export type EstimateJobErrors = {
+    /**
+     * The body is malformed or a field is invalid (`detail` lists each field).
+     */
+    400: ErrorResponse;
+    /**
+     * No API key, or a wrong one (Authorization: Bearer <key>).
+     */
+    401: ErrorResponse;
+    /**
+     * Over a limit (pixels, images, steps, upload or body size): the message names it.
+     */
+    413: ErrorResponse;
+    /**
+     * Validation Error
+     */
+    422: HttpValidationError | ErrorResponse;
+    /**
+     * The API key is over its rate limit or quota (see Retry-After).
+     */
+    429: ErrorResponse;
+    /**
+     * Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).
+     */
+    500: ErrorResponse;
+    /**
+     * The service is at capacity or restarting (see Retry-After).
+     */
+    503: ErrorResponse;
+};
+
+export type EstimateJobError = EstimateJobErrors[keyof EstimateJobErrors];
+
+export type EstimateJobResponses = {
+    /**
+     * Successful Response
+     */
+    200: JobEstimate;
+};
+
+export type EstimateJobResponse = EstimateJobResponses[keyof EstimateJobResponses];
 
 export type GetJobData = {
     body?: never;
