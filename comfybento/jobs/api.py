@@ -61,8 +61,9 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
     """
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        methods = {m for r in app.router.routes if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE
-                   for m in r.methods or ()}
+        matching = [r for r in app.router.routes if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE]
+        # the path the router chose (the first that matches: /jobs/estimate, not /jobs/{job_id}) and its other methods
+        methods = {m for r in matching if r.path_format == matching[0].path_format for m in r.methods or ()}
         headers["Allow"] = ", ".join(sorted(methods))
         exc = HTTPException(405, exc.detail, headers)
     if request.url.path.startswith("/api/v2/"):

@@ -162,6 +162,7 @@ def test_the_frameworks_refusals_are_in_the_error_shape_and_a_405_allows_every_m
     resp = c.request("OPTIONS", "/jobs")
     assert resp.status_code == 405 and resp.headers["allow"] == "GET, POST"  # Starlette named only the first route's
     assert resp.json()["error_kind"] == "invalid" and resp.json()["request_id"]
+    assert c.request("OPTIONS", "/jobs/estimate").headers["allow"] == "POST"  # not /jobs/{job_id}'s GET
     resp = c.get("/no/such/route")
     assert resp.status_code == 404 and resp.json()["error_kind"] == "not_found"
     resp = c.post("/jobs", content=b"\x7f\xff8\xfe", headers={"content-type": "application/json"})  # not UTF-8
