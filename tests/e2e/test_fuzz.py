@@ -7,7 +7,7 @@ negative mode; tests/e2e/schemathesis.toml holds the few exceptions, each with t
 Most runs are against a server with small limits, so that every request the fuzzer makes valid is cheap on the CPU
 (requests over them must get a 4xx like any other bad input): the coverage phase once, and three seeds of the random
 phases. One run is against the default limits (what a deployment has). The random runs are bounded in time
-(`--max-time`: they repeat until it is spent), so the module takes about 6 minutes on 2 cores.
+(`--max-time`: they repeat until it is spent), so the module takes about 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
