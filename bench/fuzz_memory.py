@@ -127,8 +127,14 @@ def probe(seed: int, max_time: int, work: Path) -> dict[str, Any]:
         stop_server(proc)
     requests = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
     return {"seed": seed, "wall_s": round(wall_s, 1), "st_exit": run.returncode, "requests": len(requests),
-            "summary": run.stdout[run.stdout.rfind("Test cases:"):].strip()[:400],
+            "summary": run.stdout[run.stdout.rfind("Test cases:"):].strip()[:400], "failures": _failures(run.stdout),
             "peaks_mb": _peaks(sampler.samples), "raised": _raised(sampler.samples, requests)}
+
+
+def _failures(output: str) -> str:
+    """Schemathesis' failure section (each failure with its answer and a curl to reproduce it), shortened."""
+    start, end = output.find("= FAILURES ="), output.find("= SUMMARY =")
+    return output[start:end].strip()[:6000] if start >= 0 else ""
 
 
 def _peaks(samples: list[tuple[float, str, float]]) -> dict[str, float]:
@@ -169,12 +175,15 @@ def markdown(result: dict[str, Any]) -> str:
         over = [role for role, mb in seed["peaks_mb"].items() if mb >= GOAL_MB]
         lines += [f"## Seed {seed['seed']}: {seed['requests']} requests in {seed['wall_s']} s; peak RSS: {peaks}"
                   + (f" (over the goal: {', '.join(over)})" if over else ""), "", f"Schemathesis: {seed['summary']}", "",
+                  "The requests in flight when a process's RSS rose past its peak so far, by how much:", "",
                   "| process | RSS before (MB) | peak during (MB) | rise (MB) | request | asked for | status | s |",
                   "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |"]
         for r in seed["raised"]:
             lines.append(f"| {r['process']} | {r['from_mb']} | {r['to_mb']} | {r['rise_mb']} | {r['op']} | {r['size'] or '-'} | "
                          f"{r['status']} | {r['elapsed']:.1f} |")
         lines.append("")
+        if seed.get("failures"):
+            lines += ["Schemathesis' failures:", "", "```", seed["failures"], "```", ""]
     return "\n".join(lines)
 
 
