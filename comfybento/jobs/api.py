@@ -13,10 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, BinaryIO
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
-from comfybento.errors import ComfyBentoError
+from comfybento.errors import ComfyBentoError, InvalidRequest
 from comfybento.jobs.api_models import JobEstimate, JobList, JobResults, JobStatus, JobSubmit, UsageReport
 from comfybento.jobs.service import InvalidItems, JobService
 from comfybento.jobs.usage import MAX_DAYS, report
@@ -46,6 +50,39 @@ def jobs() -> JobService:
 async def _error(request: Request, exc: ComfyBentoError) -> JSONResponse:
     extra = {"items": [e.model_dump() for e in exc.errors]} if isinstance(exc, InvalidItems) else None
     return error_response(exc, extra=extra)
+
+
+@app.exception_handler(HTTPException)
+async def _refused(request: Request, exc: HTTPException) -> Response:
+    """The framework's own refusals (no such route, a method it does not take, a body that is not JSON) in our error shape.
+
+    A 405's Allow lists every method of the path (Starlette's names only the first route's). The Comfy API v2 routes keep
+    FastAPI's answer (their own errors are their envelope, compat/comfy_v2/errors.py).
+    """
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        matching = [r for r in app.router.routes if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE]
+        # the path the router chose (the first that matches: /jobs/estimate, not /jobs/{job_id}) and its other methods
+        methods = {m for r in matching if r.path_format == matching[0].path_format for m in r.methods or ()}
+        headers["Allow"] = ", ".join(sorted(methods))
+        exc = HTTPException(405, exc.detail, headers)
+    if request.url.path.startswith("/api/v2/"):
+        return await http_exception_handler(request, exc)
+    kind = {404: "not_found", 405: "invalid"}.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
+    return error_response({"status": exc.status_code, "error": f"{request.method} {request.url.path}: {exc.detail}",
+                           "error_kind": kind}, headers=headers)
+
+
+def _known_query(request: Request) -> None:
+    """A query parameter the route does not take is a 422 naming it: a typo (`?limt=5`) is not silently ignored."""
+    route = request.scope.get("route")
+    known = {p.alias for p in route.dependant.query_params} if isinstance(route, APIRoute) else set()
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter {', '.join(map(repr, unknown))}; this route takes {', '.join(sorted(known))}")
+
+
+KNOWN_QUERY = [Depends(_known_query)]
 
 
 @app.exception_handler(Exception)
@@ -85,7 +122,7 @@ async def estimate(req: JobSubmit, request: Request) -> JobEstimate:
 Offset = Annotated[int, Query(ge=0, le=10**9, description="Rows to skip.")]
 
 
-@app.get("/jobs", summary="List jobs")
+@app.get("/jobs", summary="List jobs", dependencies=KNOWN_QUERY)
 def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0) -> JobList:
     service = jobs()  # the caller's jobs, newest first (an operator key's: every job)
     return JobList(jobs=[service.status(j.id) for j in service.list_jobs(limit, offset, caller(request))])
@@ -97,7 +134,7 @@ def status(job_id: str, request: Request) -> JobStatus:
     return jobs().status(job_id, caller(request))
 
 
-@app.get("/jobs/{job_id}/results", summary="Item results, paged")
+@app.get("/jobs/{job_id}/results", summary="Item results, paged", dependencies=KNOWN_QUERY)
 def results(job_id: str, request: Request, offset: Offset = 0,
             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobResults:
     return jobs().results(job_id, offset, limit, _base_url(request), caller(request))
@@ -131,7 +168,7 @@ def retry(job_id: str, request: Request) -> JobStatus:
     return jobs().status(job_id, caller(request))
 
 
-@app.get("/usage", summary="Usage per API key and day")
+@app.get("/usage", summary="Usage per API key and day", dependencies=KNOWN_QUERY)
 def usage(request: Request, days: Annotated[int, Query(ge=1, le=MAX_DAYS, description="UTC days to show, up to today.")] = 7) -> UsageReport:
     """Requests (generation requests and job items that succeeded), images and GPU-seconds per UTC day, kept in the job store.
 

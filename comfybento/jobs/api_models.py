@@ -25,7 +25,7 @@ class JobSubmit(BaseModel):
     base: dict[str, Any] | None = Field(default=None, description="Parameters shared by every item of a fan-out.")
     fanout: dict[str, list[Any]] | None = Field(
         default=None, description="Field -> values; items are the cartesian product, e.g. prompts x seeds.")
-    priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
+    priority: int = Field(default=0, ge=-100, le=100, strict=True, description="Higher runs first.")
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, description="Submitting again with the same key returns the same job.")
     webhook: WebhookSpec | None = Field(default=None, description="Where to POST signed completion events.")

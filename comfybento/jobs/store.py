@@ -193,7 +193,7 @@ class SQLiteJobStore:
             )
             db.executemany(
                 "INSERT INTO items (job_id, idx, params, seed, state) VALUES (?,?,?,?, 'queued')",
-                [(job.id, it.index, json.dumps(it.params), it.seed) for it in items],
+                [(job.id, it.index, json.dumps(it.params), _seed_in(it.seed)) for it in items],
             )
             created = self._job(db, job.id)
         assert created is not None
@@ -249,7 +249,7 @@ class SQLiteJobStore:
                 )
                 db.execute("UPDATE jobs SET state='running', updated_at=? WHERE id=? AND state='queued'", (t, r["job_id"]))
                 leases.append(Lease(job_id=r["job_id"], workflow=r["workflow"], index=r["idx"], params=json.loads(r["params"]),
-                                    seed=r["seed"], attempt=r["attempts"] + 1, use_cache=bool(r["use_cache"]),
+                                    seed=_seed_out(r["seed"]), attempt=r["attempts"] + 1, use_cache=bool(r["use_cache"]),
                                     webhook_per_item=bool(r["webhook_per_item"]), job_owner=r["owner"]))
         return leases
 
@@ -441,9 +441,21 @@ def _job_from_row(row: sqlite3.Row, counts: dict[str, int]) -> JobRecord:
     )
 
 
+# Seeds are unsigned 64-bit (ComfyUI's range), SQLite's INTEGER signed: the upper half is stored as its negative twin.
+_U64 = 1 << 64
+
+
+def _seed_in(seed: int | None) -> int | None:
+    return seed - _U64 if seed is not None and seed >= _U64 >> 1 else seed
+
+
+def _seed_out(value: int | None) -> int | None:
+    return value + _U64 if value is not None and value < 0 else value
+
+
 def _item_from_row(row: sqlite3.Row) -> ItemRecord:
     return ItemRecord(
-        job_id=row["job_id"], index=row["idx"], params=json.loads(row["params"]), seed=row["seed"], state=row["state"],
+        job_id=row["job_id"], index=row["idx"], params=json.loads(row["params"]), seed=_seed_out(row["seed"]), state=row["state"],
         attempts=row["attempts"], lease_owner=row["lease_owner"], lease_expires=row["lease_expires"],
         next_attempt_at=row["next_attempt_at"], started_at=row["started_at"], finished_at=row["finished_at"],
         result=json.loads(row["result"]) if row["result"] else None, error=json.loads(row["error"]) if row["error"] else None,

@@ -114,7 +114,7 @@ function control(name, prop, required) {
   if (kind === "enum") {
     input = document.createElement("select");
     if (prop.nullable) input.append(new Option("(none)", "", false, prop.default == null)); // e.g. preset: none chosen
-    for (const option of prop.enum) input.append(new Option(option, option, false, option === prop.default));
+    for (const option of prop.enum.filter((o) => o !== null)) input.append(new Option(option, option, false, option === prop.default));
     if (prop["x-presets"]) input.addEventListener("change", () => applyPreset(prop["x-presets"][input.value]));
   } else if (kind === "text") {
     input = document.createElement("textarea");

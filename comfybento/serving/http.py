@@ -142,6 +142,10 @@ class RequestEdgeMiddleware:
             await _send_json(send, status, {"error": msg, "error_kind": "too_large" if status == 413 else "invalid",
                                             "request_id": rid}, id_header)
             return
+        if "\n" in scope.get("path", ""):  # no route matches a line break (a mount's path pattern stops there)
+            await _send_json(send, 404, {"error": "no such route (the path holds a line break)", "error_kind": "not_found",
+                                         "request_id": rid}, id_header)
+            return
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         form = content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
         state = {"received": 0, "over": False, "started": False}

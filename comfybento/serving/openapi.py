@@ -25,6 +25,7 @@ from comfybento import __version__
 from comfybento.jobs.api_models import ItemError
 from comfybento.jobs.records import ItemState, JobState
 from comfybento.serving import stream
+from comfybento.serving.messages import OutputFormat
 from comfybento.serving.playground import is_playground_path, playground_file
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.schema import PRESET_FIELD, build_input_model
@@ -80,9 +81,11 @@ OPERATION_IDS = {  # the jobs API's routes (FastAPI would name them `submit_jobs
     ("get", "/outputs/{folder}/{name}"): "getOutputFile",
     ("get", "/jobs/{job_id}/events"): "getJobEvents",
 }
+OCTET = "application/octet-stream"
 BINARY = {"/jobs/{job_id}/archive": ("application/zip", "The zip of every output of the job."),
-          "/jobs/{job_id}/files/{name}": ("application/octet-stream", "The file (its content type is in the Content-Type header)."),
-          "/outputs/{folder}/{name}": ("application/octet-stream", "The file (its content type is in the Content-Type header).")}
+          "/jobs/{job_id}/files/{name}": (OCTET, "The file (its content type is in the Content-Type header)."),
+          "/outputs/{folder}/{name}": (OCTET, "The file (its content type is in the Content-Type header).")}
+IMAGE_MEDIA = tuple(f"image/{f}" for f in get_args(OutputFormat))  # output_format: png, webp, jpeg
 
 REQUEST_STREAM = ("Server-Sent Events, each `event: <type>` and `data: <JSON>` (the schema is the data; its `event` repeats the "
                   "type): queued, started, progress (step i/N), preview (when previews are on), one output per output item as soon "
@@ -100,8 +103,9 @@ DOCS_PAGE = """<!DOCTYPE html>
 """
 
 
-def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: str | None = None) -> dict[str, Any]:
-    """A valid OpenAPI 3.0 document from BentoML's (which is left untouched)."""
+def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: str | None = None,
+                max_job_items: int | None = None) -> dict[str, Any]:
+    """A valid OpenAPI 3.0 document from BentoML's (which is left untouched); max_job_items: COMFYBENTO_JOB_MAX_ITEMS."""
     doc = json.loads(json.dumps(doc))  # a copy, with the status-code keys as strings
     doc["info"]["version"] = version or __version__
     doc["info"]["description"] = ("ComfyUI workflows as typed endpoints (one per workflow), and batch jobs at /jobs. "
@@ -120,12 +124,13 @@ def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: 
             if path not in INFRA:
                 _add_errors(op, method, path)
             if path in ("/jobs", "/jobs/estimate") and method == "post":
-                _type_job_submit(op, catalog, schemas)
+                _type_job_submit(op, catalog, schemas, max_job_items)
     _type_bodies(doc["paths"], schemas, catalog)
+    _type_files(doc["paths"], catalog)
     _type_event_streams(doc["paths"], schemas, catalog)
     _type_states(schemas)
+    _describe_outputs(doc["paths"], schemas, catalog)
     _require_answer_fields(doc["paths"], schemas)
-    _describe_outputs(doc["paths"], catalog)
     _to_openapi_30(doc)
     return doc
 
@@ -182,26 +187,36 @@ def _add_job_items(schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) ->
         schemas[_job_item_name(name)] = schema
 
 
-def _type_job_submit(op: dict[str, Any], catalog: dict[str, WorkflowSpec], schemas: dict[str, Any]) -> None:
+def _type_job_submit(op: dict[str, Any], catalog: dict[str, WorkflowSpec], schemas: dict[str, Any],
+                     max_items: int | None) -> None:
     """POST /jobs: one submission schema per workflow, chosen by its `workflow` field."""
     content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
     base_ref = content.get("schema", {}).get("$ref")
     if not base_ref:
         return
-    variants = [_job_variant(name, base_ref, schemas) for name in catalog]
+    variants = [_job_variant(name, base_ref, schemas, max_items) for name in catalog]
     content["schema"] = {"oneOf": variants} if len(variants) > 1 else variants[0]
 
 
-def _job_variant(name: str, base_ref: str, schemas: dict[str, Any]) -> dict[str, Any]:
-    """One workflow's submission: its items, base and fan-out typed like its endpoint's fields, its presets named."""
+def _job_variant(name: str, base_ref: str, schemas: dict[str, Any], max_items: int | None) -> dict[str, Any]:
+    """One workflow's submission: its items, base and fan-out typed like its endpoint's fields, its presets named.
+
+    Items are a list or a base with a fan-out, never both (jobs/service.py `expand`); a fan-out's lists are never empty.
+    Each list is at most max_items long; a fan-out whose product is over it is a 413 the schema cannot state.
+    """
     item = {"$ref": f"#/components/schemas/{_job_item_name(name)}"}
     fields = schemas[_job_item_name(name)].get("properties", {})
-    fanout = {field: {"type": "array", "items": _without_default(body)} for field, body in fields.items()}
-    presets = {"preset": _without_default(fields[PRESET_FIELD])} if PRESET_FIELD in fields else {}
-    return {"allOf": [{"$ref": base_ref}, {"type": "object", "properties": {
-        **presets,
+    count = {"maxItems": max_items} if max_items is not None else {}
+    fanout = {field: {"type": "array", "items": _without_default(body), "minItems": 1, **count} for field, body in fields.items()}
+    preset = (_without_default(fields[PRESET_FIELD]) if PRESET_FIELD in fields
+              else {"nullable": True, "enum": [None], "description": "This workflow has no presets."})
+    # Both given (a field sent as null is not given: a type without `nullable` refuses null).
+    both = {"allOf": [{"required": ["items"], "properties": {"items": {"type": "array"}}},
+                      {"anyOf": [{"required": [key], "properties": {key: {"type": "object"}}} for key in ("base", "fanout")]}]}
+    return {"allOf": [{"$ref": base_ref}, {"type": "object", "not": both, "properties": {
+        "preset": preset,
         "workflow": {"type": "string", "enum": [name]},
-        "items": {"type": "array", "items": item, "description": f"Items of the '{name}' workflow."},
+        "items": {"type": "array", "items": item, **count, "description": f"Items of the '{name}' workflow (not with base/fanout)."},
         "base": {"allOf": [item], "description": "Parameters shared by every item of a fan-out."},
         "fanout": {"type": "object", "properties": fanout, "additionalProperties": False,
                    "description": "Field -> values; items are the cartesian product, e.g. prompts x seeds."},
@@ -257,7 +272,10 @@ def _without_default(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _type_bodies(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
-    """Name each workflow's request body, type the job submit answer and the file downloads."""
+    """Name each workflow's request body, type the job submit answer and the infra answers.
+
+    A body is required only when a field is: one with a default for every field may be left out (`curl -X POST /txt2img`).
+    """
     for name in catalog:
         for path, item in paths.items():
             op = item.get("post")
@@ -266,7 +284,7 @@ def _type_bodies(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[s
             body = op.get("requestBody")
             if body is None:
                 continue
-            body["required"] = True
+            body["required"] = any(c.get("schema", {}).get("required") for c in body.get("content", {}).values())
             for content in body.get("content", {}).values():
                 title = content.get("schema", {}).get("title")
                 if title and schemas.get(title) == content["schema"]:
@@ -280,10 +298,36 @@ def _type_bodies(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[s
         ok = paths.get(path, {}).get("get", {}).get("responses", {}).get("200")
         if ok is not None and "content" not in ok:
             ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
-    for path, (media, description) in BINARY.items():
-        ok = paths.get(path, {}).get("get", {}).get("responses", {}).get("200")
-        if ok is not None:
-            ok.update(description=description, content={media: {"schema": {"type": "string", "format": "binary"}}})
+
+
+def _type_files(paths: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
+    """Every answer that is an output's bytes lists the media types it can have (an image's follows output_format)."""
+    served: set[str] = set()
+    for name, spec in catalog.items():
+        for out in spec.outputs:
+            media = _media_types(out.kind, out.media_type)
+            served.update(media)
+            _binary_answer(paths, f"/{name}/{out.name}", "post", media)
+        if any(o.kind == "image" for o in spec.outputs):
+            _binary_answer(paths, f"/{name}/png", "post", list(IMAGE_MEDIA))
+    for path, (fixed, description) in BINARY.items():
+        _binary_answer(paths, path, "get", [fixed] if fixed != OCTET else sorted(served | {OCTET}), description)
+
+
+def _media_types(kind: str, media_type: str | None) -> list[str]:
+    """An output's media types: its node's own, an image's three formats, or any (a file's type follows its name)."""
+    if media_type is not None:
+        return [media_type]
+    return list(IMAGE_MEDIA) if kind == "image" else ["*/*"]
+
+
+def _binary_answer(paths: dict[str, Any], path: str, method: str, media: list[str], description: str | None = None) -> None:
+    ok = paths.get(path, {}).get(method, {}).get("responses", {}).get("200")
+    if ok is None:
+        return
+    ok["content"] = {m: {"schema": {"type": "string", "format": "binary"}} for m in media}
+    if description is not None:
+        ok["description"] = description
 
 
 def _type_event_streams(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
@@ -300,7 +344,7 @@ def _type_event_streams(paths: dict[str, Any], schemas: dict[str, Any], catalog:
         ok.update(description=description, content={stream.MEDIA_TYPE: {"schema": schema}})
 
 
-def _describe_outputs(paths: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
+def _describe_outputs(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
     """Each workflow's JSON answer lists its outputs (name, kind, media type) as the `outputs` items it can hold."""
     for name, spec in catalog.items():
         ok = paths.get(f"/{name}", {}).get("post", {}).get("responses", {}).get("200", {})
@@ -317,13 +361,17 @@ def _describe_outputs(paths: dict[str, Any], catalog: dict[str, WorkflowSpec]) -
             variants.append({"type": "object", "title": out.name, "properties": props, "required": ["name", "node_id", "kind"],
                              "description": f"Output '{out.name}': node {out.node_id} ({out.class_type}), {out.kind}, {media}; "
                                             f"its bytes alone: POST /{name}/{out.name}."})
-        content["schema"] = {"allOf": [content["schema"], {"type": "object", "properties": {
+        title = content["schema"].get("title")
+        # BentoML inlines the answer without its nullable fields (a seedless workflow's `seed` is null): use the model's own
+        answer = {"$ref": f"#/components/schemas/{title}"} if title in schemas else content["schema"]
+        content["schema"] = {"allOf": [answer, {"type": "object", "properties": {
             "outputs": {"type": "array", "items": {"oneOf": variants}}}}]}
         ok["description"] = "Every output: " + "; ".join(v["description"] for v in variants)
 
 
 def _to_openapi_30(node: Any) -> None:
-    """In place: `anyOf [X, null]` as X + nullable, `type: file` as a binary string, `const` as an enum, BentoML's keyword as x-."""
+    """In place: `anyOf [X, null]` as X + nullable (null in its enum), `type: file` as a binary string, `const` as an enum,
+    BentoML's keyword as x-."""
     if isinstance(node, list):
         for child in node:
             _to_openapi_30(child)
@@ -352,6 +400,8 @@ def _to_openapi_30(node: Any) -> None:
         node["enum"] = [node.pop("const")]
     if "content_type" in node and isinstance(node["content_type"], str):
         node["x-content-type"] = node.pop("content_type")
+    if node.get("nullable") is True and isinstance(node.get("enum"), list) and None not in node["enum"]:
+        node["enum"].append(None)  # 3.0.3: `nullable` does not widen an enum; null must be one of its values
     for value in node.values():
         _to_openapi_30(value)
 

@@ -396,7 +396,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project),
                                 max_json_depth=settings.limits.max_json_depth)
     service.add_asgi_middleware(OpenAPIMiddleware, build=lambda: fix_openapi(service.openapi_spec.asdict(), project.catalog,
-                                                                              _bento_version(service)))
+                                                                              _bento_version(service), settings.job_max_items))
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas
     quiet_client_errors()
     return service

@@ -17,6 +17,7 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -78,7 +79,7 @@ class RequestModel(bentoml.IODescriptor):
         try:
             if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
                 form = await request.form(max_files=max(1, len(cls.multipart_fields)), max_fields=len(cls.model_fields) + 1)
-                return cls.model_validate(_form_values(cls.multipart_fields, form))
+                return cls.model_validate(_form_values(cls.multipart_fields, form, _text_fields(cls)))
             return await super().from_http_request(request, serde)
         except (ValidationError, BentoMLException):
             raise
@@ -86,9 +87,10 @@ class RequestModel(bentoml.IODescriptor):
             raise malformed(name, "body", f"the request body cannot be read: {exc}") from None
 
 
-def _form_values(file_fields: list[str], form: FormData) -> dict[str, Any]:
+def _form_values(file_fields: list[str], form: FormData, text_fields: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A multipart form as the model's values: file fields as their part (a file, or text: base64 or a URL), the other
-    fields' text parsed as JSON where it is JSON (as BentoML does), else kept as text."""
+    fields' text parsed as JSON where it is JSON (as BentoML does), else kept as text. A text field's part is its text
+    (`-F prompt=7` is the prompt "7", not a number), or the string it is JSON of (`"7"`, the documented encoding)."""
     data: dict[str, Any] = {}
     for key in form:
         part = form[key]
@@ -97,10 +99,22 @@ def _form_values(file_fields: list[str], form: FormData) -> dict[str, Any]:
             continue
         text = part if isinstance(part, str) else part.file.read().decode("utf-8", "replace")
         try:
-            data[key] = json.loads(text)
+            value = json.loads(text)
         except ValueError:
-            data[key] = text
+            value = text
+        data[key] = text if key in text_fields and not isinstance(value, str) else value
     return data
+
+
+_TEXT_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def _text_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The model's fields whose values are text (strings and string enums, not files)."""
+    if model not in _TEXT_FIELDS:
+        props = model.model_json_schema().get("properties", {})
+        _TEXT_FIELDS[model] = frozenset(k for k, v in props.items() if v.get("type") == "string" and v.get("format") != "binary")
+    return _TEXT_FIELDS[model]
 
 
 
@@ -149,6 +163,16 @@ def _field_type(param: Param) -> Any:
     return {"int": int, "float": float, "string": str, "bool": bool}.get(param.kind, Any)
 
 
+def _not_bool(value: Any) -> Any:
+    """JSON's true and false are not numbers (pydantic's lax mode would take them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "Input should be a number, not a boolean")
+    return value
+
+
+NOT_BOOL = BeforeValidator(_not_bool)  # after the Field in an Annotated, or its bounds leave the JSON schema
+
+
 # Server-side limits that lower a node's own bound, by parameter role (workflows/limits.py).
 ROLE_LIMITS = {"steps": "max_steps", "batch_size": "max_images", "width": "max_side", "height": "max_side"}
 # Smallest values that keep a node's arithmetic finite (KSampler divides steps by denoise).
@@ -178,7 +202,8 @@ def _constraints(param: Param, limits: Limits) -> dict[str, Any]:
 def _seed_field(param: Param) -> tuple[Any, Any]:
     # OpenAPI 3.0 states "may be null" as `nullable`, not as a second `type: null` schema.
     schema = {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True, "description": param.description}
-    return (Annotated[int | None, Field(ge=0, le=MAX_SEED), WithJsonSchema(schema)], Field(default=None, description=param.description))
+    return (Annotated[int | None, Field(ge=0, le=MAX_SEED), NOT_BOOL, WithJsonSchema(schema)],
+            Field(default=None, description=param.description))
 
 
 def field_for(param: Param, limits: Limits, images_as_base64: bool = False) -> tuple[Any, Any]:
@@ -189,8 +214,9 @@ def field_for(param: Param, limits: Limits, images_as_base64: bool = False) -> t
     if param.role == "seed":
         return _seed_field(param)
     extra: dict[str, Any] | None = {"x-multiline": True} if param.multiline else None
+    checks = (NOT_BOOL,) if param.kind in ("int", "float") else ()
     return (
-        Annotated[typ, Field(**_constraints(param, limits))],
+        Annotated[(typ, Field(**_constraints(param, limits)), *checks)],  # type: ignore[valid-type]
         Field(default=param.default, description=param.description, json_schema_extra=extra),
     )
 
@@ -213,7 +239,7 @@ def encoding_fields(encoding: Encoding) -> dict[str, tuple[Any, Any]]:
     return {
         "output_format": (Literal["png", "webp", "jpeg"], Field(
             default=encoding.format, description="Image format of the outputs (the workflow's sidecar sets the default).")),
-        "output_quality": (Annotated[int, Field(ge=1, le=100)], Field(
+        "output_quality": (Annotated[int, Field(ge=1, le=100), NOT_BOOL], Field(
             default=encoding.quality, description="WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); "
                                                   "ignored for PNG.")),
         "output_delivery": (OutputDelivery, Field(

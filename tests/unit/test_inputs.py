@@ -185,3 +185,16 @@ def test_a_sidecar_naming_a_loaders_file_input_gets_an_upload_never_a_file_list(
     sidecar = Sidecar(entries=({"node": "2", "input": "file", "name": "clip"},))
     (param,) = apply_sidecar("t", sidecar, graph, DEFS, [])
     assert (param.name, param.kind, param.choices) == ("clip", "video", ())
+
+
+def test_a_text_field_of_a_form_is_its_text_even_when_it_reads_as_json():
+    from starlette.datastructures import FormData
+
+    from comfybento.workflows.schema import _form_values, _text_fields
+
+    params = {p.name: p for p in infer_params("t", GRAPH, DEFS)}
+    model = build_input_model("t", [*params.values()])
+    assert {"output_format", "output_delivery"} <= _text_fields(model) and "output_quality" not in _text_fields(model)
+    form = FormData([("output_delivery", "7"), ("output_format", '"png"'), ("output_quality", "80")])
+    # `-F x=7` is the text "7"; `"png"` is JSON of the text png (the documented part encoding); a number is a number
+    assert _form_values([], form, _text_fields(model)) == {"output_delivery": "7", "output_format": "png", "output_quality": 80}

@@ -145,3 +145,32 @@ def test_status_reports_usage_and_no_owner_without_keys(client):
     status = c.get(f"/jobs/{job_id}").json()
     assert status["owner"] is None and status["usage"] == {"images": 1, "gpu_seconds": 0.0}
     assert c.get("/jobs").json()["jobs"][0]["usage"]["images"] == 1
+
+
+def test_an_unknown_query_parameter_is_a_422_naming_it(client):
+    c, service = client
+    job_id = _finished_job(service)
+    for url in ("/jobs", f"/jobs/{job_id}/results", "/usage"):
+        resp = c.get(url, params={"limt": 5})
+        assert resp.status_code == 422, (url, resp.text)
+        assert resp.json()["error_kind"] == "invalid" and "unknown query parameter 'limt'" in resp.json()["error"]
+    assert c.get("/jobs", params={"limit": 5}).status_code == 200
+
+
+def test_the_frameworks_refusals_are_in_the_error_shape_and_a_405_allows_every_method(client):
+    c, _ = client
+    resp = c.request("OPTIONS", "/jobs")
+    assert resp.status_code == 405 and resp.headers["allow"] == "GET, POST"  # Starlette named only the first route's
+    assert resp.json()["error_kind"] == "invalid" and resp.json()["request_id"]
+    assert c.request("OPTIONS", "/jobs/estimate").headers["allow"] == "POST"  # not /jobs/{job_id}'s GET
+    resp = c.get("/no/such/route")
+    assert resp.status_code == 404 and resp.json()["error_kind"] == "not_found"
+    resp = c.post("/jobs", content=b"\x7f\xff8\xfe", headers={"content-type": "application/json"})  # not UTF-8
+    assert resp.status_code == 400 and resp.json()["error_kind"] == "invalid", resp.text
+
+
+def test_true_and_false_are_not_numbers(client):
+    c, _ = client
+    resp = c.post("/jobs", json={"workflow": "txt2img", "items": [{"cfg": False}, {"steps": True}, {"seed": True}]})
+    assert resp.status_code == 422 and [i["field"] for i in resp.json()["items"]] == ["cfg", "steps", "seed"], resp.text
+    assert c.post("/jobs", json={"workflow": "txt2img", "priority": True}).status_code == 422

@@ -81,6 +81,15 @@ def test_every_item_leased_once_and_completed_once(store):
     assert done.state == "succeeded" and done.counts == {"succeeded": 5}
 
 
+def test_seeds_keep_their_whole_unsigned_64_bit_range(store):
+    seeds = [0, 2**63 - 1, 2**63, 2**64 - 1, None]  # ComfyUI's seed range; SQLite's INTEGER is signed
+    job, _ = _job(len(seeds))
+    items = [ItemRecord(job_id=job.id, index=i, params={}, seed=seed) for i, seed in enumerate(seeds)]
+    store.create_job(job, items)
+    assert [lease.seed for lease in sorted(store.lease("w", 10, 60, MAX), key=lambda x: x.index)] == seeds
+    assert [item.seed for item in store.get_items(job.id, 0, 10)] == seeds
+
+
 def test_a_replica_leases_only_the_workflows_it_serves(store):
     """Replicas serving different workflows share one store: none leases an item it cannot run (the cause of
     'engine unavailable: <workflow>' failures when a second server with other workflows shared the job store)."""

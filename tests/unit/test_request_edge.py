@@ -88,3 +88,8 @@ def test_json_sent_as_form_urlencoded_is_read_as_json_and_its_depth_checked(clie
 def test_a_content_length_of_thousands_of_digits_is_refused_not_converted(client):
     resp = client.post("/echo", content=b"[]", headers={"content-length": "9" * 5000, "content-type": "application/json"})
     assert resp.status_code == 413 and "max_body_bytes" in resp.json()["error"]
+
+
+def test_a_path_with_a_line_break_is_a_404_in_the_error_shape(client):
+    resp = client.get("/echo%0Aname")  # no route can match it: a mount's pattern stops at a line break
+    assert resp.status_code == 404 and resp.json()["error_kind"] == "not_found" and "line break" in resp.json()["error"]

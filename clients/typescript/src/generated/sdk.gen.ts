@@ -41,48 +41,48 @@ export const getMetrics = <ThrowOnError extends boolean = false>(options?: Optio
 /**
  * Run the 'txt2img' workflow; returns every output (save_image: image), base64-encoded or as URLs (output_delivery). For many prompts at once, submit a batch job (POST /jobs).
  */
-export const txt2img = <ThrowOnError extends boolean = false>(options: Options<Txt2ImgData, ThrowOnError>) => (options.client ?? client).post<Txt2ImgResponses, Txt2ImgErrors, ThrowOnError>({
+export const txt2img = <ThrowOnError extends boolean = false>(options?: Options<Txt2ImgData, ThrowOnError>) => (options?.client ?? client).post<Txt2ImgResponses, Txt2ImgErrors, ThrowOnError>({
     url: '/txt2img',
     ...options,
     headers: {
         'Content-Type': 'application/json',
-        ...options.headers
+        ...options?.headers
     }
 });
 
 /**
  * Run the 'txt2img' workflow; returns its first image ('save_image'; image/png unless output_format says otherwise) as bytes: the first item when the node made several (X-Output-Count says how many; the JSON endpoint returns all). The seed is in X-Seed.
  */
-export const txt2imgPng = <ThrowOnError extends boolean = false>(options: Options<Txt2ImgPngData, ThrowOnError>) => (options.client ?? client).post<Txt2ImgPngResponses, Txt2ImgPngErrors, ThrowOnError>({
+export const txt2imgPng = <ThrowOnError extends boolean = false>(options?: Options<Txt2ImgPngData, ThrowOnError>) => (options?.client ?? client).post<Txt2ImgPngResponses, Txt2ImgPngErrors, ThrowOnError>({
     url: '/txt2img/png',
     ...options,
     headers: {
         'Content-Type': 'application/json',
-        ...options.headers
+        ...options?.headers
     }
 });
 
 /**
  * Run the 'txt2img' workflow; returns its output 'save_image' (image, media type of the file) as bytes: the first item when the node made several (X-Output-Count says how many; the JSON endpoint returns all). The seed is in X-Seed.
  */
-export const txt2imgSaveImage = <ThrowOnError extends boolean = false>(options: Options<Txt2ImgSaveImageData, ThrowOnError>) => (options.client ?? client).post<Txt2ImgSaveImageResponses, Txt2ImgSaveImageErrors, ThrowOnError>({
+export const txt2imgSaveImage = <ThrowOnError extends boolean = false>(options?: Options<Txt2ImgSaveImageData, ThrowOnError>) => (options?.client ?? client).post<Txt2ImgSaveImageResponses, Txt2ImgSaveImageErrors, ThrowOnError>({
     url: '/txt2img/save_image',
     ...options,
     headers: {
         'Content-Type': 'application/json',
-        ...options.headers
+        ...options?.headers
     }
 });
 
 /**
  * Run the 'txt2img' workflow (the same body as POST /txt2img) and follow it live, as Server-Sent Events: queued, started, progress (step i/N), preview (when enabled), output (each as soon as it is ready), then done or failed. A bad request is a JSON 4xx before the stream starts.
  */
-export const txt2imgStream = <ThrowOnError extends boolean = false>(options: Options<Txt2ImgStreamData, ThrowOnError, Txt2ImgStreamResponse>) => (options.client ?? client).sse.post<Txt2ImgStreamResponses, Txt2ImgStreamErrors, ThrowOnError>({
+export const txt2imgStream = <ThrowOnError extends boolean = false>(options?: Options<Txt2ImgStreamData, ThrowOnError, Txt2ImgStreamResponse>) => (options?.client ?? client).sse.post<Txt2ImgStreamResponses, Txt2ImgStreamErrors, ThrowOnError>({
     url: '/txt2img/stream',
     ...options,
     headers: {
         'Content-Type': 'application/json',
-        ...options.headers
+        ...options?.headers
     }
 });
 

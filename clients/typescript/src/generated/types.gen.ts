@@ -727,7 +727,7 @@ export type Txt2ImgInput = {
      *
      * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
      */
-    preset?: 'fast' | 'balanced' | 'quality';
+    preset?: 'fast' | 'balanced' | 'quality' | null;
 };
 
 /**
@@ -1074,7 +1074,7 @@ export type Txt2ImgJobItem = {
      *
      * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
      */
-    preset?: 'fast' | 'balanced' | 'quality';
+    preset?: 'fast' | 'balanced' | 'quality' | null;
 };
 
 /**
@@ -1504,7 +1504,7 @@ export type GetMetricsResponses = {
 export type GetMetricsResponse = GetMetricsResponses[keyof GetMetricsResponses];
 
 export type Txt2ImgData = {
-    body: Txt2ImgInput;
+    body?: Txt2ImgInput;
     path?: never;
     query?: never;
     url: '/txt2img';
@@ -1547,27 +1547,7 @@ export type Txt2ImgResponses = {
     /**
      * Every output: Output 'save_image': node 9 (SaveImage), image, image/png, image/webp or image/jpeg (output_format); its bytes alone: POST /txt2img/save_image.
      */
-    200: {
-        /**
-         * Workflow
-         *
-         * Name of the workflow that ran.
-         */
-        workflow: string;
-        /**
-         * Seed
-         *
-         * The seed used (drawn at random when the request omitted it).
-         */
-        seed: number;
-        /**
-         * Outputs
-         *
-         * Every output of every output node, in a stable order: output node id order, then index.
-         */
-        outputs: Array<OutputItem>;
-        timings: Timings;
-    } & {
+    200: GenerateResponseIoDescriptor & {
         outputs?: Array<{
             name: 'save_image';
             node_id: '9';
@@ -1579,7 +1559,7 @@ export type Txt2ImgResponses = {
 export type Txt2ImgResponse = Txt2ImgResponses[keyof Txt2ImgResponses];
 
 export type Txt2ImgPngData = {
-    body: Txt2ImgInput;
+    body?: Txt2ImgInput;
     path?: never;
     query?: never;
     url: '/txt2img/png';
@@ -1628,7 +1608,7 @@ export type Txt2ImgPngResponses = {
 export type Txt2ImgPngResponse = Txt2ImgPngResponses[keyof Txt2ImgPngResponses];
 
 export type Txt2ImgSaveImageData = {
-    body: Txt2ImgInput;
+    body?: Txt2ImgInput;
     path?: never;
     query?: never;
     url: '/txt2img/save_image';
@@ -1677,7 +1657,7 @@ export type Txt2ImgSaveImageResponses = {
 export type Txt2ImgSaveImageResponse = Txt2ImgSaveImageResponses[keyof Txt2ImgSaveImageResponses];
 
 export type Txt2ImgStreamData = {
-    body: Txt2ImgInput;
+    body?: Txt2ImgInput;
     path?: never;
     query?: never;
     url: '/txt2img/stream';
@@ -1796,10 +1776,10 @@ export type SubmitJobData = {
         /**
          * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
          */
-        preset?: 'fast' | 'balanced' | 'quality';
+        preset?: 'fast' | 'balanced' | 'quality' | null;
         workflow?: 'txt2img';
         /**
-         * Items of the 'txt2img' workflow.
+         * Items of the 'txt2img' workflow (not with base/fanout).
          */
         items?: Array<Txt2ImgJobItem>;
         /**
@@ -1824,7 +1804,7 @@ export type SubmitJobData = {
             output_format?: Array<'png' | 'webp' | 'jpeg'>;
             output_quality?: Array<number>;
             output_delivery?: Array<'base64' | 'url'>;
-            preset?: Array<'fast' | 'balanced' | 'quality'>;
+            preset?: Array<'fast' | 'balanced' | 'quality' | null>;
         };
     };
     path?: never;
@@ -1883,10 +1863,10 @@ export type EstimateJobData = {
         /**
          * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
          */
-        preset?: 'fast' | 'balanced' | 'quality';
+        preset?: 'fast' | 'balanced' | 'quality' | null;
         workflow?: 'txt2img';
         /**
-         * Items of the 'txt2img' workflow.
+         * Items of the 'txt2img' workflow (not with base/fanout).
          */
         items?: Array<Txt2ImgJobItem>;
         /**
@@ -1911,7 +1891,7 @@ export type EstimateJobData = {
             output_format?: Array<'png' | 'webp' | 'jpeg'>;
             output_quality?: Array<number>;
             output_delivery?: Array<'base64' | 'url'>;
-            preset?: Array<'fast' | 'balanced' | 'quality'>;
+            preset?: Array<'fast' | 'balanced' | 'quality' | null>;
         };
     };
     path?: never;
