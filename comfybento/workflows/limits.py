@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from comfybento.errors import TooLarge, WorkflowError
+from comfybento.errors import InvalidRequest, TooLarge, WorkflowError
 from comfybento.workflows.binding import bind
 from comfybento.workflows.graph import Graph, is_link
 from comfybento.workflows.params import UPLOAD_KINDS, Param
@@ -44,6 +44,9 @@ class Limits:
     # image is within a pixel limit but costs as much time as a square one many times its area).
     max_side: int = 8192
     max_aspect_ratio: int = 8
+    # Shortest side of a generated image: the VAE makes a latent of side / 8 and the UNet halves it three times, so
+    # below 64 pixels a layer's feature map is a single cell (models fail inside the sampler there).
+    min_side: int = 64
     # Images one request may ask for (a latent's batch_size).
     max_images: int = 16
     # Sampling steps of one sampler.
@@ -124,6 +127,10 @@ def check_graph_limits(workflow: str, graph: Graph, limits: Limits) -> None:
             raise TooLarge(f"batch_size: {images} images at {where} is more than the limit of {limits.max_images} (max_images)")
         if width is None or height is None:
             continue
+        makes_latent = any(n in sizes for n in BATCH_INPUTS)  # a resize to a thumbnail is not held to min_side
+        if makes_latent and 0 < min(width, height) < limits.min_side:
+            raise InvalidRequest(f"width x height: {width} x {height} at {where}: a side is shorter than the minimum of "
+                                 f"{limits.min_side} pixels (min_side)")
         if max(width, height) > limits.max_side:
             raise TooLarge(f"width x height: {width} x {height} at {where}: a side is longer than the limit of "
                            f"{limits.max_side} pixels (max_side)")

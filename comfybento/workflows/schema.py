@@ -177,6 +177,8 @@ NOT_BOOL = BeforeValidator(_not_bool)  # after the Field in an Annotated, or its
 ROLE_LIMITS = {"steps": "max_steps", "batch_size": "max_images", "width": "max_side", "height": "max_side"}
 # Smallest values that keep a node's arithmetic finite (KSampler divides steps by denoise).
 ROLE_MINIMUMS = {"denoise": 0.01}
+# Server-side limits that raise a node's own lower bound, by parameter role.
+ROLE_LIMIT_MINIMUMS = {"width": "min_side", "height": "min_side"}
 
 
 def _constraints(param: Param, limits: Limits) -> dict[str, Any]:
@@ -188,6 +190,9 @@ def _constraints(param: Param, limits: Limits) -> dict[str, Any]:
     minimum = param.minimum
     if param.role in ROLE_MINIMUMS:
         minimum = ROLE_MINIMUMS[param.role] if minimum is None else max(minimum, ROLE_MINIMUMS[param.role])
+    if param.role in ROLE_LIMIT_MINIMUMS:
+        limit = getattr(limits, ROLE_LIMIT_MINIMUMS[param.role])
+        minimum = limit if minimum is None else max(minimum, limit)
     if minimum is not None:
         out["ge"] = minimum
     maximum = param.maximum

@@ -57,6 +57,16 @@ def test_a_graph_within_the_limits_passes_and_links_are_not_sizes():
     check_graph_limits("txt2img", linked, Limits())
 
 
+def test_a_latent_smaller_than_min_side_is_refused_but_a_thumbnail_is_not():
+    # A fuzzer's 16 x 16 image made a UNet layer a single cell and KSampler failed (a 500).
+    with pytest.raises(InvalidRequest, match="min_side") as refused:
+        check_graph_limits("txt2img", _graph(width=16, height=512), Limits())
+    assert int(refused.value.error_code) == 422 and "16 x 512 at node 5 (EmptyLatentImage)" in str(refused.value)
+    thumbnail = _graph() | {"7": {"class_type": "ImageScale", "inputs": {"width": 32, "height": 32, "image": ["6", 0]}}}
+    check_graph_limits("txt2img", thumbnail, Limits())
+    check_graph_limits("txt2img", _graph(width=64, height=64), Limits())
+
+
 def test_a_bomb_is_refused_from_its_header():
     bomb = _png(Image.new("1", (13000, 13000)), optimize=True)
     assert len(bomb) < 64 * 1024
