@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from comfybento.errors import ConfigError
-from comfybento.serving.keys import ApiKey, server_keys
+from comfybento.front.keys import ApiKey, server_keys
 from comfybento.workflows.limits import CPU_LIMITS, ENV_NAMES, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +162,7 @@ class Settings:
     # keep up over any 5 s.
     model_fetch_s: int = 6 * 3600
     model_fetch_min_bytes_per_s: int = 64 * 1024
-    # ---- access (comfybento/serving/access.py)
+    # ---- access (comfybento/front/access.py)
     # One unlimited key (kept for compatibility; it is the key named "default" in api_keys).
     api_key: str = ""
     # YAML/JSON list of {name, sha256, rate_per_min, images_per_day}; `python -m comfybento keys add` appends to it.

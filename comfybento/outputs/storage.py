@@ -88,7 +88,7 @@ class LocalStorage:
 
     def url(self, key: str, base_url: str) -> str:
         first, name = key.split("/", 1)
-        if first == "outputs":  # a live request's stored output (outputs/delivery.py)
+        if first == "outputs":  # a live request's stored output (front/delivery.py)
             return f"{base_url}/outputs/{name}"
         return f"{base_url}/jobs/{first}/files/{name}"
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # Request fields every endpoint has (a workflow parameter cannot take these names).
 COMMON_FIELDS = ("output_format", "output_quality", "output_delivery")
 RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "schema", "api", "workflows", "static_content", "playground", "usage",
-                  # ComfyUI's own routes (compat/comfyui/)
+                  # ComfyUI's own routes (front/compat/comfyui/)
                   "prompt", "queue", "interrupt", "history", "view", "upload", "object_info", "system_stats", "free", "embeddings",
                   "extensions", "models", "ws"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

@@ -24,8 +24,8 @@ import pytest
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from websockets.sync.client import ClientConnection, connect
 
-from comfybento.serving.keys import hash_key, new_key
-from comfybento.serving.ownership import owner_tag
+from comfybento.front.keys import hash_key, new_key
+from comfybento.front.ownership import owner_tag
 from tests.e2e.conftest import JOB_ENV, serving
 from tests.helpers import GRAPHS, ROOT, make_workflows_dir, sample_image, service_env
 
@@ -464,8 +464,8 @@ def _route_key(method: str, path: str, op: dict[str, Any] | None = None) -> tupl
 
 def served_routes(doc: dict[str, Any]) -> set[tuple[str, str]]:
     """Every route: the served OpenAPI document's operations, and the app's routes left out of it (ComfyUI's, Comfy API v2)."""
-    from comfybento.compat import comfy_v2, comfyui
-    from comfybento.jobs import api
+    from comfybento.front.compat import comfy_v2, comfyui
+    from comfybento.front.jobs import api
 
     comfy_v2.include(api.app)
     comfyui.install(api.app)  # as the entry service does

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from comfybento.config import Settings
+from comfybento.engine.engine import Collector, Engine
+from comfybento.engine.messages import EngineItem
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry, sha256_file
 from comfybento.runtime.bootstrap import bootstrap
 from comfybento.scheduling.events import Started
-from comfybento.serving.engine import Collector, Engine
-from comfybento.serving.messages import EngineItem
-from comfybento.serving.project import load_project
+from comfybento.workflows.project import load_project
 from tests.helpers import png_array, service_env
 from tests.model_choice import CORRUPT, DEFAULT, make_models, make_workflows
 

@@ -11,10 +11,10 @@ from prometheus_client import REGISTRY
 from starlette.requests import Request
 
 from comfybento.config import Settings
-from comfybento.serving import access
-from comfybento.serving.access import Access, AccessMiddleware, Grant, parse_bearer, rate_limit_headers
-from comfybento.serving.keys import ApiKey, hash_key, new_key
-from comfybento.serving.ratelimit import MemoryBuckets, RedisBuckets
+from comfybento.front import access
+from comfybento.front.access import Access, AccessMiddleware, Grant, parse_bearer, rate_limit_headers
+from comfybento.front.keys import ApiKey, hash_key, new_key
+from comfybento.front.ratelimit import MemoryBuckets, RedisBuckets
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.anyio

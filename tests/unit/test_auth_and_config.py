@@ -12,8 +12,8 @@ import pytest
 from comfybento.__main__ import main
 from comfybento.config import Settings
 from comfybento.errors import ConfigError
+from comfybento.front.keys import hash_key
 from comfybento.runtime.bootstrap import find_comfyui_root
-from comfybento.serving.keys import hash_key
 
 HASH = "ab" * 32
 

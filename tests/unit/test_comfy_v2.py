@@ -1,4 +1,4 @@
-"""Comfy API v2 (comfybento/compat/comfy_v2) in process: its router on a real FastAPI app, a real SQLite job store and
+"""Comfy API v2 (comfybento/front/compat/comfy_v2) in process: its router on a real FastAPI app, a real SQLite job store and
 a real output folder. The jobs' items are finished as the runner records them (no engine here; tests/e2e runs it)."""
 
 from __future__ import annotations
@@ -12,21 +12,21 @@ from blake3 import blake3
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from comfybento.compat import comfy_v2
-from comfybento.compat.comfy_v2 import routes
-from comfybento.compat.comfy_v2.assets import AssetStore
-from comfybento.compat.comfy_v2.errors import V2Error
-from comfybento.compat.comfy_v2.events import job_stream
-from comfybento.compat.comfy_v2.views import job_view
 from comfybento.config import Settings
-from comfybento.jobs import api
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.compat import comfy_v2
+from comfybento.front.compat.comfy_v2 import routes
+from comfybento.front.compat.comfy_v2.assets import AssetStore
+from comfybento.front.compat.comfy_v2.errors import V2Error
+from comfybento.front.compat.comfy_v2.events import job_stream
+from comfybento.front.compat.comfy_v2.views import job_view
+from comfybento.front.jobs import routes as api
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.ownership import Caller
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.ownership import Caller
 from comfybento.workflows.catalog import load_workflow
 from tests.helpers import sample_image
 

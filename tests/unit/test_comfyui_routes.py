@@ -14,14 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from comfybento.compat import comfyui
-from comfybento.compat.comfyui import files, routes
 from comfybento.config import Settings
 from comfybento.errors import InvalidRequest, NotFound
-from comfybento.jobs import api
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.compat import comfyui
+from comfybento.front.compat.comfyui import files, routes
+from comfybento.front.jobs import routes as api
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage

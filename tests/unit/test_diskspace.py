@@ -20,19 +20,19 @@ from typing import Any
 import pytest
 import redis.exceptions
 
-from comfybento.compat.comfy_v2.errors import error_envelope
-from comfybento.compat.comfyui.routes import comfy_error
 from comfybento.config import Settings
+from comfybento.engine.messages import ItemResult, OutputBlob
 from comfybento.errors import InvalidRequest, StorageFull, describe, storage_full
-from comfybento.jobs.records import ItemRecord, JobRecord, now
-from comfybento.jobs.store import SQLiteJobStore
+from comfybento.front.compat.comfy_v2.errors import error_envelope
+from comfybento.front.compat.comfyui.routes import comfy_error
+from comfybento.front.http import error_response
+from comfybento.front.jobs.records import ItemRecord, JobRecord, now
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.stream import OutputEvent, parse_sse, request_events
 from comfybento.outputs import diskspace
 from comfybento.outputs.diskspace import DiskWatcher, Folder
 from comfybento.outputs.storage import LocalStorage
 from comfybento.runtime.errors import from_execution
-from comfybento.serving.http import error_response
-from comfybento.serving.messages import ItemResult, OutputBlob
-from comfybento.serving.stream import OutputEvent, parse_sse, request_events
 from comfybento.workflows.limits import Limits
 from tests.unit.test_job_runner import Engine, finished, run_until, runner, submit
 

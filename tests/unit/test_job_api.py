@@ -12,16 +12,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from comfybento.config import Settings
-from comfybento.jobs import api
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.access import Access, AccessMiddleware
+from comfybento.front.jobs import routes as api
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.keys import ApiKey, hash_key, new_key
+from comfybento.front.ratelimit import MemoryBuckets
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.access import Access, AccessMiddleware
-from comfybento.serving.keys import ApiKey, hash_key, new_key
-from comfybento.serving.ratelimit import MemoryBuckets
 from comfybento.workflows.catalog import load_workflow
 from tests.helpers import sample_image
 

@@ -1,4 +1,4 @@
-"""Who may see what (serving/ownership.py), and the stores of owned things that ask it: jobs, live outputs, ComfyUI files
+"""Who may see what (front/ownership.py), and the stores of owned things that ask it: jobs, live outputs, ComfyUI files
 and prompts. Every route of every API over HTTP, with two keys and an operator: tests/e2e/test_isolation.py."""
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
-from comfybento.compat.comfyui import files, prompts, ws
 from comfybento.errors import NotFound
-from comfybento.jobs.records import ItemRecord, JobRecord, now
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
-from comfybento.outputs.delivery import live_folder, live_folder_tag
+from comfybento.front.access import Access, Grant
+from comfybento.front.compat.comfyui import files, prompts, ws
+from comfybento.front.delivery import live_folder, live_folder_tag
+from comfybento.front.jobs.records import ItemRecord, JobRecord, now
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.keys import ApiKey, hash_key
+from comfybento.front.ownership import OPEN, Caller, caller, owner_tag
+from comfybento.front.ratelimit import MemoryBuckets
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.access import Access, Grant
-from comfybento.serving.keys import ApiKey, hash_key
-from comfybento.serving.ownership import OPEN, Caller, caller, owner_tag
-from comfybento.serving.ratelimit import MemoryBuckets
 
 ALICE, BOB, OPS = Caller("alice"), Caller("bob"), Caller("ops", operator=True)
 
@@ -152,7 +152,7 @@ def test_a_websocket_client_id_is_the_keys_own():
 
 
 def test_keys_file_entries_carry_the_operator_flag(tmp_path):
-    from comfybento.serving.keys import append_key, load_keys
+    from comfybento.front.keys import append_key, load_keys
 
     for name in ("keys.yaml", "keys.json"):
         path = tmp_path / name

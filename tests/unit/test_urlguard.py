@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from comfybento.errors import InvalidRequest, TooLarge
-from comfybento.jobs import webhooks
+from comfybento.front.jobs import webhooks
 from comfybento.urlguard import AllowList, pinned
 from comfybento.workflows.fetch import fetch
 from comfybento.workflows.limits import Limits
