@@ -202,3 +202,26 @@ def test_the_retention_settings():
     assert (default.output_retention_s, default.retention_early) == (7 * DAY, False)
     custom = Settings.from_env({"COMFYBENTO_OUTPUT_RETENTION_S": "0", "COMFYBENTO_RETENTION_EARLY": "on"})
     assert (custom.output_retention_s, custom.retention_early) == (0, True)
+
+
+def test_s3_storage_lists_its_files_and_retention_deletes_there_too(tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from comfybento.outputs.storage import S3Storage
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="retention-test")
+        storage = S3Storage("retention-test", None, "pre", 60)
+        folder = "outputs/" + uuid.uuid4().hex
+        storage.put(f"{folder}/save_image-0.png", b"abc", "image/png")
+        AssetStore(storage).upload(b"bytes", "image/png", "a.png", owner=None)
+        assert {e.key for e in storage.entries("outputs")} == {f"{folder}/save_image-0.png"}
+        assert [e.size for e in storage.entries("outputs")] == [3]
+        store = SQLiteJobStore(tmp_path / "j.db")
+        week_on = lambda: time.time() + 8 * DAY  # noqa: E731
+        swept = Retention(store, storage, job_retention_s=7 * DAY, output_retention_s=7 * DAY, clock=week_on).sweep()
+        assert (swept.expired["URL output folders"], swept.expired["v2 assets"]) == (1, 1)
+        assert not list(storage.entries("outputs")) and not list(storage.entries("comfy-v2"))
