@@ -32,7 +32,7 @@ from comfybento.compat import comfy_v2
 from comfybento.compat import comfyui as comfyui_api
 from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFull, StorageFull
 from comfybento.jobs import api as jobs_api
-from comfybento.jobs.factory import make_jobs
+from comfybento.jobs.factory import make_jobs, make_retention
 from comfybento.jobs.runner import OnEvent
 from comfybento.outputs import diskspace
 from comfybento.outputs.delivery import StorageOnFirstUse, live_folder, output_item, outputs_as_urls
@@ -340,8 +340,11 @@ def _job_hooks(project: Project) -> dict[str, Any]:
         service, self.job_runner = make_jobs(project.settings, project.catalog, execute, self.costs, may_lease=self.disk.has_room)
         jobs_api.bind(service)
         self.job_task = asyncio.create_task(self.job_runner.run_forever())
+        # old jobs, URL outputs and v2 assets; at once (and early, if allowed) when the disk runs low
+        self.retention_task = asyncio.create_task(make_retention(project.settings, self.job_runner, self.disk).run_forever())
 
     async def stop_jobs(self: Any) -> None:
+        self.retention_task.cancel()
         await self.job_runner.stop()
         self.job_items.shutdown(wait=False, cancel_futures=True)
         if self.engine_client is not None:
