@@ -132,6 +132,14 @@ class Settings:
     job_retry_base_s: float = 2.0
     # Finished jobs (and their outputs) are deleted after this many seconds.
     job_retention_s: int = 7 * 24 * 3600
+    # Live outputs stored for their URLs (output_delivery "url") and Comfy API v2 assets are deleted this many
+    # seconds after they were written (COMFYBENTO_OUTPUT_RETENTION_S; jobs/retention.py); 0 keeps them until deleted.
+    output_retention_s: int = 7 * 24 * 3600
+    # COMFYBENTO_RETENTION_EARLY: below the free-space watermark, retention runs at once; with this on it then also
+    # deletes finished jobs, URL outputs and v2 uploads before their retention, oldest first, until there is room.
+    # Off by default: a full disk is refused cleanly (507) and loses nothing, early deletion loses what clients were
+    # promised to find; turn it on where clients fetch their results promptly.
+    retention_early: bool = False
     # Items a replica keeps in flight (they feed the same batches as live requests, behind them); 0: four times the
     # largest max batch of the served workflows, so a batch is always queued behind the one executing.
     job_concurrency: int = 0
@@ -310,6 +318,8 @@ def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
         "job_max_attempts": _int(env, "COMFYBENTO_JOB_MAX_ATTEMPTS", 4, minimum=1),
         "job_retry_base_s": float(_int(env, "COMFYBENTO_JOB_RETRY_BASE_MS", 2000, minimum=1)) / 1000,
         "job_retention_s": _int(env, "COMFYBENTO_JOB_RETENTION_S", 7 * 24 * 3600, minimum=1),
+        "output_retention_s": _int(env, "COMFYBENTO_OUTPUT_RETENTION_S", 7 * 24 * 3600, minimum=0),
+        "retention_early": _bool(env, "COMFYBENTO_RETENTION_EARLY", False),
         "job_concurrency": _int(env, "COMFYBENTO_JOB_CONCURRENCY", 0, minimum=0),
         "storage": storage,
         "output_dir": _path(env, "COMFYBENTO_OUTPUT_DIR", work_dir / "outputs"),

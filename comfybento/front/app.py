@@ -41,7 +41,7 @@ from comfybento.front.http import (
     until_client_disconnects,
 )
 from comfybento.front.jobs import routes as jobs_api
-from comfybento.front.jobs.factory import make_jobs
+from comfybento.front.jobs.factory import make_jobs, make_retention
 from comfybento.front.jobs.runner import OnEvent
 from comfybento.front.openapi import OpenAPIMiddleware, fix_openapi
 from comfybento.outputs import diskspace
@@ -287,8 +287,11 @@ def _job_hooks(project: Project) -> dict[str, Any]:
         service, self.job_runner = make_jobs(project.settings, project.catalog, execute, self.costs, may_lease=self.disk.has_room)
         jobs_api.bind(service)
         self.job_task = asyncio.create_task(self.job_runner.run_forever())
+        # old jobs, URL outputs and v2 assets; at once (and early, if allowed) when the disk runs low
+        self.retention_task = asyncio.create_task(make_retention(project.settings, self.job_runner, self.disk).run_forever())
 
     async def stop_jobs(self: Any) -> None:
+        self.retention_task.cancel()
         await self.job_runner.stop()
         self.job_items.shutdown(wait=False, cancel_futures=True)
         if self.engine_client is not None:

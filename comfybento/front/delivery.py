@@ -5,19 +5,23 @@ batch jobs use (outputs/storage.py): a local folder, served at
 `/outputs/<folder>/<file>`, or an S3 bucket, with presigned URLs. The folder is
 a random id, and with API keys on `<random id>-<owner tag>` (front/ownership.py):
 only its owner (or an operator) may read it.
+
+They are kept for COMFYBENTO_OUTPUT_RETENTION_S after their request (jobs/retention.py
+deletes each folder whole, its owner's tag with it); then their URLs answer 404.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from comfybento.config import Settings
 from comfybento.engine.messages import ItemResult, OutputBlob
 from comfybento.front.ownership import owner_tag
 from comfybento.outputs.media import extension_for
-from comfybento.outputs.storage import Storage
+from comfybento.outputs.storage import Entry, Storage
 from comfybento.workflows.schema import OutputItem
 
 LIVE_PREFIX = "outputs"
@@ -52,6 +56,28 @@ def outputs_as_urls(storage: Storage, result: ItemResult, base_url: str, owner: 
         storage.put(key, blob.data, blob.media_type)
         items.append(output_item(blob, url=storage.url(key, base_url)))
     return items
+
+
+@dataclass(frozen=True)
+class LiveFolder:
+    """One live request's stored outputs: the folder's key, when its newest file was written, its bytes."""
+
+    prefix: str
+    modified: float
+    size: int
+
+
+def live_folders(entries: list[Entry]) -> list[LiveFolder]:
+    """The live output folders among a listing of `outputs/` (`Storage.entries(LIVE_PREFIX)`), oldest first."""
+    folders: dict[str, tuple[float, int]] = {}
+    for entry in entries:
+        parts = entry.key.split("/")
+        if len(parts) != 3 or parts[0] != LIVE_PREFIX:
+            continue
+        prefix = f"{LIVE_PREFIX}/{parts[1]}"
+        modified, size = folders.get(prefix, (0.0, 0))
+        folders[prefix] = (max(modified, entry.modified), size + entry.size)
+    return sorted((LiveFolder(p, m, n) for p, (m, n) in folders.items()), key=lambda f: f.modified)
 
 
 class StorageOnFirstUse:

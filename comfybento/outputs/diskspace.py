@@ -9,10 +9,10 @@ not leased, and /readyz says why; work that returns its outputs inline still run
 
 `DiskWatcher.low()` samples free space at most every `interval_s` (statvfs is a
 system call, answered from memory), so every request may ask. Crossing the
-watermark either way logs one line and calls the `on_low` hooks (going below:
-e.g. retention runs early). The `free_bytes` and `clock` arguments are the seam
-for tests. The free bytes of each folder are exported as a gauge
-(comfybento_disk_free_bytes{folder}).
+watermark either way logs one line; going below calls the `on_low` hooks (the
+front's retention sweeps at once: jobs/retention.py), which `recheck` after
+freeing. The `free_bytes` and `clock` arguments are the seam for tests. The
+free bytes of each folder are exported as a gauge (comfybento_disk_free_bytes{folder}).
 """
 
 from __future__ import annotations
@@ -118,6 +118,12 @@ class DiskWatcher:
             except Exception:
                 log.exception("disk space: a hook for going below the watermark failed")
         return low
+
+    def recheck(self) -> Low | None:
+        """`low()` sampled now, whatever the interval (after space was freed: new work is accepted at once)."""
+        with self._lock:
+            self._sampled_at = None
+        return self.low()
 
     def has_room(self) -> bool:
         return self.low() is None

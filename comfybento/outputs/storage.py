@@ -11,10 +11,21 @@ import contextlib
 import os
 import shutil
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from comfybento.errors import STORAGE_ERRNOS, ConfigError, NotFound, StorageFull
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored file as a listing gives it: its key, when it was last written (epoch seconds) and its size."""
+
+    key: str
+    modified: float
+    size: int
 
 
 class Storage(Protocol):
@@ -23,6 +34,9 @@ class Storage(Protocol):
     def url(self, key: str, base_url: str) -> str: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def entries(self, prefix: str) -> Iterator[Entry]:
+        """Every file under `prefix/` (retention's listing: jobs/retention.py), in no particular order."""
+        ...
 
 
 def _safe_key(key: str) -> str:
@@ -101,6 +115,27 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
 
+    def entries(self, prefix: str) -> Iterator[Entry]:
+        """The regular files under the prefix's folder; a link (to a file or a folder) is never listed nor followed."""
+        try:
+            top = self._path(prefix.rstrip("/"))
+        except NotFound:
+            return
+        folders = [top]
+        while folders:
+            folder = folders.pop()
+            try:
+                found = list(os.scandir(folder))
+            except OSError:  # gone meanwhile, or not a folder
+                continue
+            for entry in found:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        info = entry.stat(follow_symlinks=False)
+                        yield Entry(Path(entry.path).relative_to(self.root).as_posix(), info.st_mtime, info.st_size)
+
 
 class S3Storage:
     """An S3-compatible bucket (AWS, MinIO, moto ...); results carry presigned URLs."""
@@ -143,3 +178,10 @@ class S3Storage:
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+    def entries(self, prefix: str) -> Iterator[Entry]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        skip = len(self.prefix) + 1 if self.prefix else 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix.rstrip("/")) + "/"):
+            for o in page.get("Contents", []):
+                yield Entry(str(o["Key"])[skip:], o["LastModified"].timestamp(), int(o["Size"]))

@@ -2,7 +2,9 @@
 
 New work that writes is refused (507, or 503 + Retry-After in the ComfyUI and Comfy API v2 routes), never a 500 or a
 dropped connection; inline requests still run; /readyz says why. Once the filler is deleted, without a restart, the
-job accepted before completes, each item once, and new work is accepted.
+job accepted before completes, each item once, and new work is accepted. Then retention frees the disk by itself: filled
+again while URL outputs past their retention are stored, the server deletes them at once (their URLs answer 404) and
+accepts new work, the filler still there.
 
 Mounting needs root (CAP_SYS_ADMIN); where it is not allowed the test is skipped, and the same paths are covered by
 the fault-injection seams of tests/unit/test_diskspace.py.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -48,9 +51,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def fill(folder: Path) -> Path:
+def fill(folder: Path, name: str = "filler") -> Path:
     """A file that takes every free byte of folder's file system."""
-    filler = folder / "filler"
+    filler = folder / name
     with filler.open("wb", buffering=0) as fh:
         for chunk in (1 << 20, 1 << 14, 1 << 12, 1):
             try:
@@ -150,3 +153,32 @@ def test_a_full_disk_refuses_new_work_cleanly_and_recovers_by_itself(tmp_path, s
         assert upload.status_code == 200, upload.text
         asset = httpx.post(f"{url}/api/v2/assets", files={"file": ("b.png", png(), "image/png")}, timeout=30)
         assert asset.status_code in (200, 201), asset.text
+        retention_frees_the_disk_by_itself(url, small_disk)
+
+
+def retention_frees_the_disk_by_itself(url: str, disk: Path) -> None:
+    """URL outputs past their retention (a real one, and 10 MiB more in a folder of the same shape), then the disk full:
+    the watcher's crossing sweeps them at once, and new work is accepted without deleting the filler."""
+    small = {"width": 64, "height": 64, "steps": 2, "prompt": "a cube", "seed": 5, "output_delivery": "url"}
+    made = httpx.post(f"{url}/txt2img", json=small, timeout=120)
+    assert made.status_code == 200, made.text
+    stored = made.json()["outputs"][0]["url"]
+    live = disk / "work" / "outputs" / "outputs"  # COMFYBENTO_OUTPUT_DIR's outputs/<folder>/<file> (front/delivery.py)
+    folders = [live / stored.split("/")[-2], live / ("0" * 32)]
+    folders[1].mkdir()
+    (folders[1] / "save_image-0.png").write_bytes(b"\0" * (10 << 20))
+    week_ago = time.time() - 8 * 24 * 3600  # past COMFYBENTO_OUTPUT_RETENTION_S (7 days)
+    for file in (f for folder in folders for f in folder.iterdir()):
+        os.utime(file, (week_ago, week_ago))
+    filler = fill(disk, "filler-again")
+    try:
+        deadline = time.monotonic() + 10  # a periodic sweep is a minute apart: the crossing starts this one
+        while any(f.exists() for f in folders) or httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, [f for f in folders if f.exists()]
+            time.sleep(0.1)
+        gone = httpx.get(stored, timeout=30)
+        assert gone.status_code == 404 and gone.json()["error_kind"] == "not_found", gone.text
+        again = httpx.post(f"{url}/txt2img", json=small, timeout=120)
+        assert again.status_code == 200 and httpx.get(again.json()["outputs"][0]["url"], timeout=30).status_code == 200, again.text
+    finally:
+        filler.unlink()

@@ -17,6 +17,7 @@ from typing import Any
 
 from comfybento.engine.messages import ItemResult, OutputBlob
 from comfybento.front.jobs.records import ItemRecord, JobRecord, now
+from comfybento.front.jobs.retention import Retention
 from comfybento.front.jobs.runner import JobRunner
 from comfybento.front.jobs.store import SQLiteJobStore
 from comfybento.front.jobs.webhooks import AllowList, WebhookPolicy
@@ -56,7 +57,7 @@ class Engine:
 
 def runner(tmp_path: Path, engine: Engine, **options: Any) -> JobRunner:
     """A fresh runner (a new process, as after a restart) on the same store file and output folder."""
-    settings: dict[str, Any] = dict(workflows=frozenset({"txt2img"}), concurrency=4, lease_s=60, max_attempts=3, retry_base_s=0.05, retention_s=3600,
+    settings: dict[str, Any] = dict(workflows=frozenset({"txt2img"}), concurrency=4, lease_s=60, max_attempts=3, retry_base_s=0.05,
                                     webhook_secret=SECRET, allow=AllowList(["127.0.0.1"]),
                                     webhooks=WebhookPolicy(max_attempts=3, backoff_s=0.1, timeout_s=10))
     settings.update(options)
@@ -236,10 +237,10 @@ def test_cached_results_are_copied_and_outlive_the_job_that_made_them(tmp_path):
     assert engine.calls == [7]  # the second job was served from the cache
     (hit,) = r.store.get_items(second.id, 0, 1)
     assert hit.result["cached"] and hit.result["outputs"][0]["key"].startswith(f"{second.id}/")
-    # a restart whose retention removes the first job (finished before the midpoint) but not the second
+    # retention removes the first job (finished before the midpoint) but not the second
     midpoint = (r.store.get_job(first.id).finished_at + r.store.get_job(second.id).finished_at) / 2
-    r = runner(tmp_path, engine, retention_s=now() - midpoint)
-    run_until(r, lambda: r.store.get_job(first.id) is None)
+    Retention(r.store, r.storage, job_retention_s=now() - midpoint, output_retention_s=0).sweep()
+    assert r.store.get_job(first.id) is None and r.store.get_job(second.id) is not None
     assert not (tmp_path / "out" / first.id).exists()
     assert r.storage.get(hit.result["outputs"][0]["key"]) == PNG  # the copy is the second job's own
     third = submit(tmp_path, 1, cache=True, seeds=[7])

@@ -11,7 +11,7 @@ import { decodePng } from "./png.ts";
 const baseUrl = process.env.COMFYBENTO_URL;
 if (!baseUrl) throw new Error("set COMFYBENTO_URL to a running comfybento service (tests/e2e/test_ts_client.py does)");
 const client = connect({ baseUrl, apiKey: process.env.COMFYBENTO_API_KEY });
-const SMALL = { prompt: "a lighthouse at dusk", steps: 2, width: 64, height: 48 } as const;
+const SMALL = { prompt: "a lighthouse at dusk", steps: 2, width: 96, height: 64 } as const;
 
 async function bytesOf(blob: Blob): Promise<Uint8Array> {
   return new Uint8Array(await blob.arrayBuffer());
@@ -30,7 +30,7 @@ test("txt2img answers JSON with a PNG output", async () => {
   assert.equal(first.kind, "image");
   assert.equal(first.media_type, "image/png");
   assert.ok(first.data, "output_delivery base64 puts the bytes in `data`");
-  assert.deepEqual(decodePng(Buffer.from(first.data, "base64")), { width: 64, height: 48 });
+  assert.deepEqual(decodePng(Buffer.from(first.data, "base64")), { width: 96, height: 64 });
   assert.ok(data.timings.execution_ms > 0);
 });
 
@@ -40,7 +40,7 @@ test("txt2imgPng answers the image's bytes", async () => {
   assert.equal(response.headers.get("content-type"), "image/png");
   assert.equal(response.headers.get("x-seed"), "8");
   assert.ok(data instanceof Blob);
-  assert.deepEqual(decodePng(await bytesOf(data)), { width: 64, height: 48 });
+  assert.deepEqual(decodePng(await bytesOf(data)), { width: 96, height: 64 });
 });
 
 test("a bad field is a 400 that names it", async () => {
@@ -82,7 +82,7 @@ test("a job runs to the end and its file downloads", async () => {
   const name = decodeURIComponent(new URL(ref.url).pathname.split("/").pop() ?? "");
   const file = await getJobFile({ client, path: { job_id: jobId, name } });
   assert.ok(file.data instanceof Blob, JSON.stringify(file.error));
-  assert.deepEqual(decodePng(await bytesOf(file.data)), { width: 64, height: 48 });
+  assert.deepEqual(decodePng(await bytesOf(file.data)), { width: 96, height: 64 });
 
   const missing = await getJob({ client, path: { job_id: "no-such-job" } });
   assert.equal(missing.response.status, 404);

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from comfybento.config import Settings
 from comfybento.front import access
 from comfybento.front.jobs.live import JobEvents
+from comfybento.front.jobs.retention import Retention
 from comfybento.front.jobs.runner import Execute, JobRunner
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import JobStore, SQLiteJobStore
 from comfybento.front.jobs.usage import usage_sink
 from comfybento.front.jobs.webhooks import AllowList, WebhookPolicy, load_or_create_secret
+from comfybento.outputs.diskspace import DiskWatcher
 from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
 from comfybento.scheduling.cost import CostModel
 from comfybento.workflows.catalog import WorkflowSpec
@@ -43,7 +45,7 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
     concurrency = settings.job_concurrency or 4 * max((spec.max_batch_size for spec in catalog.values()), default=1)
     runner = JobRunner(
         store, storage, execute, workflows=served, concurrency=concurrency, lease_s=settings.job_lease_s,
-        max_attempts=settings.job_max_attempts, retry_base_s=settings.job_retry_base_s, retention_s=settings.job_retention_s,
+        max_attempts=settings.job_max_attempts, retry_base_s=settings.job_retry_base_s,
         webhook_secret=settings.webhook_secret or load_or_create_secret(settings.webhook_secret_file), allow=allow,
         webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s,
                                timeout_s=settings.webhook_timeout_s, min_bytes_per_s=settings.webhook_min_bytes_per_s),
@@ -55,3 +57,13 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
                          live_progress=runner.progress, live=runner.live,
                          free_graphs=FreeGraphs(settings) if settings.runs_unmatched_graphs else None, costs=costs)
     return service, runner
+
+
+def make_retention(settings: Settings, runner: JobRunner, watcher: DiskWatcher | None = None) -> Retention:
+    """This replica's retention over the runner's store and storage; with a watcher, it sweeps at once (and may free
+    early) whenever the disk goes below its watermark (the watcher's `on_low` hook)."""
+    retention = Retention(runner.store, runner.storage, settings.job_retention_s, settings.output_retention_s,
+                          early=settings.retention_early, watcher=watcher)
+    if watcher is not None:
+        watcher.on_low.append(retention.on_low)
+    return retention

@@ -28,10 +28,11 @@ raises is a bug of ours: it is logged once with its traceback, the job id and
 the item index, and the item fails with an internal error that names the
 exception's type but shows no internals (`errors.describe`).
 
-`run_forever` runs four loops side by side, so none can hold up another:
+`run_forever` runs three loops side by side, so none can hold up another:
 leasing, lease renewal (on its own thread, so slow storage writes or store
-reads never delay it), webhook delivery (its own task, a bounded number of
-POSTs in flight, each with a deadline) and retention.
+reads never delay it) and webhook delivery (its own task, a bounded number of
+POSTs in flight, each with a deadline). Finished jobs are deleted by the
+front's retention (jobs/retention.py), with URL outputs and v2 assets.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ Execute = Callable[[str, dict[str, Any], "int | None", OnEvent], Awaitable[ItemR
 OnUsage = Callable[["str | None", int, float], Awaitable[None]]
 # Error kinds worth another attempt later; every other kind fails the item at once.
 TRANSIENT_KINDS = frozenset({"unavailable", "oom", "cancelled", "storage_full"})
-RETENTION_EVERY_S = 60.0
 # How long a stop waits for successes being recorded and charged.
 FINISH_TIMEOUT_S = 10.0
 RECORD_THREADS = 2  # threads that store results (files, then the store's record)
@@ -89,7 +89,7 @@ def output_key(lease: Lease, output: str, index: int, ext: str) -> str:
 
 class JobRunner:
     def __init__(self, store: JobStore, storage: Storage, execute: Execute, *, workflows: frozenset[str], concurrency: int,
-                 lease_s: float, max_attempts: int, retry_base_s: float, retention_s: float, webhook_secret: str,
+                 lease_s: float, max_attempts: int, retry_base_s: float, webhook_secret: str,
                  allow: AllowList, webhooks: WebhookPolicy, on_usage: OnUsage = no_usage_hook,
                  live: JobEvents | None = None, may_lease: Callable[[], bool] = lambda: True) -> None:
         self.store = store
@@ -101,7 +101,6 @@ class JobRunner:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
-        self.retention_s = retention_s
         self.signer = Webhook(webhook_secret)  # an empty secret raises: no webhook is ever sent unsigned
         self.allow = allow
         self.webhooks = webhooks
@@ -120,7 +119,7 @@ class JobRunner:
 
     async def run_forever(self) -> None:
         client = httpx.AsyncClient(follow_redirects=False, timeout=self.webhooks.timeout_s)
-        loops = [self._lease_loop(), self._renew_loop(), self._webhook_loop(client), self._retention_loop()]
+        loops = [self._lease_loop(), self._renew_loop(), self._webhook_loop(client)]
         tasks = [asyncio.create_task(loop) for loop in loops]
         try:
             await self._stop.wait()
@@ -216,17 +215,6 @@ class JobRunner:
             await asyncio.to_thread(self.store.save_delivery, done)
         except Exception:
             log.exception("webhook %s: delivery failed; its claim expires and it is retried", delivery.id)
-
-    async def _retention_loop(self) -> None:
-        while True:
-            try:
-                for job_id in await asyncio.to_thread(self.store.expirable, now() - self.retention_s):
-                    await asyncio.to_thread(self.storage.delete_prefix, job_id)  # files first: a crash leaves no orphan
-                    await asyncio.to_thread(self.store.delete_job, job_id)
-            except Exception:
-                log.exception("job runner: retention failed; retrying")
-            if not await self._idle(RETENTION_EVERY_S):
-                return
 
     # ------------------------------------------------------------ items
 

@@ -7,6 +7,10 @@ Keys (all under `comfy-v2/`):
 - `holds/<owner tag>/<blake3 hex>`: the owner uploaded these bytes, so it may mint from their hash
   (the spec's trust boundary: a hash is a lookup key, never an authority; a miss and "not yours" look the same).
 Job outputs are assets too, named `out_<job>_<item>_<n>` (views.py), read from the job's own results.
+
+Retention (`expire`, run by jobs/retention.py): records and holds older than COMFYBENTO_OUTPUT_RETENTION_S
+are deleted, and a blob once it is that old and no hold on it is left. Every mint writes its owner's hold
+after its record, so a blob outlives every record over it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import mimetypes
 import re
 import uuid
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,10 +30,11 @@ from blake3 import blake3
 from comfybento.errors import NotFound
 from comfybento.front.compat.comfy_v2.errors import V2Error
 from comfybento.front.ownership import Caller, owner_tag
-from comfybento.outputs.storage import Storage
+from comfybento.outputs.storage import Entry, Storage
 
 PREFIX = "comfy-v2"
 HASH = re.compile(r"blake3:([0-9a-f]{64})")
+HEX = re.compile(r"[0-9a-f]{64}")
 ASSET_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -42,6 +48,16 @@ class AssetRecord:
     created_at: str
     owner: str | None = None
     job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Bytes stored once, with everything over them: the records minted from them and their owners' holds."""
+
+    hexd: str
+    modified: float  # the newest write of any of its keys
+    size: int
+    keys: tuple[str, ...]  # records, then holds, then the blob: the order they are deleted in (a crash leaves no record without bytes)
 
 
 def blake3_of(data: bytes) -> str:
@@ -88,15 +104,18 @@ class AssetStore:
         new = not (_exists(self.storage, hold) and _exists(self.storage, blob))
         if not _exists(self.storage, blob):
             self.storage.put(blob, data, content_type)
-        self.storage.put(hold, b"1", "text/plain")
-        return self._mint(digest, len(data), content_type, file_path, owner), new
+        record = self._mint(digest, len(data), content_type, file_path, owner)
+        self.storage.put(hold, b"1", "text/plain")  # after the record: the hold (and so the blob) outlives it
+        return record, new
 
     def from_hash(self, hash_value: str, file_path: str | None, owner: str | None) -> AssetRecord:
         hexd = parse_hash(hash_value)
         if not self.mintable(hash_value, owner):
             raise V2Error(404, "blob_not_found", f"hash: no blob {hash_value} this caller may mint from")
         data = self.storage.get(f"{PREFIX}/blobs/{hexd}")
-        return self._mint(f"blake3:{hexd}", len(data), content_type_of(file_path), file_path, owner)
+        record = self._mint(f"blake3:{hexd}", len(data), content_type_of(file_path), file_path, owner)
+        self.storage.put(f"{PREFIX}/holds/{_owner_tag(owner)}/{hexd}", b"1", "text/plain")  # renewed: the blob lives on
+        return record
 
     def _mint(self, digest: str, size: int, content_type: str, file_path: str | None, owner: str | None) -> AssetRecord:
         record = AssetRecord(id=str(uuid.uuid4()), hash=digest, size_bytes=size, content_type=content_type or "application/octet-stream",
@@ -128,7 +147,65 @@ class AssetStore:
         return record
 
     def content(self, record: AssetRecord) -> bytes:
-        return self.storage.get(f"{PREFIX}/blobs/{record.hash.split(':', 1)[1]}")
+        try:
+            return self.storage.get(f"{PREFIX}/blobs/{record.hash.split(':', 1)[1]}")
+        except (NotFound, FileNotFoundError, KeyError):  # expired meanwhile
+            raise V2Error(404, "not_found", f"asset {record.id!r} does not exist") from None
+
+    # ---------------------------------------------------------- retention
+
+    def expire(self, before: float) -> tuple[int, int]:
+        """Delete the records and holds written before `before`, then the blobs as old with no hold left:
+        (records deleted, bytes of blobs deleted)."""
+        records, holds, blobs = self._listing()
+        old_records = [e for e in records if e.modified < before]
+        for entry in old_records:
+            self.storage.delete(entry.key)
+        held = set()
+        for entry in holds:
+            if entry.modified < before:
+                self.storage.delete(entry.key)
+            else:
+                held.add(_hex_of(entry))
+        freed = 0
+        for entry in blobs:
+            if entry.modified < before and _hex_of(entry) not in held:
+                self.storage.delete(entry.key)
+                freed += entry.size
+        return len(old_records), freed
+
+    def uploads(self) -> list[Upload]:
+        """Every blob with its records and holds, oldest first (freeing space early; reads every record)."""
+        records, holds, blobs = self._listing()
+        keys: dict[str, list[Entry]] = defaultdict(list)
+        for entry in records:
+            try:
+                keys[parse_hash(json.loads(self.storage.get(entry.key))["hash"])].append(entry)
+            except (NotFound, ValueError, KeyError, TypeError, V2Error):
+                continue  # deleted meanwhile, or unreadable: never deleted early
+        for entry in [*holds, *blobs]:
+            keys[_hex_of(entry)].append(entry)
+        found = [Upload(hexd, max(e.modified for e in entries), sum(e.size for e in entries), tuple(e.key for e in entries))
+                 for hexd, entries in keys.items()]
+        return sorted(found, key=lambda u: u.modified)
+
+    def drop(self, upload: Upload) -> None:
+        """Delete the blob and everything over it: its records answer 404 from now on."""
+        for key in upload.keys:
+            self.storage.delete(key)
+
+    def _listing(self) -> tuple[list[Entry], list[Entry], list[Entry]]:
+        """(asset records, holds, blobs) as stored."""
+        records, holds, blobs = [], [], []
+        for entry in self.storage.entries(PREFIX):
+            kind, _, name = entry.key.removeprefix(f"{PREFIX}/").partition("/")
+            if kind == "assets" and ASSET_ID.fullmatch(name.removesuffix(".json")):
+                records.append(entry)
+            elif kind == "holds" and HEX.fullmatch(name.rpartition("/")[2]):
+                holds.append(entry)
+            elif kind == "blobs" and HEX.fullmatch(name):
+                blobs.append(entry)
+        return records, holds, blobs
 
     def resolve_reference(self, kind: str, literal: Any, caller: Caller) -> str:
         """A graph's `core/ASSET` reference -> the file field's value (base64 of the asset's bytes); 422 missing_asset otherwise."""
@@ -142,6 +219,10 @@ class AssetStore:
         except V2Error:
             raise V2Error(422, "missing_asset", f"asset {asset_id[:80]!r} does not exist (or is not yours)") from None
         return base64.b64encode(self.content(record)).decode()
+
+
+def _hex_of(entry: Entry) -> str:
+    return entry.key.rpartition("/")[2]
 
 
 def content_type_of(file_path: str | None) -> str:
