@@ -41,9 +41,10 @@ from comfybento.front.http import (
     until_client_disconnects,
 )
 from comfybento.front.jobs import routes as jobs_api
-from comfybento.front.jobs.factory import make_jobs, make_retention
+from comfybento.front.jobs.factory import make_jobs
 from comfybento.front.jobs.runner import OnEvent
 from comfybento.front.openapi import OpenAPIMiddleware, fix_openapi
+from comfybento.front.retention import make_retention
 from comfybento.outputs import diskspace
 from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission

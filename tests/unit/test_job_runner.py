@@ -17,10 +17,10 @@ from typing import Any
 
 from comfybento.engine.messages import ItemResult, OutputBlob
 from comfybento.front.jobs.records import ItemRecord, JobRecord, now
-from comfybento.front.jobs.retention import Retention
 from comfybento.front.jobs.runner import JobRunner
 from comfybento.front.jobs.store import SQLiteJobStore
 from comfybento.front.jobs.webhooks import AllowList, WebhookPolicy
+from comfybento.front.retention import Retention
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
 from tests.helpers import sample_image

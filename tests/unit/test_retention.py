@@ -24,11 +24,11 @@ from comfybento.front.compat import comfy_v2
 from comfybento.front.compat.comfy_v2.assets import AssetStore
 from comfybento.front.jobs import routes as api
 from comfybento.front.jobs.records import ItemRecord, JobRecord
-from comfybento.front.jobs.retention import Retention
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import SQLiteJobStore
 from comfybento.front.jobs.webhooks import AllowList
 from comfybento.front.ownership import OPEN
+from comfybento.front.retention import Retention
 from comfybento.outputs.diskspace import DiskWatcher, Folder
 from comfybento.outputs.storage import LocalStorage
 
@@ -150,7 +150,7 @@ def test_going_below_the_watermark_sweeps_at_once_and_frees_the_oldest_finished_
     sweeps: list[Any] = []
     sweep = retention.sweep
     retention.sweep = lambda low_disk=False: sweeps.append(sweep(low_disk)) or sweeps[-1]  # type: ignore[method-assign]
-    caplog.set_level(logging.INFO, logger="comfybento.front.jobs.retention")
+    caplog.set_level(logging.INFO, logger="comfybento.front.retention")
 
     async def main() -> None:
         loop = asyncio.create_task(retention.run_forever())

@@ -7,13 +7,11 @@ from collections.abc import Callable
 from comfybento.config import Settings
 from comfybento.front import access
 from comfybento.front.jobs.live import JobEvents
-from comfybento.front.jobs.retention import Retention
 from comfybento.front.jobs.runner import Execute, JobRunner
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import JobStore, SQLiteJobStore
 from comfybento.front.jobs.usage import usage_sink
 from comfybento.front.jobs.webhooks import AllowList, WebhookPolicy, load_or_create_secret
-from comfybento.outputs.diskspace import DiskWatcher
 from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
 from comfybento.scheduling.cost import CostModel
 from comfybento.workflows.catalog import WorkflowSpec
@@ -57,13 +55,3 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
                          live_progress=runner.progress, live=runner.live,
                          free_graphs=FreeGraphs(settings) if settings.runs_unmatched_graphs else None, costs=costs)
     return service, runner
-
-
-def make_retention(settings: Settings, runner: JobRunner, watcher: DiskWatcher | None = None) -> Retention:
-    """This replica's retention over the runner's store and storage; with a watcher, it sweeps at once (and may free
-    early) whenever the disk goes below its watermark (the watcher's `on_low` hook)."""
-    retention = Retention(runner.store, runner.storage, settings.job_retention_s, settings.output_retention_s,
-                          early=settings.retention_early, watcher=watcher)
-    if watcher is not None:
-        watcher.on_low.append(retention.on_low)
-    return retention

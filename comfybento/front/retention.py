@@ -31,9 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
+from comfybento.config import Settings
 from comfybento.front.compat.comfy_v2.assets import PREFIX as V2_PREFIX
 from comfybento.front.compat.comfy_v2.assets import AssetStore
 from comfybento.front.delivery import LIVE_PREFIX, live_folders
+from comfybento.front.jobs.runner import JobRunner
 from comfybento.front.jobs.store import JobStore
 from comfybento.outputs.diskspace import DiskWatcher, Low, size
 from comfybento.outputs.storage import Storage
@@ -179,3 +181,13 @@ class Retention:
             return
         more = "" if self.early else f"; set {EARLY_SETTING}=on to delete finished work before its retention"
         log.warning("retention: %s; still below the watermark (%s)%s", swept.describe(), swept.still_low.reason(), more)
+
+
+def make_retention(settings: Settings, runner: JobRunner, watcher: DiskWatcher | None = None) -> Retention:
+    """This replica's retention over the runner's store and storage; with a watcher, it sweeps at once (and may free
+    early) whenever the disk goes below its watermark (the watcher's `on_low` hook)."""
+    retention = Retention(runner.store, runner.storage, settings.job_retention_s, settings.output_retention_s,
+                          early=settings.retention_early, watcher=watcher)
+    if watcher is not None:
+        watcher.on_low.append(retention.on_low)
+    return retention
