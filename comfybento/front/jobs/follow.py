@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from comfybento.front.jobs.records import TERMINAL_STATES, ItemRecord, JobRecord
 from comfybento.front.jobs.store import JobStore
@@ -133,7 +133,8 @@ def live_change(event: dict[str, Any]) -> Change | None:
 def stored_outcome(item: ItemRecord) -> ItemOutcome:
     """A finished item's outcome as the store recorded it."""
     error = item.error if item.error and item.state != "succeeded" else None
-    return ItemOutcome(item.job_id, item.index, item.state, tuple((item.result or {}).get("outputs") or ()),  # type: ignore[arg-type]
+    status = cast(Outcome, item.state)  # (a finished item's state)
+    return ItemOutcome(item.job_id, item.index, status, tuple((item.result or {}).get("outputs") or ()),
                        error.get("message") if error else None, error.get("kind") if error else None)
 
 
