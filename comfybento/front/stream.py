@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from comfybento.engine.messages import ItemResult, OutputBlob
 from comfybento.errors import ComfyBentoError, describe, storage_full
 from comfybento.front.delivery import live_key, output_item
+from comfybento.front.jobs import follow
 from comfybento.front.jobs.api_models import JobStatus, OutputRef
 from comfybento.front.jobs.service import JobService
 from comfybento.outputs.storage import Storage
@@ -277,88 +278,31 @@ class EventStreamResponse(StreamingResponse):
 
 # ---------------------------------------------------------------- a job's stream
 
-TERMINAL_JOB = ("succeeded", "failed", "cancelled")
-RESULTS_PAGE = 1000
 
-
-class _JobFollower:
-    """What one job stream has told its client: the job's state and counts, and the items whose outcome it sent."""
-
-    def __init__(self, service: JobService, job_id: str, base_url: str) -> None:
-        self.service, self.job_id, self.base_url = service, job_id, base_url
-        self.sent_items: set[int] = set()
-        self.shown: tuple[str, dict[str, int]] | None = None
-
-    def live_event(self, event: dict[str, Any]) -> AnyEvent | None:
-        """A live event of this replica's runner (front/jobs/live.py) as a job stream event; None for those it does not send."""
-        index = int(event.get("index", -1))
-        if event.get("event") == "progress":
-            return JobProgressEvent(index=index, value=int(event["value"]), max=int(event["max"]))
-        if event.get("event") != "item":
-            return None
-        status = str(event.get("status"))
-        if status in TERMINAL_JOB:
-            if index in self.sent_items:  # already told, from the store (it finished while the stream started)
-                return None
-            self.sent_items.add(index)
-        outputs = None
-        if status == "succeeded":
-            storage = self.service.storage
-            outputs = [OutputRef(**{k: v for k, v in o.items() if k != "key"}, url=storage.url(o["key"], self.base_url))
-                       for o in event.get("outputs") or []]
-        return JobItemEvent(index=index, status=status, outputs=outputs, error=event.get("error"),  # type: ignore[arg-type]
-                            error_kind=event.get("error_kind"))
-
-    def poll(self) -> list[AnyEvent]:
-        """From the store (blocking: call it in a thread): items finished that no event told of (another replica ran
-        them, or the events were lost), then the job if its state or counts changed."""
-        status = self.service.status(self.job_id)
-        done = [p.index for p in status.items if p.state in TERMINAL_JOB and p.index not in self.sent_items]
-        events: list[AnyEvent] = []
-        for start in sorted({i // RESULTS_PAGE * RESULTS_PAGE for i in done}):
-            page = self.service.results(self.job_id, start, RESULTS_PAGE, self.base_url)
-            for item in page.items:
-                if item.index in done:
-                    self.sent_items.add(item.index)
-                    events.append(JobItemEvent(index=item.index, status=item.state, outputs=item.outputs,  # type: ignore[arg-type]
-                                               error=item.error.message if item.error else None,
-                                               error_kind=item.error.kind if item.error else None))
-        if self.shown is None:  # the first: the job, then items finished before the client came, then the job if it is over
-            self.shown = (status.state, dict(status.counts))
-            return [JobEvent(**status.model_dump()), *events, *([JobEvent(**status.model_dump())] if events and self.over else [])]
-        if self.shown != (status.state, status.counts):
-            self.shown = (status.state, dict(status.counts))
-            events.append(JobEvent(**status.model_dump()))
-        return events
-
-    @property
-    def over(self) -> bool:
-        return self.shown is not None and self.shown[0] in TERMINAL_JOB
-
-
-async def job_events(service: JobService, job_id: str, base_url: str, poll_s: float = 1.0,
+async def job_events(service: JobService, job_id: str, base_url: str, poll_s: float = follow.POLL_S,
                      keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[bytes]:
     """A job's SSE frames: the job, then its items' progress and outcomes (live from this replica's runner, and from
     the store every `poll_s` for items other replicas ran), the job again whenever its state or counts change; the
-    stream ends after a job event whose state is terminal. Items finished before the client came are told first."""
-    follower = _JobFollower(service, job_id, base_url)
+    stream ends after a job event whose state is terminal. Items finished before the client came are told first.
+    The changes are front/jobs/follow.py's; this only frames them."""
+    shown: tuple[follow.JobSnapshot, JobEvent] | None = None
     with service.live.subscription(job_id) as queue:
-        polled = last_sent = time.monotonic()
-        for event in await asyncio.to_thread(follower.poll):
-            yield sse(event)
-        while not follower.over:
-            try:
-                got: dict[str, Any] | None = await asyncio.wait_for(queue.get(), poll_s)
-            except TimeoutError:
-                got = None
-            frames = [sse(e) for e in [follower.live_event(got)] if e is not None] if got is not None else []
-            now = time.monotonic()
-            if got is None or got.get("event") in ("item", "lagged") or now - polled >= poll_s:
-                frames += [sse(e) for e in await asyncio.to_thread(follower.poll)]
-                polled = now
-            if frames:
-                last_sent = now
-            elif now - last_sent >= keepalive_s:
-                frames, last_sent = [KEEPALIVE], now
-            for frame in frames:
-                yield frame
+        async with aclosing(follow.follow_job(service.store, queue, job_id, keepalive_s, poll_s)) as changes:
+            async for change in changes:
+                if isinstance(change, follow.JobSnapshot):
+                    if shown is None or shown[0] is not change:  # (the first snapshot comes again when the job is over)
+                        status = await asyncio.to_thread(service.status_of, change.job, change.items)
+                        shown = (change, JobEvent(**status.model_dump()))
+                    yield sse(shown[1])
+                elif isinstance(change, follow.Progress):
+                    yield sse(JobProgressEvent(index=change.index, value=change.value, max=change.max))
+                elif isinstance(change, follow.ItemOutcome):
+                    yield sse(_item_event(service.storage, change, base_url))
+                elif isinstance(change, follow.Keepalive):
+                    yield KEEPALIVE
+
+
+def _item_event(storage: Storage, outcome: follow.ItemOutcome, base_url: str) -> JobItemEvent:
+    outputs = None if outcome.outputs is None else [
+        OutputRef(**{k: v for k, v in o.items() if k != "key"}, url=storage.url(o["key"], base_url)) for o in outcome.outputs]
+    return JobItemEvent(index=outcome.index, status=outcome.status, outputs=outputs, error=outcome.error, error_kind=outcome.error_kind)

@@ -18,7 +18,6 @@ from comfybento.front.compat.comfy_v2 import routes
 from comfybento.front.compat.comfy_v2.assets import AssetStore
 from comfybento.front.compat.comfy_v2.errors import V2Error
 from comfybento.front.compat.comfy_v2.events import job_stream
-from comfybento.front.compat.comfy_v2.views import job_view
 from comfybento.front.jobs import routes as api
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import SQLiteJobStore
@@ -204,19 +203,18 @@ def test_the_live_stream_sends_progress_then_output_and_ends_on_the_terminal_sta
     job, _ = service.submit(api.JobSubmit(workflow="txt2img", items=[{"prompt": "a"}]))
 
     async def go() -> list[tuple[str, dict]]:
-        with service.live.subscription(job.id) as queue:
-            stream = job_stream(queue, lambda live: job_view(service, service.job(job.id), "http://h", live))
-            seen = [await anext(stream)]
-            service.live.publish(job.id, {"event": "queued", "job_id": job.id, "index": 0, "position": 3})
-            seen.append(await anext(stream))
-            (lease,) = service.store.lease("w", 1, 60, 3)
-            service.live.publish(job.id, {"event": "started", "job_id": job.id, "index": 0})
-            seen.append(await anext(stream))
-            service.live.publish(job.id, {"event": "progress", "job_id": job.id, "index": 0, "value": 2, "max": 4, "node_id": "3"})
-            seen.append(await anext(stream))
-            _finish_lease(service, lease)
-            service.live.publish(job.id, {"event": "item", "job_id": job.id, "index": 0, "status": "succeeded"})
-            seen += [frame async for frame in stream]
+        stream = job_stream(service, job.id, "http://h")
+        seen = [await anext(stream)]
+        service.live.publish(job.id, {"event": "queued", "job_id": job.id, "index": 0, "position": 3})
+        seen.append(await anext(stream))
+        (lease,) = service.store.lease("w", 1, 60, 3)
+        service.live.publish(job.id, {"event": "started", "job_id": job.id, "index": 0})
+        seen.append(await anext(stream))
+        service.live.publish(job.id, {"event": "progress", "job_id": job.id, "index": 0, "value": 2, "max": 4, "node_id": "3"})
+        seen.append(await anext(stream))
+        _finish_lease(service, lease)
+        service.live.publish(job.id, {"event": "item", "job_id": job.id, "index": 0, "status": "succeeded"})
+        seen += [frame async for frame in stream]
         return [_parse(f) for f in seen]
 
     frames = asyncio.run(go())

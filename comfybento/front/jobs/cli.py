@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from comfybento.front.jobs.records import TERMINAL_STATES
 from comfybento.outputs.media import extension_for
 
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             while True:
                 done, failed, state = download_finished(http, job["id"], out)
                 progress.update(task, completed=done + failed, note=f"{failed} failed" if failed else "")
-                if state in ("succeeded", "failed", "cancelled"):
+                if state in TERMINAL_STATES:
                     break
                 time.sleep(args.poll)
     print(f"job {job['id']}: {state}; {done} items downloaded to {out}, {failed} failed")

@@ -1,4 +1,4 @@
-"""Live job events, in this process: the job runner publishes, streams subscribe (job SSE, ComfyUI's /ws, Comfy API v2 events).
+"""Live job events, in this process: the job runner publishes, the job follower (front/jobs/follow.py) subscribes.
 
 Contract:
 - `publish(job_id, event)` is called on the event loop's thread (the runner's
@@ -13,7 +13,7 @@ Contract:
   emptied and gets one {"event": "lagged"} before the new event, after which the subscriber should
   re-read the job from the store. Memory per subscriber stays bounded.
 - Events are per process: an item leased by another replica is not seen here
-  (subscribers poll the store for its status; see front/jobs/routes.py).
+  (the job follower, front/jobs/follow.py, also polls the store for it).
 """
 
 from __future__ import annotations

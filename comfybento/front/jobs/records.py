@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ItemState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL_ITEM_STATES = ("succeeded", "failed", "cancelled")
-TERMINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
+# The states a job or an item does not leave (but by a retry of the job): the one definition.
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Delivery:
 def job_state_from_counts(counts: dict[str, int], total: int, cancelled: bool) -> JobState:
     if cancelled:
         return "cancelled"
-    done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+    done = sum(counts.get(s, 0) for s in TERMINAL_STATES)
     if done >= total:
         return "succeeded" if counts.get("failed", 0) == 0 else "failed"
     if done > 0 or counts.get("running", 0) > 0:

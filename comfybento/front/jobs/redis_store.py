@@ -34,7 +34,7 @@ import redis
 
 from comfybento.front.jobs.events import item_event, job_event
 from comfybento.front.jobs.records import (
-    TERMINAL_JOB_STATES,
+    TERMINAL_STATES,
     Delivery,
     ItemRecord,
     JobRecord,
@@ -357,7 +357,7 @@ class RedisJobStore:
         job = self.get_job(job_id)
         if job is None:
             return None
-        if job.state not in TERMINAL_JOB_STATES:
+        if job.state not in TERMINAL_STATES:
             key = P + "job:" + job_id
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(key, mapping={"state": "cancelled", "finished_at": now()})
@@ -449,7 +449,7 @@ class RedisJobStore:
         expired = []
         for job_id in self.r.zrangebyscore(P + "jobs", "-inf", before):
             job = self.get_job(job_id)
-            if job is not None and job.state in TERMINAL_JOB_STATES and job.finished_at is not None and job.finished_at < before:
+            if job is not None and job.state in TERMINAL_STATES and job.finished_at is not None and job.finished_at < before:
                 expired.append(job_id)
         return expired
 

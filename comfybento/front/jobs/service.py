@@ -10,7 +10,7 @@ import os
 import stat
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from comfybento.front.jobs.api_models import (
 )
 from comfybento.front.jobs.estimate import Planned, Quota, check_quota, estimate, plan
 from comfybento.front.jobs.live import JobEvents
-from comfybento.front.jobs.records import ItemRecord, JobRecord, now
+from comfybento.front.jobs.records import TERMINAL_STATES, ItemRecord, JobRecord, now
 from comfybento.front.jobs.store import JobStore
 from comfybento.front.jobs.webhooks import AllowList
 from comfybento.front.ownership import Caller
@@ -223,7 +223,11 @@ class JobService:
 
     def status(self, job_id: str, caller: Caller | None = None) -> JobStatus:
         job = self.job(job_id, caller)
-        items = self.store.get_items(job_id, 0, PROGRESS_LIMIT)
+        return self.status_of(job, self.store.get_items(job_id, 0, PROGRESS_LIMIT))
+
+    def status_of(self, job: JobRecord, items: Sequence[ItemRecord]) -> JobStatus:
+        """The status of a job as read (its record and first items), with its webhook log (blocking: it reads that)."""
+        job_id = job.id
         return JobStatus(
             id=job.id, workflow=job.workflow, state=job.state, priority=job.priority, total=job.total, counts=job.counts,
             created_at=job.created_at, finished_at=job.finished_at, eta_s=_eta(job, items), owner=job.owner,
@@ -342,9 +346,9 @@ def _request_hash(req: JobSubmit, raw: list[dict[str, Any]], owner: str | None) 
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _eta(job: JobRecord, items: list[ItemRecord]) -> float | None:
-    done = sum(job.counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
-    if job.state in ("succeeded", "failed", "cancelled"):
+def _eta(job: JobRecord, items: Sequence[ItemRecord]) -> float | None:
+    done = sum(job.counts.get(s, 0) for s in TERMINAL_STATES)
+    if job.state in TERMINAL_STATES:
         return 0.0
     started = [i.started_at for i in items if i.started_at]
     if done == 0 or not started:

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from comfybento.errors import ComfyBentoError, storage_full
 from comfybento.front.jobs.events import item_event, job_event
 from comfybento.front.jobs.records import (
-    TERMINAL_JOB_STATES,
+    TERMINAL_STATES,
     Delivery,
     ItemRecord,
     JobRecord,
@@ -301,7 +301,7 @@ class SQLiteJobStore:
             item = _item_from_row(db.execute("SELECT * FROM items WHERE job_id=? AND idx=?", (job_id, index)).fetchone())
             self._add_delivery(db, f"{job_id}:item:{index}", job, item_event(job, item))
         state = job_state_from_counts(job.counts, job.total, cancelled=False)
-        if state in TERMINAL_JOB_STATES and job.state not in TERMINAL_JOB_STATES:
+        if state in TERMINAL_STATES and job.state not in TERMINAL_STATES:
             db.execute("UPDATE jobs SET state=?, finished_at=?, updated_at=? WHERE id=?", (state, t, t, job_id))
             job.state = state
             if job.webhook_url:
@@ -315,7 +315,7 @@ class SQLiteJobStore:
             job = self._job(db, job_id)
             if job is None:
                 return None
-            if job.state not in TERMINAL_JOB_STATES:
+            if job.state not in TERMINAL_STATES:
                 db.execute("UPDATE items SET state='cancelled', lease_owner=NULL, finished_at=? "
                            "WHERE job_id=? AND state IN ('queued', 'running')", (t, job_id))
                 db.execute("UPDATE jobs SET state='cancelled', finished_at=?, updated_at=? WHERE id=?", (t, t, job_id))

@@ -25,9 +25,9 @@ from comfybento.front import access
 from comfybento.front.compat.comfy_v2.assets import AssetRecord, AssetStore, iso
 from comfybento.front.compat.comfy_v2.errors import V2Error, V2Route
 from comfybento.front.compat.comfy_v2.events import job_stream
-from comfybento.front.compat.comfy_v2.views import API, ITEMS_READ, STATES, URL_TTL_S, job_view, load_job, output_blob, progress_snapshot
+from comfybento.front.compat.comfy_v2.views import API, STATES, URL_TTL_S, job_view, load_job, output_blob
 from comfybento.front.jobs.api_models import JobSubmit
-from comfybento.front.jobs.records import now
+from comfybento.front.jobs.records import TERMINAL_STATES, now
 from comfybento.front.jobs.routes import jobs
 from comfybento.front.jobs.store import IdempotencyConflict
 from comfybento.front.ownership import caller
@@ -229,7 +229,7 @@ def get_job_workflow(job_id: str, request: Request) -> dict[str, Any]:
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     job = load_job(jobs(), job_id, caller(request))
-    if job.state not in ("succeeded", "failed", "cancelled"):
+    if job.state not in TERMINAL_STATES:
         job = jobs().cancel(job.id)
     return job_view(jobs(), job, _origin(request))
 
@@ -237,24 +237,6 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 @router.get("/jobs/{job_id}/events")
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
     service, origin, who = jobs(), _origin(request), caller(request)
-    job = await asyncio.to_thread(load_job, service, job_id, who)
-    sizes: dict[str, int] = {}
-
-    last: dict[str, Any] = {}
-
-    def snapshot(live: dict[str, Any] | None) -> dict[str, Any]:
-        """The job re-read from the store; for a live progress event only its progress, from the job as last read (its
-        items change state only with the events that make job_stream re-read it), so a sampler step reads nothing."""
-        if live is None or not last:
-            last["job"] = load_job(service, job.id, who)
-            last["items"] = service.store.get_items(job.id, 0, ITEMS_READ)
-        if live is not None:
-            return {"progress": progress_snapshot(service, last["job"], last["items"], live)}
-        return job_view(service, last["job"], origin, None, sizes, last["items"])
-
-    async def frames() -> Any:
-        with service.live.subscription(job.id) as queue:
-            async for chunk in job_stream(queue, snapshot):
-                yield chunk
-
-    return StreamingResponse(frames(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    job = await asyncio.to_thread(load_job, service, job_id, who)  # an unknown job (or another key's): a 404 before any stream
+    return StreamingResponse(job_stream(service, job.id, origin), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})

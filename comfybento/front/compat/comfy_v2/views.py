@@ -8,12 +8,11 @@ from typing import Any
 
 from comfybento.front.compat.comfy_v2.assets import iso
 from comfybento.front.compat.comfy_v2.errors import V2Error
-from comfybento.front.jobs.records import ItemRecord, JobRecord, now
+from comfybento.front.jobs.records import TERMINAL_STATES, ItemRecord, JobRecord, now
 from comfybento.front.jobs.service import JobService
 from comfybento.front.ownership import Caller
 
 API = "/api/v2"
-TERMINAL = ("succeeded", "canceled", "failed", "expired")
 # comfybento's job states -> the spec's JobStatus.
 STATES = {"queued": "queued", "running": "running", "succeeded": "succeeded", "failed": "failed", "cancelled": "canceled"}
 # comfybento's output kinds -> the spec's OutputType.
@@ -75,7 +74,7 @@ def progress_snapshot(service: JobService, job: JobRecord, items: list[ItemRecor
     """Sampler steps of the running item (this replica's live events, else the runner's step counter), items for nodes."""
     spec = service.catalog.get(job.workflow)
     nodes = len(spec.graph) if spec is not None else 0
-    done = sum(1 for i in items if i.state in ("succeeded", "failed", "cancelled"))
+    done = sum(1 for i in items if i.state in TERMINAL_STATES)
     if job.state in ("succeeded", "failed"):
         return {"value": 1.0, "nodes_done": nodes, "nodes_total": nodes, "current_node": None, "current_node_class": None,
                 "step": None, "steps": None, "message": None}

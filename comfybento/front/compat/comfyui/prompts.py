@@ -19,7 +19,7 @@ from typing import Any
 from comfybento.errors import ComfyBentoError, InvalidRequest
 from comfybento.front.compat.comfyui import files
 from comfybento.front.jobs.api_models import JobSubmit
-from comfybento.front.jobs.records import TERMINAL_JOB_STATES, ItemRecord, JobRecord
+from comfybento.front.jobs.records import TERMINAL_STATES, ItemRecord, JobRecord
 from comfybento.front.jobs.service import JobService
 from comfybento.front.ownership import Caller
 from comfybento.workflows.matching import match_graph
@@ -95,7 +95,7 @@ def recent_jobs(service: JobService, caller: Caller, limit: int = SCAN_JOBS) -> 
 
 
 def queue_remaining(service: JobService, caller: Caller) -> int:
-    return sum(1 for j in recent_jobs(service, caller) if j.state not in TERMINAL_JOB_STATES)
+    return sum(1 for j in recent_jobs(service, caller) if j.state not in TERMINAL_STATES)
 
 
 def queue_entry(service: JobService, job: JobRecord) -> list[Any]:
@@ -106,7 +106,7 @@ def queue_entry(service: JobService, job: JobRecord) -> list[Any]:
 
 
 def queue(service: JobService, caller: Caller) -> dict[str, list[list[Any]]]:
-    active = sorted((j for j in recent_jobs(service, caller) if j.state not in TERMINAL_JOB_STATES), key=lambda j: j.created_at)
+    active = sorted((j for j in recent_jobs(service, caller) if j.state not in TERMINAL_STATES), key=lambda j: j.created_at)
     return {"queue_running": [queue_entry(service, j) for j in active if j.state == "running"],
             "queue_pending": [queue_entry(service, j) for j in active if j.state != "running"]}
 
@@ -134,7 +134,7 @@ def outputs_by_node(item: ItemRecord | None) -> dict[str, dict[str, list[dict[st
 
 def history_entry(service: JobService, job: JobRecord) -> dict[str, Any] | None:
     """ComfyUI's history entry of a finished prompt (None while it is queued or running)."""
-    if job.state not in TERMINAL_JOB_STATES:
+    if job.state not in TERMINAL_STATES:
         return None
     record = load_record(service, job.id)
     item = item_of(service, job.id)
@@ -187,7 +187,7 @@ def delete_prompts(service: JobService, ids: list[str], caller: Caller) -> None:
     """Remove finished prompts from the history (their job and files); a queued or running one is left alone."""
     for prompt_id in ids:
         job = visible_prompt(service, prompt_id, caller)
-        if job is not None and job.state in TERMINAL_JOB_STATES:
+        if job is not None and job.state in TERMINAL_STATES:
             service.storage.delete_prefix(prompt_id)
             service.store.delete_job(prompt_id)
 

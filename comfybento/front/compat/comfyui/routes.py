@@ -69,7 +69,7 @@ async def post_prompt(request: Request) -> JSONResponse:
         return comfy_error(exc)
     client_id = body.get("client_id")
     if isinstance(client_id, str) and client_id:
-        ws.CLIENTS.add(ws.client_key(caller(request), client_id), done.prompt_id)
+        ws.sockets(request.app).clients.add(ws.client_key(caller(request), client_id), done.prompt_id)
     return JSONResponse({"prompt_id": done.prompt_id, "number": done.number, "node_errors": {}})
 
 

@@ -6,9 +6,9 @@ progress while it runs (binary preview frames when the engine sends previews),
 then executing + executed per output node, execution_success and executing
 {node: null}; or execution_error / execution_interrupted; then `status` again.
 
-Events come from `jobs().live` (this replica's runner); every second the
-client's unfinished prompts are also read from the store, which covers items
-run by another replica and events lost to a lagging subscriber.
+The changes of the client's unfinished prompts come from front/jobs/follow.py:
+this replica's live events, and every second the prompts read from the store,
+which covers items run by another replica and events lost to a lagging subscriber.
 
 A client id belongs to the API key that uses it: clients are kept per (key, client
 id), so a socket gets the events of its own key's prompts only, whatever client id
@@ -23,23 +23,22 @@ import contextlib
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import AsyncGenerator, Collection
+from contextlib import aclosing
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from comfybento.front.compat.comfyui import prompts
-from comfybento.front.jobs.records import TERMINAL_JOB_STATES
+from comfybento.front.jobs import follow
 from comfybento.front.jobs.service import JobService
 from comfybento.front.ownership import Caller
 from comfybento.workflows.graph import sorted_ids
 
-POLL_S = 1.0
 PREVIEW_FORMATS = {"image/jpeg": 1, "image/png": 2}  # ComfyUI's binary PREVIEW_IMAGE (type 1) frame formats
 MAX_CLIENTS = 10_000
 MAX_PROMPTS = 1000
 STATUS_S = 0.25  # the queue length sent in status updates is at most this old (it scans the job store)
-# The owner a queue length was counted for -> (when counted (monotonic), queue_remaining).
-_REMAINING: dict[str | None, tuple[float, int]] = {}
 ClientKey = tuple[str | None, str]  # (the API key's name, None when keys are off; the client id)
 
 
@@ -69,11 +68,27 @@ class Clients:
     def prompts(self, client: ClientKey) -> list[str]:
         return list(self._prompts.get(client, ()))
 
+    def of(self, client: ClientKey) -> Collection[str]:
+        """The client's prompts, as they are now (not a copy: read it on the event loop)."""
+        return self._prompts.get(client, {}).keys()
+
     def done(self, client: ClientKey, prompt_id: str) -> None:
         self._prompts.get(client, OrderedDict()).pop(prompt_id, None)
 
 
-CLIENTS = Clients()
+class Sockets:
+    """What /ws keeps in one front process (the app's, made when the routes are installed): which client submitted
+    each prompt (POST /prompt's client_id), and the queue length last counted per owner."""
+
+    def __init__(self) -> None:
+        self.clients = Clients()
+        self.remaining: dict[str | None, tuple[float, int]] = {}  # owner -> (when counted (monotonic), queue_remaining)
+
+
+def sockets(app: Any) -> Sockets:
+    """The /ws state of `app` (a request's or a socket's app), made when the routes were installed on it."""
+    state: Sockets = app.state.comfyui_sockets
+    return state
 
 
 def _ms() -> int:
@@ -81,14 +96,15 @@ def _ms() -> int:
 
 
 class Session:
-    """One websocket: which of its prompts have started, and what to send for each event."""
+    """One websocket: which of its prompts have started, and what to send for each change of its prompts."""
 
-    def __init__(self, ws: WebSocket, service: JobService, caller: Caller, client_id: str) -> None:
+    def __init__(self, ws: WebSocket, service: JobService, caller: Caller, client_id: str, state: Sockets) -> None:
         self.ws = ws
         self.service = service
         self.caller = caller
         self.client_id = client_id  # as the client named itself (sent back as the sid)
         self.client = client_key(caller, client_id)
+        self.clients, self.remaining = state.clients, state.remaining
         self.started: dict[str, str | None] = {}  # prompt id -> the node last announced as executing
 
     async def send(self, kind: str, data: dict[str, Any]) -> None:
@@ -97,10 +113,9 @@ class Session:
     async def send_status(self, with_sid: bool = False, fresh: bool = True) -> None:
         """The queue's length: read fresh on connect and after the client's own prompts; for others' at most every STATUS_S."""
         now, owner = time.monotonic(), self.caller.listing_owner
-        if fresh or with_sid or owner not in _REMAINING or now - _REMAINING[owner][0] > STATUS_S:
-            _REMAINING[owner] = (now, await asyncio.to_thread(prompts.queue_remaining, self.service, self.caller))
-        remaining = _REMAINING[owner][1]
-        data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": remaining}}}
+        if fresh or with_sid or owner not in self.remaining or now - self.remaining[owner][0] > STATUS_S:
+            self.remaining[owner] = (now, await asyncio.to_thread(prompts.queue_remaining, self.service, self.caller))
+        data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": self.remaining[owner][1]}}}
         if with_sid:
             data["sid"] = self.client_id
         await self.send("status", data)
@@ -124,59 +139,46 @@ class Session:
         self.started[prompt_id] = node
         await self.send("executing", {"node": node, "display_node": node, "prompt_id": prompt_id})
 
-    async def on_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "lagged":
-            await self.poll()
-            return
-        prompt_id = str(event.get("job_id"))
-        if not CLIENTS.has(self.client, prompt_id):
-            if kind == "item" and event.get("status") != "retrying":
+    async def on_change(self, change: follow.Change) -> None:
+        """A change of one of the client's prompts (front/jobs/follow.py) in ComfyUI's messages; another's item: the queue moved."""
+        if isinstance(change, follow.ItemOutcome):
+            if change.status != "retrying" and not self.clients.has(self.client, change.job_id):
                 await self.send_status(fresh=False)  # another prompt or job finished: the queue changed
-            return
-        if kind == "started":
-            await self.start(prompt_id)
-        elif kind == "progress":
-            await self.progress(prompt_id, event)
-        elif kind == "preview":
-            await self.preview(event)
-        elif kind == "item" and event.get("status") != "retrying":
-            await self.finish(prompt_id)
+        elif isinstance(change, follow.JobSnapshot):
+            if change.terminal:
+                await self.finish(change)
+            elif change.job.state == "running":
+                await self.start(change.job.id)
+        elif isinstance(change, follow.JobGone):
+            self.clients.done(self.client, change.job_id)
+        elif isinstance(change, follow.Started):
+            await self.start(change.job_id)
+        elif isinstance(change, follow.Progress):
+            await self.progress(change)
+        elif isinstance(change, follow.Preview):
+            await self.preview(change)
 
-    async def progress(self, prompt_id: str, event: dict[str, Any]) -> None:
+    async def progress(self, change: follow.Progress) -> None:
+        prompt_id = change.job_id
         await self.start(prompt_id)
-        node = event.get("node_id")
-        node = str(node) if node is not None else self.started.get(prompt_id)
+        node = change.node_id if change.node_id is not None else self.started.get(prompt_id)
         if node is not None and node != self.started.get(prompt_id):
             await self.executing(prompt_id, node)
-        await self.send("progress", {"value": event.get("value", 0), "max": event.get("max", 0), "prompt_id": prompt_id,
-                                     "node": node})
+        await self.send("progress", {"value": change.value, "max": change.max, "prompt_id": prompt_id, "node": node})
 
-    async def preview(self, event: dict[str, Any]) -> None:
-        fmt = PREVIEW_FORMATS.get(str(event.get("media_type")))
-        data = event.get("data")
-        if fmt is not None and isinstance(data, str):
-            await self.ws.send_bytes(struct.pack(">II", 1, fmt) + base64.b64decode(data))
+    async def preview(self, change: follow.Preview) -> None:
+        fmt = PREVIEW_FORMATS.get(change.media_type)
+        if fmt is not None:
+            await self.ws.send_bytes(struct.pack(">II", 1, fmt) + base64.b64decode(change.data))
 
-    async def poll(self) -> None:
-        """The store's word on each unfinished prompt of this client (items run elsewhere, lost events)."""
-        for prompt_id in CLIENTS.prompts(self.client):
-            job = await asyncio.to_thread(self.service.store.get_job, prompt_id)
-            if job is None:
-                CLIENTS.done(self.client, prompt_id)
-            elif job.state in TERMINAL_JOB_STATES:
-                await self.finish(prompt_id)
-            elif job.state == "running":
-                await self.start(prompt_id)
-
-    async def finish(self, prompt_id: str) -> None:
-        """The end of a prompt, from the store: its outputs and success, or its error or interruption."""
-        job = await asyncio.to_thread(self.service.store.get_job, prompt_id)
-        if job is None or job.state not in TERMINAL_JOB_STATES or not CLIENTS.has(self.client, prompt_id):
+    async def finish(self, snapshot: follow.JobSnapshot) -> None:
+        """The end of a prompt, as the store recorded it: its outputs and success, or its error or interruption."""
+        job, prompt_id = snapshot.job, snapshot.job.id
+        if not self.clients.has(self.client, prompt_id):
             return
-        CLIENTS.done(self.client, prompt_id)
+        self.clients.done(self.client, prompt_id)
         await self.start(prompt_id)
-        item = await asyncio.to_thread(prompts.item_of, self.service, prompt_id)
+        item = snapshot.items[0] if snapshot.items else None
         if job.state == "succeeded":
             for node, output in prompts.outputs_by_node(item).items():
                 await self.executing(prompt_id, node)
@@ -191,38 +193,33 @@ class Session:
         self.started.pop(prompt_id, None)
         await self.send_status()
 
+    async def translate(self, changes: AsyncGenerator[follow.Change]) -> None:
+        async with aclosing(changes):
+            async for change in changes:
+                await self.on_change(change)
+
 
 async def serve(ws: WebSocket, service: JobService, caller: Caller) -> None:
     """Run one /ws connection of `caller` until the client goes."""
     client_id = ws.query_params.get("clientId") or ws.query_params.get("clientid") or ""
     await ws.accept()
-    session = Session(ws, service, caller, client_id or "anonymous")
+    session = Session(ws, service, caller, client_id or "anonymous", sockets(ws.app))
     with service.live.subscription(None) as queue:
         await session.send_status(with_sid=True)
-        await session.poll()
+        changes = follow.follow_jobs(service.store, queue, lambda: session.clients.of(session.client))
+        translating = asyncio.ensure_future(session.translate(changes))
         receiver = asyncio.ensure_future(_until_closed(ws))
-        getter: asyncio.Future[dict[str, Any]] | None = None
-        next_poll = time.monotonic() + POLL_S
         try:
-            while not receiver.done():
-                getter = getter or asyncio.ensure_future(queue.get())
-                waiting: set[asyncio.Future[Any]] = {getter, receiver}
-                done, _ = await asyncio.wait(waiting, timeout=max(0.0, next_poll - time.monotonic()),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    event, getter = getter.result(), None
-                    await session.on_event(event)
-                if time.monotonic() >= next_poll:
-                    await session.poll()
-                    next_poll = time.monotonic() + POLL_S
+            done, _ = await asyncio.wait({translating, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if translating in done:
+                translating.result()  # what broke the follow (the client going while we sent is not an error)
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went while we were sending
         finally:
-            for task in (getter, receiver):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+            for task in (translating, receiver):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 async def _until_closed(ws: WebSocket) -> None:
