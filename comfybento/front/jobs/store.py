@@ -375,8 +375,9 @@ class SQLiteJobStore:
 
     def expirable(self, before: float) -> list[str]:
         with self._lock:
+            states = sorted(TERMINAL_STATES)
             return [r["id"] for r in self._db.execute(
-                "SELECT id FROM jobs WHERE state IN ('succeeded','failed','cancelled') AND finished_at < ?", (before,))]
+                f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(states))}) AND finished_at < ?", (*states, before))]
 
     def delete_job(self, job_id: str) -> None:
         with self._tx() as db:
