@@ -2,13 +2,14 @@
 
 Runs only in the engine service, the one process that imports torch and ComfyUI.
 
-    submit(workflow, item, sink)   bind the request into its graph, store its files, compute its
-                                   shape key (token-length bucket included), queue it
+    start()                        bootstrap ComfyUI, check and preload the models, start the loop, warm up
+    submit(workflow, item, sink)   prepare the request (engine/prepare.py: bind it into its graph, store its
+                                   files, compute its shape key), queue it
     executor thread                scheduler.run_forever(self._execute): one graph per batch
                                    (merged when several requests share it), uint8 images out, and
                                    the files and texts of every other output node
-    encoding pool                  each request's images -> PNG/WebP/JPEG, written files read (then
-                                   deleted) -> OutputReady..., Done
+    encoding pool                  each request's share of the outputs (engine/collect.py): images ->
+                                   PNG/WebP/JPEG, written files read (then deleted) -> OutputReady..., Done
 
 Each request's sink gets its events: queued, started, progress (sampler steps),
 one output per image, file or text as soon as it is ready, then done or failed.
@@ -17,78 +18,33 @@ one output per image, file or text as soon as it is ready, then done or failed.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from comfybento import metrics
 from comfybento.config import Settings
-from comfybento.engine.messages import EngineItem, ItemResult, OutputBlob
+from comfybento.engine.collect import Collector, Countdown, encode_and_finish, split_outputs
+from comfybento.engine.messages import EngineItem, ItemResult
+from comfybento.engine.prepare import Prepared, prepare
 from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest, ModelLockError, TooLarge, WorkflowError, describe
 from comfybento.models.fetch import transfer_limits
 from comfybento.models.first_use import FirstUseCheck
-from comfybento.models.lock import ModelEntry
-from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
-from comfybento.outputs.media import KNOWN_OUTPUTS, ProducedFile, ProducedText, dimensions, kind_of, media_type_of
+from comfybento.outputs.encoding import png_bytes
 from comfybento.scheduling.cost import HeavyRequests, graph_work
-from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Preview, Progress
+from comfybento.scheduling.events import Done, Event, Failed, Preview, Progress
 from comfybento.scheduling.scheduler import Job, Scheduler, Stats
-from comfybento.workflows.batchplan import BatchPlan, merge_graph
-from comfybento.workflows.binding import bind, shape_key
+from comfybento.workflows.batchplan import merge_graph
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs, scratch_folder
-from comfybento.workflows.graph import Graph, is_link
-from comfybento.workflows.limits import check_graph_limits
-from comfybento.workflows.params import NAMED_UPLOADS
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Event], None]
-
-
-@dataclass
-class Prepared:
-    spec: WorkflowSpec
-    item: EngineItem
-    graph: Graph
-    seed: int | None
-    texts: dict[str, str]
-    encoding: Encoding
-    files: list[Path] = field(default_factory=list)
-
-
-class Collector:
-    """A sink that gathers one request's events into an ItemResult (tests, warm-up, BentoML's batcher)."""
-
-    def __init__(self) -> None:
-        self.outputs: list[OutputBlob] = []
-        self.events: list[Event] = []
-        self.result: ItemResult | None = None
-        self._done = threading.Event()
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-        if isinstance(event, OutputReady):
-            self.outputs.append(event.output)
-        elif isinstance(event, Done):
-            self.result = event.result.model_copy(update={"outputs": list(self.outputs)})
-            self._done.set()
-        elif isinstance(event, Failed):
-            self.result = ItemResult.failure(event.error)
-            self._done.set()
-
-    def wait(self, timeout: float | None = None) -> ItemResult:
-        if not self._done.wait(timeout):
-            return ItemResult.failure(EngineUnavailable(f"no result within {timeout} s"))
-        assert self.result is not None
-        return self.result
 
 
 class Engine:
@@ -241,68 +197,8 @@ class Engine:
         return self.scheduler.stats()
 
     def _prepare(self, spec: WorkflowSpec, item: EngineItem) -> tuple[Prepared, str, bool]:
-        values = dict(item.values)
-        for entry in _chosen_models(spec, values):
-            self.models.ensure(entry)  # fetched and hash-checked before its first use; ModelLockError names the file
-        files: list[Path] = []
-        try:
-            for param in spec.params:
-                if param.kind in NAMED_UPLOADS:  # images, masks, video, audio: the node gets the file's name
-                    path = self._store_upload(param.name, values.get(param.name), item.file_suffixes.get(param.name) or ".png")
-                    files.append(path)
-                    values[param.name] = path.name
-                elif param.kind == "file":  # CPackInputFile: the node gets the stored file's full path
-                    suffix = item.file_suffixes.get(param.name, "")
-                    path = self._store_upload(param.name, values.get(param.name), suffix, spec.limits.max_upload_bytes)
-                    files.append(path)
-                    values[param.name] = str(path)
-            graph = bind(spec.graph, spec.params, values, item.seed)
-            check_graph_limits(spec.name, graph, spec.limits)
-        except Exception:
-            for path in files:
-                path.unlink(missing_ok=True)
-            raise
-        texts = {p.role: str(values.get(p.name, p.default)) for p in spec.params if p.role in ("prompt", "negative_prompt")}
-        encoding = Encoding(format=item.output_format or spec.encoding.format,
-                            quality=item.output_quality or spec.encoding.quality,
-                            png_compress_level=spec.encoding.png_compress_level)
-        prepared = Prepared(spec=spec, item=item, graph=graph, seed=item.seed, texts=texts, encoding=encoding, files=files)
-        plan = spec.batch_plan
-        can_batch = plan is not None and plan.accepts(graph)
-        key = f"{spec.name}|{shape_key(spec.params, values, plan.batchable_params if plan and can_batch else frozenset())}"
-        if plan is not None and can_batch:
-            key += f"|tokens={self._token_bucket(plan, graph)}|images={_image_shapes(plan, values, self.input_dir)}"
-        return prepared, key, can_batch
-
-    def _token_bucket(self, plan: BatchPlan, graph: Graph) -> str:
-        """Conditioning lengths (77-token chunks) of the per-request prompts: requests batch only with equal lengths."""
-        chunks = []
-        for _, encoder in plan.text_encoders:
-            text = str(graph[encoder]["inputs"].get("text", ""))
-            ckpt = _checkpoint_feeding(graph, encoder)
-            exact = self.executor.prompt_chunks(ckpt, text) if ckpt is not None and self.executor is not None else None
-            # A CLIP through other nodes (a LoRA), or a checkpoint not loaded yet: about 4 characters a token, 75 a chunk.
-            chunks.append(exact if exact is not None else 1 + len(text) // 300)
-        return ",".join(map(str, chunks))
-
-    def _store_upload(self, field_name: str, data: Any, suffix: str = ".png", max_bytes: int | None = None) -> Path:
-        """An uploaded image or file (bytes or base64) in ComfyUI's input folder, under a fresh name."""
-        what = "an image" if max_bytes is None else "a file"
-        if isinstance(data, str):
-            try:
-                data = decode_b64(data)
-            except ValueError:
-                raise InvalidRequest(f"field '{field_name}': not base64 data") from None
-        if not isinstance(data, bytes) or not data:
-            raise InvalidRequest(f"field '{field_name}': {what} is required")
-        if max_bytes is not None and len(data) > max_bytes:
-            raise TooLarge(f"{field_name}: the file is {len(data)} bytes, more than the limit of {max_bytes} (max_upload_bytes)")
-        if not re.fullmatch(r"\.[A-Za-z0-9]{1,16}", suffix):
-            suffix = ""  # the client's name is never used, only a plain extension of it
-        self.input_dir.mkdir(parents=True, exist_ok=True)
-        path = self.input_dir / f"cb_{uuid.uuid4().hex}{suffix}"
-        path.write_bytes(data)
-        return path
+        """The request prepared (engine/prepare.py), its shape key, whether it may share a batch."""
+        return prepare(spec, item, self.models, self.input_dir, self.executor)
 
     def _finish_sink(self, spec: WorkflowSpec, files: list[Path], sink: Sink, folders: list[Path] | None = None) -> Sink:
         """Wraps a request's sink: on its terminal event, delete its files (and folders) and count/log failures once."""
@@ -351,10 +247,10 @@ class Engine:
         metrics.EXECUTIONS.labels(workflow=spec.name, mode=mode).inc()
         metrics.BATCH_SIZE.labels(workflow=spec.name).observe(len(jobs))
         metrics.EXECUTION_TIME.labels(workflow=spec.name).observe(elapsed)
-        release = _Countdown(len(jobs), executed.folder)
+        release = Countdown(len(jobs), executed.folder)
         for index, job in enumerate(jobs):
             timings = {"queue_ms": queue_s[index] * 1000, "execution_ms": elapsed * 1000, "batch_size": len(jobs)}
-            self._encoders.submit(_encode_and_finish, job, _split(spec, executed, index, len(jobs)), timings, release)
+            self._encoders.submit(encode_and_finish, job, split_outputs(spec, executed, index, len(jobs)), timings, release)
         self._export_stats()
 
     def _within_budget(self, run: Callable[[], Any]) -> Any:
@@ -390,113 +286,6 @@ class Engine:
         metrics.QUEUE_NONEMPTY.inc(max(0.0, new.queued_s - old.queued_s))
         metrics.EXECUTOR_COALESCING.inc(max(0.0, new.coalescing_s - old.coalescing_s))
         self._stats = new
-
-
-# One output of one request, before encoding: (output name, node id, index in that node, what the node made:
-# a uint8 HWC image array, a file it wrote, or a text).
-Piece = tuple[str, str, int, Any]
-
-
-class _Countdown:
-    """Deletes an execution's folder of written outputs once every request of its batch has read them."""
-
-    def __init__(self, users: int, folder: Path | None) -> None:
-        self._left, self._folder, self._lock = users, folder, threading.Lock()
-
-    def done(self) -> None:
-        with self._lock:
-            self._left -= 1
-            last = self._left == 0
-        if last and self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-
-
-def _split(spec: WorkflowSpec, executed: Any, index: int, n: int) -> list[Piece]:
-    """The outputs of request `index` of n, in output order (node id order, then index in the node)."""
-    out: list[Piece] = []
-    batched = spec.batch_plan.batched_outputs if spec.batch_plan else frozenset()
-    for output in spec.outputs:
-        if not output.encoded_by_us:
-            made = [p for p in executed.produced if p.node_id == output.node_id]
-            out.extend((output.name, output.node_id, i, p) for i, p in enumerate(made))
-            continue
-        tensor = executed.images.get(output.node_id)
-        if tensor is None:
-            continue
-        if n > 1 and output.node_id in batched:
-            per = tensor.shape[0] // n
-            tensor = tensor[index * per:(index + 1) * per]
-        out.extend((output.name, output.node_id, i, image.numpy()) for i, image in enumerate(tensor))
-    return out
-
-
-def _blob(spec: WorkflowSpec, piece: Piece, encoding: Encoding) -> OutputBlob:
-    """One piece as bytes: an image encoded in the request's format, a written file read, a text as UTF-8."""
-    name, node_id, index, made = piece
-    if isinstance(made, ProducedText):
-        return OutputBlob(output=name, node_id=node_id, index=index, media_type="text/plain", kind="text", data=made.text.encode())
-    if isinstance(made, ProducedFile):
-        data = made.path.read_bytes()
-        media_type = media_type_of(made.path.name)
-        known = next((o.kind for o in spec.outputs if o.node_id == node_id and o.class_type in KNOWN_OUTPUTS), None)
-        width, height = dimensions(data, media_type)
-        return OutputBlob(output=name, node_id=node_id, index=index, width=width, height=height, media_type=media_type,
-                          kind=known or kind_of(media_type, made.animated), data=data)
-    return OutputBlob(output=name, node_id=node_id, index=index, width=int(made.shape[1]), height=int(made.shape[0]),
-                      media_type=encoding.media_type, kind="image", data=encode_image(made, encoding))
-
-
-def _encode_and_finish(job: Job[Prepared], pieces: list[Piece], timings: dict[str, Any], release: _Countdown) -> None:
-    """In the encoding pool: each output as soon as it is ready, then Done."""
-    prepared = job.payload
-    try:
-        for piece in pieces:
-            job.emit(OutputReady(_blob(prepared.spec, piece, prepared.encoding)))
-    except Exception as exc:
-        release.done()
-        job.emit(Failed(exc))
-        return
-    release.done()  # before Done: once a caller has its answer, the execution's written files are gone
-    job.emit(Done(ItemResult(ok=True, seed=prepared.seed, **timings)))
-
-
-def _chosen_models(spec: WorkflowSpec, values: dict[str, Any]) -> list[ModelEntry]:
-    """The models.lock entries of the model files a request chose (the front's schema has checked the names too)."""
-    defaults = {p.name: p.default for p in spec.params}
-    chosen = []
-    for choice in spec.model_choices:
-        name = values.get(choice.param, defaults.get(choice.param))
-        entry = choice.entry(str(name))
-        if entry is None:
-            raise InvalidRequest(f"field '{choice.param}': model {name!r} is not one of the {choice.folder}/ models in "
-                                 f"models.lock: {[e.filename for e in choice.entries]}")
-        chosen.append(entry)
-    return chosen
-
-
-def _checkpoint_feeding(graph: Graph, encoder: str) -> str | None:
-    """The checkpoint whose CLIP feeds a text encoder directly, if it does."""
-    clip = graph[encoder]["inputs"].get("clip")
-    if not is_link(clip) or clip[0] not in graph:
-        return None
-    source = graph[clip[0]]
-    if source["class_type"] != "CheckpointLoaderSimple":
-        return None
-    return str(source["inputs"].get("ckpt_name"))
-
-
-def _image_shapes(plan: BatchPlan, values: dict[str, Any], input_dir: Path) -> str:
-    """Size, bands and frames of each per-request image: only images of one shape share a batch."""
-    from PIL import Image
-
-    shapes = []
-    for name in plan.image_params:
-        try:
-            with Image.open(input_dir / str(values[name])) as image:
-                shapes.append(f"{image.size[0]}x{image.size[1]}:{''.join(image.getbands())}:{getattr(image, 'n_frames', 1)}")
-        except (OSError, KeyError):
-            shapes.append("?")  # LoadImage itself reports the problem
-    return ",".join(shapes)
 
 
 def _grey_image() -> Any:

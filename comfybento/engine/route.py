@@ -1,9 +1,10 @@
 """The engine's HTTP route: one request in (a frame), its events out (a stream of frames).
 
-Mounted on the engine service at /engine. `POST /engine/run` takes a frame
+Mounted on the engine service at /engine (`route_app`). `POST /engine/run` takes a frame
 (engine/wire.py) holding an EngineItem and answers with one frame per event
 as it happens, encoded outputs as raw bytes. If the caller goes away before
-the request ran, the request is dropped from the scheduler's queue.
+the request ran, the request is dropped from the scheduler's queue. The engine
+service puts its started Engine in the app's state (`app.state.engine`).
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from comfybento.engine.messages import event_to_frame, item_from_frame
 from comfybento.engine.wire import MEDIA_TYPE, WireError, decode_frame, encode_frame
 from comfybento.scheduling.events import TERMINAL, Event
 
-_state: dict[str, Any] = {}
 
-
-def bind(engine: Any) -> None:
-    """Give the route the process's started Engine."""
-    _state["engine"] = engine
+def route_app() -> Starlette:
+    """The engine's route as an app of its own; its state's `engine` is None until the service has started one."""
+    app = Starlette(routes=[Route("/run", run, methods=["POST"])])
+    app.state.engine = None
+    return app
 
 
 async def run(request: Request) -> Response:
-    engine = _state.get("engine")
+    engine = request.app.state.engine
     if engine is None:
         return JSONResponse({"error": "the engine is starting"}, status_code=503, headers={"Retry-After": "5"})
     try:
@@ -58,5 +59,3 @@ async def _frames(engine: Any, job: Any, events: asyncio.Queue[Event]) -> AsyncI
         if not finished and job is not None:
             engine.cancel(job)  # the caller left: drop its queued work
 
-
-app = Starlette(routes=[Route("/run", run, methods=["POST"])])

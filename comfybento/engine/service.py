@@ -33,6 +33,7 @@ def _batchable_api(spec: WorkflowSpec) -> Any:
 
 def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
     settings = project.settings
+    route = engine_route.route_app()
 
     def __init__(self: Any) -> None:
         from comfybento.engine.engine import Engine  # torch and ComfyUI: this process only
@@ -44,13 +45,13 @@ def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
         except Exception as exc:
             lifecycle.fail_startup("engine", exc)
             raise
-        engine_route.bind(self.engine)
+        route.state.engine = self.engine
         lifecycle.on_shutdown(lambda: self.engine.stop(settings.drain_timeout_s))
 
     attrs: dict[str, Any] = {"__init__": __init__, "__doc__": "Embedded ComfyUI engine (internal)."}
     if settings.engine_entry == "bentoml":
         attrs.update({spec.name: _batchable_api(spec) for spec in project.catalog.values()})
-    cls = bentoml.asgi_app(engine_route.app, path="/engine")(type("ComfyEngine", (), attrs))
+    cls = bentoml.asgi_app(route, path="/engine")(type("ComfyEngine", (), attrs))
     return bentoml.service(
         name=ENGINE_NAME, workers=1, resources=resources,
         # BentoCloud scales the engine on in-flight requests: two full batches keep one GPU busy.

@@ -1,313 +1,56 @@
 """The composition root of the front: the `ComfyBento` BentoML service (the entry service, a light web tier).
 
-The engine's service is built in engine/service.py. The front has one typed endpoint per
-  workflow, `POST /<name>` (JSON: every output, base64 or as URLs), and
-  `POST /<name>/<output>` (one output's bytes; `/<name>/png`: the first image). It validates, admits or sheds
-  load, and forwards to the engine. It also serves the jobs API and runs this
-  replica's job worker.
+The engine's service is built in engine/service.py. This module makes the front's collaborators and wires them:
+- the service's typed endpoints, one set per workflow (front/endpoints.py), which validate, admit or shed load, and
+  forward to the engine; they reach the collaborators through `self` (admission, engine client, storage, costs);
+- the root ASGI app mounted at / (front/root.py): the jobs API, live outputs, the compatibility APIs; the JobService
+  and the output storage go into its state;
+- this replica's job worker, started with the service, charging each item to its key (front/access.py);
+- the middlewares: request edge (ids, body limits), OpenAPI document and playground, CORS and API keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException
-from bentoml.validators import ContentType
+from fastapi import FastAPI
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
 
 from comfybento import lifecycle, metrics
-from comfybento.engine.client import EngineClient, OnOutput, engine_url
-from comfybento.engine.messages import EngineItem, ItemResult, OutputBlob
+from comfybento.engine.client import EngineClient, engine_url
 from comfybento.engine.service import ENGINE_NAME, ENGINE_TIMEOUT_S
-from comfybento.errors import Cancelled, ComfyBentoError, InternalError, QueueFull, StorageFull
-from comfybento.front import access, stream
-from comfybento.front.compat import comfy_v2
-from comfybento.front.compat import comfyui as comfyui_api
-from comfybento.front.delivery import StorageOnFirstUse, live_folder, output_item, outputs_as_urls
-from comfybento.front.http import (
-    RequestEdgeMiddleware,
-    base_url,
-    error_response,
-    quiet_client_errors,
-    request_id,
-    until_client_disconnects,
-)
-from comfybento.front.jobs import routes as jobs_api
+from comfybento.errors import StorageFull
+from comfybento.front import access
+from comfybento.front.delivery import StorageOnFirstUse
+from comfybento.front.endpoints import job_executor, workflow_endpoints
+from comfybento.front.http import RequestEdgeMiddleware, quiet_client_errors
 from comfybento.front.jobs.factory import make_jobs
-from comfybento.front.jobs.runner import OnEvent
+from comfybento.front.jobs.usage import usage_sink
 from comfybento.front.openapi import OpenAPIMiddleware, fix_openapi
 from comfybento.front.retention import make_retention
+from comfybento.front.root import root_app
 from comfybento.outputs import diskspace
-from comfybento.outputs.encoding import b64
 from comfybento.scheduling.admission import Admission
-from comfybento.scheduling.cost import CostModel, work_of
+from comfybento.scheduling.cost import CostModel
 from comfybento.urlguard import AllowList
-from comfybento.workflows.binding import resolve_seed
-from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.free_graph import FREE_GRAPH
-from comfybento.workflows.limits import check_request_limits
-from comfybento.workflows.params import UPLOAD_KINDS, OutputSpec
 from comfybento.workflows.project import Project
-from comfybento.workflows.schema import PRESET_FIELD, GenerateResponse, Timings
-from comfybento.workflows.uploads import read_input
 
 log = logging.getLogger(__name__)
-
-def engine_item(spec: WorkflowSpec, values: dict[str, Any], seed: int | None, urls: AllowList | None = None) -> EngineItem:
-    """A validated request (endpoint fields or a job item) as the engine's item: input files read and checked, as bytes.
-
-    Files come uploaded, as base64 or by URL (fetched through `urls`, the input allow-list; None refuses URLs).
-    Blocking (reads, fetches and sniffs files): call it in a thread. Raises TooLarge / InvalidRequest.
-    """
-    values = dict(values)
-    output_format, quality = values.pop("output_format", None), values.pop("output_quality", None)
-    values.pop("output_delivery", None)  # the front's concern (stored outputs and URLs), not the engine's
-    values.pop(PRESET_FIELD, None)  # applied when the request was validated (workflows/schema.py): its values are in place
-    check_request_limits(spec.name, spec.graph, spec.params, values, spec.limits, seed)
-    suffixes = {}
-    for param in spec.params:
-        value = values.get(param.name)
-        if param.kind in UPLOAD_KINDS and (value is not None or param.kind != "file"):
-            found = read_input(param.name, param.kind, value, spec.limits, urls)
-            values[param.name], suffixes[param.name] = found.data, found.suffix
-    return EngineItem(values=values, seed=seed, submitted_at=time.time(), output_format=output_format, output_quality=quality,
-                      request_id=request_id(), file_suffixes=suffixes)
-
-
-def free_graph_item(values: dict[str, Any]) -> EngineItem:
-    """A job item of an unmatched graph (workflows/free_graph.py) as the engine's item: the graph, checked again there."""
-    return EngineItem(values=values, seed=None, submitted_at=time.time(), request_id=request_id())
-
-
-async def call_engine(front: Any, workflow: str, item: EngineItem, on_event: OnEvent | None = None,
-                      on_output: OnOutput | None = None) -> ItemResult:
-    if front.engine_client is not None:
-        return await front.engine_client.run(workflow, item, on_event, on_output)  # type: ignore[no-any-return]
-    try:  # COMFYBENTO_ENGINE_ENTRY=bentoml: through BentoML's adaptive batcher
-        results = await getattr(front.engine.to_async, workflow)([item])
-    except BentoMLException as exc:
-        if int(getattr(exc, "error_code", 500)) != 503:
-            raise
-        return ItemResult.failure(QueueFull(f"workflow '{workflow}' is at capacity (BentoML's batcher shed the request); "
-                                            "retry later"), item.seed)
-    result = results[0] if isinstance(results[0], ItemResult) else ItemResult.model_validate(results[0])
-    if on_output is not None:
-        for blob in result.outputs:
-            on_output(blob)
-    return result
-
-
-async def _while_connected(call: Coroutine[Any, Any, ItemResult]) -> ItemResult | None:
-    """Run the engine call; if the client disconnects first, cancel it (queued work is dropped, a batch
-    whose every caller left is interrupted) and return None."""
-    task = asyncio.ensure_future(call)
-    watcher = asyncio.ensure_future(until_client_disconnects())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    log.info("request %s: the client went away; its work is cancelled", request_id())
-    return None
-
-
-async def _admit(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> EngineItem | Response:
-    """Validate and admit a request (the caller must `admission.leave` once done): its engine item, or the error response.
-
-    `stores_outputs` (output_delivery 'url'): refused with a 507 while the disk is below its watermark."""
-    try:
-        if stores_outputs:
-            self.disk.require_room()
-        item = await asyncio.to_thread(engine_item, spec, values, resolve_seed(spec.params, values), self.input_urls)
-    except ComfyBentoError as exc:
-        return error_response(exc)
-    if self.admission.try_enter(spec.name) is None:
-        return error_response(QueueFull(f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later"),
-                              self.admission.retry_after_s)
-    return item
-
-
-def gpu_seconds_of(result: ItemResult) -> float:
-    """A result's share of its engine batch: what its key is charged, and what the cost model learns from."""
-    return result.execution_ms / 1000 / max(1, result.batch_size)
-
-
-async def _charge(result: ItemResult, key: str | None = None) -> None:
-    """Draw a result's images from the caller's API key (front/access.py); `key`: its name, outside the handler."""
-    images, gpu_seconds = len(result.outputs), gpu_seconds_of(result)
-    await (access.charge_owner(key, images, gpu_seconds) if key is not None else access.charge(images=images, gpu_seconds=gpu_seconds))
-
-
-def observe_cost(costs: CostModel, spec: WorkflowSpec, item: EngineItem, result: ItemResult) -> None:
-    """Teach the workflow's cost model (scheduling/cost.py) a succeeded result, and export its new rate."""
-    if not result.ok:
-        return
-    rate = costs.observe(spec.name, work_of(spec.graph, spec.params, item.values), gpu_seconds_of(result))
-    metrics.COST_SECONDS_PER_UNIT.labels(workflow=spec.name).set(rate)
-
-
-async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> ItemResult | Response:
-    """Validate, admit, run on the engine: the result, or the error response (the one mapping: front/http.py)."""
-    item = await _admit(self, spec, values, stores_outputs)
-    if isinstance(item, Response):
-        return item
-    try:
-        result = await _while_connected(call_engine(self, spec.name, item))
-    finally:
-        self.admission.leave(spec.name)
-    if result is None:
-        return error_response(Cancelled("the client went away"))
-    if not result.ok:
-        return error_response(result.model_dump(), self.admission.retry_after_s)
-    observe_cost(self.costs, spec, item, result)
-    await _charge(result)
-    log.info("request %s: %s ok, seed %s, batch %d, queued %.0f ms, ran %.0f ms", request_id(), spec.name, result.seed,
-             result.batch_size, result.queue_ms, result.execution_ms)
-    return result
-
-
-def _stream_endpoint(spec: WorkflowSpec) -> Any:
-    """`POST /<workflow>/stream`: the same request as `POST /<workflow>`, answered with its live events (front/stream.py)."""
-
-    async def endpoint(self: Any, **values: Any) -> Response:
-        by_url = values.get("output_delivery") == "url"
-        item = await _admit(self, spec, values, stores_outputs=by_url)
-        if isinstance(item, Response):
-            return item  # a 4xx (or 503, 507) JSON answer before any stream starts
-        rid, key, root = request_id(), access.key_name(), base_url()
-        folder = live_folder(key)  # tagged with the key: its URLs are the key's only (front/ownership.py)
-
-        async def deliver(blob: OutputBlob) -> stream.OutputEvent:
-            if not by_url:
-                return stream.output_event(blob, data=b64(blob.data))
-            return await asyncio.to_thread(stream.store_output, self.output_storage(), blob, folder, root)
-
-        async def finish(result: ItemResult) -> stream.AnyEvent:
-            if not result.ok:
-                return stream.failed_event(result, rid)
-            observe_cost(self.costs, spec, item, result)
-            await _charge(result, key)
-            return stream.done_event(spec.name, result)
-
-        events = stream.request_events(lambda on_event, on_output: call_engine(self, spec.name, item, on_event, on_output),
-                                       deliver, finish, rid)
-        return stream.EventStreamResponse(events, on_close=lambda: self.admission.leave(spec.name))
-
-    endpoint.__name__ = f"{spec.name}_stream"
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow (the same body as POST /{spec.name}) and follow it live, as Server-Sent "
-                        "Events: queued, started, progress (step i/N), preview (when enabled), output (each as soon as it is "
-                        "ready), then done or failed. A bad request is a JSON 4xx before the stream starts.")
-    endpoint.__annotations__ = {**endpoint.__annotations__, "return": Annotated[str, ContentType(stream.MEDIA_TYPE)]}
-    return bentoml.api(route=f"/{spec.name}/stream", input_spec=spec.input_model)(endpoint)
-
-
-def _json_endpoint(spec: WorkflowSpec) -> Any:
-    async def endpoint(self: Any, **values: Any) -> Any:
-        delivery = values.get("output_delivery", "base64")
-        result = await _generate(self, spec, values, stores_outputs=delivery == "url")
-        if isinstance(result, Response):
-            return result
-        if delivery == "url":
-            try:
-                outputs = await asyncio.to_thread(outputs_as_urls, self.output_storage(), result, base_url(), access.key_name())
-            except ComfyBentoError as exc:
-                return error_response(exc)
-        else:
-            outputs = [output_item(o, data=b64(o.data)) for o in result.outputs]
-        timings = Timings(queue_ms=result.queue_ms, execution_ms=result.execution_ms, batch_size=result.batch_size)
-        return GenerateResponse(workflow=spec.name, seed=result.seed, outputs=outputs, timings=timings)
-
-    endpoint.__name__ = spec.name
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns every output ({_outputs_line(spec)}), base64-encoded or as "
-                        "URLs (output_delivery). For many prompts at once, submit a batch job (POST /jobs).")
-    return bentoml.api(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
-
-
-def _outputs_line(spec: WorkflowSpec) -> str:
-    return ", ".join(f"{o.name}: {o.kind}" for o in spec.outputs)
-
-
-def _raw_endpoint(spec: WorkflowSpec, output: OutputSpec | None) -> Any:
-    """`POST /<workflow>/<output>`: that output's first item as raw bytes; output None: `/png`, the first image output."""
-    target = output or next(o for o in spec.outputs if o.kind == "image")
-
-    async def endpoint(self: Any, **values: Any) -> Response:
-        result = await _generate(self, spec, values)
-        if isinstance(result, Response):
-            return result
-        mine = [o for o in result.outputs if o.output == target.name]
-        if not mine:
-            return error_response(InternalError(f"output '{target.name}' (node {target.node_id}) produced nothing"))
-        headers = {"X-Output-Count": str(len(mine)), "X-Output-Kind": mine[0].kind}
-        if result.seed is not None:
-            headers["X-Seed"] = str(result.seed)
-        media_type = f"{mine[0].media_type}; charset=utf-8" if mine[0].media_type.startswith("text/") else mine[0].media_type
-        return Response(mine[0].data, media_type=media_type, headers=headers)
-
-    media = target.media_type or ("image/png" if target.kind == "image" else "application/octet-stream")
-    # The annotation documents the bytes in the OpenAPI; BentoML sends the Response as it is.
-    endpoint.__annotations__ = {**endpoint.__annotations__, "return": Annotated[Path, ContentType(media)]}
-    route = f"/{spec.name}/{target.name}" if output is not None else f"/{spec.name}/png"
-    endpoint.__name__ = f"{spec.name}_{target.name}" if output is not None else f"{spec.name}_png"
-    what = f"its output '{target.name}' ({target.kind}, {target.media_type or 'media type of the file'})"
-    if output is None:
-        what = f"its first image ('{target.name}'; image/png unless output_format says otherwise)"
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns {what} as bytes: the first item when the node made "
-                        "several (X-Output-Count says how many; the JSON endpoint returns all). The seed is in X-Seed.")
-    return bentoml.api(route=route, input_spec=spec.input_model)(endpoint)
-
-
-def _job_hooks(project: Project) -> dict[str, Any]:
-    async def start_jobs(self: Any) -> None:
-        async def execute(workflow: str, values: dict[str, Any], seed: int | None, on_event: OnEvent) -> ItemResult:
-            try:  # uploads are checked and decoded off the event loop; a bad item is its own failure, not a retry
-                if workflow == FREE_GRAPH:
-                    item = free_graph_item(values)
-                else:  # on threads of their own: a job's backlog never delays a live request's checks
-                    item = await asyncio.get_running_loop().run_in_executor(
-                        self.job_items, engine_item, project.catalog[workflow], values, seed, self.input_urls)
-            except ComfyBentoError as exc:
-                return ItemResult.failure(exc, seed)
-            item.background = True  # behind live requests of its shape, filling their batches (scheduler point 4)
-            result = await call_engine(self, workflow, item, on_event)
-            if workflow != FREE_GRAPH:
-                observe_cost(self.costs, project.catalog[workflow], item, result)
-            return result
-
-        self.job_items = ThreadPoolExecutor(2, thread_name_prefix="comfybento-job-items")
-        service, self.job_runner = make_jobs(project.settings, project.catalog, execute, self.costs, may_lease=self.disk.has_room)
-        jobs_api.bind(service)
-        self.job_task = asyncio.create_task(self.job_runner.run_forever())
-        # old jobs, URL outputs and v2 assets; at once (and early, if allowed) when the disk runs low
-        self.retention_task = asyncio.create_task(make_retention(project.settings, self.job_runner, self.disk).run_forever())
-
-    async def stop_jobs(self: Any) -> None:
-        self.retention_task.cancel()
-        await self.job_runner.stop()
-        self.job_items.shutdown(wait=False, cancel_futures=True)
-        if self.engine_client is not None:
-            await self.engine_client.aclose()
-
-    return {"start_jobs": bentoml.on_startup(start_jobs), "stop_jobs": bentoml.on_shutdown(stop_jobs)}
 
 
 def make_front_service(project: Project, engine_service: Any) -> Any:
     settings = project.settings
+    output_storage = StorageOnFirstUse(settings)  # S3 is reached only once a request asks for URLs
+    root = root_app(output_storage)  # mounted at /; the jobs service joins its state when the jobs start
 
     def __init__(self: Any) -> None:
         lifecycle.watch_parent()
         self.admission = Admission(limit=settings.max_queue, retry_after_s=settings.retry_after_s)
-        self.output_storage = StorageOnFirstUse(settings)
+        self.output_storage = output_storage
         self.input_urls = AllowList(settings.input_url_allowlist, "input url")
         self.disk = _disk_watcher(project)
         self.costs = CostModel()  # GPU-seconds per unit of work, per workflow, learned from the results (dry-run estimates)
@@ -327,18 +70,11 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         "__is_ready__": __is_ready__,
         "__doc__": "ComfyUI workflows as typed endpoints, and batch jobs at /jobs.",
         "engine": bentoml.depends(engine_service),
-        **_job_hooks(project),
+        **_job_hooks(project, root),
     }
     for spec in project.catalog.values():
-        attrs[spec.name] = _json_endpoint(spec)
-        attrs[f"{spec.name}_stream"] = _stream_endpoint(spec)
-        if any(o.kind == "image" for o in spec.outputs):
-            attrs[f"{spec.name}_png"] = _raw_endpoint(spec, None)
-        for output in spec.outputs:
-            attrs[f"{spec.name}_{output.name}"] = _raw_endpoint(spec, output)
-    comfy_v2.include(jobs_api.app)  # Comfy API v2 at /api/v2 (official SDKs); once per process
-    comfyui_api.install(jobs_api.app)  # ComfyUI's own routes (front/compat/comfyui/), added once
-    cls = bentoml.asgi_app(jobs_api.app, path="/")(type("ComfyBento", (), attrs))
+        attrs.update(workflow_endpoints(spec))
+    cls = bentoml.asgi_app(root, path="/")(type("ComfyBento", (), attrs))
     # Many requests in flight per replica (they must reach the engine together to share batches): no
     # external queue; BentoCloud scales this light tier on its in-flight requests, up to the admission limit.
     service = bentoml.service(name="comfybento", traffic={"timeout": ENGINE_TIMEOUT_S, "concurrency": settings.max_queue,
@@ -351,6 +87,30 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas
     quiet_client_errors()
     return service
+
+
+def _job_hooks(project: Project, root: FastAPI) -> dict[str, Any]:
+    """Start this replica's job worker with the service (its JobService into the root app's state), stop it with it."""
+
+    async def start_jobs(self: Any) -> None:
+        self.job_items = ThreadPoolExecutor(2, thread_name_prefix="comfybento-job-items")
+        # each succeeded item is charged to the API key that submitted its job
+        service, self.job_runner = make_jobs(project.settings, project.catalog, job_executor(self, project.catalog), self.costs,
+                                             may_lease=self.disk.has_room, on_usage=access.charge_owner)
+        access.record_usage_in(usage_sink(service.store))  # every charge is also counted per key and day (GET /usage)
+        root.state.jobs = service
+        self.job_task = asyncio.create_task(self.job_runner.run_forever())
+        # old jobs, URL outputs and v2 assets; at once (and early, if allowed) when the disk runs low
+        self.retention_task = asyncio.create_task(make_retention(project.settings, self.job_runner, self.disk).run_forever())
+
+    async def stop_jobs(self: Any) -> None:
+        self.retention_task.cancel()
+        await self.job_runner.stop()
+        self.job_items.shutdown(wait=False, cancel_futures=True)
+        if self.engine_client is not None:
+            await self.engine_client.aclose()
+
+    return {"start_jobs": bentoml.on_startup(start_jobs), "stop_jobs": bentoml.on_shutdown(stop_jobs)}
 
 
 def _disk_watcher(project: Project) -> diskspace.DiskWatcher:

@@ -2,11 +2,11 @@
 
 Stored live outputs lie under `outputs/<folder>/` in the output storage the
 batch jobs use (outputs/storage.py): a local folder, served at
-`/outputs/<folder>/<file>`, or an S3 bucket, with presigned URLs. The folder is
-a random id, and with API keys on `<random id>-<owner tag>` (front/ownership.py):
-only its owner (or an operator) may read it.
+`/outputs/<folder>/<file>` (`router`, a route of the front's root app, front/root.py),
+or an S3 bucket, with presigned URLs. The folder is a random id, and with API keys
+on `<random id>-<owner tag>` (front/ownership.py): only its owner (or an operator) may read it.
 
-They are kept for COMFYBENTO_OUTPUT_RETENTION_S after their request (jobs/retention.py
+They are kept for COMFYBENTO_OUTPUT_RETENTION_S after their request (front/retention.py
 deletes each folder whole, its owner's tag with it); then their URLs answer 404.
 """
 
@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import APIRouter, Request, Response
+
 from comfybento.config import Settings
 from comfybento.engine.messages import ItemResult, OutputBlob
-from comfybento.front.ownership import owner_tag
-from comfybento.outputs.media import extension_for
-from comfybento.outputs.storage import Entry, Storage
+from comfybento.errors import NotFound
+from comfybento.front.jobs.service import read_local
+from comfybento.front.ownership import Caller, caller, owner_tag
+from comfybento.outputs.media import extension_for, media_type_of
+from comfybento.outputs.storage import Entry, LocalStorage, Storage
 from comfybento.workflows.schema import OutputItem
 
 LIVE_PREFIX = "outputs"
+router = APIRouter()
 
 
 def output_item(blob: OutputBlob, data: str | None = None, url: str | None = None) -> OutputItem:
@@ -95,3 +101,28 @@ class StorageOnFirstUse:
 
                 self._storage = make_storage(self._settings)
             return self._storage  # type: ignore[no-any-return]
+
+
+def read_live_output(storage: Storage, folder: str, name: str, who: Caller | None = None) -> bytes:
+    """A live request's output stored for its URL; its folder carries its owner's tag, which `who` must be able to see."""
+    missing = NotFound(f"no such file: {folder}/{name}")  # the same answer for a missing file and another key's
+    if who is not None and not who.can_see_tag(live_folder_tag(folder)):
+        raise missing
+    try:
+        if isinstance(storage, LocalStorage):
+            return read_local(storage.root / LIVE_PREFIX, f"{folder}/{name}")
+        return storage.get(f"{LIVE_PREFIX}/{folder}/{name}")
+    except NotFound:
+        raise missing from None
+
+
+def live_storage(request: Request) -> Storage:
+    """The output storage of live requests, which the root app holds in its state (front/root.py)."""
+    storage: Callable[[], Storage] = request.app.state.output_storage
+    return storage()
+
+
+@router.get("/outputs/{folder}/{name}", summary="One output of a live request asked for as a URL (local storage)",
+            response_class=Response)
+def live_file(folder: str, name: str, request: Request) -> Response:
+    return Response(read_live_output(live_storage(request), folder, name, caller(request)), media_type=media_type_of(name))

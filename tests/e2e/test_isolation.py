@@ -464,13 +464,11 @@ def _route_key(method: str, path: str, op: dict[str, Any] | None = None) -> tupl
 
 def served_routes(doc: dict[str, Any]) -> set[tuple[str, str]]:
     """Every route: the served OpenAPI document's operations, and the app's routes left out of it (ComfyUI's, Comfy API v2)."""
-    from comfybento.front.compat import comfy_v2, comfyui
-    from comfybento.front.jobs import api
+    from comfybento.front.root import root_app
 
-    comfy_v2.include(api.app)
-    comfyui.install(api.app)  # as the entry service does
+    app = root_app(lambda: None)  # the routes as the entry service has them (no storage is read here)
     routes = {_route_key(m.upper(), p, op) for p, ops in doc["paths"].items() for m, op in ops.items()}
-    for prefix, route in _app_routes(api.app.routes):
+    for prefix, route in _app_routes(app.routes):
         if isinstance(route, APIWebSocketRoute):
             routes.add(_route_key("WS", prefix + route.path))
         else:

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from comfybento.config import Settings
-from comfybento.engine.engine import Collector, Engine
+from comfybento.engine.collect import Collector
+from comfybento.engine.engine import Engine
 from comfybento.engine.messages import EngineItem
 from comfybento.outputs.encoding import png_bytes
 from comfybento.scheduling.events import Started

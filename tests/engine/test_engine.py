@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from comfybento.config import Settings
-from comfybento.engine.engine import Collector, Engine
+from comfybento.engine.collect import Collector
+from comfybento.engine.engine import Engine
 from comfybento.engine.messages import EngineItem
 from comfybento.errors import Cancelled
 from comfybento.outputs.encoding import png_bytes

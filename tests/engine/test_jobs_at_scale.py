@@ -18,7 +18,7 @@ import pytest
 from comfybento.config import Settings
 from comfybento.engine.engine import Engine
 from comfybento.engine.messages import ItemResult, OutputBlob
-from comfybento.front.app import engine_item
+from comfybento.front.endpoints import engine_item
 from comfybento.front.jobs.api_models import JobSubmit
 from comfybento.front.jobs.factory import make_jobs
 from comfybento.front.jobs.runner import OnEvent

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from comfybento.config import Settings
-from comfybento.engine.engine import Collector, Engine
+from comfybento.engine.collect import Collector
+from comfybento.engine.engine import Engine
 from comfybento.engine.messages import EngineItem
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry, sha256_file

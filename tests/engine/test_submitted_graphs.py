@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from comfybento.config import Settings
-from comfybento.engine.engine import Collector, Engine
+from comfybento.engine.collect import Collector
+from comfybento.engine.engine import Engine
 from comfybento.engine.messages import EngineItem
-from comfybento.front.app import engine_item, free_graph_item
+from comfybento.front.endpoints import engine_item, free_graph_item
 from comfybento.scheduling.events import OutputReady, Started
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs

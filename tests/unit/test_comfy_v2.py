@@ -18,7 +18,7 @@ from comfybento.front.compat.comfy_v2 import routes
 from comfybento.front.compat.comfy_v2.assets import AssetStore
 from comfybento.front.compat.comfy_v2.errors import V2Error
 from comfybento.front.compat.comfy_v2.events import job_stream
-from comfybento.front.jobs import routes as api
+from comfybento.front.jobs.api_models import JobSubmit
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import SQLiteJobStore
 from comfybento.front.jobs.webhooks import AllowList
@@ -40,9 +40,9 @@ def v2(node_defs, tmp_path, monkeypatch):
     spec = load_workflow(ROOT / "workflows" / "txt2img.json", node_defs, parse_lock(ROOT / "models.lock"), settings)
     service = JobService({"txt2img": spec}, SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out"),
                          AllowList(["127.0.0.1"]), max_items=100, retention_s=60)
-    api.bind(service)
     monkeypatch.setattr(routes, "get_settings", lambda: settings)
     app = FastAPI()
+    app.state.jobs = service
     comfy_v2.include(app)
     comfy_v2.include(app)  # a second call adds nothing
     assert len(app.routes) == len(FastAPI().routes) + 1
@@ -200,7 +200,7 @@ def test_the_event_stream_of_a_finished_job_sends_its_outputs_then_its_terminal_
 
 def test_the_live_stream_sends_progress_then_output_and_ends_on_the_terminal_status(v2):
     _, service = v2
-    job, _ = service.submit(api.JobSubmit(workflow="txt2img", items=[{"prompt": "a"}]))
+    job, _ = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "a"}]))
 
     async def go() -> list[tuple[str, dict]]:
         stream = job_stream(service, job.id, "http://h")

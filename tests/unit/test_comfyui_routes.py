@@ -18,10 +18,10 @@ from comfybento.config import Settings
 from comfybento.errors import InvalidRequest, NotFound
 from comfybento.front.compat import comfyui
 from comfybento.front.compat.comfyui import files, routes
-from comfybento.front.jobs import routes as api
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import SQLiteJobStore
 from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.root import root_app
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
@@ -39,12 +39,12 @@ def client(node_defs, tmp_path):
     spec = load_workflow(ROOT / "workflows" / "txt2img.json", node_defs, parse_lock(ROOT / "models.lock"), settings)
     service = JobService({"txt2img": spec}, SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out"),
                          AllowList(["127.0.0.1"]), max_items=10_000, retention_s=60)
-    api.bind(service)
-    comfyui.install(api.app)
-    routes = len(api.app.router.routes)
-    comfyui.install(api.app)  # a second call adds nothing
-    assert len(api.app.router.routes) == routes
-    with TestClient(api.app) as c:
+    app = root_app(lambda: service.storage)  # ComfyUI's routes installed
+    app.state.jobs = service
+    routes = len(app.router.routes)
+    comfyui.install(app)  # a second call adds nothing
+    assert len(app.router.routes) == routes
+    with TestClient(app) as c:
         yield c, service
 
 

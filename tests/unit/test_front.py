@@ -9,7 +9,7 @@ import pytest
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from comfybento.engine.messages import EngineItem, ItemResult
-from comfybento.front.app import call_engine
+from comfybento.front.endpoints import call_engine
 
 
 def _front(raises: Exception | None = None, result: ItemResult | None = None) -> SimpleNamespace:

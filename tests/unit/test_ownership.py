@@ -13,7 +13,7 @@ from starlette.requests import Request
 from comfybento.errors import NotFound
 from comfybento.front.access import Access, Grant
 from comfybento.front.compat.comfyui import files, prompts, ws
-from comfybento.front.delivery import live_folder, live_folder_tag
+from comfybento.front.delivery import live_folder, live_folder_tag, read_live_output
 from comfybento.front.jobs.records import ItemRecord, JobRecord, now
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import SQLiteJobStore
@@ -100,16 +100,19 @@ def test_a_live_outputs_folder_carries_its_owner_and_only_its_owner_reads_it(ser
     assert live_folder_tag(folder) == owner_tag("alice") and live_folder_tag(untagged) is None and len(untagged) == 32
     for f in (folder, untagged):
         service.storage.put(f"outputs/{f}/save_image-0.png", b"png", "image/png")
-    assert service.live_file(folder, "save_image-0.png", ALICE) == service.live_file(folder, "save_image-0.png", OPS) == b"png"
-    missing = service.live_file
+
+    def read(folder: str, name: str, who: Caller) -> bytes:
+        return read_live_output(service.storage, folder, name, who)
+
+    assert read(folder, "save_image-0.png", ALICE) == read(folder, "save_image-0.png", OPS) == b"png"
     with pytest.raises(NotFound) as refused:
-        missing(folder, "save_image-0.png", BOB)
+        read(folder, "save_image-0.png", BOB)
     with pytest.raises(NotFound) as absent:
-        missing(folder, "nothing-0.png", ALICE)
+        read(folder, "nothing-0.png", ALICE)
     assert str(refused.value) == f"no such file: {folder}/save_image-0.png" and str(absent.value).startswith("no such file: ")
     with pytest.raises(NotFound):
-        missing(untagged, "save_image-0.png", ALICE)  # made with keys off: not a key's
-    assert service.live_file(untagged, "save_image-0.png", OPEN) == b"png"
+        read(untagged, "save_image-0.png", ALICE)  # made with keys off: not a key's
+    assert read(untagged, "save_image-0.png", OPEN) == b"png"
 
 
 def test_comfyui_uploads_live_in_a_folder_per_key_and_outputs_follow_their_prompt(service):

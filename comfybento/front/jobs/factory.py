@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from comfybento.config import Settings
-from comfybento.front import access
 from comfybento.front.jobs.live import JobEvents
-from comfybento.front.jobs.runner import Execute, JobRunner
+from comfybento.front.jobs.runner import Execute, JobRunner, OnUsage, no_usage_hook
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import JobStore, SQLiteJobStore
-from comfybento.front.jobs.usage import usage_sink
 from comfybento.front.jobs.webhooks import AllowList, WebhookPolicy, load_or_create_secret
 from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
 from comfybento.scheduling.cost import CostModel
@@ -33,11 +31,12 @@ def make_storage(settings: Settings) -> Storage:
 
 
 def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Execute,
-              costs: CostModel | None = None, may_lease: Callable[[], bool] = lambda: True) -> tuple[JobService, JobRunner]:
-    """The job service and this replica's runner; every charge is also counted per key and day in the store (GET /usage).
-    `may_lease`: False pauses the runner's leasing (the disk watcher's `has_room`: a full disk)."""
+              costs: CostModel | None = None, may_lease: Callable[[], bool] = lambda: True,
+              on_usage: OnUsage = no_usage_hook) -> tuple[JobService, JobRunner]:
+    """The job service and this replica's runner. `on_usage`: the charge hook, given each succeeded item's owner (the API key
+    that submitted its job), images and GPU-seconds (front/access.py `charge_owner`); `may_lease`: False pauses the runner's
+    leasing (the disk watcher's `has_room`: a full disk)."""
     store, storage = make_store(settings), make_storage(settings)
-    access.record_usage_in(usage_sink(store))
     allow = AllowList(settings.webhook_allowlist)
     served = frozenset(catalog) | ({FREE_GRAPH} if settings.runs_unmatched_graphs else frozenset())
     concurrency = settings.job_concurrency or 4 * max((spec.max_batch_size for spec in catalog.values()), default=1)
@@ -47,7 +46,7 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
         webhook_secret=settings.webhook_secret or load_or_create_secret(settings.webhook_secret_file), allow=allow,
         webhooks=WebhookPolicy(max_attempts=settings.webhook_max_attempts, backoff_s=settings.webhook_backoff_s,
                                timeout_s=settings.webhook_timeout_s, min_bytes_per_s=settings.webhook_min_bytes_per_s),
-        on_usage=access.charge_owner,  # each succeeded item is charged to the API key that submitted its job
+        on_usage=on_usage,
         live=JobEvents(),
         may_lease=may_lease,
     )

@@ -1,6 +1,7 @@
-"""The jobs HTTP API (FastAPI, mounted on the entry service; its routes are part of the OpenAPI).
+"""The jobs HTTP API: a FastAPI router of the front's root app (front/root.py); its routes are part of the OpenAPI.
 
-Every route answers for the caller's own jobs and live outputs only (front/ownership.py): another key's is a 404.
+Every route answers for the caller's own jobs only (front/ownership.py): another key's is a 404. The JobService comes
+from the root app's state (`job_service`), never from a module global.
 """
 
 from __future__ import annotations
@@ -13,64 +14,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, BinaryIO
 
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.requests import HTTPConnection
 
 from comfybento.errors import ComfyBentoError, InvalidRequest
 from comfybento.front import access, stream
-from comfybento.front.http import error_response, request_id
+from comfybento.front.http import request_id
 from comfybento.front.jobs.api_models import JobEstimate, JobList, JobResults, JobStatus, JobSubmit, UsageReport
-from comfybento.front.jobs.service import InvalidItems, JobService
+from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.usage import MAX_DAYS, report
 from comfybento.front.ownership import caller
 from comfybento.outputs import diskspace
 from comfybento.outputs.media import media_type_of
 
 log = logging.getLogger(__name__)
-app = FastAPI(title="comfybento jobs", version="1", docs_url=None, redoc_url=None, openapi_url=None)
-_service: dict[str, JobService] = {}
+router = APIRouter()
 
 
-def bind(service: JobService) -> None:
-    """Give the routes the process's JobService (created when the entry service starts)."""
-    _service["jobs"] = service
-
-
-def jobs() -> JobService:
-    if "jobs" not in _service:
+def job_service(conn: HTTPConnection) -> JobService:
+    """The process's JobService, which the root app holds in its state once the jobs start (front/root.py, front/app.py)."""
+    service: JobService | None = getattr(conn.app.state, "jobs", None)
+    if service is None:
         raise ComfyBentoError("the jobs service is not started yet")
-    return _service["jobs"]
-
-
-@app.exception_handler(ComfyBentoError)
-async def _error(request: Request, exc: ComfyBentoError) -> JSONResponse:
-    extra = {"items": [e.model_dump() for e in exc.errors]} if isinstance(exc, InvalidItems) else None
-    return error_response(exc, extra=extra)
-
-
-@app.exception_handler(HTTPException)
-async def _refused(request: Request, exc: HTTPException) -> Response:
-    """The framework's own refusals (no such route, a method it does not take, a body that is not JSON) in our error shape.
-
-    A 405's Allow lists every method of the path (Starlette's names only the first route's). The Comfy API v2 routes keep
-    FastAPI's answer (their own errors are their envelope, front/compat/comfy_v2/errors.py).
-    """
-    headers = dict(exc.headers or {})
-    if exc.status_code == 405:
-        matching = [r for r in app.router.routes if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE]
-        # the path the router chose (the first that matches: /jobs/estimate, not /jobs/{job_id}) and its other methods
-        methods = {m for r in matching if r.path_format == matching[0].path_format for m in r.methods or ()}
-        headers["Allow"] = ", ".join(sorted(methods))
-        exc = HTTPException(405, exc.detail, headers)
-    if request.url.path.startswith("/api/v2/"):
-        return await http_exception_handler(request, exc)
-    kind = {404: "not_found", 405: "invalid"}.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
-    return error_response({"status": exc.status_code, "error": f"{request.method} {request.url.path}: {exc.detail}",
-                           "error_kind": kind}, headers=headers)
+    return service
 
 
 def _known_query(request: Request) -> None:
@@ -85,17 +53,11 @@ def _known_query(request: Request) -> None:
 KNOWN_QUERY = [Depends(_known_query)]
 
 
-@app.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request %s: %s %s failed", request_id(), request.method, request.url.path, exc_info=exc)
-    return error_response(exc)
-
-
 def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-@app.post("/jobs", status_code=202, summary="Submit a batch job")
+@router.post("/jobs", status_code=202, summary="Submit a batch job")
 async def submit(req: JobSubmit, request: Request) -> JSONResponse:
     """Validates every item (a 422 lists each bad item's index and field; nothing is queued), then returns the job id at once.
 
@@ -105,86 +67,90 @@ async def submit(req: JobSubmit, request: Request) -> JSONResponse:
     """
     quota = await access.images_left(request)
     diskspace.require_room()  # a 507 while the disk is below its free-space watermark: nothing is queued
-    job, created = await asyncio.to_thread(jobs().submit, req, access.key_name(request), quota)
-    status = await asyncio.to_thread(jobs().status, job.id, caller(request))
+    service = job_service(request)
+    job, created = await asyncio.to_thread(service.submit, req, access.key_name(request), quota)
+    status = await asyncio.to_thread(service.status, job.id, caller(request))
     return JSONResponse(status.model_dump(), status_code=202 if created else 200)
 
 
-@app.post("/jobs/estimate", summary="What a batch job would cost (nothing is queued)")
+@router.post("/jobs/estimate", summary="What a batch job would cost (nothing is queued)")
 async def estimate(req: JobSubmit, request: Request) -> JobEstimate:
     """The same body as `POST /jobs`, validated the same way (a 422 lists each bad item), answered without queueing anything:
     items after fan-out, result-cache hits, images, estimated GPU-seconds (the workflow's measured cost per unit of work)
     and the key's remaining images quota."""
-    return await asyncio.to_thread(jobs().estimate, req, await access.images_left(request))
+    return await asyncio.to_thread(job_service(request).estimate, req, await access.images_left(request))
 
 
 # Query bounds: anything outside them is a 422 naming the parameter, never a store error.
 Offset = Annotated[int, Query(ge=0, le=10**9, description="Rows to skip.")]
 
 
-@app.get("/jobs", summary="List jobs", dependencies=KNOWN_QUERY)
+@router.get("/jobs", summary="List jobs", dependencies=KNOWN_QUERY)
 def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0) -> JobList:
-    service = jobs()  # the caller's jobs, newest first (an operator key's: every job)
+    service = job_service(request)  # the caller's jobs, newest first (an operator key's: every job)
     return JobList(jobs=[service.status(j.id) for j in service.list_jobs(limit, offset, caller(request))])
 
 
-@app.get("/jobs/{job_id}", summary="Job status")
+@router.get("/jobs/{job_id}", summary="Job status")
 def status(job_id: str, request: Request) -> JobStatus:
     """State, item counts, per-item progress, an estimated completion time and the webhook delivery log."""
-    return jobs().status(job_id, caller(request))
+    return job_service(request).status(job_id, caller(request))
 
 
-@app.get("/jobs/{job_id}/results", summary="Item results, paged", dependencies=KNOWN_QUERY)
+@router.get("/jobs/{job_id}/results", summary="Item results, paged", dependencies=KNOWN_QUERY)
 def results(job_id: str, request: Request, offset: Offset = 0,
             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobResults:
-    return jobs().results(job_id, offset, limit, _base_url(request), caller(request))
+    return job_service(request).results(job_id, offset, limit, _base_url(request), caller(request))
 
 
-@app.get("/jobs/{job_id}/events", summary="Live events of a job (Server-Sent Events)", response_class=StreamingResponse)
+@router.get("/jobs/{job_id}/events", summary="Live events of a job (Server-Sent Events)", response_class=StreamingResponse)
 async def events(job_id: str, request: Request) -> StreamingResponse:
     """The job's status as a `job` event, then its items' `progress` and `item` events (items already finished first) and
     `job` again whenever its state or counts change; the stream ends after a `job` whose state is terminal."""
-    await asyncio.to_thread(jobs().job, job_id, caller(request))  # an unknown job (or another key's): a 404 before any stream
-    return stream.EventStreamResponse(stream.job_events(jobs(), job_id, _base_url(request)))
+    service = job_service(request)
+    await asyncio.to_thread(service.job, job_id, caller(request))  # an unknown job (or another key's): a 404 before any stream
+    return stream.EventStreamResponse(stream.job_events(service, job_id, _base_url(request)))
 
 
-@app.post("/jobs/{job_id}/cancel", summary="Cancel a job")
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a job")
 def cancel(job_id: str, request: Request) -> JobStatus:
-    jobs().cancel(job_id, caller(request))
-    return jobs().status(job_id)
+    service = job_service(request)
+    service.cancel(job_id, caller(request))
+    return service.status(job_id)
 
 
-@app.post("/jobs/{job_id}/retry", summary="Retry the failed items of a finished job")
+@router.post("/jobs/{job_id}/retry", summary="Retry the failed items of a finished job")
 def retry(job_id: str, request: Request) -> JobStatus:
     """Re-queues the items of a `failed` job that failed, with the same parameters and seeds; succeeded items keep their results.
 
     Idempotent: while the retried items are queued or running, or when nothing failed (a succeeded, running or cancelled job),
     nothing changes. The answer is the job's status either way.
     """
-    jobs().job(job_id, caller(request))  # another key's job: a 404, nothing retried
-    job, count = jobs().retry(job_id)
+    service = job_service(request)
+    service.job(job_id, caller(request))  # another key's job: a 404, nothing retried
+    job, count = service.retry(job_id)
     if count:
         log.info("request %s: job %s: %d failed items queued again", request_id(), job.id, count)
-    return jobs().status(job_id, caller(request))
+    return service.status(job_id, caller(request))
 
 
-@app.get("/usage", summary="Usage per API key and day", dependencies=KNOWN_QUERY)
+@router.get("/usage", summary="Usage per API key and day", dependencies=KNOWN_QUERY)
 def usage(request: Request, days: Annotated[int, Query(ge=1, le=MAX_DAYS, description="UTC days to show, up to today.")] = 7) -> UsageReport:
     """Requests (generation requests and job items that succeeded), images and GPU-seconds per UTC day, kept in the job store.
 
     A key sees its own usage; an operator key every key's; with API keys off, the service's totals.
     """
     key = access.request_key(request)
-    return report(jobs().store, days, key.name if key is not None else None, keys_on=key is not None,
+    return report(job_service(request).store, days, key.name if key is not None else None, keys_on=key is not None,
                   operator=access.is_operator(key))
 
 
-@app.get("/jobs/{job_id}/archive", summary="Every output of the job as one zip", response_class=StreamingResponse)
+@router.get("/jobs/{job_id}/archive", summary="Every output of the job as one zip", response_class=StreamingResponse)
 def archive(job_id: str, request: Request) -> StreamingResponse:
     """The zip is built in a temporary folder that is removed before the first byte is sent (the open file is streamed)."""
     folder = Path(tempfile.mkdtemp(prefix="comfybento-archive-"))
     try:
-        path = jobs().archive(job_id, folder / f"{job_id}.zip", caller(request))
+        path = job_service(request).archive(job_id, folder / f"{job_id}.zip", caller(request))
         size = path.stat().st_size
         fh = path.open("rb")
     finally:
@@ -199,12 +165,6 @@ def _chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
-@app.get("/jobs/{job_id}/files/{name}", summary="One output file of a job (local storage)", response_class=Response)
+@router.get("/jobs/{job_id}/files/{name}", summary="One output file of a job (local storage)", response_class=Response)
 def file(job_id: str, name: str, request: Request) -> Response:
-    return Response(jobs().file(job_id, name, caller(request)), media_type=media_type_of(name))
-
-
-@app.get("/outputs/{folder}/{name}", summary="One output of a live request asked for as a URL (local storage)",
-         response_class=Response)
-def live_file(folder: str, name: str, request: Request) -> Response:
-    return Response(jobs().live_file(folder, name, caller(request)), media_type=media_type_of(name))
+    return Response(job_service(request).file(job_id, name, caller(request)), media_type=media_type_of(name))

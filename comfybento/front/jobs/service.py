@@ -17,7 +17,6 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from comfybento.errors import ComfyBentoError, InvalidRequest, NotFound
-from comfybento.front.delivery import live_folder_tag
 from comfybento.front.jobs.api_models import (
     DeliveryOut,
     ItemError,
@@ -269,18 +268,6 @@ class JobService:
     def file(self, job_id: str, name: str, caller: Caller | None = None) -> bytes:
         self.job(job_id, caller)
         return self._read(f"{job_id}/{name}")
-
-    def live_file(self, folder: str, name: str, caller: Caller | None = None) -> bytes:
-        """A live request's output stored for its URL (front/delivery.py); its folder carries its owner's tag."""
-        missing = NotFound(f"no such file: {folder}/{name}")  # the same answer for a missing file and another key's
-        if caller is not None and not caller.can_see_tag(live_folder_tag(folder)):
-            raise missing
-        try:
-            if isinstance(self.storage, LocalStorage):
-                return read_local(self.storage.root / "outputs", f"{folder}/{name}")
-            return self.storage.get(f"outputs/{folder}/{name}")
-        except NotFound:
-            raise missing from None
 
     def _read(self, key: str) -> bytes:
         if isinstance(self.storage, LocalStorage):

@@ -28,7 +28,7 @@ from comfybento.front.compat.comfy_v2.events import job_stream
 from comfybento.front.compat.comfy_v2.views import API, STATES, URL_TTL_S, job_view, load_job, output_blob
 from comfybento.front.jobs.api_models import JobSubmit
 from comfybento.front.jobs.records import TERMINAL_STATES, now
-from comfybento.front.jobs.routes import jobs
+from comfybento.front.jobs.routes import job_service
 from comfybento.front.jobs.store import IdempotencyConflict
 from comfybento.front.ownership import caller
 from comfybento.outputs import diskspace
@@ -56,8 +56,8 @@ class JobPost(BaseModel):
     metadata: dict[str, str] | None = None
 
 
-def _assets() -> AssetStore:
-    return AssetStore(jobs().storage)
+def _assets(request: Request) -> AssetStore:
+    return AssetStore(job_service(request).storage)
 
 
 def _origin(request: Request) -> str:
@@ -73,9 +73,9 @@ def _asset_json(record: AssetRecord, origin: str, created_new: bool | None = Non
     return doc
 
 
-def upload_limit() -> int:
+def upload_limit(request: Request) -> int:
     """The largest upload any served workflow takes (COMFYBENTO_MAX_UPLOAD_BYTES, or a workflow's own larger limit)."""
-    return max([get_settings().limits.max_upload_bytes, *(s.limits.max_upload_bytes for s in jobs().catalog.values())])
+    return max([get_settings().limits.max_upload_bytes, *(s.limits.max_upload_bytes for s in job_service(request).catalog.values())])
 
 
 # ------------------------------------------------------------------ assets
@@ -89,7 +89,7 @@ async def post_asset(request: Request) -> JSONResponse:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise V2Error(422, "invalid_request", "file: a multipart part named 'file' with the bytes is required")
-        limit = upload_limit()
+        limit = upload_limit(request)
         data = await upload.read(limit + 1)
         if len(data) > limit:
             raise TooLarge(f"file: more than the limit of {limit} bytes ({ENV_NAMES['max_upload_bytes']})")
@@ -99,7 +99,7 @@ async def post_asset(request: Request) -> JSONResponse:
     finally:
         await form.close()
     owner = access.key_name(request)
-    record, new = await asyncio.to_thread(_assets().upload, data, content_type, file_path, owner,
+    record, new = await asyncio.to_thread(_assets(request).upload, data, content_type, file_path, owner,
                                           str(expected) if expected is not None else None)
     return JSONResponse(_asset_json(record, _origin(request), new), status_code=201 if new else 200)
 
@@ -107,44 +107,44 @@ async def post_asset(request: Request) -> JSONResponse:
 @router.post("/assets/from-hash", status_code=201)
 def asset_from_hash(body: FromHash, request: Request) -> JSONResponse:
     diskspace.require_room()
-    record = _assets().from_hash(body.hash, body.file_path, access.key_name(request))
+    record = _assets(request).from_hash(body.hash, body.file_path, access.key_name(request))
     return JSONResponse(_asset_json(record, _origin(request), False), status_code=201)
 
 
 @router.head("/assets/by-hash/{hash_value}")
 def head_by_hash(hash_value: str, request: Request) -> Response:
-    return Response(status_code=200 if _assets().mintable(hash_value, access.key_name(request)) else 404)
+    return Response(status_code=200 if _assets(request).mintable(hash_value, access.key_name(request)) else 404)
 
 
 @router.get("/assets/{asset_id}")
 def get_asset(asset_id: str, request: Request) -> dict[str, Any]:
     who, origin = caller(request), _origin(request)
-    blob = output_blob(jobs(), asset_id, who)
+    blob = output_blob(job_service(request), asset_id, who)
     if blob is not None:
-        size = len(jobs().storage.get(blob.key))
+        size = len(job_service(request).storage.get(blob.key))
         return {"id": asset_id, "hash": None, "size_bytes": size, "content_type": blob.content_type, "file_path": blob.name,
-                "created_at": iso(jobs().job(blob.job_id).created_at), "url": f"{origin}{API}/assets/{asset_id}/content",
+                "created_at": iso(job_service(request).job(blob.job_id).created_at), "url": f"{origin}{API}/assets/{asset_id}/content",
                 "url_expires_at": iso(now() + URL_TTL_S), "expires_at": None, "job_id": blob.job_id}
-    return _asset_json(_assets().get(asset_id, who), origin)
+    return _asset_json(_assets(request).get(asset_id, who), origin)
 
 
 @router.delete("/assets/{asset_id}", status_code=204)
 def delete_asset(asset_id: str, request: Request) -> Response:
-    if output_blob(jobs(), asset_id, caller(request)) is not None:
+    if output_blob(job_service(request), asset_id, caller(request)) is not None:
         raise V2Error(409, "asset_in_use", f"asset {asset_id!r} is an output of a job; it goes when the job expires")
-    _assets().delete(asset_id, caller(request))
+    _assets(request).delete(asset_id, caller(request))
     return Response(status_code=204)
 
 
 @router.get("/assets/{asset_id}/content")
 def asset_content(asset_id: str, request: Request, range_header: Annotated[str | None, Header(alias="range")] = None) -> Response:
     who = caller(request)
-    blob = output_blob(jobs(), asset_id, who)
+    blob = output_blob(job_service(request), asset_id, who)
     if blob is not None:
-        data, media = jobs().storage.get(blob.key), blob.content_type
+        data, media = job_service(request).storage.get(blob.key), blob.content_type
     else:
-        record = _assets().get(asset_id, who)
-        data, media = _assets().content(record), record.content_type
+        record = _assets(request).get(asset_id, who)
+        data, media = _assets(request).content(record), record.content_type
     return ranged(data, media, range_header)
 
 
@@ -180,8 +180,8 @@ def post_job(body: JobPost, request: Request, idempotency_key: Annotated[str | N
     graph = body.workflow
     if all(k in graph for k in ("nodes", "links")):
         raise V2Error(422, "workflow_format_ui", "workflow: this is the UI export (nodes/links); submit the API-format graph (Export (API))")
-    who, service = caller(request), jobs()
-    run = match_graph(service.catalog, graph, lambda kind, literal: _assets().resolve_reference(kind, literal, who),
+    who, service = caller(request), job_service(request)
+    run = match_graph(service.catalog, graph, lambda kind, literal: _assets(request).resolve_reference(kind, literal, who),
                       allow_unmatched=service.free_graphs is not None)
     key = f"comfy-v2:{idempotency_key}" if idempotency_key else None
     try:
@@ -202,7 +202,7 @@ def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 50,
     if cursor is not None and not (cursor.isdigit() and len(cursor) <= 9):  # an offset this service gave: < 10**9
         raise V2Error(422, "invalid_cursor", f"cursor: {cursor!r} is not a cursor this service gave")
     offset = int(cursor or 0)
-    page = jobs().list_jobs(limit, offset, caller(request))
+    page = job_service(request).list_jobs(limit, offset, caller(request))
     filtered = any(k.startswith("metadata[") for k in request.query_params)
     items = [] if filtered else [
         {"id": j.id, "status": STATES.get(j.state, "queued"), "create_time": iso(j.created_at), "update_time": iso(j.updated_at or j.created_at),
@@ -212,15 +212,15 @@ def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 50,
 
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, request: Request) -> dict[str, Any]:
-    job = load_job(jobs(), job_id, caller(request))
-    return job_view(jobs(), job, _origin(request))
+    job = load_job(job_service(request), job_id, caller(request))
+    return job_view(job_service(request), job, _origin(request))
 
 
 @router.get("/jobs/{job_id}/workflow")
 def get_job_workflow(job_id: str, request: Request) -> dict[str, Any]:
-    job = load_job(jobs(), job_id, caller(request))
+    job = load_job(job_service(request), job_id, caller(request))
     try:
-        graph = json.loads(jobs().storage.get(WORKFLOW_KEY.format(job_id=job.id)))
+        graph = json.loads(job_service(request).storage.get(WORKFLOW_KEY.format(job_id=job.id)))
     except Exception:
         raise V2Error(404, "not_found", f"job {job_id!r} was not submitted through /api/v2/jobs: it has no stored graph") from None
     return {"workflow": graph, "format": "api"}
@@ -228,15 +228,15 @@ def get_job_workflow(job_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
-    job = load_job(jobs(), job_id, caller(request))
+    job = load_job(job_service(request), job_id, caller(request))
     if job.state not in TERMINAL_STATES:
-        job = jobs().cancel(job.id)
-    return job_view(jobs(), job, _origin(request))
+        job = job_service(request).cancel(job.id)
+    return job_view(job_service(request), job, _origin(request))
 
 
 @router.get("/jobs/{job_id}/events")
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
-    service, origin, who = jobs(), _origin(request), caller(request)
+    service, origin, who = job_service(request), _origin(request), caller(request)
     job = await asyncio.to_thread(load_job, service, job_id, who)  # an unknown job (or another key's): a 404 before any stream
     return StreamingResponse(job_stream(service, job.id, origin), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})

@@ -24,7 +24,7 @@ from starlette.datastructures import UploadFile
 from comfybento.config import get_settings
 from comfybento.errors import ComfyBentoError, InvalidRequest, NotFound, StorageFull
 from comfybento.front.compat.comfyui import files, prompts, ws
-from comfybento.front.jobs.routes import jobs
+from comfybento.front.jobs.routes import job_service
 from comfybento.front.ownership import caller
 from comfybento.outputs import diskspace
 from comfybento.workflows.node_info import fingerprint, snapshot_path
@@ -64,7 +64,7 @@ async def post_prompt(request: Request) -> JSONResponse:
         return comfy_error(InvalidRequest("body: not valid JSON"))
     try:
         diskspace.require_room()
-        done = await asyncio.to_thread(prompts.submit, jobs(), body, caller(request))
+        done = await asyncio.to_thread(prompts.submit, job_service(request), body, caller(request))
     except ComfyBentoError as exc:
         return comfy_error(exc)
     client_id = body.get("client_id")
@@ -75,12 +75,12 @@ async def post_prompt(request: Request) -> JSONResponse:
 
 @route("/prompt", ["GET"])
 def get_prompt(request: Request) -> dict[str, Any]:
-    return {"exec_info": {"queue_remaining": prompts.queue_remaining(jobs(), caller(request))}}
+    return {"exec_info": {"queue_remaining": prompts.queue_remaining(job_service(request), caller(request))}}
 
 
 @route("/queue", ["GET"])
 def get_queue(request: Request) -> dict[str, Any]:
-    return prompts.queue(jobs(), caller(request))
+    return prompts.queue(job_service(request), caller(request))
 
 
 @route("/queue", ["POST"])
@@ -88,10 +88,10 @@ async def post_queue(request: Request) -> Response:
     """{"clear": true} cancels the caller's pending prompts; {"delete": [ids]} cancels those (queued or running)."""
     body, who = await _json_object(request), caller(request)
     if body.get("clear"):
-        await asyncio.to_thread(prompts.cancel_prompts, jobs(), None, ("queued",), who)
+        await asyncio.to_thread(prompts.cancel_prompts, job_service(request), None, ("queued",), who)
     if isinstance(body.get("delete"), list):
         ids = [str(i) for i in body["delete"]]
-        await asyncio.to_thread(prompts.cancel_prompts, jobs(), ids, ("queued", "running"), who)
+        await asyncio.to_thread(prompts.cancel_prompts, job_service(request), ids, ("queued", "running"), who)
     return Response(status_code=200)
 
 
@@ -100,7 +100,7 @@ async def interrupt(request: Request) -> Response:
     """Cancels the caller's running prompts (or only body["prompt_id"]); their clients get execution_interrupted."""
     body = await _json_object(request)
     ids = [str(body["prompt_id"])] if body.get("prompt_id") else None
-    await asyncio.to_thread(prompts.cancel_prompts, jobs(), ids, ("running",), caller(request))
+    await asyncio.to_thread(prompts.cancel_prompts, job_service(request), ids, ("running",), caller(request))
     return Response(status_code=200)
 
 
@@ -118,13 +118,13 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 @route("/history", ["GET"])
 def get_history(request: Request, max_items: int | None = Query(default=None, ge=1, le=prompts.SCAN_JOBS)) -> dict[str, Any]:
-    return prompts.history(jobs(), max_items, caller(request))
+    return prompts.history(job_service(request), max_items, caller(request))
 
 
 @route("/history/{prompt_id}", ["GET"])
 def get_history_item(prompt_id: str, request: Request) -> dict[str, Any]:
-    job = prompts.visible_prompt(jobs(), prompt_id, caller(request))
-    entry = prompts.history_entry(jobs(), job) if job is not None else None
+    job = prompts.visible_prompt(job_service(request), prompt_id, caller(request))
+    entry = prompts.history_entry(job_service(request), job) if job is not None else None
     return {prompt_id: entry} if entry is not None else {}
 
 
@@ -133,16 +133,16 @@ async def post_history(request: Request) -> Response:
     """{"clear": true} forgets the caller's finished prompts; {"delete": [ids]} those (their outputs go too)."""
     body, who = await _json_object(request), caller(request)
     if body.get("clear"):
-        ids = [j.id for j in await asyncio.to_thread(prompts.recent_jobs, jobs(), who) if prompts.is_prompt(j)]
-        await asyncio.to_thread(prompts.delete_prompts, jobs(), ids, who)
+        ids = [j.id for j in await asyncio.to_thread(prompts.recent_jobs, job_service(request), who) if prompts.is_prompt(j)]
+        await asyncio.to_thread(prompts.delete_prompts, job_service(request), ids, who)
     if isinstance(body.get("delete"), list):
-        await asyncio.to_thread(prompts.delete_prompts, jobs(), [str(i) for i in body["delete"]], who)
+        await asyncio.to_thread(prompts.delete_prompts, job_service(request), [str(i) for i in body["delete"]], who)
     return Response(status_code=200)
 
 
 @route("/view", ["GET"])
 def view(request: Request, filename: str, subfolder: str = "", type: str = "output") -> Response:
-    data = files.read(jobs(), filename, subfolder, type, caller(request))
+    data = files.read(job_service(request), filename, subfolder, type, caller(request))
     return Response(data, media_type=files.content_type(filename), headers={"Content-Disposition": f'filename="{filename}"'})
 
 
@@ -170,7 +170,7 @@ async def upload_image(request: Request) -> dict[str, str]:
         raise InvalidRequest("type: uploads go to 'input' here")
     subfolder = fields.get("subfolder", "")
     overwrite = fields.get("overwrite", "false").lower() in ("true", "1")
-    name = await asyncio.to_thread(files.store_upload, jobs().storage, data, image.filename or "upload.png", subfolder, overwrite,
+    name = await asyncio.to_thread(files.store_upload, job_service(request).storage, data, image.filename or "upload.png", subfolder, overwrite,
                                    caller(request).tag)
     return _answer(name, subfolder)
 
@@ -181,7 +181,7 @@ async def upload_mask(request: Request) -> dict[str, str]:
     data, image, fields = await _upload(request)
     try:
         ref = json.loads(fields.get("original_ref", ""))
-        original = await asyncio.to_thread(files.read, jobs(), str(ref["filename"]), str(ref.get("subfolder") or ""),
+        original = await asyncio.to_thread(files.read, job_service(request), str(ref["filename"]), str(ref.get("subfolder") or ""),
                                            str(ref.get("type") or "input"), caller(request))
     except (ValueError, KeyError, TypeError):
         raise InvalidRequest("original_ref: expected JSON {filename, subfolder, type} of an uploaded image") from None
@@ -190,7 +190,7 @@ async def upload_mask(request: Request) -> dict[str, str]:
     masked = await asyncio.to_thread(files.apply_mask, original, data)
     subfolder = fields.get("subfolder", str(ref.get("subfolder") or ""))
     overwrite = fields.get("overwrite", "false").lower() in ("true", "1")
-    name = await asyncio.to_thread(files.store_upload, jobs().storage, masked, image.filename or "mask.png", subfolder, overwrite,
+    name = await asyncio.to_thread(files.store_upload, job_service(request).storage, masked, image.filename or "mask.png", subfolder, overwrite,
                                    caller(request).tag)
     return _answer(name, subfolder)
 
@@ -268,7 +268,7 @@ def model_files(folder: str) -> list[str]:
 
 async def websocket(socket: WebSocket) -> None:
     """ComfyUI's /ws (front/compat/comfyui/ws.py); the API key was checked by the access middleware (header or ?token=)."""
-    await ws.serve(socket, jobs(), caller(socket))
+    await ws.serve(socket, job_service(socket), caller(socket))
 
 
 for _path in ("/ws", "/api/ws"):
