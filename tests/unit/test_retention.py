@@ -16,19 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from comfybento.config import Settings
-from comfybento.front.compat import comfy_v2
 from comfybento.front.compat.comfy_v2.assets import AssetStore
-from comfybento.front.jobs import routes as api
 from comfybento.front.jobs.records import ItemRecord, JobRecord
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import SQLiteJobStore
 from comfybento.front.jobs.webhooks import AllowList
 from comfybento.front.ownership import OPEN
 from comfybento.front.retention import Retention
+from comfybento.front.root import root_app
 from comfybento.outputs.diskspace import DiskWatcher, Folder
 from comfybento.outputs.storage import LocalStorage
 
@@ -78,11 +76,10 @@ def make_job(store: SQLiteJobStore, storage: LocalStorage, state: str, data: byt
 def served(tmp_path):
     """The jobs API and Comfy API v2 routes over one store and output folder."""
     store, storage = SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out")
-    api.bind(JobService({}, store, storage, AllowList(["127.0.0.1"]), max_items=10, retention_s=DAY))
-    v2 = FastAPI()
-    comfy_v2.include(v2)
-    with TestClient(api.app) as jobs_client, TestClient(v2) as v2_client:
-        yield store, storage, jobs_client, v2_client
+    app = root_app(lambda: storage)
+    app.state.jobs = JobService({}, store, storage, AllowList(["127.0.0.1"]), max_items=10, retention_s=DAY)
+    with TestClient(app) as client:
+        yield store, storage, client, client
 
 
 def test_expired_url_outputs_and_assets_are_deleted_and_their_urls_answer_404(served, tmp_path):
