@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from comfybento.errors import ConfigError
-from comfybento.front.keys import ApiKey, server_keys
-from comfybento.workflows.limits import CPU_LIMITS, ENV_NAMES, Limits
+from comfybento.limits import CPU_LIMITS, ENV_NAMES, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A built Bento keeps the project in <bento>/src beside <bento>/bento.yaml.
@@ -112,7 +111,7 @@ class Settings:
     # choose are loaded on demand and leave least recently used first. 0: the device's total memory less
     # ComfyUI's own reserve for inference (comfy.model_management.minimum_inference_memory).
     model_cache_bytes: int = 0
-    # What one request may ask of the machine (COMFYBENTO_MAX_IMAGE_PIXELS, ...; see workflows/limits.py);
+    # What one request may ask of the machine (COMFYBENTO_MAX_IMAGE_PIXELS, ...; see comfybento/limits.py);
     # a workflow's sidecar can change them for that workflow.
     limits: Limits = field(default_factory=Limits)
     # Seconds one execution (a batch) may run before it is interrupted and its requests fail with a 413 naming this
@@ -163,12 +162,11 @@ class Settings:
     model_fetch_s: int = 6 * 3600
     model_fetch_min_bytes_per_s: int = 64 * 1024
     # ---- access (comfybento/front/access.py)
-    # One unlimited key (kept for compatibility; it is the key named "default" in api_keys).
+    # One unlimited key (kept for compatibility; it is the key named "default" beside the keys file's).
     api_key: str = ""
     # YAML/JSON list of {name, sha256, rate_per_min, images_per_day}; `python -m comfybento keys add` appends to it.
+    # The access layer reads and checks it (with api_key) when the front starts: front/keys.py `configured_keys`.
     api_keys_file: Path | None = None
-    # Every key the server accepts (the file's and COMFYBENTO_API_KEY's), read and checked at startup.
-    api_keys: tuple[ApiKey, ...] = ()
     # Origins allowed to call from a browser (CORS): exact "scheme://host[:port]" values, or ("*",). Empty: no CORS.
     cors_origins: tuple[str, ...] = ()
     # ---- submitted graphs (ComfyUI's /prompt, Comfy API v2; workflows/matching.py)
@@ -356,7 +354,6 @@ def _access_settings(env: dict[str, str]) -> dict[str, Any]:
     return {
         "api_key": api_key,
         "api_keys_file": keys_file,
-        "api_keys": server_keys(keys_file, api_key),
         "cors_origins": _cors_origins(env),
     }
 

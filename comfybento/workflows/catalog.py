@@ -12,11 +12,12 @@ from pydantic import BaseModel, ValidationError
 
 from comfybento.config import Settings
 from comfybento.errors import TooLarge, WorkflowError
+from comfybento.limits import Limits
 from comfybento.models.lock import ModelEntry, ModelLock
 from comfybento.outputs.encoding import Encoding
 from comfybento.workflows.batchplan import BatchPlan, plan_batching
 from comfybento.workflows.graph import Graph, NodeDefs, check_graph, consumers, is_link, load_graph, sorted_ids
-from comfybento.workflows.limits import Limits, check_request_limits
+from comfybento.workflows.limits import check_request_limits
 from comfybento.workflows.params import UPLOAD_KINDS, OutputSpec, Param, infer_outputs, infer_params
 from comfybento.workflows.schema import PRESET_FIELD, build_input_model
 from comfybento.workflows.sidecar import apply_sidecar, load_sidecar

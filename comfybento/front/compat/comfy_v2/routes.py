@@ -31,8 +31,8 @@ from comfybento.front.jobs.records import now
 from comfybento.front.jobs.routes import jobs
 from comfybento.front.jobs.store import IdempotencyConflict
 from comfybento.front.ownership import caller
+from comfybento.limits import ENV_NAMES
 from comfybento.outputs import diskspace
-from comfybento.workflows.limits import ENV_NAMES
 from comfybento.workflows.matching import match_graph
 
 router = APIRouter(prefix=API, route_class=V2Route, include_in_schema=False)
