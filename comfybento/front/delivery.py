@@ -17,7 +17,7 @@ from comfybento.config import Settings
 from comfybento.engine.messages import ItemResult, OutputBlob
 from comfybento.front.ownership import owner_tag
 from comfybento.outputs.media import extension_for
-from comfybento.outputs.storage import Storage
+from comfybento.outputs.storage import Storage, make_storage
 from comfybento.workflows.schema import OutputItem
 
 LIVE_PREFIX = "outputs"
@@ -65,7 +65,5 @@ class StorageOnFirstUse:
     def __call__(self) -> Storage:
         with self._lock:
             if self._storage is None:
-                from comfybento.front.jobs.factory import make_storage
-
                 self._storage = make_storage(self._settings)
             return self._storage  # type: ignore[no-any-return]
