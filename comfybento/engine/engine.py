@@ -37,6 +37,7 @@ from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry
 from comfybento.outputs.encoding import Encoding, decode_b64, encode_image, png_bytes
 from comfybento.outputs.media import KNOWN_OUTPUTS, ProducedFile, ProducedText, dimensions, kind_of, media_type_of
+from comfybento.runtime.generators import model_generators
 from comfybento.scheduling.cost import HeavyRequests, graph_work
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Preview, Progress
 from comfybento.scheduling.scheduler import Job, Scheduler, Stats
@@ -106,7 +107,7 @@ class Engine:
         self.max_execution_s = 0  # COMFYBENTO_MAX_EXECUTION_S once warmed up (0: none; see _within_budget)
         # Models a request chooses (spec.model_choices) are fetched and hash-checked on their first use.
         self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check,
-                                    transfer_limits(settings))
+                                    transfer_limits(settings), model_generators())
         # COMFYBENTO_SUBMITTED_GRAPHS=any: graphs that match no workflow, run alone (workflows/free_graph.py)
         self.free_graphs = FreeGraphs(settings) if settings.runs_unmatched_graphs else None
 
@@ -148,7 +149,7 @@ class Engine:
         used = sorted({m for spec in self.catalog.values() for m in spec.models}, key=lambda m: m.path)
         if settings.fetch_models:
             for entry in used:
-                log.info("%s: %s", entry.path, fetch_entry(entry, settings.models_dir, transfer_limits(settings)))
+                log.info("%s: %s", entry.path, fetch_entry(entry, settings.models_dir, transfer_limits(settings), model_generators()))
         problems = [p for m in used if (p := verify_entry(m, settings.models_dir, not settings.skip_hash_check))]
         if problems:
             raise ModelLockError("model files do not match models.lock: " + "; ".join(problems)

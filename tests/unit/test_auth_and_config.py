@@ -11,11 +11,10 @@ import json
 import pytest
 
 from comfybento.__main__ import main
-from comfybento.config import Settings
+from comfybento.config import Settings, find_comfyui_root
 from comfybento.errors import ConfigError
 from comfybento.front.access import Access
 from comfybento.front.keys import ApiKey, configured_keys, hash_key
-from comfybento.runtime.bootstrap import find_comfyui_root
 
 HASH = "ab" * 32
 
