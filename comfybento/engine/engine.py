@@ -40,6 +40,7 @@ from comfybento.outputs.media import KNOWN_OUTPUTS, ProducedFile, ProducedText, 
 from comfybento.runtime.generators import model_generators
 from comfybento.scheduling.cost import HeavyRequests, graph_work
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Preview, Progress
+from comfybento.scheduling.policy import OldestFirst
 from comfybento.scheduling.scheduler import Job, Scheduler, Stats
 from comfybento.workflows.batchplan import BatchPlan, merge_graph
 from comfybento.workflows.binding import bind, shape_key
@@ -96,7 +97,8 @@ class Engine:
     def __init__(self, settings: Settings, catalog: dict[str, WorkflowSpec]) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.scheduler: Scheduler[Prepared] = Scheduler(coalesce_max_s=settings.coalesce_ms / 1000, on_abandoned=self._interrupt)
+        self.scheduler: Scheduler[Prepared] = Scheduler(coalesce_max_s=settings.coalesce_ms / 1000, on_abandoned=self._interrupt,
+                                                            policy=OldestFirst())
         self.input_dir = settings.work_dir / "input"
         self.comfy_folders: tuple[Path, ...] = ()  # ComfyUI's input, output and temp folders once started
         self.executor: Any = None  # runtime.executor.ComfyExecutor once started
