@@ -17,6 +17,7 @@ from comfybento.errors import ComfyBentoError, ConfigError
 def _models(args: argparse.Namespace) -> int:
     from comfybento.models.fetch import fetch_all, transfer_limits
     from comfybento.models.lock import parse_lock, verify_all
+    from comfybento.runtime.generators import model_generators
 
     settings = get_settings()
     lock = parse_lock(settings.models_lock)
@@ -25,7 +26,7 @@ def _models(args: argparse.Namespace) -> int:
             from comfybento.runtime.bootstrap import bootstrap
 
             bootstrap(settings)
-        for path, state in fetch_all(lock, settings.models_dir, transfer_limits(settings)).items():
+        for path, state in fetch_all(lock, settings.models_dir, transfer_limits(settings), model_generators()).items():
             print(f"{state:8} {path}")
         return 0
     problems = verify_all(lock, settings.models_dir)

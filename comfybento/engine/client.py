@@ -21,6 +21,10 @@ from comfybento.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 
+# The engine service (engine/service.py) by name, and how long one call to it may take.
+ENGINE_NAME = "comfybento-engine"
+ENGINE_TIMEOUT_S = 900
+
 OnEvent = Callable[[dict[str, Any]], None]
 OnOutput = Callable[[OutputBlob], None]
 

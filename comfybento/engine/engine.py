@@ -35,8 +35,10 @@ from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest
 from comfybento.models.fetch import transfer_limits
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.outputs.encoding import png_bytes
+from comfybento.runtime.generators import model_generators
 from comfybento.scheduling.cost import HeavyRequests, graph_work
 from comfybento.scheduling.events import Done, Event, Failed, Preview, Progress
+from comfybento.scheduling.policy import OldestFirst
 from comfybento.scheduling.scheduler import Job, Scheduler, Stats
 from comfybento.workflows.batchplan import merge_graph
 from comfybento.workflows.catalog import WorkflowSpec
@@ -51,7 +53,8 @@ class Engine:
     def __init__(self, settings: Settings, catalog: dict[str, WorkflowSpec]) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.scheduler: Scheduler[Prepared] = Scheduler(coalesce_max_s=settings.coalesce_ms / 1000, on_abandoned=self._interrupt)
+        self.scheduler: Scheduler[Prepared] = Scheduler(coalesce_max_s=settings.coalesce_ms / 1000, on_abandoned=self._interrupt,
+                                                            policy=OldestFirst())
         self.input_dir = settings.work_dir / "input"
         self.comfy_folders: tuple[Path, ...] = ()  # ComfyUI's input, output and temp folders once started
         self.executor: Any = None  # runtime.executor.ComfyExecutor once started
@@ -62,7 +65,7 @@ class Engine:
         self.max_execution_s = 0  # COMFYBENTO_MAX_EXECUTION_S once warmed up (0: none; see _within_budget)
         # Models a request chooses (spec.model_choices) are fetched and hash-checked on their first use.
         self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check,
-                                    transfer_limits(settings))
+                                    transfer_limits(settings), model_generators())
         # COMFYBENTO_SUBMITTED_GRAPHS=any: graphs that match no workflow, run alone (workflows/free_graph.py)
         self.free_graphs = FreeGraphs(settings) if settings.runs_unmatched_graphs else None
 
@@ -104,7 +107,7 @@ class Engine:
         used = sorted({m for spec in self.catalog.values() for m in spec.models}, key=lambda m: m.path)
         if settings.fetch_models:
             for entry in used:
-                log.info("%s: %s", entry.path, fetch_entry(entry, settings.models_dir, transfer_limits(settings)))
+                log.info("%s: %s", entry.path, fetch_entry(entry, settings.models_dir, transfer_limits(settings), model_generators()))
         problems = [p for m in used if (p := verify_entry(m, settings.models_dir, not settings.skip_hash_check))]
         if problems:
             raise ModelLockError("model files do not match models.lock: " + "; ".join(problems)

@@ -13,12 +13,10 @@ import bentoml
 
 from comfybento import lifecycle
 from comfybento.engine import route as engine_route
+from comfybento.engine.client import ENGINE_NAME, ENGINE_TIMEOUT_S
 from comfybento.engine.messages import EngineItem, ItemResult
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.project import Project
-
-ENGINE_NAME = "comfybento-engine"
-ENGINE_TIMEOUT_S = 900
 
 
 def _batchable_api(spec: WorkflowSpec) -> Any:

@@ -54,7 +54,7 @@ from starlette.responses import JSONResponse
 from comfybento.config import Settings
 from comfybento.errors import RateLimited, Unauthorized
 from comfybento.front.http import error_response
-from comfybento.front.keys import BEARER_TOKEN, ApiKey, hash_key
+from comfybento.front.keys import BEARER_TOKEN, ApiKey, configured_keys, hash_key
 from comfybento.front.ratelimit import ALWAYS, Buckets, Decision, LimiterUnavailable, MemoryBuckets, Policy, RedisBuckets
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class Access:
     @classmethod
     def from_settings(cls, settings: Settings) -> Access:
         buckets: Buckets = RedisBuckets(settings.redis_url) if settings.redis_url else MemoryBuckets()
-        return cls(settings.api_keys, buckets)
+        return cls(configured_keys(settings), buckets)
 
     def authenticate(self, authorization: list[str]) -> tuple[ApiKey | None, str]:
         """The key of a request's Authorization headers, or None and why not (missing, malformed, unknown)."""

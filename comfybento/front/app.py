@@ -21,8 +21,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 
 from comfybento import lifecycle, metrics
-from comfybento.engine.client import EngineClient, engine_url
-from comfybento.engine.service import ENGINE_NAME, ENGINE_TIMEOUT_S
+from comfybento.engine.client import ENGINE_NAME, ENGINE_TIMEOUT_S, EngineClient, engine_url
 from comfybento.errors import StorageFull
 from comfybento.front import access
 from comfybento.front.delivery import StorageOnFirstUse

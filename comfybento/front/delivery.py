@@ -23,10 +23,9 @@ from fastapi import APIRouter, Request, Response
 from comfybento.config import Settings
 from comfybento.engine.messages import ItemResult, OutputBlob
 from comfybento.errors import NotFound
-from comfybento.front.jobs.service import read_local
 from comfybento.front.ownership import Caller, caller, owner_tag
 from comfybento.outputs.media import extension_for, media_type_of
-from comfybento.outputs.storage import Entry, LocalStorage, Storage
+from comfybento.outputs.storage import Entry, Storage, make_storage
 from comfybento.workflows.schema import OutputItem
 
 LIVE_PREFIX = "outputs"
@@ -97,8 +96,6 @@ class StorageOnFirstUse:
     def __call__(self) -> Storage:
         with self._lock:
             if self._storage is None:
-                from comfybento.front.jobs.factory import make_storage
-
                 self._storage = make_storage(self._settings)
             return self._storage  # type: ignore[no-any-return]
 
@@ -109,8 +106,6 @@ def read_live_output(storage: Storage, folder: str, name: str, who: Caller | Non
     if who is not None and not who.can_see_tag(live_folder_tag(folder)):
         raise missing
     try:
-        if isinstance(storage, LocalStorage):
-            return read_local(storage.root / LIVE_PREFIX, f"{folder}/{name}")
         return storage.get(f"{LIVE_PREFIX}/{folder}/{name}")
     except NotFound:
         raise missing from None

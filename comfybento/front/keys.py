@@ -23,12 +23,15 @@ import re
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from comfybento.errors import ConfigError
+
+if TYPE_CHECKING:
+    from comfybento.config import Settings
 
 KEY_PREFIX = "cb_"
 # The key named by COMFYBENTO_API_KEY (one unlimited key, kept for compatibility).
@@ -128,6 +131,12 @@ def server_keys(keys_file: Path | None, env_key: str) -> tuple[ApiKey, ...]:
             )
         keys = (*keys, legacy)
     return keys
+
+
+def configured_keys(settings: Settings) -> tuple[ApiKey, ...]:
+    """The keys the settings name (COMFYBENTO_API_KEYS_FILE, COMFYBENTO_API_KEY), read and checked: the access layer
+    calls it once, when the front starts (front/access.py `Access.from_settings`)."""
+    return server_keys(settings.api_keys_file, settings.api_key)
 
 
 def _entry_yaml(key: ApiKey) -> str:

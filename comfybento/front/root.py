@@ -1,9 +1,9 @@
 """The front's root ASGI app, mounted at / on the entry service beside its typed endpoints (front/app.py builds it).
 
-Its routes: the jobs API (front/jobs/routes.py), live outputs (front/delivery.py), Comfy API v2 and ComfyUI's own API
+Its routes: the jobs API (front/job_routes.py), live outputs (front/delivery.py), Comfy API v2 and ComfyUI's own API
 (front/compat/). Its collaborators live in its state, set by the composition root, never in module globals:
 - `app.state.output_storage`: the output storage, made on first use (front/delivery.py `StorageOnFirstUse`);
-- `app.state.jobs`: the JobService, once the jobs start (None until then; front/jobs/routes.py `job_service` reads it).
+- `app.state.jobs`: the JobService, once the jobs start (None until then; front/job_routes.py `job_service` reads it).
 Errors raised by any of its routes are answered here in comfybento's shape (front/http.py `error_response`).
 """
 
@@ -21,10 +21,10 @@ from starlette.routing import Match
 
 from comfybento.errors import ComfyBentoError
 from comfybento.front import delivery
+from comfybento.front import job_routes as jobs_routes
 from comfybento.front.compat import comfy_v2
 from comfybento.front.compat import comfyui as comfyui_api
 from comfybento.front.http import error_response, request_id
-from comfybento.front.jobs import routes as jobs_routes
 from comfybento.front.jobs.service import InvalidItems
 from comfybento.outputs.storage import Storage
 

@@ -10,7 +10,7 @@ the schema of its OpenAPI answer (front/openapi.py).
 `POST /<workflow>/stream` (`request_events`): queued {position}, started,
 progress {value, max, node_id}, preview (only when COMFYBENTO_PREVIEWS is on),
 one output per output item as soon as it is encoded, then exactly one of done
-or failed, last. `GET /jobs/{job_id}/events` (front/jobs/routes.py): job, progress,
+or failed, last. `GET /jobs/{job_id}/events` (front/job_routes.py): job, progress,
 item, job ... ending with a job whose state is terminal.
 """
 

@@ -75,7 +75,7 @@ def test_malformed_multipart_is_a_400(server):
 @pytest.mark.parametrize(
     ("body", "status", "names"),
     [
-        # the CPU engine's defaults (workflows/limits.py CPU_LIMITS), the shapes that exhausted the machine at small scale
+        # the CPU engine's defaults (comfybento/limits.py CPU_LIMITS), the shapes that exhausted the machine at small scale
         ({"width": 1024, "height": 1024, "steps": 1}, 413, "max_image_pixels"),
         ({"width": 512, "height": 512, "batch_size": 2, "steps": 1}, 413, "max_request_pixels"),
         ({"width": 2048, "height": 128, "steps": 1}, 413, "max_aspect_ratio"),

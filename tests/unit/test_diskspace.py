@@ -29,11 +29,11 @@ from comfybento.front.http import error_response
 from comfybento.front.jobs.records import ItemRecord, JobRecord, now
 from comfybento.front.jobs.store import SQLiteJobStore
 from comfybento.front.stream import OutputEvent, parse_sse, request_events
+from comfybento.limits import Limits
 from comfybento.outputs import diskspace
 from comfybento.outputs.diskspace import DiskWatcher, Folder
 from comfybento.outputs.storage import LocalStorage
 from comfybento.runtime.errors import from_execution
-from comfybento.workflows.limits import Limits
 from tests.unit.test_job_runner import Engine, finished, run_until, runner, submit
 
 MiB = 1024 * 1024

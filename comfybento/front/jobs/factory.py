@@ -1,4 +1,4 @@
-"""Build the job store, output storage and services from the settings."""
+"""Build the job store and services from the settings (the output storage: outputs/storage.py make_storage)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from comfybento.front.jobs.runner import Execute, JobRunner, OnUsage, no_usage_h
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import JobStore, SQLiteJobStore
 from comfybento.front.jobs.webhooks import AllowList, WebhookPolicy, load_or_create_secret
-from comfybento.outputs.storage import LocalStorage, S3Storage, Storage
+from comfybento.outputs.storage import make_storage
 from comfybento.scheduling.cost import CostModel
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
@@ -22,12 +22,6 @@ def make_store(settings: Settings) -> JobStore:
 
         return RedisJobStore(settings.redis_url)
     return SQLiteJobStore(settings.jobs_db)
-
-
-def make_storage(settings: Settings) -> Storage:
-    if settings.storage == "s3":
-        return S3Storage(settings.s3_bucket, settings.s3_endpoint_url or None, settings.s3_prefix, settings.s3_url_ttl_s)
-    return LocalStorage(settings.output_dir)
 
 
 def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Execute,

@@ -6,8 +6,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import stat
 import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -36,7 +34,7 @@ from comfybento.front.jobs.records import TERMINAL_STATES, ItemRecord, JobRecord
 from comfybento.front.jobs.store import JobStore
 from comfybento.front.jobs.webhooks import AllowList
 from comfybento.front.ownership import Caller
-from comfybento.outputs.storage import LocalStorage, Storage
+from comfybento.outputs.storage import Storage
 from comfybento.scheduling.cost import CostModel
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.catalog import WorkflowSpec
@@ -270,9 +268,7 @@ class JobService:
         return self._read(f"{job_id}/{name}")
 
     def _read(self, key: str) -> bytes:
-        if isinstance(self.storage, LocalStorage):
-            return read_local(self.storage.root, key)
-        return self.storage.get(key)
+        return self.storage.get(key)  # any backend's get refuses keys that are not its own files (a link, `..`)
 
     def cancel(self, job_id: str, caller: Caller | None = None) -> JobRecord:
         if caller is not None:
@@ -288,26 +284,6 @@ class JobService:
         if retried is None:
             raise NotFound(f"job {job_id!r} does not exist (or expired)")
         return retried
-
-
-def read_local(root: Path, key: str) -> bytes:
-    """The regular file at root/<job>/<name>, opened without following any link: a link is reported as missing."""
-    parts = key.split("/")
-    if len(parts) != 2 or any(p in ("", ".", "..") or "\\" in p for p in parts):
-        raise NotFound(f"no such file: {key!r}")
-    try:
-        folder = os.open(root / parts[0], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            fd = os.open(parts[1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
-        finally:
-            os.close(folder)
-    except OSError:
-        raise NotFound(f"no such file: {key}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NotFound(f"no such file: {key}")
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read()
 
 
 def _item_limit_errors(spec: WorkflowSpec, index: int, values: dict[str, Any], files: Mapping[str, str]) -> list[ItemError]:

@@ -26,13 +26,13 @@ from comfybento.front.compat.comfy_v2.assets import AssetRecord, AssetStore, iso
 from comfybento.front.compat.comfy_v2.errors import V2Error, V2Route
 from comfybento.front.compat.comfy_v2.events import job_stream
 from comfybento.front.compat.comfy_v2.views import API, STATES, URL_TTL_S, job_view, load_job, output_blob
+from comfybento.front.job_routes import job_service
 from comfybento.front.jobs.api_models import JobSubmit
 from comfybento.front.jobs.records import TERMINAL_STATES, now
-from comfybento.front.jobs.routes import job_service
 from comfybento.front.jobs.store import IdempotencyConflict
 from comfybento.front.ownership import caller
+from comfybento.limits import ENV_NAMES
 from comfybento.outputs import diskspace
-from comfybento.workflows.limits import ENV_NAMES
 from comfybento.workflows.matching import match_graph
 
 router = APIRouter(prefix=API, route_class=V2Route, include_in_schema=False)

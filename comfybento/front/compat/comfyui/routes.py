@@ -24,7 +24,7 @@ from starlette.datastructures import UploadFile
 from comfybento.config import get_settings
 from comfybento.errors import ComfyBentoError, InvalidRequest, NotFound, StorageFull
 from comfybento.front.compat.comfyui import files, prompts, ws
-from comfybento.front.jobs.routes import job_service
+from comfybento.front.job_routes import job_service
 from comfybento.front.ownership import caller
 from comfybento.outputs import diskspace
 from comfybento.workflows.node_info import fingerprint, snapshot_path
