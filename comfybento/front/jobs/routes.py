@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, BinaryIO
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
@@ -27,6 +26,7 @@ from comfybento.front.jobs.api_models import JobEstimate, JobList, JobResults, J
 from comfybento.front.jobs.service import InvalidItems, JobService
 from comfybento.front.jobs.usage import MAX_DAYS, report
 from comfybento.front.ownership import caller
+from comfybento.front.renderers import render_for, status_fields
 from comfybento.outputs import diskspace
 from comfybento.outputs.media import media_type_of
 
@@ -56,8 +56,8 @@ async def _error(request: Request, exc: ComfyBentoError) -> JSONResponse:
 async def _refused(request: Request, exc: HTTPException) -> Response:
     """The framework's own refusals (no such route, a method it does not take, a body that is not JSON) in our error shape.
 
-    A 405's Allow lists every method of the path (Starlette's names only the first route's). The Comfy API v2 routes keep
-    FastAPI's answer (their own errors are their envelope, front/compat/comfy_v2/errors.py).
+    A 405's Allow lists every method of the path (Starlette's names only the first route's). Under /api/v2 and ComfyUI's
+    paths, in their contract's shape (front/renderers.py).
     """
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
@@ -66,11 +66,8 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
         methods = {m for r in matching if r.path_format == matching[0].path_format for m in r.methods or ()}
         headers["Allow"] = ", ".join(sorted(methods))
         exc = HTTPException(405, exc.detail, headers)
-    if request.url.path.startswith("/api/v2/"):
-        return await http_exception_handler(request, exc)
-    kind = {404: "not_found", 405: "invalid"}.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
-    return error_response({"status": exc.status_code, "error": f"{request.method} {request.url.path}: {exc.detail}",
-                           "error_kind": kind}, headers=headers)
+    return render_for(request.url.path, status_fields(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"),
+                      headers=headers)
 
 
 def _known_query(request: Request) -> None:
@@ -87,8 +84,7 @@ KNOWN_QUERY = [Depends(_known_query)]
 
 @app.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request %s: %s %s failed", request_id(), request.method, request.url.path, exc_info=exc)
-    return error_response(exc)
+    return error_response(exc)  # logged there, with the traceback and the request id
 
 
 def _base_url(request: Request) -> str:
