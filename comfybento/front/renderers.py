@@ -107,12 +107,12 @@ def render(error: BaseException | Mapping[str, Any], contract: Contract = "comfy
     fields = fields_of(error) if isinstance(error, BaseException) else dict(error)
     status, body = SHAPES[contract](fields)
     body.update(extra or {})
-    out = {**(error.headers or {} if isinstance(error, HTTPException) else {}), **(headers or {})}
+    out = dict(error.headers or {}) if isinstance(error, HTTPException) else {}
+    out.update(headers or {})
     if request_id() != "-":
         out["X-Request-ID"] = request_id()
-    retry = retry_after_s or fields.get("retry_after_s") or get_settings().retry_after_s
     if status in RETRY_STATUSES:
-        out["Retry-After"] = str(retry)
+        out["Retry-After"] = str(retry_after_s or fields.get("retry_after_s") or get_settings().retry_after_s)
     _log(status, fields, error)
     return JSONResponse(body, status_code=status, headers=out)
 
