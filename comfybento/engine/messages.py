@@ -12,11 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from comfybento.errors import describe
+from comfybento.errors import ErrorKind, describe
 from comfybento.outputs.media import OutputKind
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady, Preview, Progress, Queued, Started
 
-ErrorKind = Literal["invalid", "too_large", "node", "oom", "workflow", "unavailable", "storage_full", "cancelled", "internal"]
 OutputFormat = Literal["png", "webp", "jpeg"]
 
 

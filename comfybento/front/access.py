@@ -11,7 +11,8 @@
   calls send the key). Then the key's limits are checked, each a token bucket
   (front/ratelimit.py): `rate_per_min` on every request, and `images_per_day` on
   requests that make images (POST), refused once the key's images are spent.
-  Over a limit: 429 with Retry-After. Responses of a limited key carry
+  Over a limit: 429 with Retry-After. A 401 or 429 answers in the contract of the path (front/renderers.py:
+  the v2 envelope on /api/v2, ComfyUI's shape on its routes, ours elsewhere). Responses of a limited key carry
   RateLimit-Limit / -Remaining / -Reset / -Policy (draft-ietf-httpapi-ratelimit-headers-06).
 - `charge(...)`: handlers call it once a response's images are known; it draws them
   from the key's daily quota and counts them, with GPU-seconds, in per-key metrics.
@@ -53,9 +54,9 @@ from starlette.responses import JSONResponse
 
 from comfybento.config import Settings
 from comfybento.errors import RateLimited, Unauthorized
-from comfybento.front.http import error_response
 from comfybento.front.keys import BEARER_TOKEN, ApiKey, configured_keys, hash_key
 from comfybento.front.ratelimit import ALWAYS, Buckets, Decision, LimiterUnavailable, MemoryBuckets, Policy, RedisBuckets
+from comfybento.front.renderers import render_for
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,7 @@ def rate_limit_headers(checks: list[tuple[str, Decision]]) -> dict[str, str]:
     }
 
 
-def _unauthorized(reason: str) -> JSONResponse:
+def _unauthorized(reason: str, path: str) -> JSONResponse:
     _metrics()["auth_failures"].labels(reason=reason).inc()
     message = {
         "missing": "this service needs an API key: send the header 'Authorization: Bearer <key>' (a websocket may add ?token=<key>)",
@@ -293,17 +294,14 @@ def _unauthorized(reason: str) -> JSONResponse:
         "unknown": "the API key is not valid",
     }[reason]
     challenge = f'Bearer realm="{REALM}"' + (', error="invalid_token"' if reason == "unknown" else "")
-    return error_response(Unauthorized(message), headers={"WWW-Authenticate": challenge})
+    return render_for(path, Unauthorized(message), headers={"WWW-Authenticate": challenge})
 
 
-def _too_many(key: ApiKey, limit: str, decision: Decision, headers: dict[str, str]) -> JSONResponse:
+def _too_many(key: ApiKey, limit: str, decision: Decision, headers: dict[str, str], path: str) -> JSONResponse:
     _metrics()["refused"].labels(key=key.name, limit=limit).inc()
     what = f"is over its limit of {key.rate_per_min} requests/min" if limit == "rate" else f"has used its {key.images_per_day} images/day"
-    return error_response(
-        RateLimited(f"API key '{key.name}' {what}; retry in {decision.retry_after_s} s"),
-        retry_after_s=decision.retry_after_s,
-        headers=headers,
-    )
+    refusal = RateLimited(f"API key '{key.name}' {what}; retry in {decision.retry_after_s} s", decision.retry_after_s)
+    return render_for(path, refusal, headers=headers)
 
 
 def _is_preflight(scope: dict[str, Any], headers: dict[bytes, bytes]) -> bool:
@@ -351,13 +349,13 @@ class AccessMiddleware:
             return
         key, reason = self.access.authenticate(credentials(scope))
         if key is None:
-            await _refuse(_unauthorized(reason), scope, receive, send)
+            await _refuse(_unauthorized(reason, scope["path"]), scope, receive, send)
             return
         checks = await self.access.admit(key, makes_images=scope.get("method") == "POST" and not scope["path"].endswith("/cancel"))
         headers = rate_limit_headers(checks)
         refused = next(((limit, d) for limit, d in checks if not d.allowed), None)
         if refused is not None:
-            await _refuse(_too_many(key, refused[0], refused[1], headers), scope, receive, send)
+            await _refuse(_too_many(key, refused[0], refused[1], headers, scope["path"]), scope, receive, send)
             return
         _metrics()["requests"].labels(key=key.name).inc()
         grant = Grant(key, self.access)

@@ -1,4 +1,4 @@
-"""The entry service's HTTP edge: request ids, the body limit, and errors as responses.
+"""The entry service's HTTP edge: request ids, the body limit, JSON nesting, form bodies.
 
 - Every response carries `X-Request-ID` (the client's own if it sent a sane
   one, else a fresh one); log lines about a request carry it too.
@@ -9,36 +9,31 @@
   naming the limit (a parser's recursion never sees it). A form-urlencoded body
   gets a 415 naming its content type (no route takes one), unless it is JSON
   (urllib's default content type, which comfy-cli sends): then it is read as JSON.
-- `error_response` is the one place an error becomes an HTTP answer: the
-  fields come from `errors.describe` (or an engine result, which carries the
-  same fields), never a traceback or a server path.
+- Its own refusals (413, 400, 404, 415) answer in the contract of the path
+  (front/renderers.py: the v2 envelope on /api/v2, ComfyUI's shape on its routes,
+  ours elsewhere), like every other error answer, never a traceback or a server path.
 - `quiet_client_errors` turns BentoML's "Exception on ..." tracebacks for
   requests it refused itself (validation: 400) into one INFO line.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import json
 import logging
 import re
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-from comfybento.errors import StorageFull, describe
+from comfybento.errors import NotFound, TooLarge
+from comfybento.front.context import RECEIVE, REQUEST_ID, SCOPE
+from comfybento.front.context import base_url as base_url  # re-exported: where the handlers have always found them
+from comfybento.front.context import request_id as request_id
+from comfybento.front.context import until_client_disconnects as until_client_disconnects
+from comfybento.front.renderers import error_response as error_response
+from comfybento.front.renderers import render_for, status_fields
 
-log = logging.getLogger("comfybento.http")
-
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("comfybento_request_id", default="-")
-_RECEIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("comfybento_receive", default=None)
-_SCOPE: contextvars.ContextVar[Any] = contextvars.ContextVar("comfybento_scope", default=None)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
@@ -67,51 +62,6 @@ def _is_json(content_type: str) -> bool:
     return media in ("", "text/plain") or media == "application/json" or media.endswith("+json")
 
 
-def base_url() -> str:
-    """The scheme, host and root path the client used for the request being handled ("" outside one)."""
-    scope = _SCOPE.get()
-    return str(Request(scope).base_url).rstrip("/") if scope is not None else ""
-
-
-def request_id() -> str:
-    """The id of the request being handled in this context ("-" outside one)."""
-    return REQUEST_ID.get()
-
-
-async def until_client_disconnects() -> None:
-    """Returns once the client of the request being handled has gone away (call it after the body was read)."""
-    receive = _RECEIVE.get()
-    if receive is None:
-        await asyncio.Event().wait()  # not in a request: never
-    while (await receive())["type"] != "http.disconnect":
-        await asyncio.sleep(0.05)
-
-
-def error_response(error: BaseException | Mapping[str, Any], retry_after_s: int | None = None,
-                   headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None) -> JSONResponse:
-    """An error (an exception, or the fields of an engine result) as a JSON answer, logged in one line.
-
-    Body: {"error", "error_kind", "request_id"} and, for node errors, "node_id" and "class_type"; for storage_full
-    (507), the "folder", its "free_bytes" and the "watermark_bytes" when known. 429, 503 and 507 answers say when
-    to retry (a 507 after StorageFull.retry_after_s unless told otherwise).
-    """
-    fields = describe(error) if isinstance(error, BaseException) else dict(error)
-    status = int(fields.get("status") or 500)
-    body = {"error": fields.get("error") or "failed", "error_kind": fields.get("error_kind") or "internal",
-            "request_id": request_id()}
-    for key in ("node_id", "class_type", "folder", "free_bytes", "watermark_bytes"):
-        if fields.get(key) is not None:
-            body[key] = fields[key]
-    body.update(extra or {})
-    headers = dict(headers or {})
-    retry = retry_after_s or (StorageFull.retry_after_s if status == 507 else None)
-    if retry and status in (429, 503, 507):
-        headers["Retry-After"] = str(retry)
-    level = logging.ERROR if status >= 500 and status not in (503, 507) else logging.INFO
-    log.log(level, "request %s answered %d (%s): %s", request_id(), status, body["error_kind"], body["error"])
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 class RequestEdgeMiddleware:
     """ASGI middleware: request id in and out, the request body limit, JSON bodies' nesting, form bodies refused."""
 
@@ -136,15 +86,9 @@ class RequestEdgeMiddleware:
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, headers: dict[bytes, bytes], rid: str) -> None:
         id_header = (b"x-request-id", rid.encode("latin-1"))
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or len(length) > MAX_DIGITS or int(length) > self.max_body_bytes):
-            status, msg = (413, self._too_large()) if length.isdigit() else (400, "Content-Length is not a number")
-            await _send_json(send, status, {"error": msg, "error_kind": "too_large" if status == 413 else "invalid",
-                                            "request_id": rid}, id_header)
-            return
-        if "\n" in scope.get("path", ""):  # no route matches a line break (a mount's path pattern stops there)
-            await _send_json(send, 404, {"error": "no such route (the path holds a line break)", "error_kind": "not_found",
-                                         "request_id": rid}, id_header)
+        refused = self._refused_up_front(scope, headers)
+        if refused is not None:
+            await _refuse(scope, receive, send, refused)
             return
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         form = content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
@@ -164,7 +108,8 @@ class RequestEdgeMiddleware:
                 return  # the app's answer to a cut-off body is replaced by the 413 below
             if message["type"] == "http.response.start":
                 state["started"] = True
-                message = {**message, "headers": [*message.get("headers", []), id_header]}
+                if not any(k.lower() == b"x-request-id" for k, _ in message.get("headers", [])):  # a renderer's has it
+                    message = {**message, "headers": [*message.get("headers", []), id_header]}
             await send(message)
 
         app_receive = limited_receive
@@ -172,31 +117,40 @@ class RequestEdgeMiddleware:
             try:
                 body, more = await _read_whole(limited_receive)
             except BodyTooLarge:
-                await _send_json(send, 413, {"error": self._too_large(), "error_kind": "too_large", "request_id": rid}, id_header)
+                await _refuse(scope, receive, send, TooLarge(self._too_large()))
                 return
             if form and body.lstrip()[:1] not in (b"{", b"["):
-                await _send_json(send, 415, {"error": f"Content-Type {content_type!r} is not accepted: send JSON "
-                                                      "(application/json) or multipart/form-data", "error_kind": "invalid",
-                                             "request_id": rid}, id_header)
+                await _refuse(scope, receive, send, status_fields(415, f"Content-Type {content_type!r} is not accepted: send "
+                                                                      "JSON (application/json) or multipart/form-data"))
                 return
             if form:  # JSON sent with urllib's default content type (comfy-cli does): read as the JSON it is
                 scope["headers"] = [(k, b"application/json" if k == b"content-type" else v) for k, v in scope["headers"]]
             if json_too_deep(body, self.max_json_depth):
-                await _send_json(send, 413, {"error": f"the JSON body nests arrays and objects deeper than the limit of "
-                                                      f"{self.max_json_depth} (max_json_depth)", "error_kind": "too_large",
-                                             "request_id": rid}, id_header)
+                await _refuse(scope, receive, send, TooLarge(f"the JSON body nests arrays and objects deeper than the limit "
+                                                             f"of {self.max_json_depth} (max_json_depth)"))
                 return
             app_receive = _replay(body, more, limited_receive)
-        token, scope_token = _RECEIVE.set(app_receive), _SCOPE.set(scope)
+        token, scope_token = RECEIVE.set(app_receive), SCOPE.set(scope)
         try:
             await self.app(scope, app_receive, send_with_id)
         except BodyTooLarge:
             pass
         finally:
-            _RECEIVE.reset(token)
-            _SCOPE.reset(scope_token)
+            RECEIVE.reset(token)
+            SCOPE.reset(scope_token)
         if state["over"] and not state["started"]:
-            await _send_json(send, 413, {"error": self._too_large(), "error_kind": "too_large", "request_id": rid}, id_header)
+            await _refuse(scope, receive, send, TooLarge(self._too_large()))
+
+    def _refused_up_front(self, scope: dict[str, Any], headers: dict[bytes, bytes]) -> Exception | dict[str, Any] | None:
+        """What is wrong before any byte of the body is read: its announced length, or a path no route can match."""
+        length = headers.get(b"content-length")
+        if length is not None and not length.isdigit():
+            return status_fields(400, "Content-Length is not a number")
+        if length is not None and (len(length) > MAX_DIGITS or int(length) > self.max_body_bytes):
+            return TooLarge(self._too_large())
+        if "\n" in scope.get("path", ""):  # no route matches a line break (a mount's path pattern stops there)
+            return NotFound("no such route (the path holds a line break)")
+        return None
 
     def _too_large(self) -> str:
         return f"the request body is more than the limit of {self.max_body_bytes} bytes (max_body_bytes)"
@@ -234,12 +188,9 @@ def _replay(body: bytes, connected: bool, receive: Any) -> Any:
     return replay
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any], *headers: tuple[bytes, bytes]) -> None:
-    log.info("request %s answered %d: %s", body.get("request_id"), status, body.get("error"))
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": payload})
+async def _refuse(scope: dict[str, Any], receive: Any, send: Any, error: Exception | dict[str, Any]) -> None:
+    """Answer the middleware's own refusal in the contract of the path (front/renderers.py)."""
+    await render_for(scope.get("path", ""), error)(scope, receive, send)
 
 
 class _ClientErrorFilter(logging.Filter):

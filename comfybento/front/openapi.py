@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args
 
 from comfybento import __version__
 from comfybento.engine.messages import OutputFormat
+from comfybento.errors import ERROR_KINDS
 from comfybento.front import stream
 from comfybento.front.jobs.api_models import ItemError
 from comfybento.front.jobs.records import ItemState, JobState
@@ -35,8 +36,7 @@ ERROR_SCHEMA = {
     "required": ["error"],  # BentoML's own 400 for a body that fails validation has `error` and `detail` only
     "properties": {
         "error": {"type": "string", "description": "What was wrong: the field, node, file, model or limit."},
-        "error_kind": {"type": "string", "description": "invalid | too_large | unauthorized | rate_limited | not_found | node | "
-                                                         "unavailable | cancelled | workflow | internal"},
+        "error_kind": {"type": "string", "enum": list(ERROR_KINDS), "description": "The kind of error: the same kinds in every answer, event and job record."},
         "request_id": {"type": "string", "description": "Also in the X-Request-ID header and the server's log."},
         "node_id": {"type": "string", "description": "For node errors: the node that failed."},
         "class_type": {"type": "string", "description": "For node errors: that node's class."},

@@ -4,7 +4,7 @@ Its routes: the jobs API (front/job_routes.py), live outputs (front/delivery.py)
 (front/compat/). Its collaborators live in its state, set by the composition root, never in module globals:
 - `app.state.output_storage`: the output storage, made on first use (front/delivery.py `StorageOnFirstUse`);
 - `app.state.jobs`: the JobService, once the jobs start (None until then; front/job_routes.py `job_service` reads it).
-Errors raised by any of its routes are answered here in comfybento's shape (front/http.py `error_response`).
+Errors raised by any of its routes are answered here, in the shape of the contract their path belongs to (front/renderers.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
@@ -24,8 +23,9 @@ from comfybento.front import delivery
 from comfybento.front import job_routes as jobs_routes
 from comfybento.front.compat import comfy_v2
 from comfybento.front.compat import comfyui as comfyui_api
-from comfybento.front.http import error_response, request_id
+from comfybento.front.http import error_response
 from comfybento.front.jobs.service import InvalidItems
+from comfybento.front.renderers import render_for, status_fields
 from comfybento.outputs.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ async def _error(request: Request, exc: ComfyBentoError) -> JSONResponse:
 async def _refused(request: Request, exc: HTTPException) -> Response:
     """The framework's own refusals (no such route, a method it does not take, a body that is not JSON) in our error shape.
 
-    A 405's Allow lists every method of the path (Starlette's names only the first route's). The Comfy API v2 routes keep
-    FastAPI's answer (their own errors are their envelope, front/compat/comfy_v2/errors.py).
+    A 405's Allow lists every method of the path (Starlette's names only the first route's). Under /api/v2 and ComfyUI's
+    paths, in their contract's shape (front/renderers.py).
     """
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
@@ -66,13 +66,9 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
         methods = {m for r in matching if r.path_format == matching[0].path_format for m in r.methods or ()}
         headers["Allow"] = ", ".join(sorted(methods))
         exc = HTTPException(405, exc.detail, headers)
-    if request.url.path.startswith("/api/v2/"):
-        return await http_exception_handler(request, exc)
-    kind = {404: "not_found", 405: "invalid"}.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
-    return error_response({"status": exc.status_code, "error": f"{request.method} {request.url.path}: {exc.detail}",
-                           "error_kind": kind}, headers=headers)
+    return render_for(request.url.path, status_fields(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"),
+                      headers=headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request %s: %s %s failed", request_id(), request.method, request.url.path, exc_info=exc)
-    return error_response(exc)
+    return error_response(exc)  # logged there, with the traceback and the request id

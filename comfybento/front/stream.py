@@ -27,7 +27,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from comfybento.engine.messages import ItemResult, OutputBlob
-from comfybento.errors import ComfyBentoError, describe, storage_full
+from comfybento.errors import ComfyBentoError, ErrorKind, describe, storage_full
 from comfybento.front.delivery import live_key, output_item
 from comfybento.front.jobs import follow
 from comfybento.front.jobs.api_models import JobStatus, OutputRef
@@ -84,7 +84,7 @@ class DoneEvent(BaseModel):
 class FailedEvent(BaseModel):
     event: Literal["failed"] = "failed"
     error: str = Field(description="What went wrong: the field, node, file, model or limit.")
-    error_kind: str = Field(description="invalid | too_large | node | oom | workflow | unavailable | cancelled | internal")
+    error_kind: ErrorKind = Field(description="The kind of error: the same kinds in every answer, event and job record.")
     status: int = Field(description="The HTTP status the non-streaming endpoint would have answered.")
     node_id: str | None = Field(default=None, description="For node errors: the node that failed.")
     class_type: str | None = Field(default=None, description="For node errors: that node's class.")
@@ -108,7 +108,7 @@ class JobItemEvent(BaseModel):
     status: Literal["succeeded", "failed", "retrying", "cancelled"] = Field(description="What became of it.")
     outputs: list[OutputRef] | None = Field(default=None, description="Its outputs (succeeded).")
     error: str | None = Field(default=None, description="What went wrong (failed, retrying).")
-    error_kind: str | None = Field(default=None, description="The kind of error (failed, retrying).")
+    error_kind: ErrorKind | None = Field(default=None, description="The kind of error (failed, retrying).")
 
 
 RequestEvent = Annotated[

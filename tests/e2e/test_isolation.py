@@ -416,7 +416,7 @@ def _rows() -> dict[tuple[str, str], Row]:
                               lambda w: w.ok("ops", "GET", "/view", params=comfy_output)),
         ("POST", "/upload/image"): Row(lambda w: _upload_image(w, "bob", _png(10)), lambda w: _upload_image(w, "alice", _png(len("shared"))),
                                        lambda w: _upload_image(w, "ops", _png(11))),
-        ("POST", "/upload/mask"): Row(lambda w: [hidden("POST", "/upload/mask", 422, COMFY, files={"image": MASK},
+        ("POST", "/upload/mask"): Row(lambda w: [hidden("POST", "/upload/mask", 400, COMFY, files={"image": MASK},
                                                         data={"original_ref": json.dumps(p)})(w) for p in (comfy_input, comfy_output)],
                                       _own_mask),
         ("WS", "/ws"): Row(_ws),

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from comfybento.errors import ErrorKind
 from comfybento.outputs.media import OutputKind
 
 
@@ -52,7 +53,7 @@ class OutputRef(BaseModel):
 
 
 class ItemFailure(BaseModel):
-    kind: str = Field(description="invalid | workflow | node | oom | internal | unavailable")
+    kind: ErrorKind = Field(description="The kind of error: the same kinds in every answer, event and job record.")
     message: str
     retryable: bool = Field(description="Whether the error was transient (retried with backoff).")
     node_id: str | None = None

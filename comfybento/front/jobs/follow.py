@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+from comfybento.errors import ERROR_KINDS, ErrorKind
 from comfybento.front.jobs.records import TERMINAL_STATES, ItemRecord, JobRecord
 from comfybento.front.jobs.store import JobStore
 
@@ -61,7 +62,7 @@ class ItemOutcome:
     status: Outcome
     outputs: tuple[dict[str, Any], ...] | None  # the recorded outputs (with their storage keys); None: not told (live, not succeeded)
     error: str | None = None
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def live_change(event: dict[str, Any]) -> Change | None:
     if kind == "item" and event.get("status") in (*TERMINAL_STATES, "retrying"):
         status: Outcome = event["status"]
         outputs = tuple(event.get("outputs") or ()) if status == "succeeded" else None
-        return ItemOutcome(job_id, index, status, outputs, event.get("error"), event.get("error_kind"))
+        return ItemOutcome(job_id, index, status, outputs, event.get("error"), _kind(event.get("error_kind")))
     if kind == "started":
         return Started(job_id, index)
     if kind == "queued":
@@ -135,7 +136,7 @@ def stored_outcome(item: ItemRecord) -> ItemOutcome:
     error = item.error if item.error and item.state != "succeeded" else None
     status = cast(Outcome, item.state)  # (a finished item's state)
     return ItemOutcome(item.job_id, item.index, status, tuple((item.result or {}).get("outputs") or ()),
-                       error.get("message") if error else None, error.get("kind") if error else None)
+                       error.get("message") if error else None, _kind(error.get("kind") if error else None))
 
 
 class Followed:
@@ -249,3 +250,8 @@ async def follow_jobs(store: JobStore, queue: asyncio.Queue[dict[str, Any]], job
             next_poll = time.monotonic() + poll_s
         for change in changes:
             yield change
+
+
+def _kind(value: Any) -> ErrorKind | None:
+    """An error kind read back from an event or a record (written from the one list: errors.ERROR_KINDS)."""
+    return cast("ErrorKind", value) if value in ERROR_KINDS else None

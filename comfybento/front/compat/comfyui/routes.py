@@ -2,7 +2,8 @@
 
 Each route sees the caller's own prompts, uploads and outputs only (front/ownership.py): another key's are
 answered as ones that do not exist (`{}` from /history/{id}, a 404 from /view), left out of /queue and /history,
-and left alone by /interrupt, POST /queue and POST /history.
+and left alone by /interrupt, POST /queue and POST /history. Every error answers in ComfyUI's shape
+(front/renderers.py: `{"error": {type, message, details, extra_info}, "node_errors": {}}`, a bad request a 400).
 """
 
 from __future__ import annotations
@@ -22,15 +23,24 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from comfybento.config import get_settings
-from comfybento.errors import ComfyBentoError, InvalidRequest, NotFound, StorageFull
+from comfybento.errors import InvalidRequest, NotFound
 from comfybento.front.compat.comfyui import files, prompts, ws
 from comfybento.front.job_routes import job_service
 from comfybento.front.ownership import caller
+from comfybento.front.renderers import ContractRoute
 from comfybento.outputs import diskspace
 from comfybento.workflows.node_info import fingerprint, snapshot_path
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+
+
+class ComfyUIRoute(ContractRoute):
+    """A ComfyUI route: its errors (validation included) answer in ComfyUI's shape."""
+
+    contract = "comfyui"
+
+
+router = APIRouter(route_class=ComfyUIRoute)
 
 
 def route(path: str, methods: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -42,17 +52,6 @@ def route(path: str, methods: list[str]) -> Callable[[Callable[..., Any]], Calla
     return add
 
 
-def comfy_error(exc: ComfyBentoError, kind: str = "invalid_prompt") -> JSONResponse:
-    """A refusal in ComfyUI's shape: 400 {"error": {type, message, details, extra_info}, "node_errors": {}}."""
-    message = str(exc)
-    status = 400 if int(exc.error_code) in (400, 422) else int(exc.error_code)
-    headers = None
-    if isinstance(exc, StorageFull):  # ComfyUI's API has no 507: the generic "retry later"
-        status, kind, headers = 503, "storage_full", {"Retry-After": str(exc.retry_after_s)}
-    body = {"error": {"type": kind, "message": message, "details": message, "extra_info": {}}, "node_errors": {}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 # ---------------------------------------------------------------- prompts and queue
 
 
@@ -61,12 +60,9 @@ async def post_prompt(request: Request) -> JSONResponse:
     try:
         body = await request.json()
     except ValueError:
-        return comfy_error(InvalidRequest("body: not valid JSON"))
-    try:
-        diskspace.require_room()
-        done = await asyncio.to_thread(prompts.submit, job_service(request), body, caller(request))
-    except ComfyBentoError as exc:
-        return comfy_error(exc)
+        raise InvalidRequest("body: not valid JSON") from None
+    diskspace.require_room()
+    done = await asyncio.to_thread(prompts.submit, job_service(request), body, caller(request))
     client_id = body.get("client_id")
     if isinstance(client_id, str) and client_id:
         ws.sockets(request.app).clients.add(ws.client_key(caller(request), client_id), done.prompt_id)
