@@ -3,7 +3,7 @@
     bentoml serve .          # or ./scripts/serve
 
 Importing this module never imports torch or ComfyUI: only the engine
-worker does, when its service starts (comfybento/serving/engine.py).
+worker does, when its service starts (comfybento/engine/engine.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 if (Path(__file__).resolve().parent.parent / "bento.yaml").is_file():  # served from a built Bento: never write into it
     sys.pycache_prefix = str(Path.home() / ".cache" / "comfybento" / "pycache")
 
+from comfybento import lifecycle
+from comfybento.engine.service import make_engine_service
+from comfybento.front.app import make_front_service
 from comfybento.runtime.devices import engine_resources
-from comfybento.serving import lifecycle
-from comfybento.serving.project import get_project
-from comfybento.serving.services import make_engine_service, make_front_service
+from comfybento.workflows.project import get_project
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logging.getLogger("comfybento").setLevel(logging.INFO)  # under `bentoml serve` the root logger is at WARNING

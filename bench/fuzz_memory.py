@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.run import machine  # noqa: E402
-from comfybento.workflows.limits import CPU_LIMITS  # noqa: E402 (the defaults of the CPU engine under test)
+from comfybento.limits import CPU_LIMITS  # noqa: E402 (the defaults of the CPU engine under test)
 from tests.e2e.conftest import server_processes, start_server, stop_server, wait_ready  # noqa: E402
 from tests.helpers import make_workflows_dir, service_env  # noqa: E402
 

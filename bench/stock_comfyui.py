@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from comfybento.config import Settings  # noqa: E402
-from comfybento.runtime.bootstrap import find_comfyui_root, prepare_torchvision  # noqa: E402
+from comfybento.config import Settings, find_comfyui_root  # noqa: E402
+from comfybento.runtime.bootstrap import prepare_torchvision  # noqa: E402
 
 TINY_NODE = '''from comfybento.runtime.tiny_model import register_tiny_config
 register_tiny_config()

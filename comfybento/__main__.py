@@ -17,6 +17,7 @@ from comfybento.errors import ComfyBentoError, ConfigError
 def _models(args: argparse.Namespace) -> int:
     from comfybento.models.fetch import fetch_all, transfer_limits
     from comfybento.models.lock import parse_lock, verify_all
+    from comfybento.runtime.generators import model_generators
 
     settings = get_settings()
     lock = parse_lock(settings.models_lock)
@@ -25,7 +26,7 @@ def _models(args: argparse.Namespace) -> int:
             from comfybento.runtime.bootstrap import bootstrap
 
             bootstrap(settings)
-        for path, state in fetch_all(lock, settings.models_dir, transfer_limits(settings)).items():
+        for path, state in fetch_all(lock, settings.models_dir, transfer_limits(settings), model_generators()).items():
             print(f"{state:8} {path}")
         return 0
     problems = verify_all(lock, settings.models_dir)
@@ -54,10 +55,11 @@ def _openapi(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from comfybento.engine.service import make_engine_service
+    from comfybento.front.app import make_front_service
+    from comfybento.front.openapi import fix_openapi
     from comfybento.runtime.devices import engine_resources
-    from comfybento.serving.openapi import fix_openapi
-    from comfybento.serving.project import get_project
-    from comfybento.serving.services import make_engine_service, make_front_service
+    from comfybento.workflows.project import get_project
 
     project = get_project()
     front = make_front_service(project, make_engine_service(project, engine_resources(project.settings)))
@@ -75,7 +77,7 @@ def _keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from comfybento.config import keys_file_from_env
-    from comfybento.serving.keys import ApiKey, append_key, hash_key, new_key
+    from comfybento.front.keys import ApiKey, append_key, hash_key, new_key
 
     path = Path(args.file).expanduser().resolve() if args.file else keys_file_from_env()
     if path is None:
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     spec.set_defaults(func=_openapi)
     _add_keys_parser(sub)
     _add_pack_parsers(sub)
-    from comfybento.jobs.cli import add_parser
+    from comfybento.front.jobs.cli import add_parser
 
     add_parser(sub)
     args = parser.parse_args(argv)

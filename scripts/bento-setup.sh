@@ -12,7 +12,7 @@ else
 fi
 # torchvision, torchaudio, kornia and spandrel come from requirements.txt (ComfyUI's core nodes).
 # With PyPI's CUDA torch they load whole. Only on a CPU torch, torchaudio's C++ extension (built
-# against CUDA torch) cannot load: drop it there, as scripts/setup does (README, "Core nodes").
+# against CUDA torch) cannot load: drop it there, as scripts/setup does (docs/core-nodes.md).
 python - <<'PY'
 import importlib.util, pathlib, torch
 spec = importlib.util.find_spec("torchaudio")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,33 +23,22 @@ log = logging.getLogger(__name__)
 
 # COMFYBENTO_MODEL_FETCH_S and COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S's defaults (config.py), for callers without settings.
 DEFAULT_LIMITS = TransferLimits(6 * 3600, 64 * 1024)
+# models.lock `generator:` sources: name -> the function that writes the file. They need ComfyUI, so the runtime owns
+# them (runtime/generators.py) and the callers above it pass them in.
+Generators = Mapping[str, Callable[[Path], None]]
+NO_GENERATORS: Generators = {}
 
 
 def transfer_limits(settings: Settings) -> TransferLimits:
     return TransferLimits(settings.model_fetch_s, settings.model_fetch_min_bytes_per_s)
 
 
-def _generate(entry: ModelEntry, dest: Path) -> None:
+def _generate(entry: ModelEntry, dest: Path, generators: Generators) -> None:
     name = entry.source["generator"]
-    generators = _generators()
     if name not in generators:
-        raise ModelLockError(f"{entry.path}: unknown generator {name!r}; known: {sorted(generators)}")
+        known = sorted(generators) or "none given here (the engine and `python -m comfybento models fetch` give them)"
+        raise ModelLockError(f"{entry.path}: unknown generator {name!r}; known: {known}")
     generators[name](dest)
-
-
-def _generators() -> dict[str, Callable[[Path], None]]:
-    from comfybento.runtime import full_size_models, tiny_extras, tiny_model
-
-    return {
-        "tiny-sd": tiny_model.generate_tiny_checkpoint,
-        "tiny-upscale": tiny_extras.generate_tiny_upscaler,
-        "tiny-lora": tiny_extras.generate_tiny_lora,
-        "tiny-controlnet": tiny_extras.generate_tiny_controlnet,
-        # the same tiny architecture with other weights: a second checkpoint to choose per request in tests
-        "tiny-sd-alt": partial(tiny_model.generate_tiny_checkpoint, seed=tiny_model.TINY_SEED + 1),
-        "sd15-random": full_size_models.generate_sd15_checkpoint,
-        "sdxl-random": full_size_models.generate_sdxl_checkpoint,
-    }
 
 
 def _download_url(entry: ModelEntry, dest: Path, limits: TransferLimits) -> None:
@@ -83,7 +71,8 @@ def _download_hf(entry: ModelEntry, dest: Path) -> None:
     written.replace(dest)
 
 
-def fetch_entry(entry: ModelEntry, models_dir: Path, limits: TransferLimits = DEFAULT_LIMITS) -> str:
+def fetch_entry(entry: ModelEntry, models_dir: Path, limits: TransferLimits = DEFAULT_LIMITS,
+                generators: Generators = NO_GENERATORS) -> str:
     """Make one file present and verified; returns 'ok', 'fetched' or raises ModelLockError."""
     target = entry.local_path(models_dir)
     if target.is_file() and verify_entry(entry, models_dir) is None:
@@ -93,7 +82,7 @@ def fetch_entry(entry: ModelEntry, models_dir: Path, limits: TransferLimits = DE
         part = Path(tmp) / target.name
         try:
             if "generator" in entry.source:
-                _generate(entry, part)
+                _generate(entry, part, generators)
             elif "url" in entry.source:
                 _download_url(entry, part, limits)
             else:
@@ -116,9 +105,10 @@ def fetch_entry(entry: ModelEntry, models_dir: Path, limits: TransferLimits = DE
     return "fetched"
 
 
-def fetch_all(lock: ModelLock, models_dir: Path, limits: TransferLimits = DEFAULT_LIMITS) -> dict[str, str]:
+def fetch_all(lock: ModelLock, models_dir: Path, limits: TransferLimits = DEFAULT_LIMITS,
+              generators: Generators = NO_GENERATORS) -> dict[str, str]:
     results = {}
     for entry in lock.entries:
-        results[entry.path] = fetch_entry(entry, models_dir, limits)
+        results[entry.path] = fetch_entry(entry, models_dir, limits, generators)
         log.info("%s: %s", entry.path, results[entry.path])
     return results

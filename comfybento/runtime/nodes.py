@@ -26,9 +26,9 @@ import folder_paths
 import nodes as comfy_nodes
 import torch
 
-from comfybento.models.cache import ModelCache
 from comfybento.runtime.batch_nodes import BATCH_NODES
 from comfybento.runtime.cpack_outputs import CPACK_OUTPUT_NODES
+from comfybento.runtime.model_cache import ModelCache
 
 # ------------------------------------------------------------------ collection
 
@@ -88,7 +88,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------ checkpoints
 #
-# Every checkpoint goes through one ModelCache (comfybento/models/cache.py), counted at its models.lock size:
+# Every checkpoint goes through one ModelCache (runtime/model_cache.py), counted at its models.lock size:
 # the workflows' defaults are pinned at startup; one a request chooses is loaded on first use (the engine has
 # verified it) and leaves, least recently used first, when another needs its room. Leaving means ComfyUI's
 # model management unloads it from the device and drops it from current_loaded_models; ComfyUI itself still

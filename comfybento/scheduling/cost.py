@@ -10,8 +10,8 @@ prior, PRIOR_S_PER_UNIT; after that, an exponentially weighted mean of the measu
 seconds per unit (DECAY: the last ten or so results weigh most), so a change of
 hardware or load shows within a few results.
 
-Pure: no I/O and no clock; the front feeds it (serving/services.py) and exports it as
-the gauge comfybento_cost_seconds_per_unit (serving/metrics.py).
+Pure: no I/O and no clock; the front feeds it (front/app.py) and exports it as
+the gauge comfybento_cost_seconds_per_unit (metrics.py).
 """
 
 from __future__ import annotations

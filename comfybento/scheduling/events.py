@@ -3,7 +3,7 @@
 The scheduler emits Queued, Started and Failed; the engine emits Progress,
 Preview (only when previews are on), OutputReady and Done. A request's sink receives them in that order, exactly
 one terminal event (Done or Failed) last. They are plain data: the engine's
-HTTP route turns them into frames (serving/wire.py), the job runner into
+HTTP route turns them into frames (engine/wire.py), the job runner into
 per-item progress.
 """
 
@@ -39,12 +39,12 @@ class Preview:
 
 @dataclass(frozen=True)
 class OutputReady:
-    output: Any  # an encoded output (serving.messages.OutputBlob)
+    output: Any  # an encoded output (engine.messages.OutputBlob)
 
 
 @dataclass(frozen=True)
 class Done:
-    result: Any  # serving.messages.ItemResult, without the outputs already sent
+    result: Any  # engine.messages.ItemResult, without the outputs already sent
 
 
 @dataclass(frozen=True)

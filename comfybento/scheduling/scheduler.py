@@ -21,7 +21,8 @@ Contract (tests/unit/test_scheduler.py checks each point, without ComfyUI):
 3. A batch holds jobs of one key, at most `cap(key)`: the job's `max_batch`
    (the workflow's sidecar or default), lowered by what out-of-memory errors
    taught (`run`). A job with `can_batch=False` always runs alone.
-4. Policy: the queue whose oldest job arrived first goes next. A job waits at
+4. Policy (scheduling/policy.py: the scheduler is given one; `OldestFirst` is the default, described here):
+   the queue whose oldest job arrived first goes next. A job waits at
    most for the batches ahead of it in its own queue plus one batch of every
    other queue that was waiting before it. Within a queue, live jobs go before
    background ones (`background=True`: batch-job items), so a batch takes the
@@ -67,6 +68,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from comfybento.errors import Cancelled, OutOfMemory, QueueFull, TooLarge
 from comfybento.scheduling.events import Event, Failed, Queued, Started
+from comfybento.scheduling.policy import OldestFirst, Policy
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +115,9 @@ class Stats:
 class Scheduler(Generic[P]):
     def __init__(self, clock: Callable[[], float] = time.monotonic, coalesce_fraction: float = 0.25,
                  coalesce_max_s: float = 0.25, on_abandoned: Callable[[], None] | None = None,
-                 background_max_wait_s: float = 30.0) -> None:
+                 policy: Policy | None = None) -> None:
         self._clock = clock
-        self._background_max_wait_s = background_max_wait_s
+        self._policy: Policy = policy if policy is not None else OldestFirst()  # which queue goes next (point 4)
         self._on_abandoned = on_abandoned
         self._running: list[Job[P]] = []
         self._coalesce_fraction = coalesce_fraction
@@ -286,11 +288,8 @@ class Scheduler(Generic[P]):
     # ------------------------------------------------------------ internals
 
     def _next_key(self) -> str:
-        """The queue whose head goes next (point 4): the oldest live head; a background head only when no live one
-        waits, or once it has waited `background_max_wait_s` (then by age like a live one: it never starves)."""
-        aged = self._clock() - self._background_max_wait_s
-        live = [k for k, q in self._queues.items() if not q[0].background or q[0].arrived <= aged]
-        return min(live or self._queues, key=lambda k: self._queues[k][0].arrived)
+        """The queue whose head goes next, as the policy says (point 4)."""
+        return self._policy.next_queue(self._queues, self._clock())
 
     @staticmethod
     def _enqueue(queue: deque[Job[P]], job: Job[P]) -> None:

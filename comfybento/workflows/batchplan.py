@@ -31,8 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from comfybento.outputs.media import OUTPUT_IMAGE_CLASSES
 from comfybento.workflows.graph import Graph, is_link, links_into, sorted_ids
-from comfybento.workflows.params import OUTPUT_IMAGE_CLASSES, Param
+from comfybento.workflows.params import Param
 
 # Samplers that draw no noise after the first step: a batch gives each item exactly its solo result.
 DETERMINISTIC_SAMPLERS = frozenset(

@@ -12,21 +12,23 @@ from pydantic import BaseModel, ValidationError
 
 from comfybento.config import Settings
 from comfybento.errors import TooLarge, WorkflowError
+from comfybento.limits import Limits
 from comfybento.models.lock import ModelEntry, ModelLock
 from comfybento.outputs.encoding import Encoding
 from comfybento.workflows.batchplan import BatchPlan, plan_batching
-from comfybento.workflows.graph import Graph, NodeDefs, check_graph, consumers, is_link, load_graph, sorted_ids
-from comfybento.workflows.limits import Limits, check_request_limits
+from comfybento.workflows.graph import Graph, NodeDefs, check_graph, consumers, is_link, sorted_ids
+from comfybento.workflows.limits import check_request_limits
 from comfybento.workflows.params import UPLOAD_KINDS, OutputSpec, Param, infer_outputs, infer_params
 from comfybento.workflows.schema import PRESET_FIELD, build_input_model
 from comfybento.workflows.sidecar import apply_sidecar, load_sidecar
+from comfybento.workflows.ui_format import load_workflow_graph
 
 log = logging.getLogger(__name__)
 
 # Request fields every endpoint has (a workflow parameter cannot take these names).
 COMMON_FIELDS = ("output_format", "output_quality", "output_delivery")
 RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "schema", "api", "workflows", "static_content", "playground", "usage",
-                  # ComfyUI's own routes (compat/comfyui/)
+                  # ComfyUI's own routes (front/compat/comfyui/)
                   "prompt", "queue", "interrupt", "history", "view", "upload", "object_info", "system_stats", "free", "embeddings",
                   "extensions", "models", "ws"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -169,7 +171,7 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
             f"{where}: '{name}' cannot be an endpoint name; use lowercase letters, digits and "
             f"underscores, starting with a letter, and none of {sorted(RESERVED_NAMES)}"
         )
-    graph = load_graph(path, node_defs)  # a UI-format file is converted to the API format
+    graph = load_workflow_graph(path, node_defs)  # a UI-format file is converted to the API format
     check_graph(where, graph, node_defs)
     models = check_models(where, graph, lock)
     sidecar = load_sidecar(path.with_suffix(".yaml"))

@@ -17,9 +17,9 @@ from pathlib import PurePosixPath
 import httpx
 
 from comfybento.errors import InvalidRequest, TooLarge
+from comfybento.limits import Limits
 from comfybento.transfer import TooSlow, TransferLimits, Watchdog
 from comfybento.urlguard import AllowList, send_checked
-from comfybento.workflows.limits import Limits
 
 # Content types a URL may declare for each kind of input (the bytes are sniffed afterwards in any case);
 # a missing or generic type is left to the sniffing.

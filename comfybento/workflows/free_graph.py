@@ -28,23 +28,16 @@ from comfybento.outputs.encoding import Encoding
 from comfybento.workflows.catalog import WorkflowSpec, check_models
 from comfybento.workflows.graph import Graph, InputDef, NodeDefs, check_graph, is_link, sorted_ids
 from comfybento.workflows.limits import check_graph_limits
-from comfybento.workflows.matching import GraphRun, ResolveFile, check_shape
+from comfybento.workflows.matching import FREE_GRAPH
 from comfybento.workflows.params import UPLOAD_KINDS, infer_outputs, infer_params
 from comfybento.workflows.sandbox import NodeRules, confine, is_path_input, sandbox_problems
 from comfybento.workflows.schema import build_input_model
 
-FREE_GRAPH = "_graph"  # the reserved workflow name of an unmatched graph's job (NAME_RE makes it no endpoint's)
 NUMBERS: dict[str, type | tuple[type, ...]] = {"INT": int, "FLOAT": (int, float)}
 
 
 class GraphRefused(InvalidRequest):
     """An unmatched graph failed its checks (422): the message names the node, input, value or model."""
-
-
-def free_graph_run(graph: Any, resolve_file: ResolveFile | None = None) -> GraphRun:
-    """The job item of a graph that matches no served workflow (checked in full when the job is submitted)."""
-    check_shape(graph)
-    return GraphRun(FREE_GRAPH, {"graph": graph})
 
 
 def graph_of(values: Any) -> Graph:

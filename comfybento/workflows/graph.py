@@ -2,7 +2,8 @@
 
 A graph maps node id -> {"class_type": str, "inputs": {...}, "_meta": {...}}.
 An input whose value is `[node_id, output_index]` is a link to another node.
-The checks here need only `NodeDef`s (plain data), never ComfyUI itself.
+The checks here need only `NodeDef`s (plain data), never ComfyUI itself. The graph model every other
+module of workflows/ shares: it imports none of them (a UI-format file is converted above it, ui_format.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from comfybento.errors import WorkflowError
+from comfybento.workflows.ui_graph import is_ui_format
 
 Graph = dict[str, dict[str, Any]]
 
@@ -95,18 +97,25 @@ def sorted_ids(ids: Any) -> list[str]:
     return sorted((str(i) for i in ids), key=key)
 
 
-def load_graph(path: Path, node_defs: NodeDefs | None = None) -> Graph:
-    """Read an API-format graph file, or a UI-format one converted with node_defs; a malformed file is a WorkflowError."""
+def read_graph_file(path: Path) -> Any:
+    """A workflow file's JSON; a malformed file is a WorkflowError."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise WorkflowError(f"{path}: not valid JSON ({exc})") from None
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
-        if node_defs is None:
-            raise WorkflowError(UI_FORMAT_MESSAGE.format(path=path))
-        from comfybento.workflows.ui_format import ui_to_api  # it imports this module
 
-        data = ui_to_api(data, node_defs, str(path))
+
+def load_graph(path: Path) -> Graph:
+    """Read an API-format graph file; a malformed file is a WorkflowError, and so is a UI-format one, saying what
+    converting it needs (ui_format.load_workflow_graph converts it with the node registry)."""
+    data = read_graph_file(path)
+    if is_ui_format(data):
+        raise WorkflowError(UI_FORMAT_MESSAGE.format(path=path))
+    return parse_graph(data, path)
+
+
+def parse_graph(data: Any, path: Path) -> Graph:
+    """An API-format graph from a file's JSON (a /prompt request body saved to a file too), its nodes checked for shape."""
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "extra_data" in data:
         data = data["prompt"]  # a /prompt request body saved to a file
     if not isinstance(data, dict) or not data:

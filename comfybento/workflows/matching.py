@@ -29,6 +29,8 @@ from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.graph import is_link, sorted_ids
 from comfybento.workflows.params import UPLOAD_KINDS, Param
 
+# The reserved workflow name of an unmatched graph's job (NAME_RE makes it no endpoint's; workflows/free_graph.py).
+FREE_GRAPH = "_graph"
 # (field kind, the literal the graph holds, e.g. an uploaded file's name) -> the field's value (bytes, base64, URL ...)
 ResolveFile = Callable[[str, Any], Any]
 # Inputs of output nodes that only name or place the files they write: the service names outputs itself.
@@ -70,10 +72,8 @@ def match_graph(
         if not diffs:
             return GraphRun(spec.name, field_values(spec, graph, resolve_file, mapping))
         found.append((len(diffs), diffs[0], spec))
-    if allow_unmatched:
-        from comfybento.workflows.free_graph import free_graph_run
-
-        return free_graph_run(graph, resolve_file)
+    if allow_unmatched:  # the job item of a graph that matches no served workflow (checked in full when submitted)
+        return GraphRun(FREE_GRAPH, {"graph": graph})
     count, first, spec = min(found, key=lambda f: f[0])
     more = f" ({count - 1} more)" if count > 1 else ""
     raise GraphMismatch(f"prompt: the graph matches no served workflow; closest is '{spec.name}': {first}{more}")

@@ -15,7 +15,7 @@ from typing import Any
 import av
 
 from comfybento.errors import InvalidRequest, TooLarge
-from comfybento.workflows.limits import Limits
+from comfybento.limits import Limits
 
 # ffmpeg's name of a container (its first alias) -> the extension the file is stored under.
 SUFFIXES = {"mov": ".mp4", "matroska": ".mkv", "webm": ".webm", "avi": ".avi", "gif": ".gif", "flv": ".flv", "mpegts": ".ts",

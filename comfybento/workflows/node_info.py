@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from comfybento.config import PROJECT_ROOT, Settings
+from comfybento.config import PROJECT_ROOT, Settings, find_comfyui_root
 from comfybento.errors import ConfigError
 from comfybento.workflows.graph import InputDef, NodeDef
 
@@ -85,8 +85,6 @@ def _files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
 
 def fingerprint(settings: Settings) -> str:
     """Changes whenever the node registry could: ComfyUI, custom nodes, our nodes, torch, model files."""
-    from comfybento.runtime.bootstrap import find_comfyui_root  # locates the tree; imports nothing of it
-
     root = find_comfyui_root(settings)
     digest = hashlib.sha256(f"v{SNAPSHOT_VERSION}|{sys.version}|{root}|".encode())
     for dist in ("torch", "torchvision", "torchaudio", "spandrel", "kornia"):

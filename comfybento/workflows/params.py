@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from comfybento.errors import WorkflowError
-from comfybento.outputs.media import KNOWN_OUTPUTS, OutputKind
+from comfybento.outputs.media import KNOWN_OUTPUTS, OUTPUT_IMAGE_CLASSES, OutputKind
 from comfybento.workflows.graph import Graph, InputDef, NodeDefs, is_link, links_into, node_title, sorted_ids
 
 Kind = Literal["int", "float", "string", "bool", "enum", "image", "mask", "video", "audio", "file", "any"]
@@ -55,7 +55,6 @@ UPLOAD_WHAT: dict[str, str] = {
     "audio": "Input audio (WAV, FLAC, MP3, OGG, M4A...; or a video's sound)",
     "file": "Input file, stored in ComfyUI's input folder under a fresh name, whose path the node gets,",
 }
-OUTPUT_IMAGE_CLASSES = ("SaveImage", "PreviewImage", "CPackOutputImage")
 # Output names that are routes of their own (`/<workflow>/png`, `/<workflow>/stream`).
 RESERVED_OUTPUT_NAMES = frozenset({"png", "stream"})
 MAX_SEED = 0xFFFFFFFFFFFFFFFF

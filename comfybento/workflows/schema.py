@@ -30,9 +30,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.datastructures import FormData
 from starlette.requests import Request
 
+from comfybento.limits import Limits
 from comfybento.outputs.encoding import Encoding
 from comfybento.outputs.media import OutputKind
-from comfybento.workflows.limits import Limits
 from comfybento.workflows.params import MAX_SEED, UPLOAD_KINDS, Param
 
 # Content types a multipart file part may declare, by kind of input (the bytes are sniffed afterwards in any case).

@@ -28,14 +28,14 @@ Anything ambiguous is a WorkflowError naming the node id and type.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from comfybento.errors import WorkflowError
-from comfybento.workflows.graph import Graph, InputDef, NodeDef, NodeDefs
+from comfybento.workflows.graph import Graph, InputDef, NodeDef, NodeDefs, parse_graph, read_graph_file
+from comfybento.workflows.ui_graph import MODE_BYPASS, MODE_NEVER, UIGraph, UINode, input_name, is_ui_format
+from comfybento.workflows.ui_subgraph import flatten
 
-MODE_NEVER = 2  # "muted"
-MODE_BYPASS = 4
 IGNORED_TYPES = frozenset({"Note", "MarkdownNote"})
 PRIMITIVE = "PrimitiveNode"
 REROUTE = "Reroute"
@@ -65,90 +65,6 @@ UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload", "audi
 CONTROL = "<control after generate>"  # a widget slot that is not an input
 SKIP = "<not an input>"  # a widget slot whose value is never an input (media upload button)
 MAX_HOPS = 256
-
-
-def is_ui_format(data: Any) -> bool:
-    return isinstance(data, dict) and "nodes" in data and "links" in data
-
-
-@dataclass
-class UILink:
-    origin_id: str
-    origin_slot: int
-    target_id: str
-    target_slot: int
-    type: str
-
-
-@dataclass
-class UINode:
-    """One node of a flattened UI graph; `inputs`/`outputs` are the UI slot lists."""
-
-    id: str
-    type: str
-    mode: int
-    title: str
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
-    widgets_values: Any
-    overrides: dict[str, Any] = field(default_factory=dict)  # widget name -> value set from outside (subgraph widgets)
-
-    @property
-    def label(self) -> str:
-        return f"node {self.id} ({self.type})"
-
-
-@dataclass
-class UIGraph:
-    nodes: dict[str, UINode]
-    links: dict[str, UILink]  # link key -> link; a node input's "link" holds its key
-
-
-# ---------------------------------------------------------------- reading
-
-
-def parse_link(raw: Any, where: str) -> tuple[str, UILink]:
-    """A link in either form: `[id, origin, origin_slot, target, target_slot, type]` or an object."""
-    if isinstance(raw, (list, tuple)) and len(raw) >= 6:
-        key, origin, oslot, target, tslot, typ = raw[:6]
-    elif isinstance(raw, dict) and {"id", "origin_id", "origin_slot", "target_id", "target_slot"} <= raw.keys():
-        key, origin, oslot, target, tslot, typ = (raw[k] for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"))
-    else:
-        raise WorkflowError(f"{where}: a link is neither [id, origin, slot, target, slot, type] nor an object: {str(raw)[:80]}")
-    return str(key), UILink(str(origin), int(oslot), str(target), int(tslot), str(typ or "*"))
-
-
-def parse_node(raw: Any, where: str, prefix: str = "") -> UINode:
-    if not isinstance(raw, dict) or "id" not in raw or not isinstance(raw.get("type"), str):
-        raise WorkflowError(f"{where}: a node has no 'id' or 'type': {str(raw)[:80]}")
-    return UINode(
-        id=f"{prefix}{raw['id']}",
-        type=raw["type"],
-        mode=int(raw.get("mode") or 0),
-        title=str(raw.get("title") or ""),
-        inputs=[dict(i) for i in raw.get("inputs") or [] if isinstance(i, dict)],
-        outputs=[dict(o) for o in raw.get("outputs") or [] if isinstance(o, dict)],
-        widgets_values=raw.get("widgets_values"),
-    )
-
-
-def read_graph(nodes: Any, links: Any, where: str, prefix: str = "") -> UIGraph:
-    if not isinstance(nodes, list) or not isinstance(links, list):
-        raise WorkflowError(f"{where}: 'nodes' and 'links' must be lists")
-    graph = UIGraph(nodes={}, links={})
-    for raw in links:
-        if raw is None:
-            continue
-        key, link = parse_link(raw, where)
-        link.origin_id, link.target_id = prefix + link.origin_id, prefix + link.target_id
-        graph.links[prefix + key] = link
-    for raw in nodes:
-        node = parse_node(raw, where, prefix)
-        for slot in node.inputs:
-            if slot.get("link") is not None:
-                slot["link"] = prefix + str(slot["link"])
-        graph.nodes[node.id] = node
-    return graph
 
 
 # ---------------------------------------------------------------- widgets
@@ -249,13 +165,6 @@ def compatible(a: str, b: str) -> bool:
         return True
     left, right = set(a.upper().split(",")), set(b.upper().split(","))
     return bool(left & right)
-
-
-def input_name(slot: Mapping[str, Any]) -> str:
-    widget = slot.get("widget")
-    if isinstance(widget, dict) and isinstance(widget.get("name"), str):
-        return str(widget["name"])
-    return str(slot.get("name") or "")
 
 
 class Resolver:
@@ -359,8 +268,6 @@ def convert_graph(graph: UIGraph, node_defs: NodeDefs) -> Graph:
 
 def ui_to_api(data: Mapping[str, Any], node_defs: NodeDefs, where: str) -> Graph:
     """Convert a UI-format workflow to an API-format graph; WorkflowError naming the node when it cannot."""
-    from comfybento.workflows.ui_subgraph import flatten
-
     extra = data.get("extra") if isinstance(data.get("extra"), dict) else {}
     if extra and extra.get("groupNodes"):
         names = ", ".join(sorted(map(str, extra["groupNodes"])))
@@ -376,3 +283,11 @@ def ui_to_api(data: Mapping[str, Any], node_defs: NodeDefs, where: str) -> Graph
     if not api:
         raise WorkflowError(f"{where}: the UI-format workflow has no node to run (all muted, bypassed or notes)")
     return api
+
+
+def load_workflow_graph(path: Path, node_defs: NodeDefs) -> Graph:
+    """A workflow file as an API-format graph: an API-format export as it is, a UI-format one converted with node_defs."""
+    data = read_graph_file(path)
+    if is_ui_format(data):
+        data = ui_to_api(data, node_defs, str(path))
+    return parse_graph(data, path)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from comfybento.errors import WorkflowError
-from comfybento.workflows.ui_format import MODE_BYPASS, MODE_NEVER, UIGraph, UILink, UINode, input_name, read_graph
+from comfybento.workflows.ui_graph import MODE_BYPASS, MODE_NEVER, UIGraph, UILink, UINode, input_name, read_graph
 
 MAX_DEPTH = 16
 INPUT_NODE_ID = -10  # the ids ComfyUI gives a subgraph's input and output nodes

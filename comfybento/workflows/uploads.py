@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from comfybento.errors import InvalidRequest, TooLarge
+from comfybento.limits import Limits
 from comfybento.outputs.encoding import decode_b64
 from comfybento.urlguard import AllowList
 from comfybento.workflows.fetch import fetch, is_url
-from comfybento.workflows.limits import Limits
 from comfybento.workflows.media import check_media
 
 # Formats ComfyUI's LoadImage reads and we accept, and the extension they are stored under.

@@ -1,7 +1,7 @@
 """Schemathesis hooks of tests/e2e/test_fuzz.py (loaded through schemathesis.toml): the SSE check the document calls for.
 
 The document's schema of a `text/event-stream` answer is one event's data, a oneOf discriminated by `event`
-(serving/openapi.py, as the generated TypeScript client reads it); Schemathesis reads a 3.0 document's SSE schema
+(front/openapi.py, as the generated TypeScript client reads it); Schemathesis reads a 3.0 document's SSE schema
 as OpenAPI 3.2's envelope ({event, data: <string>}) instead, so its response_schema_conformance is off for those
 answers and this check takes its place: each frame's data is JSON valid under the documented schema, and its
 `event` field is the frame's type.
@@ -17,7 +17,7 @@ from openapi_schema_validator import OAS30Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
-from comfybento.serving.stream import MEDIA_TYPE, parse_sse
+from comfybento.front.stream import MEDIA_TYPE, parse_sse
 
 _VALIDATORS: dict[tuple[int, str], OAS30Validator] = {}
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from comfybento.serving.keys import hash_key, new_key
+from comfybento.front.keys import hash_key, new_key
 from tests.e2e.conftest import start_server, stop_server, wait_ready
 from tests.helpers import ROOT, make_workflows_dir, service_env
 from tests.redis_server import redis_server

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from comfybento.workflows.limits import Limits
+from comfybento.limits import Limits
 from tests.cpack_example import write_example
 from tests.e2e.conftest import JOB_ENV, serving
 from tests.e2e.test_jobs import wait_job

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from comfybento.serving.keys import hash_key, new_key
+from comfybento.front.keys import hash_key, new_key
 from tests.e2e.conftest import JOB_ENV, serving
 from tests.helpers import GRAPHS, ROOT, make_workflows_dir, sample_image, service_env
 

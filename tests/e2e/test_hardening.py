@@ -11,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from comfybento.front.renderers import contract_of
 from tests.helpers import sample_image
 
 pytestmark = pytest.mark.e2e
@@ -75,7 +76,7 @@ def test_malformed_multipart_is_a_400(server):
 @pytest.mark.parametrize(
     ("body", "status", "names"),
     [
-        # the CPU engine's defaults (workflows/limits.py CPU_LIMITS), the shapes that exhausted the machine at small scale
+        # the CPU engine's defaults (comfybento/limits.py CPU_LIMITS), the shapes that exhausted the machine at small scale
         ({"width": 1024, "height": 1024, "steps": 1}, 413, "max_image_pixels"),
         ({"width": 512, "height": 512, "batch_size": 2, "steps": 1}, 413, "max_request_pixels"),
         ({"width": 2048, "height": 128, "steps": 1}, 413, "max_aspect_ratio"),
@@ -155,7 +156,13 @@ def _nested(depth: int) -> str:
 def test_a_deeply_nested_json_body_is_a_413_not_a_500(server, method, path, body):
     resp = httpx.request(method, f"{server}{path}", content=body.encode(), headers={"content-type": "application/json"}, timeout=60)
     assert resp.status_code == 413, (path, resp.status_code, resp.text[:300])
-    assert "max_json_depth" in resp.json()["error"] and resp.json()["error_kind"] == "too_large"
+    error = resp.json()["error"]  # in the shape of the path's contract (front/renderers.py)
+    if contract_of(path) == "comfy_v2":
+        assert "max_json_depth" in error["message"] and error["code"] == "payload_too_large"
+    elif contract_of(path) == "comfyui":
+        assert "max_json_depth" in error["message"] and error["type"] == "too_large"
+    else:
+        assert "max_json_depth" in error and resp.json()["error_kind"] == "too_large"
 
 
 def test_integers_in_queries_and_headers_are_bounded(server):

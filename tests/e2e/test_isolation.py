@@ -24,8 +24,8 @@ import pytest
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from websockets.sync.client import ClientConnection, connect
 
-from comfybento.serving.keys import hash_key, new_key
-from comfybento.serving.ownership import owner_tag
+from comfybento.front.keys import hash_key, new_key
+from comfybento.front.ownership import owner_tag
 from tests.e2e.conftest import JOB_ENV, serving
 from tests.helpers import GRAPHS, ROOT, make_workflows_dir, sample_image, service_env
 
@@ -416,7 +416,7 @@ def _rows() -> dict[tuple[str, str], Row]:
                               lambda w: w.ok("ops", "GET", "/view", params=comfy_output)),
         ("POST", "/upload/image"): Row(lambda w: _upload_image(w, "bob", _png(10)), lambda w: _upload_image(w, "alice", _png(len("shared"))),
                                        lambda w: _upload_image(w, "ops", _png(11))),
-        ("POST", "/upload/mask"): Row(lambda w: [hidden("POST", "/upload/mask", 422, COMFY, files={"image": MASK},
+        ("POST", "/upload/mask"): Row(lambda w: [hidden("POST", "/upload/mask", 400, COMFY, files={"image": MASK},
                                                         data={"original_ref": json.dumps(p)})(w) for p in (comfy_input, comfy_output)],
                                       _own_mask),
         ("WS", "/ws"): Row(_ws),
@@ -464,13 +464,11 @@ def _route_key(method: str, path: str, op: dict[str, Any] | None = None) -> tupl
 
 def served_routes(doc: dict[str, Any]) -> set[tuple[str, str]]:
     """Every route: the served OpenAPI document's operations, and the app's routes left out of it (ComfyUI's, Comfy API v2)."""
-    from comfybento.compat import comfy_v2, comfyui
-    from comfybento.jobs import api
+    from comfybento.front.root import root_app
 
-    comfy_v2.include(api.app)
-    comfyui.install(api.app)  # as the entry service does
+    app = root_app(lambda: None)  # the routes as the entry service has them (no storage is read here)
     routes = {_route_key(m.upper(), p, op) for p, ops in doc["paths"].items() for m, op in ops.items()}
-    for prefix, route in _app_routes(api.app.routes):
+    for prefix, route in _app_routes(app.routes):
         if isinstance(route, APIWebSocketRoute):
             routes.add(_route_key("WS", prefix + route.path))
         else:

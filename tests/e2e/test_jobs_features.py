@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from comfybento.serving.keys import hash_key, new_key
+from comfybento.front.keys import hash_key, new_key
 from tests.e2e.conftest import serving
 from tests.e2e.test_jobs import wait_job
 from tests.e2e.test_progress import stream

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from comfybento.serving.stream import JOB_EVENTS, REQUEST_EVENTS
+from comfybento.front.stream import JOB_EVENTS, REQUEST_EVENTS
 
 pytestmark = pytest.mark.e2e
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from comfybento.config import Settings
+from comfybento.engine.engine import Engine
+from comfybento.engine.messages import EngineItem
+from comfybento.limits import Limits
 from comfybento.outputs.encoding import png_bytes
-from comfybento.serving.engine import Engine
-from comfybento.serving.messages import EngineItem
-from comfybento.serving.project import load_project
 from comfybento.workflows.binding import resolve_seed
-from comfybento.workflows.limits import Limits
+from comfybento.workflows.project import load_project
 from tests.cpack_example import write_example
 from tests.helpers import make_workflows_dir, png_array, sample_image, service_env
 

@@ -13,11 +13,11 @@ import shutil
 import pytest
 
 from comfybento.config import Settings
+from comfybento.engine.engine import Engine
+from comfybento.engine.messages import EngineItem
 from comfybento.outputs.encoding import png_bytes
 from comfybento.packs.importer import ProjectPaths, import_pack
-from comfybento.serving.engine import Engine
-from comfybento.serving.messages import EngineItem
-from comfybento.serving.project import load_project
+from comfybento.workflows.project import load_project
 from tests.cpack_example import servable_example
 from tests.cpack_packs import model, new_snapshot, old_snapshot, write_pack
 from tests.helpers import GRAPHS, ROOT, png_array, sample_image, service_env

@@ -18,6 +18,7 @@ from comfybento.models.fetch import fetch_all
 from comfybento.models.lock import parse_lock, sha256_file
 from comfybento.runtime.bootstrap import bootstrap
 from comfybento.runtime.executor import ComfyExecutor
+from comfybento.runtime.generators import model_generators
 from tests.helpers import GRAPHS, service_env
 
 pytestmark = pytest.mark.engine
@@ -41,7 +42,7 @@ def models(runtime, tmp_path_factory):
 
     models_dir = tmp_path_factory.mktemp("core_models")
     lock = parse_lock(GRAPHS / "core_models.lock")
-    assert set(fetch_all(lock, models_dir).values()) == {"fetched"}
+    assert set(fetch_all(lock, models_dir, generators=model_generators()).values()) == {"fetched"}
     for entry in lock.entries:
         folder_paths.add_model_folder_path(entry.folder, str(models_dir / entry.folder))
     return {entry.folder: entry.local_path(models_dir) for entry in lock.entries}

@@ -11,12 +11,13 @@ import pytest
 from PIL import Image
 
 from comfybento.config import Settings
+from comfybento.engine.collect import Collector
+from comfybento.engine.engine import Engine
+from comfybento.engine.messages import EngineItem
 from comfybento.errors import Cancelled
 from comfybento.outputs.encoding import png_bytes
 from comfybento.scheduling.events import Done, Failed, OutputReady, Progress, Queued, Started
-from comfybento.serving.engine import Collector, Engine
-from comfybento.serving.messages import EngineItem
-from comfybento.serving.project import load_project
+from comfybento.workflows.project import load_project
 from tests.helpers import make_workflows_dir, png_array, sample_image, service_env
 
 pytestmark = pytest.mark.engine

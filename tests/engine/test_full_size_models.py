@@ -156,10 +156,10 @@ def test_streamed_file_is_valid_safetensors_and_byte_identical(fsm, shapes, tmp_
 
 
 def test_generators_are_registered_and_in_the_gpu_lock(fsm):
-    from comfybento.models.fetch import _generators
     from comfybento.models.lock import parse_lock
+    from comfybento.runtime.generators import model_generators
 
-    generators = _generators()
+    generators = model_generators()
     assert generators["sd15-random"] is fsm.generate_sd15_checkpoint
     assert generators["sdxl-random"] is fsm.generate_sdxl_checkpoint
     lock = parse_lock(ROOT / "bench" / "models.gpu.lock")

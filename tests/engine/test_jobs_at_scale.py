@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 
 from comfybento.config import Settings
-from comfybento.jobs.api_models import JobSubmit
-from comfybento.jobs.factory import make_jobs
-from comfybento.jobs.runner import OnEvent
+from comfybento.engine.engine import Engine
+from comfybento.engine.messages import ItemResult, OutputBlob
+from comfybento.front.endpoints import engine_item
+from comfybento.front.jobs.api_models import JobSubmit
+from comfybento.front.jobs.factory import make_jobs
+from comfybento.front.jobs.runner import OnEvent
 from comfybento.scheduling.events import Done, Event, Failed, OutputReady
-from comfybento.serving.engine import Engine
-from comfybento.serving.messages import ItemResult, OutputBlob
-from comfybento.serving.project import load_project
-from comfybento.serving.services import engine_item
+from comfybento.workflows.project import load_project
 from tests.helpers import make_workflows_dir, png_array, service_env
 
 pytestmark = pytest.mark.engine

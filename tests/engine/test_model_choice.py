@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from comfybento.config import Settings
+from comfybento.engine.collect import Collector
+from comfybento.engine.engine import Engine
+from comfybento.engine.messages import EngineItem
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry, sha256_file
 from comfybento.runtime.bootstrap import bootstrap
+from comfybento.runtime.generators import model_generators
 from comfybento.scheduling.events import Started
-from comfybento.serving.engine import Collector, Engine
-from comfybento.serving.messages import EngineItem
-from comfybento.serving.project import load_project
+from comfybento.workflows.project import load_project
 from tests.helpers import png_array, service_env
 from tests.model_choice import CORRUPT, DEFAULT, make_models, make_workflows
 
@@ -133,8 +135,8 @@ def test_an_unknown_checkpoint_is_refused_naming_the_field(engine):
 def test_with_fetching_on_a_missing_model_is_fetched_then_checked_before_its_first_use(engine, tmp_path):
     good = engine.settings.models_dir / "checkpoints" / ALT
     entry = ModelEntry(path=f"checkpoints/{ALT}", size=good.stat().st_size, sha256=sha256_file(good), source={"generator": "tiny-sd-alt"})
-    FirstUseCheck(tmp_path, fetch=True).ensure(entry)
+    FirstUseCheck(tmp_path, fetch=True, generators=model_generators()).ensure(entry)
     assert sha256_file(entry.local_path(tmp_path)) == entry.sha256
     wrong = ModelEntry(path="checkpoints/other.safetensors", size=entry.size, sha256=entry.sha256, source={"generator": "tiny-sd"})
     with pytest.raises(Exception, match=r"checkpoints/other\.safetensors: fetched file has sha256"):
-        FirstUseCheck(tmp_path, fetch=True).ensure(wrong)
+        FirstUseCheck(tmp_path, fetch=True, generators=model_generators()).ensure(wrong)

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from comfybento.config import Settings
-from comfybento.serving.engine import Engine
-from comfybento.serving.messages import EngineItem
-from comfybento.serving.project import load_project
+from comfybento.engine.engine import Engine
+from comfybento.engine.messages import EngineItem
+from comfybento.workflows.project import load_project
 from tests.helpers import make_workflows_dir, service_env
 
 pytestmark = pytest.mark.engine

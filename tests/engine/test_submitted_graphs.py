@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 
 from comfybento.config import Settings
+from comfybento.engine.collect import Collector
+from comfybento.engine.engine import Engine
+from comfybento.engine.messages import EngineItem
+from comfybento.front.endpoints import engine_item, free_graph_item
 from comfybento.scheduling.events import OutputReady, Started
-from comfybento.serving.engine import Collector, Engine
-from comfybento.serving.messages import EngineItem
-from comfybento.serving.project import load_project
-from comfybento.serving.services import engine_item, free_graph_item
 from comfybento.workflows.binding import resolve_seed
 from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
 from comfybento.workflows.matching import match_graph
+from comfybento.workflows.project import load_project
 from tests.helpers import make_workflows_dir, service_env
 
 pytestmark = pytest.mark.engine

@@ -1,4 +1,4 @@
-"""Comfy API v2 (comfybento/compat/comfy_v2) in process: its router on a real FastAPI app, a real SQLite job store and
+"""Comfy API v2 (comfybento/front/compat/comfy_v2) in process: its router on a real FastAPI app, a real SQLite job store and
 a real output folder. The jobs' items are finished as the runner records them (no engine here; tests/e2e runs it)."""
 
 from __future__ import annotations
@@ -12,21 +12,20 @@ from blake3 import blake3
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from comfybento.compat import comfy_v2
-from comfybento.compat.comfy_v2 import routes
-from comfybento.compat.comfy_v2.assets import AssetStore
-from comfybento.compat.comfy_v2.errors import V2Error
-from comfybento.compat.comfy_v2.events import job_stream
-from comfybento.compat.comfy_v2.views import job_view
 from comfybento.config import Settings
-from comfybento.jobs import api
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.compat import comfy_v2
+from comfybento.front.compat.comfy_v2 import routes
+from comfybento.front.compat.comfy_v2.assets import AssetStore
+from comfybento.front.compat.comfy_v2.errors import V2Error
+from comfybento.front.compat.comfy_v2.events import job_stream
+from comfybento.front.jobs.api_models import JobSubmit
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.ownership import Caller
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.ownership import Caller
 from comfybento.workflows.catalog import load_workflow
 from tests.helpers import sample_image
 
@@ -41,9 +40,9 @@ def v2(node_defs, tmp_path, monkeypatch):
     spec = load_workflow(ROOT / "workflows" / "txt2img.json", node_defs, parse_lock(ROOT / "models.lock"), settings)
     service = JobService({"txt2img": spec}, SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out"),
                          AllowList(["127.0.0.1"]), max_items=100, retention_s=60)
-    api.bind(service)
     monkeypatch.setattr(routes, "get_settings", lambda: settings)
     app = FastAPI()
+    app.state.jobs = service
     comfy_v2.include(app)
     comfy_v2.include(app)  # a second call adds nothing
     assert len(app.routes) == len(FastAPI().routes) + 1
@@ -201,22 +200,21 @@ def test_the_event_stream_of_a_finished_job_sends_its_outputs_then_its_terminal_
 
 def test_the_live_stream_sends_progress_then_output_and_ends_on_the_terminal_status(v2):
     _, service = v2
-    job, _ = service.submit(api.JobSubmit(workflow="txt2img", items=[{"prompt": "a"}]))
+    job, _ = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "a"}]))
 
     async def go() -> list[tuple[str, dict]]:
-        with service.live.subscription(job.id) as queue:
-            stream = job_stream(queue, lambda live: job_view(service, service.job(job.id), "http://h", live))
-            seen = [await anext(stream)]
-            service.live.publish(job.id, {"event": "queued", "job_id": job.id, "index": 0, "position": 3})
-            seen.append(await anext(stream))
-            (lease,) = service.store.lease("w", 1, 60, 3)
-            service.live.publish(job.id, {"event": "started", "job_id": job.id, "index": 0})
-            seen.append(await anext(stream))
-            service.live.publish(job.id, {"event": "progress", "job_id": job.id, "index": 0, "value": 2, "max": 4, "node_id": "3"})
-            seen.append(await anext(stream))
-            _finish_lease(service, lease)
-            service.live.publish(job.id, {"event": "item", "job_id": job.id, "index": 0, "status": "succeeded"})
-            seen += [frame async for frame in stream]
+        stream = job_stream(service, job.id, "http://h")
+        seen = [await anext(stream)]
+        service.live.publish(job.id, {"event": "queued", "job_id": job.id, "index": 0, "position": 3})
+        seen.append(await anext(stream))
+        (lease,) = service.store.lease("w", 1, 60, 3)
+        service.live.publish(job.id, {"event": "started", "job_id": job.id, "index": 0})
+        seen.append(await anext(stream))
+        service.live.publish(job.id, {"event": "progress", "job_id": job.id, "index": 0, "value": 2, "max": 4, "node_id": "3"})
+        seen.append(await anext(stream))
+        _finish_lease(service, lease)
+        service.live.publish(job.id, {"event": "item", "job_id": job.id, "index": 0, "status": "succeeded"})
+        seen += [frame async for frame in stream]
         return [_parse(f) for f in seen]
 
     frames = asyncio.run(go())

@@ -14,14 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from comfybento.compat import comfyui
-from comfybento.compat.comfyui import files, routes
 from comfybento.config import Settings
 from comfybento.errors import InvalidRequest, NotFound
-from comfybento.jobs import api
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.compat import comfyui
+from comfybento.front.compat.comfyui import files, routes
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.root import root_app
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
@@ -39,12 +39,12 @@ def client(node_defs, tmp_path):
     spec = load_workflow(ROOT / "workflows" / "txt2img.json", node_defs, parse_lock(ROOT / "models.lock"), settings)
     service = JobService({"txt2img": spec}, SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out"),
                          AllowList(["127.0.0.1"]), max_items=10_000, retention_s=60)
-    api.bind(service)
-    comfyui.install(api.app)
-    routes = len(api.app.router.routes)
-    comfyui.install(api.app)  # a second call adds nothing
-    assert len(api.app.router.routes) == routes
-    with TestClient(api.app) as c:
+    app = root_app(lambda: service.storage)  # ComfyUI's routes installed
+    app.state.jobs = service
+    routes = len(app.router.routes)
+    comfyui.install(app)  # a second call adds nothing
+    assert len(app.router.routes) == routes
+    with TestClient(app) as c:
         yield c, service
 
 
@@ -166,7 +166,8 @@ def test_uploads_keep_names_rename_on_clash_and_are_bounded(client, monkeypatch)
     small = Settings.from_env({"COMFYBENTO_MODELS": str(ROOT / "models"), "COMFYBENTO_MAX_UPLOAD_BYTES": "50"})
     monkeypatch.setattr(routes, "get_settings", lambda: small)
     r = c.post("/upload/image", files={"image": ("b.png", PNG, "image/png")})
-    assert r.status_code == 413 and "50 bytes" in r.json()["error"] and "COMFYBENTO_MAX_UPLOAD_BYTES" in r.json()["error"]
+    message = r.json()["error"]["message"]  # ComfyUI's shape, as every ComfyUI route's error
+    assert r.status_code == 413 and "50 bytes" in message and "COMFYBENTO_MAX_UPLOAD_BYTES" in message
 
 
 def test_view_and_uploads_never_follow_a_link_out_of_storage(client, tmp_path):
@@ -205,7 +206,7 @@ def test_mask_upload_stores_the_original_with_the_masks_alpha(client):
     stored = Image.open(io.BytesIO(c.get("/view", params={"filename": r.json()["name"], "type": "input"}).content))
     assert stored.mode == "RGBA" and stored.getpixel((0, 0))[3] == 255 and stored.getpixel((5, 5))[3] == 0
     bad = c.post("/upload/mask", files={"image": ("m.png", buf.getvalue(), "image/png")}, data={"original_ref": "nope"})
-    assert bad.status_code == 422 and "original_ref" in bad.json()["error"]
+    assert bad.status_code == 400 and "original_ref" in bad.json()["error"]["message"]  # ComfyUI's 400, not 422
 
 
 def test_file_references_stay_in_the_input_and_output_folders(tmp_path):

@@ -1,4 +1,4 @@
-"""The per-workflow cost model (scheduling/cost.py) and the dry-run estimate and quota check of jobs (jobs/estimate.py)."""
+"""The per-workflow cost model (scheduling/cost.py) and the dry-run estimate and quota check of jobs (front/jobs/estimate.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 
 from comfybento.config import Settings
-from comfybento.jobs.api_models import JobSubmit
-from comfybento.jobs.estimate import QuotaExceeded
-from comfybento.jobs.records import Lease
-from comfybento.jobs.runner import cache_key
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.access import Access
+from comfybento.front.jobs.api_models import JobSubmit
+from comfybento.front.jobs.estimate import QuotaExceeded
+from comfybento.front.jobs.records import Lease
+from comfybento.front.jobs.runner import cache_key
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.keys import ApiKey, hash_key
+from comfybento.front.ratelimit import MemoryBuckets
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.storage import LocalStorage
 from comfybento.scheduling.cost import PRIOR_S_PER_UNIT, CostModel, HeavyRequests, Work, graph_work, work_of
-from comfybento.serving.access import Access
-from comfybento.serving.keys import ApiKey, hash_key
-from comfybento.serving.ratelimit import MemoryBuckets
 from comfybento.workflows.catalog import load_workflow
 
 ROOT = Path(__file__).resolve().parents[2]

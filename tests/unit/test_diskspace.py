@@ -20,20 +20,20 @@ from typing import Any
 import pytest
 import redis.exceptions
 
-from comfybento.compat.comfy_v2.errors import error_envelope
-from comfybento.compat.comfyui.routes import comfy_error
 from comfybento.config import Settings
+from comfybento.engine.messages import ItemResult, OutputBlob
 from comfybento.errors import InvalidRequest, StorageFull, describe, storage_full
-from comfybento.jobs.records import ItemRecord, JobRecord, now
-from comfybento.jobs.store import SQLiteJobStore
+from comfybento.front.compat.comfy_v2.errors import error_envelope
+from comfybento.front.http import error_response
+from comfybento.front.jobs.records import ItemRecord, JobRecord, now
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.renderers import render
+from comfybento.front.stream import OutputEvent, parse_sse, request_events
+from comfybento.limits import Limits
 from comfybento.outputs import diskspace
 from comfybento.outputs.diskspace import DiskWatcher, Folder
 from comfybento.outputs.storage import LocalStorage
 from comfybento.runtime.errors import from_execution
-from comfybento.serving.http import error_response
-from comfybento.serving.messages import ItemResult, OutputBlob
-from comfybento.serving.stream import OutputEvent, parse_sse, request_events
-from comfybento.workflows.limits import Limits
 from tests.unit.test_job_runner import Engine, finished, run_until, runner, submit
 
 MiB = 1024 * 1024
@@ -174,7 +174,7 @@ def test_each_api_answers_storage_full_in_its_own_shape():
     assert json.loads(v2.body)["error"] == {"code": "storage_full", "message": "the outputs folder has 1.0 MiB free",
                                             "details": {"folder": "outputs", "free_bytes": MiB, "watermark_bytes": 8 * MiB}}
     assert error_envelope(OSError(errno.ENOSPC, "No space left")).status_code == 503
-    comfy = comfy_error(full)  # nor has ComfyUI's
+    comfy = render(full, "comfyui")  # nor has ComfyUI's
     assert comfy.status_code == 503 and comfy.headers["Retry-After"] == "30"
     assert json.loads(comfy.body)["error"]["type"] == "storage_full"
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from comfybento.serving.messages import EngineItem, ItemResult
-from comfybento.serving.services import call_engine
+from comfybento.engine.messages import EngineItem, ItemResult
+from comfybento.front.endpoints import call_engine
 
 
 def _front(raises: Exception | None = None, result: ItemResult | None = None) -> SimpleNamespace:

@@ -7,6 +7,7 @@ import pytest
 
 from comfybento.errors import WorkflowError
 from comfybento.workflows.graph import check_graph, load_graph
+from comfybento.workflows.ui_format import load_workflow_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = ROOT / "tests" / "graphs"
@@ -19,7 +20,7 @@ def test_ui_format_file_without_node_defs_says_what_it_needs():
 
 
 def test_ui_format_file_with_node_defs_is_converted_and_checked(node_defs):
-    graph = load_graph(GRAPHS / "ui_format.json", node_defs)
+    graph = load_workflow_graph(GRAPHS / "ui_format.json", node_defs)
     assert graph["3"]["class_type"] == "KSampler"
     with pytest.raises(WorkflowError, match=r"node 3 \(KSampler\): required input 'model' is missing"):
         check_graph("ui_format.json", graph, node_defs)

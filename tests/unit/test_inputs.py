@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from comfybento.errors import InvalidRequest, TooLarge
+from comfybento.limits import ENV_NAMES, Limits
 from comfybento.urlguard import AllowList
 from comfybento.workflows.graph import InputDef, NodeDef
-from comfybento.workflows.limits import ENV_NAMES, Limits
 from comfybento.workflows.params import infer_params
 from comfybento.workflows.schema import build_input_model
 from comfybento.workflows.sidecar import Sidecar, apply_sidecar

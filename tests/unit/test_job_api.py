@@ -12,16 +12,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from comfybento.config import Settings
-from comfybento.jobs import api
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.access import Access, AccessMiddleware
+from comfybento.front.jobs.api_models import JobSubmit
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.keys import ApiKey, hash_key, new_key
+from comfybento.front.ratelimit import MemoryBuckets
+from comfybento.front.root import root_app
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.access import Access, AccessMiddleware
-from comfybento.serving.keys import ApiKey, hash_key, new_key
-from comfybento.serving.ratelimit import MemoryBuckets
 from comfybento.workflows.catalog import load_workflow
 from tests.helpers import sample_image
 
@@ -35,16 +36,17 @@ def client(node_defs, tmp_path, monkeypatch):
     spec = load_workflow(ROOT / "workflows" / "txt2img.json", node_defs, parse_lock(ROOT / "models.lock"), settings)
     service = JobService({"txt2img": spec}, SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out"),
                          AllowList(["127.0.0.1"]), max_items=10_000, retention_s=60)
-    api.bind(service)
+    app = root_app(lambda: service.storage)
+    app.state.jobs = service
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    with TestClient(api.app) as c:
+    with TestClient(app) as c:
         yield c, service
 
 
 def _finished_job(service: JobService) -> str:
     """A job whose one item finished with one image (as the runner records it)."""
-    job, _ = service.submit(api.JobSubmit(workflow="txt2img", items=[{"prompt": "a"}]))
+    job, _ = service.submit(JobSubmit(workflow="txt2img", items=[{"prompt": "a"}]))
     (lease,) = service.store.lease("w", 1, 60, 3)
     key = f"{job.id}/00000-a1-save_image-0.png"
     service.storage.put(key, PNG, "image/png")
@@ -116,11 +118,11 @@ def test_files_route_never_follows_links(client, tmp_path):
 
 def test_a_job_belongs_to_the_submitting_key_and_its_idempotency_key_is_not_anothers(client):
     """Behind the real access middleware: the job's owner is the caller's key; another key reusing its idempotency key gets a 409."""
-    _, service = client
+    c, service = client
     secrets = {"alice": new_key(), "bob": new_key()}
     acl = Access(tuple(ApiKey(name=n, sha256=hash_key(s)) for n, s in secrets.items()), MemoryBuckets())
     body = {"workflow": "txt2img", "items": [{"prompt": "a", "seed": 1}], "idempotency_key": "nightly"}
-    with TestClient(AccessMiddleware(api.app, access=acl)) as c:
+    with TestClient(AccessMiddleware(c.app, access=acl)) as c:
         def post(name: str) -> httpx.Response:
             return c.post("/jobs", json=body, headers={"Authorization": f"Bearer {secrets[name]}"})
 

@@ -1,4 +1,4 @@
-"""A job's SSE stream (serving/stream.py `job_events`) over a real JobService: SQLite store, output folder, live events."""
+"""A job's SSE stream (front/stream.py `job_events`) over a real JobService: SQLite store, output folder, live events."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from comfybento.config import Settings
-from comfybento.jobs.api_models import JobSubmit
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.jobs.api_models import JobSubmit
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.stream import JOB_EVENTS, job_events, parse_sse
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.stream import JOB_EVENTS, job_events, parse_sse
 from comfybento.workflows.catalog import load_workflow
 from tests.helpers import sample_image
 

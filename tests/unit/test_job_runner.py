@@ -15,14 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from comfybento.jobs.records import ItemRecord, JobRecord, now
-from comfybento.jobs.retention import Retention
-from comfybento.jobs.runner import JobRunner
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList, WebhookPolicy
+from comfybento.engine.messages import ItemResult, OutputBlob
+from comfybento.front.jobs.records import ItemRecord, JobRecord, now
+from comfybento.front.jobs.runner import JobRunner
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList, WebhookPolicy
+from comfybento.front.retention import Retention
 from comfybento.outputs.encoding import png_bytes
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.messages import ItemResult, OutputBlob
 from tests.helpers import sample_image
 from tests.webhook_receiver import webhook_receiver
 
@@ -129,7 +129,7 @@ def test_a_bug_in_execute_fails_the_item_once_with_its_cause_and_is_logged(tmp_p
         return {"txt2img": None}[workflow + "-typo"]  # type: ignore[return-value]  # a KeyError, as a bug would raise
 
     r = runner(tmp_path, broken)  # type: ignore[arg-type]
-    with caplog.at_level("ERROR", logger="comfybento.jobs.runner"):
+    with caplog.at_level("ERROR", logger="comfybento.front.jobs.runner"):
         run_until(r, finished(r, job.id))
     items = r.store.get_items(job.id, 0, 2)
     assert sorted(calls) == [0, 1] and [(i.state, i.attempts) for i in items] == [("failed", 1)] * 2
@@ -320,7 +320,7 @@ def test_a_failing_hook_never_stops_the_runner(tmp_path, caplog):
     items = r.store.get_items(job.id, 0, 10)
     assert [(i.state, i.attempts) for i in items] == [("succeeded", 1)] * 4
     assert r.store.get_job(job.id).images == 4  # (run_until also checks that the loop never ended on its own)
-    logged = [rec.getMessage() for rec in caplog.records if rec.name == "comfybento.jobs.runner"]
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "comfybento.front.jobs.runner"]
     assert sum("charging its usage to 'alice' failed" in m for m in logged) == 2
     assert not any("could not record" in m for m in logged)  # reported as what it is: the results were recorded
 

@@ -14,9 +14,9 @@ import uuid
 
 import pytest
 
-from comfybento.jobs.records import Delivery, ItemRecord, JobRecord, now
-from comfybento.jobs.redis_store import RedisJobStore
-from comfybento.jobs.store import IdempotencyConflict, JobStore, SQLiteJobStore
+from comfybento.front.jobs.records import Delivery, ItemRecord, JobRecord, now
+from comfybento.front.jobs.redis_store import RedisJobStore
+from comfybento.front.jobs.store import IdempotencyConflict, JobStore, SQLiteJobStore
 from tests.redis_server import redis_server
 
 MAX = 3  # max_attempts in these tests

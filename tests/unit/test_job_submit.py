@@ -6,10 +6,10 @@ import pytest
 
 from comfybento.config import Settings
 from comfybento.errors import InvalidRequest
-from comfybento.jobs.api_models import JobSubmit
-from comfybento.jobs.service import InvalidItems, JobService, TooManyItems, expand
-from comfybento.jobs.store import IdempotencyConflict, SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.jobs.api_models import JobSubmit
+from comfybento.front.jobs.service import InvalidItems, JobService, TooManyItems, expand
+from comfybento.front.jobs.store import IdempotencyConflict, SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.storage import LocalStorage
 from comfybento.workflows.catalog import load_workflow

@@ -10,7 +10,8 @@ from PIL import Image
 
 from comfybento.config import Settings
 from comfybento.errors import InvalidRequest, TooLarge, WorkflowError
-from comfybento.workflows.limits import CPU_LIMITS, Limits, check_graph_limits
+from comfybento.limits import CPU_LIMITS, Limits
+from comfybento.workflows.limits import check_graph_limits
 from comfybento.workflows.uploads import check_image, read_upload
 
 

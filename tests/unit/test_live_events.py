@@ -1,10 +1,10 @@
-"""The in-process fan-out of job events (jobs/live.py): per job or all jobs, bounded per subscriber."""
+"""The in-process fan-out of job events (front/jobs/live.py): per job or all jobs, bounded per subscriber."""
 
 from __future__ import annotations
 
 import asyncio
 
-from comfybento.jobs.live import LAGGED, JobEvents
+from comfybento.front.jobs.live import LAGGED, JobEvents
 
 
 def test_subscribers_get_their_job_s_events_and_all_jobs_subscribers_get_every_event() -> None:

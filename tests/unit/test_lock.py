@@ -96,3 +96,13 @@ def test_a_model_by_url_is_fetched_within_a_deadline_and_a_minimum_rate(tmp_path
             fetch_entry(slow, tmp_path, TransferLimits(60, 1024))
         assert time.monotonic() - started < 6.5
     assert not (tmp_path / "checkpoints" / "s.safetensors").exists()
+
+
+def test_a_generated_model_is_made_by_the_generator_its_caller_gives(tmp_path):
+    """models/ sits below the runtime: the generators (runtime/generators.py) are passed in, never imported."""
+    body = b"generated weights"
+    entry = ModelEntry("loras/g.safetensors", len(body), hashlib.sha256(body).hexdigest(), {"generator": "tiny-lora"})
+    with pytest.raises(ModelLockError, match=r"loras/g.safetensors: unknown generator 'tiny-lora'; known: none given here"):
+        fetch_entry(entry, tmp_path)
+    assert fetch_entry(entry, tmp_path, generators={"tiny-lora": lambda path: path.write_bytes(body)}) == "fetched"
+    assert entry.local_path(tmp_path).read_bytes() == body

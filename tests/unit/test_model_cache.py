@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comfybento.errors import TooLarge
-from comfybento.models.cache import ModelCache
+from comfybento.runtime.model_cache import ModelCache
 
 
 class Loads:

@@ -6,9 +6,9 @@ import io
 
 from PIL import Image
 
-from comfybento.outputs.media import dimensions, extension_for, kind_of, media_type_of
+from comfybento.outputs.media import KNOWN_OUTPUTS, OUTPUT_IMAGE_CLASSES, dimensions, extension_for, kind_of, media_type_of
 from comfybento.workflows.graph import NodeDef
-from comfybento.workflows.params import infer_outputs
+from comfybento.workflows.params import OutputSpec, infer_outputs
 
 
 def test_media_types_kinds_and_extensions():
@@ -18,6 +18,13 @@ def test_media_types_kinds_and_extensions():
     assert [kind_of(m) for m in ("video/mp4", "audio/mpeg", "text/plain", "application/zip")] == ["video", "audio", "text", "file"]
     assert [extension_for(m) for m in ("image/jpeg", "video/webm", "audio/mpeg", "text/plain", "application/x-nothing")] == [
         "jpg", "webm", "mp3", "txt", "bin"]
+
+
+def test_the_images_comfybento_encodes_are_the_image_rows_of_the_one_output_table():
+    """One table of output kinds (KNOWN_OUTPUTS): a new image output node added there is collected and encoded too."""
+    assert OUTPUT_IMAGE_CLASSES == ("SaveImage", "PreviewImage", "CPackOutputImage")
+    assert all(KNOWN_OUTPUTS[c][0] == "image" for c in OUTPUT_IMAGE_CLASSES)
+    assert [c for c in KNOWN_OUTPUTS if OutputSpec("o", "1", c).encoded_by_us] == list(OUTPUT_IMAGE_CLASSES)
 
 
 def test_dimensions_from_headers():

@@ -1,4 +1,4 @@
-"""Who may see what (serving/ownership.py), and the stores of owned things that ask it: jobs, live outputs, ComfyUI files
+"""Who may see what (front/ownership.py), and the stores of owned things that ask it: jobs, live outputs, ComfyUI files
 and prompts. Every route of every API over HTTP, with two keys and an operator: tests/e2e/test_isolation.py."""
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
-from comfybento.compat.comfyui import files, prompts, ws
 from comfybento.errors import NotFound
-from comfybento.jobs.records import ItemRecord, JobRecord, now
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
-from comfybento.outputs.delivery import live_folder, live_folder_tag
+from comfybento.front.access import Access, Grant
+from comfybento.front.compat.comfyui import files, prompts, ws
+from comfybento.front.delivery import live_folder, live_folder_tag, read_live_output
+from comfybento.front.jobs.records import ItemRecord, JobRecord, now
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.keys import ApiKey, hash_key
+from comfybento.front.ownership import OPEN, Caller, caller, owner_tag
+from comfybento.front.ratelimit import MemoryBuckets
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.access import Access, Grant
-from comfybento.serving.keys import ApiKey, hash_key
-from comfybento.serving.ownership import OPEN, Caller, caller, owner_tag
-from comfybento.serving.ratelimit import MemoryBuckets
 
 ALICE, BOB, OPS = Caller("alice"), Caller("bob"), Caller("ops", operator=True)
 
@@ -100,16 +100,19 @@ def test_a_live_outputs_folder_carries_its_owner_and_only_its_owner_reads_it(ser
     assert live_folder_tag(folder) == owner_tag("alice") and live_folder_tag(untagged) is None and len(untagged) == 32
     for f in (folder, untagged):
         service.storage.put(f"outputs/{f}/save_image-0.png", b"png", "image/png")
-    assert service.live_file(folder, "save_image-0.png", ALICE) == service.live_file(folder, "save_image-0.png", OPS) == b"png"
-    missing = service.live_file
+
+    def read(folder: str, name: str, who: Caller) -> bytes:
+        return read_live_output(service.storage, folder, name, who)
+
+    assert read(folder, "save_image-0.png", ALICE) == read(folder, "save_image-0.png", OPS) == b"png"
     with pytest.raises(NotFound) as refused:
-        missing(folder, "save_image-0.png", BOB)
+        read(folder, "save_image-0.png", BOB)
     with pytest.raises(NotFound) as absent:
-        missing(folder, "nothing-0.png", ALICE)
+        read(folder, "nothing-0.png", ALICE)
     assert str(refused.value) == f"no such file: {folder}/save_image-0.png" and str(absent.value).startswith("no such file: ")
     with pytest.raises(NotFound):
-        missing(untagged, "save_image-0.png", ALICE)  # made with keys off: not a key's
-    assert service.live_file(untagged, "save_image-0.png", OPEN) == b"png"
+        read(untagged, "save_image-0.png", ALICE)  # made with keys off: not a key's
+    assert read(untagged, "save_image-0.png", OPEN) == b"png"
 
 
 def test_comfyui_uploads_live_in_a_folder_per_key_and_outputs_follow_their_prompt(service):
@@ -152,7 +155,7 @@ def test_a_websocket_client_id_is_the_keys_own():
 
 
 def test_keys_file_entries_carry_the_operator_flag(tmp_path):
-    from comfybento.serving.keys import append_key, load_keys
+    from comfybento.front.keys import append_key, load_keys
 
     for name in ("keys.yaml", "keys.json"):
         path = tmp_path / name

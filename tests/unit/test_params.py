@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from comfybento.errors import InvalidRequest, WorkflowError
+from comfybento.limits import Limits
 from comfybento.workflows.graph import NodeDef, load_graph
-from comfybento.workflows.limits import Limits
 from comfybento.workflows.params import infer_outputs, infer_params
 from comfybento.workflows.schema import DATA_URI_HEADER, build_input_model
 from comfybento.workflows.uploads import read_input

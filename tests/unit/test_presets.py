@@ -10,13 +10,13 @@ from pydantic import ValidationError
 
 from comfybento.config import Settings
 from comfybento.errors import InvalidRequest, WorkflowError
-from comfybento.jobs.api_models import JobSubmit
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.jobs.api_models import JobSubmit
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.openapi import fix_openapi
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.openapi import fix_openapi
 from comfybento.workflows.catalog import WorkflowSpec, load_workflow
 from comfybento.workflows.sidecar import load_sidecar
 

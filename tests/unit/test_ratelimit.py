@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from comfybento.serving.ratelimit import ALWAYS, Buckets, MemoryBuckets, Policy, RedisBuckets
+from comfybento.front.ratelimit import ALWAYS, Buckets, MemoryBuckets, Policy, RedisBuckets
 from tests.redis_server import redis_server
 
 pytestmark = pytest.mark.anyio

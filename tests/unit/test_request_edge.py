@@ -1,4 +1,4 @@
-"""The request edge (serving/http.py RequestEdgeMiddleware) in front of a real FastAPI app: bodies bounded before parsing."""
+"""The request edge (front/http.py RequestEdgeMiddleware) in front of a real FastAPI app: bodies bounded before parsing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from comfybento.serving.http import RequestEdgeMiddleware, json_too_deep
+from comfybento.front.http import RequestEdgeMiddleware, json_too_deep
 
 
 def _nested(depth: int, opener: str = "[", closer: str = "]") -> str:

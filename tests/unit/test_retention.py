@@ -16,21 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from comfybento.compat import comfy_v2
-from comfybento.compat.comfy_v2.assets import AssetStore
 from comfybento.config import Settings
-from comfybento.jobs import api
-from comfybento.jobs.records import ItemRecord, JobRecord
-from comfybento.jobs.retention import Retention
-from comfybento.jobs.service import JobService
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.webhooks import AllowList
+from comfybento.front.compat.comfy_v2.assets import AssetStore
+from comfybento.front.jobs.records import ItemRecord, JobRecord
+from comfybento.front.jobs.service import JobService
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.webhooks import AllowList
+from comfybento.front.ownership import OPEN
+from comfybento.front.retention import Retention
+from comfybento.front.root import root_app
 from comfybento.outputs.diskspace import DiskWatcher, Folder
 from comfybento.outputs.storage import LocalStorage
-from comfybento.serving.ownership import OPEN
 
 DAY = 24 * 3600
 WATERMARK = 100_000
@@ -78,11 +76,10 @@ def make_job(store: SQLiteJobStore, storage: LocalStorage, state: str, data: byt
 def served(tmp_path):
     """The jobs API and Comfy API v2 routes over one store and output folder."""
     store, storage = SQLiteJobStore(tmp_path / "j.db"), LocalStorage(tmp_path / "out")
-    api.bind(JobService({}, store, storage, AllowList(["127.0.0.1"]), max_items=10, retention_s=DAY))
-    v2 = FastAPI()
-    comfy_v2.include(v2)
-    with TestClient(api.app) as jobs_client, TestClient(v2) as v2_client:
-        yield store, storage, jobs_client, v2_client
+    app = root_app(lambda: storage)
+    app.state.jobs = JobService({}, store, storage, AllowList(["127.0.0.1"]), max_items=10, retention_s=DAY)
+    with TestClient(app) as client:
+        yield store, storage, client, client
 
 
 def test_expired_url_outputs_and_assets_are_deleted_and_their_urls_answer_404(served, tmp_path):
@@ -150,7 +147,7 @@ def test_going_below_the_watermark_sweeps_at_once_and_frees_the_oldest_finished_
     sweeps: list[Any] = []
     sweep = retention.sweep
     retention.sweep = lambda low_disk=False: sweeps.append(sweep(low_disk)) or sweeps[-1]  # type: ignore[method-assign]
-    caplog.set_level(logging.INFO, logger="comfybento.jobs.retention")
+    caplog.set_level(logging.INFO, logger="comfybento.front.retention")
 
     async def main() -> None:
         loop = asyncio.create_task(retention.run_forever())

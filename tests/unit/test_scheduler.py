@@ -1,14 +1,19 @@
-"""The scheduler's contract (comfybento/scheduling/scheduler.py), without ComfyUI: a fake executor thread."""
+"""The scheduler's contract (comfybento/scheduling/scheduler.py), without ComfyUI: a fake executor thread.
+
+Every test runs the default policy (scheduling/policy.py OldestFirst); the last one gives the scheduler another.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 import pytest
 
 from comfybento.errors import Cancelled, NodeExecutionError, OutOfMemory, TooLarge
 from comfybento.scheduling.events import Failed, Queued, Started
+from comfybento.scheduling.policy import OldestFirst, Policy, QueuedJob
 from comfybento.scheduling.scheduler import Job, Scheduler
 
 
@@ -422,7 +427,7 @@ def test_live_jobs_go_before_background_ones_and_fill_batches_first():
 def test_a_background_queue_waits_for_live_ones_until_it_has_waited_too_long():
     """Across queues: a live head goes before an older background head (a job's items, a heavy request) ..."""
     now = [100.0]
-    scheduler: Scheduler[str] = Scheduler(clock=lambda: now[0], coalesce_max_s=0, background_max_wait_s=30)
+    scheduler: Scheduler[str] = Scheduler(clock=lambda: now[0], coalesce_max_s=0, policy=OldestFirst(background_max_wait_s=30))
     heavy = _job("big", "heavy")
     heavy.background = True
     scheduler.submit(heavy)
@@ -439,3 +444,34 @@ def test_a_background_queue_waits_for_live_ones_until_it_has_waited_too_long():
     scheduler.run(batch, lambda jobs: None)
     batch = scheduler.next_batch(timeout=0)
     assert batch is not None and [j.payload for j in batch] == ["live1"]
+
+
+class FullestFirst:
+    """Another policy: the longest queue goes next (ties: the first key); records what it was shown."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[dict[str, int], float]] = []
+
+    def next_queue(self, queues: Mapping[str, Sequence[QueuedJob]], now: float) -> str:
+        self.seen.append(({key: len(queue) for key, queue in queues.items()}, now))
+        return max(sorted(queues), key=lambda key: len(queues[key]))
+
+
+def test_the_scheduler_serves_the_queue_its_policy_chooses():
+    """The policy seam: the same arrivals, batched by the default policy (oldest head first) and by another."""
+    def batches(policy: Policy | None) -> list[list[str]]:
+        now = [0.0]
+        scheduler: Scheduler[str] = Scheduler(clock=lambda: now[0], coalesce_max_s=0, policy=policy)
+        for key, payload in (("a", "a0"), ("b", "b0"), ("b", "b1"), ("c", "c0"), ("c", "c1"), ("c", "c2")):
+            now[0] += 1
+            scheduler.submit(_job(key, payload, max_batch=2))
+        served = []
+        while (batch := scheduler.next_batch(timeout=0)) is not None:
+            served.append([j.payload for j in batch])
+            scheduler.run(batch, lambda jobs: None)
+        return served
+
+    assert batches(None) == batches(OldestFirst()) == [["a0"], ["b0", "b1"], ["c0", "c1"], ["c2"]]
+    fullest = FullestFirst()
+    assert batches(fullest) == [["c0", "c1"], ["b0", "b1"], ["a0"], ["c2"]]
+    assert fullest.seen[0] == ({"a": 1, "b": 2, "c": 3}, 6.0)  # every waiting queue, on the scheduler's clock

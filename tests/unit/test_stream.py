@@ -1,4 +1,4 @@
-"""SSE frames and typed events (serving/stream.py), and one request's stream driven by an engine call."""
+"""SSE frames and typed events (front/stream.py), and one request's stream driven by an engine call."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from comfybento.engine.messages import ItemResult, OutputBlob, event_to_frame, preview_header
 from comfybento.errors import EngineUnavailable
-from comfybento.scheduling.events import Preview, Progress
-from comfybento.serving.messages import ItemResult, OutputBlob, event_to_frame, preview_header
-from comfybento.serving.stream import (
+from comfybento.front.stream import (
     JOB_EVENTS,
     KEEPALIVE,
     REQUEST_EVENTS,
@@ -29,6 +28,7 @@ from comfybento.serving.stream import (
     request_events,
     sse,
 )
+from comfybento.scheduling.events import Preview, Progress
 
 BLOB = OutputBlob(output="image", node_id="9", index=0, width=8, height=8, media_type="image/png", data=b"\x89PNG")
 

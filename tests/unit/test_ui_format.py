@@ -8,7 +8,7 @@ import pytest
 
 from comfybento.errors import WorkflowError
 from comfybento.workflows.graph import InputDef, NodeDef, load_graph
-from comfybento.workflows.ui_format import ui_to_api
+from comfybento.workflows.ui_format import load_workflow_graph, ui_to_api
 
 SEED = {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True}
 
@@ -296,6 +296,6 @@ def test_legacy_group_nodes_are_refused_by_name():
 def test_load_graph_converts_ui_files_with_node_defs_and_explains_without(tmp_path):
     path = tmp_path / "wf.json"
     path.write_text(json.dumps(txt2img()))
-    assert load_graph(path, NODE_DEFS)["3"]["inputs"]["seed"] == 7
+    assert load_workflow_graph(path, NODE_DEFS)["3"]["inputs"]["seed"] == 7
     with pytest.raises(WorkflowError, match=r"UI-format workflow .* needs the node registry"):
         load_graph(path)

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from comfybento.errors import InvalidRequest, TooLarge
-from comfybento.jobs import webhooks
+from comfybento.front.jobs import webhooks
+from comfybento.limits import Limits
 from comfybento.urlguard import AllowList, pinned
 from comfybento.workflows.fetch import fetch
-from comfybento.workflows.limits import Limits
 from tests.file_server import file_server
 from tests.media_samples import png
 

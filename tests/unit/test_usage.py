@@ -1,4 +1,4 @@
-"""GET /usage: who sees what (jobs/usage.py), and every charge counted in the store (serving/access.py's usage sink)."""
+"""GET /usage: who sees what (front/jobs/usage.py), and every charge counted in the store (front/access.py's usage sink)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from comfybento.jobs.store import SQLiteJobStore
-from comfybento.jobs.usage import recent_days, report, usage_sink
-from comfybento.serving import access
-from comfybento.serving.access import Access
-from comfybento.serving.keys import ApiKey, hash_key
-from comfybento.serving.ratelimit import MemoryBuckets
+from comfybento.front import access
+from comfybento.front.access import Access
+from comfybento.front.jobs.store import SQLiteJobStore
+from comfybento.front.jobs.usage import recent_days, report, usage_sink
+from comfybento.front.keys import ApiKey, hash_key
+from comfybento.front.ratelimit import MemoryBuckets
 
 TODAY = datetime(2026, 3, 2, 12, tzinfo=UTC).timestamp()
 
@@ -58,7 +58,7 @@ def test_the_operator_flag_is_read_from_the_key():
     plain = ApiKey(name="alice", sha256=hash_key("a"))
     assert not access.is_operator(plain) and not access.is_operator(None)
 
-    class OperatorKey(ApiKey):  # the keys file's `operator: true` (serving/keys.py)
+    class OperatorKey(ApiKey):  # the keys file's `operator: true` (front/keys.py)
         operator: bool = True
 
     assert access.is_operator(OperatorKey(name="root", sha256=hash_key("r")))

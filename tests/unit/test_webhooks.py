@@ -18,8 +18,8 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from comfybento.config import Settings
 from comfybento.errors import ConfigError, InvalidRequest
-from comfybento.jobs.records import Delivery
-from comfybento.jobs.webhooks import AllowList, WebhookPolicy, attempt, load_or_create_secret, signed_request
+from comfybento.front.jobs.records import Delivery
+from comfybento.front.jobs.webhooks import AllowList, WebhookPolicy, attempt, load_or_create_secret, signed_request
 from tests.file_server import file_server
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
@@ -50,7 +50,7 @@ def test_an_unset_secret_is_generated_once_and_shared(tmp_path, caplog):
     path = Settings.from_env({"COMFYBENTO_WORK_DIR": str(tmp_path)}).webhook_secret_file
     assert path == tmp_path / "webhook-secret"
     results: list[str] = []
-    with caplog.at_level(logging.INFO, logger="comfybento.jobs.webhooks"):
+    with caplog.at_level(logging.INFO, logger="comfybento.front.jobs.webhooks"):
         threads = [threading.Thread(target=lambda: results.append(load_or_create_secret(path))) for _ in range(8)]
         for t in threads:
             t.start()

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
+from comfybento.engine.messages import EngineItem, ItemResult, OutputBlob, event_to_frame, item_from_frame, item_to_frame
+from comfybento.engine.wire import FrameReader, WireError, decode_frame, encode_frame, read_frames
 from comfybento.errors import InvalidRequest, NodeExecutionError
 from comfybento.scheduling.events import Done, Failed, OutputReady, Progress, Queued, Started
-from comfybento.serving.messages import EngineItem, ItemResult, OutputBlob, event_to_frame, item_from_frame, item_to_frame
-from comfybento.serving.wire import FrameReader, WireError, decode_frame, encode_frame, read_frames
 
 
 def test_a_frame_carries_binary_parts_without_base64():

@@ -18,6 +18,6 @@ if (job.error) throw new Error(JSON.stringify(job.error));
 const status = await getJob({ client, path: { job_id: job.data.id } });
 console.log(status.data?.state, status.data?.counts);
 
-// Live progress (README "Live progress"): POST /txt2img/stream as typed events; no retry (it would run the workflow again)
+// Live progress (docs/endpoints.md, "Live progress"): POST /txt2img/stream as typed events; no retry (it would run the workflow again)
 const { stream } = await txt2imgStream({ client, body: { prompt: "a lighthouse", steps: 4 }, sseMaxRetryAttempts: 1 });
 for await (const event of stream) if (event.event === "progress") console.log(`${event.value}/${event.max}`);

@@ -83,9 +83,9 @@ export type ItemFailure = {
     /**
      * Kind
      *
-     * invalid | workflow | node | oom | internal | unavailable
+     * The kind of error: the same kinds in every answer, event and job record.
      */
-    kind: string;
+    kind: 'invalid' | 'too_large' | 'unauthorized' | 'rate_limited' | 'not_found' | 'node' | 'oom' | 'workflow' | 'unavailable' | 'storage_full' | 'cancelled' | 'internal';
     /**
      * Message
      */
@@ -917,9 +917,9 @@ export type ErrorResponse = {
      */
     error: string;
     /**
-     * invalid | too_large | unauthorized | rate_limited | not_found | node | unavailable | cancelled | workflow | internal
+     * The kind of error: the same kinds in every answer, event and job record.
      */
-    error_kind?: string;
+    error_kind?: 'invalid' | 'too_large' | 'unauthorized' | 'rate_limited' | 'not_found' | 'node' | 'oom' | 'workflow' | 'unavailable' | 'storage_full' | 'cancelled' | 'internal';
     /**
      * Also in the X-Request-ID header and the server's log.
      */
@@ -1117,9 +1117,9 @@ export type FailedEvent = {
     /**
      * Error Kind
      *
-     * invalid | too_large | node | oom | workflow | unavailable | cancelled | internal
+     * The kind of error: the same kinds in every answer, event and job record.
      */
-    error_kind: string;
+    error_kind: 'invalid' | 'too_large' | 'unauthorized' | 'rate_limited' | 'not_found' | 'node' | 'oom' | 'workflow' | 'unavailable' | 'storage_full' | 'cancelled' | 'internal';
     /**
      * Status
      *
@@ -1408,7 +1408,7 @@ export type JobItemEvent = {
      *
      * The kind of error (failed, retrying).
      */
-    error_kind: string | null;
+    error_kind: 'invalid' | 'too_large' | 'unauthorized' | 'rate_limited' | 'not_found' | 'node' | 'oom' | 'workflow' | 'unavailable' | 'storage_full' | 'cancelled' | 'internal' | null;
 };
 
 /**

@@ -1,0 +1,60 @@
+"""The engine's BentoML service: one worker, the only process that imports torch and ComfyUI.
+
+Its route `POST /engine/run` (engine/route.py) feeds comfybento's scheduler and streams each request's events back.
+With COMFYBENTO_ENGINE_ENTRY=bentoml it also exposes one BentoML batchable API per workflow instead (kept to
+benchmark BentoML's adaptive batcher).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+
+from comfybento import lifecycle
+from comfybento.engine import route as engine_route
+from comfybento.engine.client import ENGINE_NAME, ENGINE_TIMEOUT_S
+from comfybento.engine.messages import EngineItem, ItemResult
+from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.project import Project
+
+
+def _batchable_api(spec: WorkflowSpec) -> Any:
+    name = spec.name
+
+    def run(self: Any, items: list[EngineItem]) -> list[ItemResult]:
+        return self.engine.run(name, items)  # type: ignore[no-any-return]
+
+    run.__name__ = name
+    return bentoml.api(batchable=True, max_batch_size=spec.max_batch_size, max_latency_ms=spec.max_latency_ms, route=f"/{name}")(run)
+
+
+def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
+    settings = project.settings
+    route = engine_route.route_app()
+
+    def __init__(self: Any) -> None:
+        from comfybento.engine.engine import Engine  # torch and ComfyUI: this process only
+
+        lifecycle.watch_parent()
+        self.engine = Engine(settings, project.catalog)
+        try:
+            self.engine.start()
+        except Exception as exc:
+            lifecycle.fail_startup("engine", exc)
+            raise
+        route.state.engine = self.engine
+        lifecycle.on_shutdown(lambda: self.engine.stop(settings.drain_timeout_s))
+
+    attrs: dict[str, Any] = {"__init__": __init__, "__doc__": "Embedded ComfyUI engine (internal)."}
+    if settings.engine_entry == "bentoml":
+        attrs.update({spec.name: _batchable_api(spec) for spec in project.catalog.values()})
+    cls = bentoml.asgi_app(route, path="/engine")(type("ComfyEngine", (), attrs))
+    return bentoml.service(
+        name=ENGINE_NAME, workers=1, resources=resources,
+        # BentoCloud scales the engine on in-flight requests: two full batches keep one GPU busy.
+        traffic={"timeout": ENGINE_TIMEOUT_S, "concurrency": 2 * settings.max_batch_size, "external_queue": False},
+        # BentoML's client to this service closes and replaces its connection pool every
+        # `max_requests` calls, aborting the calls still in flight on it. Keep one pool.
+        runner_connection={"max_requests": 2**62, "max_age": 10.0**12},
+    )(cls)

@@ -1,1 +1,0 @@
-"""What the BentoML services in service.py delegate to."""
