@@ -17,8 +17,6 @@ one output per image, file or text as soon as it is ready, then done or failed.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import shutil
 import threading
@@ -247,10 +245,7 @@ class Engine:
                 jobs[0].emit(Preview(data["data"], data.get("media_type", "image/jpeg")))
 
         clock = time.perf_counter()
-        try:
-            executed = self._within_budget(lambda: self.executor.execute(graph, spec.field_names, on_progress))
-        finally:  # beside the executor, after this batch's encodes are queued (FIFO): it never waits for it
-            self._encoders.submit(release_freed_memory)
+        executed = self._within_budget(lambda: self.executor.execute(graph, spec.field_names, on_progress))
         elapsed = time.perf_counter() - clock
         metrics.EXECUTIONS.labels(workflow=spec.name, mode=mode).inc()
         metrics.BATCH_SIZE.labels(workflow=spec.name).observe(len(jobs))
@@ -300,23 +295,3 @@ def _grey_image() -> Any:
     from PIL import Image
 
     return Image.new("RGB", (64, 64), (128, 128, 128))
-
-
-def release_freed_memory() -> None:
-    """Give the heap memory an execution freed back to the system (glibc's malloc_trim; elsewhere a no-op).
-
-    Without it the engine's RSS only grows: after a 15-image batch it stayed 250 MB above where it started, and the
-    next large request peaked that much higher (with it, 1.54 GB instead of 1.72 GB for a 419 x 574 image after
-    such batches, the tiny model on a CPU; about 13 ms a call, on an encoder thread).
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return None
