@@ -15,7 +15,9 @@ from tests.helpers import GRAPHS, make_workflows_dir, service_env
 
 pytestmark = pytest.mark.e2e
 MB = 1024 * 1024
-SLOW = {"prompt": "slow", "width": 256, "height": 256, "steps": 60}
+# Long enough to be in flight when the engine is killed or SIGTERM comes (both follow its start at once), short
+# enough to finish within the 20 s drain on a loaded 2-core machine.
+SLOW = {"prompt": "slow", "width": 256, "height": 256, "steps": 24}
 
 
 def _start(tmp_path, extra_env=None, workflows=None):
