@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 MB = 1024 * 1024
 # Long enough to be in flight when the engine is killed or SIGTERM comes (both follow its start at once), short
 # enough to finish within the 20 s drain on a loaded 2-core machine.
-SLOW = {"prompt": "slow", "width": 256, "height": 256, "steps": 24}
+SLOW = {"prompt": "slow", "width": 128, "height": 128, "steps": 24}
 
 
 def _start(tmp_path, extra_env=None, workflows=None):
