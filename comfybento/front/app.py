@@ -54,6 +54,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         self.disk = _disk_watcher(project)
         self.costs = CostModel()  # GPU-seconds per unit of work, per workflow, learned from the results (dry-run estimates)
         self.engine_client = EngineClient(engine_url(ENGINE_NAME), ENGINE_TIMEOUT_S) if settings.engine_entry == "scheduler" else None
+        root.state.front = self  # the routes that run live requests as the typed endpoints do (front/compat/openai_images/)
 
     async def __is_ready__(self: Any) -> bool:
         low = self.disk.low()

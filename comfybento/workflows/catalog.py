@@ -30,7 +30,9 @@ COMMON_FIELDS = ("output_format", "output_quality", "output_delivery")
 RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "schema", "api", "workflows", "static_content", "playground", "usage",
                   # ComfyUI's own routes (front/compat/comfyui/)
                   "prompt", "queue", "interrupt", "history", "view", "upload", "object_info", "system_stats", "free", "embeddings",
-                  "extensions", "models", "ws"}
+                  "extensions", "models", "ws",
+                  # the OpenAI Images API (front/compat/openai_images/)
+                  "v1"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".pt2")
 
