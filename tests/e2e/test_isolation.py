@@ -172,7 +172,7 @@ def _make(w: World) -> None:
     # Sockets under one client id, one per key, before alice's prompt that keeps the engine busy while the routes are walked.
     for who in ("alice", "bob", "ops"):
         w.sockets[who] = connect(f"{w.url.replace('http', 'ws')}/ws?clientId=shared-client&token={w.keys[who]}", open_timeout=30)
-    blocker = {"prompt": _txt2img(150, 512), "client_id": "shared-client"}
+    blocker = {"prompt": _txt2img(150, 448), "client_id": "shared-client"}
     r["running"] = w.ok("alice", "POST", "/prompt", json=blocker).json()["prompt_id"]
     assert w.wait(r["running"], ("running",)) == "running"
     # Queued behind it (the runner takes one item at a time): for the routes that cancel.
