@@ -61,7 +61,7 @@ def test_a_workflow_without_presets_has_no_preset_field(node_defs, tmp_path):
     ("presets:\n  fast: {cfg: 'high'}\n", r"presets.fast: cfg: Input should be a valid number.*\(got 'high'\)"),
     ("presets:\n  fast: {sampler_name: nope}\n", r"presets.fast: sampler_name: Input should be"),
     ("presets:\n  fast: {stepz: 4}\n", r"presets.fast: \['stepz'\] are not fields of 'txt2img'"),
-    ("presets:\n  big: {width: 512, height: 512, batch_size: 4}\n", r"presets.big is over a limit: .*max_request_pixels"),
+    ("presets:\n  big: {width: 384, height: 384, batch_size: 4}\n", r"presets.big is over a limit: .*max_request_pixels"),
     ("presets:\n  Fast: {steps: 4}\n", r"preset name 'Fast' must be lowercase"),
     ("presets:\n  fast: {}\n", r"presets.fast must be a non-empty mapping"),
     ("presets: [fast]\n", r"'presets' must be a mapping"),
