@@ -29,7 +29,7 @@ from comfybento.workflows.graph import InputDef, NodeDef
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: ComfyUI's own node_info() per node
 KEEP_SNAPSHOTS = 8
 _SKIP_DIRS = {"__pycache__", ".git", "node_modules", ".venv"}
 # Model files (loader inputs list them); not the hash stamps the engine writes beside them.

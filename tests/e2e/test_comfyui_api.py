@@ -111,6 +111,26 @@ def test_mismatched_graph_is_refused_naming_the_difference(server: str) -> None:
     assert r.status_code == 400 and "node '5'" in r.json()["error"]["message"]
 
 
+NODE_INFO_KEYS = {"input", "input_order", "output", "output_is_list", "output_name", "name", "display_name", "description",
+                  "python_module", "category", "output_node"}
+
+
+def test_object_info_sends_every_key_comfyui_sends(server: str) -> None:
+    info = httpx.get(f"{server}/api/object_info", timeout=30).json()
+    for name, entry in info.items():
+        assert NODE_INFO_KEYS <= entry.keys(), (name, NODE_INFO_KEYS - entry.keys())
+        assert entry["name"] == name and len(entry["output_is_list"]) == len(entry["output"]) == len(entry["output_name"])
+        assert set(entry["input_order"]) <= set(entry["input"]), name
+    sampler = info["KSampler"]
+    assert sampler["category"] == "sampling" and sampler["python_module"] == "nodes" and not sampler.get("deprecated")
+    assert sampler["input"]["required"]["seed"][1]["control_after_generate"] is True
+    assert info["LoadImage"]["input"]["required"]["image"][1]["image_upload"] is True
+    assert sum(1 for e in info.values() if e.get("deprecated")) < len(info) / 4  # not every node "[DEPR]"
+    assert len({e["category"] for e in info.values()}) > 10  # not every node in one category
+    one = httpx.get(f"{server}/object_info/KSampler", timeout=10).json()
+    assert one == {"KSampler": sampler}
+
+
 def test_object_info_and_system(server: str) -> None:
     info = httpx.get(f"{server}/object_info", timeout=30).json()
     assert "KSampler" in info and "seed" in info["KSampler"]["input"]["required"]
