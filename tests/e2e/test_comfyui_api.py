@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import GRAPHS, ROOT, sample_image
+from tests.helpers import GRAPHS, ROOT, renumbered, sample_image
 
 TXT2IMG = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
 IMG2IMG = json.loads((GRAPHS / "img2img.json").read_text())
@@ -238,6 +238,32 @@ def test_comfy_cli_run(server: str, tmp_path: Path) -> None:
     assert urls, proc.stdout[-3000:]
     image = httpx.get(urls[0], timeout=10)
     assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (128, 128)
+
+
+def test_a_renumbered_graph_s_results_come_under_its_own_node_ids(server: str) -> None:
+    from websockets.sync.client import connect
+
+    graph = renumbered(_graph("a renumbered fox", 21))
+    client_id = uuid.uuid4().hex
+    with connect(f"{server.replace('http', 'ws')}/ws?clientId={client_id}", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "status"
+        prompt_id = _run(server, graph, client_id)
+        seen = []
+        while not seen or seen[-1]["type"] != "executing" or seen[-1]["data"]["node"] is not None:
+            message = json.loads(ws.recv(timeout=240))
+            if message["data"].get("prompt_id") == prompt_id:
+                seen.append(message)
+    named = {m["data"]["node"] for m in seen if m["type"] in ("executing", "executed", "progress")} - {None}
+    assert named and named <= set(graph), named  # no event names the served workflow's ids ("3", "9")
+    assert any(m["type"] == "progress" and m["data"]["node"] == "n3x" for m in seen)
+    executed = next(m["data"] for m in seen if m["type"] == "executed")
+    assert executed["node"] == executed["display_node"] == "n9x"
+    entry = _wait_history(server, prompt_id)
+    assert set(entry["outputs"]) == {"n9x"} and entry["prompt"][4] == ["n9x"] and set(entry["meta"]) == {"n9x"}
+    (image,) = entry["outputs"]["n9x"]["images"]
+    assert image == executed["output"]["images"][0]
+    view = httpx.get(f"{server}/view", params=image, timeout=10)
+    assert view.status_code == 200 and Image.open(io.BytesIO(view.content)).size == (128, 128)
 
 
 def test_a_failing_node_ends_with_execution_error(server: str) -> None:
