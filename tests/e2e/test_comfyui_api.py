@@ -285,3 +285,33 @@ def test_a_failing_node_ends_with_execution_error(server: str) -> None:
     assert "execution_success" not in [m["type"] for m in seen]
     entry = _wait_history(server, prompt_id)
     assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
+
+
+# ComfyScript's remote mode, unchanged (tests/e2e/comfyscript_txt2img.py), in a child process: load() installs its
+# nodes module-wide and patches the event loop.
+COMFYSCRIPT = Path(__file__).with_name("comfyscript_txt2img.py")
+
+
+def test_comfyscript_remote_mode_runs_txt2img(server: str) -> None:
+    proc = subprocess.run([sys.executable, str(COMFYSCRIPT), server], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "IMAGE (128, 128) RGB" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ids = next(iter(httpx.get(f"{server}/history", params={"max_items": 1}, timeout=10).json().values()))["prompt"][2]
+    assert "SaveImage.0" in ids  # ComfyScript's own node ids: the results were found under them
+
+
+def test_comfy_toolkit_tracks_a_renumbered_graph_to_its_images(server: str) -> None:
+    import comfy_toolkit as toolkit
+
+    client = toolkit.ComfyClient(server)
+    workflow = renumbered(client.load_workflow(ROOT / "workflows" / "txt2img.json"))
+    workflow = toolkit.customize(workflow, positive="a lighthouse at dawn", seed=42)
+    workflow["n3x"]["inputs"]["steps"] = 2
+    steps: list[tuple[int, int]] = []
+    nodes: list[str | None] = []
+    result = toolkit.submit_and_track(client, workflow, on_progress=lambda value, total: steps.append((value, total)),
+                                      on_node=nodes.append)
+    (image,) = result["images"]
+    assert image["node_id"] == toolkit.find_node_by_class(workflow, "SaveImage") == "n9x"
+    assert steps and steps[-1] == (2, 2) and set(nodes) - {None} <= set(workflow) and "n3x" in nodes
+    assert Image.open(io.BytesIO(client.download(image))).size == (128, 128)
