@@ -45,7 +45,8 @@ NO_RUN = re.compile(r"^<!--\s*no-run:\s*(\S.*?)\s*-->\s*$")
 SHELLS, PYTHONS, SCRIPTS = {"bash", "sh", "console", "shell"}, {"python", "py"}, {"ts", "typescript", "js", "javascript", "mts", "mjs"}
 WRITES = re.compile(r"""(?:\s-o\s+|to_file\(|toFile\()["']?([\w./-]+)""")
 TSX = ROOT / "clients" / "typescript" / "node_modules" / ".bin" / "tsx"
-SDK_MODULES = ROOT / "tests" / "js" / "comfy-v2" / "node_modules"
+# The npm packages the examples import (@comfyorg/sdk, openai), from the lockfiles of the JS tests that use them.
+SDK_MODULES = [ROOT / "tests" / "js" / "comfy-v2" / "node_modules", ROOT / "tests" / "js" / "openai" / "node_modules"]
 TIMEOUT_S = 240
 
 # The examples marked no-run, by page and the first line of their code, each with the reason its marker gives.
@@ -110,7 +111,12 @@ def scratch(tmp_path_factory) -> Path:
     (folder / "rows.csv").write_text("prompt,seed\na red chair,1\na blue lamp,2\n")
     for name in ("workflows", "clients", "models.lock", "models"):
         (folder / name).symlink_to(ROOT / name)
-    (folder / "node_modules").symlink_to(SDK_MODULES)
+    modules = folder / "node_modules"
+    modules.mkdir()
+    for installed in SDK_MODULES:
+        for package in installed.iterdir():
+            if not package.name.startswith(".") and not (modules / package.name).exists():
+                (modules / package.name).symlink_to(package)
     return folder
 
 
@@ -144,8 +150,9 @@ def _command(example: Example, folder: Path, code: str) -> list[str]:
     if shutil.which("node") is None:
         pytest.skip("Node.js is not installed: the TypeScript and JavaScript examples need it")
     assert TSX.exists(), "run `npm ci` in clients/typescript (./scripts/test does)"
-    if "@comfyorg/sdk" in code:
-        assert (SDK_MODULES / "@comfyorg" / "sdk").exists(), "run `npm ci` in tests/js/comfy-v2 (./scripts/test does)"
+    for package, installed in (("@comfyorg/sdk", SDK_MODULES[0]), ('"openai"', SDK_MODULES[1])):
+        if package in code:
+            assert installed.exists(), f"run `npm ci` in {installed.parent} (./scripts/test does)"
     (folder / "example.mts").write_text(code, encoding="utf-8")
     return [str(TSX), "example.mts"]
 
