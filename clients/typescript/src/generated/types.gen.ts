@@ -689,7 +689,7 @@ export type Img2ImgInput = {
     /**
      * Image
      *
-     * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 262144 pixels.
+     * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
      */
     image: Blob | File;
     /**
@@ -1116,7 +1116,7 @@ export type Img2ImgJobItem = {
     /**
      * Image
      *
-     * Input image (PNG, JPEG or WebP) for node 10 LoadImage. Base64 (raw or a data: URI) or an http(s) URL (fetched when the item runs). At most 26214400 bytes and 262144 pixels.
+     * Input image (PNG, JPEG or WebP) for node 10 LoadImage. Base64 (raw or a data: URI) or an http(s) URL (fetched when the item runs). At most 26214400 bytes and 200704 pixels.
      */
     image: string;
     /**
@@ -1232,6 +1232,135 @@ export type Txt2ImgJobItem = {
     /**
      * Preset
      *
+     * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
+     */
+    preset?: 'fast' | 'balanced' | 'quality' | null;
+};
+
+/**
+ * Img2imgJobSubmit
+ *
+ * A batch job of the 'img2img' workflow: its items as a list, or as a base plus a fan-out.
+ */
+export type Img2ImgJobSubmit = {
+    /**
+     * Name of the workflow.
+     */
+    workflow: 'img2img';
+    /**
+     * Items of the 'img2img' workflow (not with base/fanout).
+     */
+    items?: Array<Img2ImgJobItem>;
+    /**
+     * Parameters shared by every item of a fan-out.
+     */
+    base?: Img2ImgJobItem;
+    /**
+     * Field -> values; items are the cartesian product, e.g. prompts x seeds.
+     */
+    fanout?: {
+        prompt?: Array<string>;
+        negative_prompt?: Array<string>;
+        seed?: Array<number | null>;
+        steps?: Array<number>;
+        cfg?: Array<number>;
+        sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
+        scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
+        denoise?: Array<number>;
+        image?: Array<string>;
+        output_format?: Array<'png' | 'webp' | 'jpeg'>;
+        output_quality?: Array<number>;
+        output_delivery?: Array<'base64' | 'url'>;
+    };
+    /**
+     * Priority
+     *
+     * Higher runs first.
+     */
+    priority?: number;
+    /**
+     * Idempotency Key
+     *
+     * Submitting again with the same key returns the same job.
+     */
+    idempotency_key?: string | null;
+    /**
+     * Where to POST signed completion events.
+     */
+    webhook?: WebhookSpec | null;
+    /**
+     * Cache
+     *
+     * Reuse a stored result for an identical (workflow, parameters, seed) item.
+     */
+    cache?: boolean;
+    /**
+     * This workflow has no presets.
+     */
+    preset?: null;
+};
+
+/**
+ * Txt2imgJobSubmit
+ *
+ * A batch job of the 'txt2img' workflow: its items as a list, or as a base plus a fan-out.
+ */
+export type Txt2ImgJobSubmit = {
+    /**
+     * Name of the workflow.
+     */
+    workflow: 'txt2img';
+    /**
+     * Items of the 'txt2img' workflow (not with base/fanout).
+     */
+    items?: Array<Txt2ImgJobItem>;
+    /**
+     * Parameters shared by every item of a fan-out.
+     */
+    base?: Txt2ImgJobItem;
+    /**
+     * Field -> values; items are the cartesian product, e.g. prompts x seeds.
+     */
+    fanout?: {
+        prompt?: Array<string>;
+        negative_prompt?: Array<string>;
+        seed?: Array<number | null>;
+        steps?: Array<number>;
+        cfg?: Array<number>;
+        sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
+        scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
+        denoise?: Array<number>;
+        width?: Array<number>;
+        height?: Array<number>;
+        batch_size?: Array<number>;
+        output_format?: Array<'png' | 'webp' | 'jpeg'>;
+        output_quality?: Array<number>;
+        output_delivery?: Array<'base64' | 'url'>;
+        preset?: Array<'fast' | 'balanced' | 'quality' | null>;
+    };
+    /**
+     * Priority
+     *
+     * Higher runs first.
+     */
+    priority?: number;
+    /**
+     * Idempotency Key
+     *
+     * Submitting again with the same key returns the same job.
+     */
+    idempotency_key?: string | null;
+    /**
+     * Where to POST signed completion events.
+     */
+    webhook?: WebhookSpec | null;
+    /**
+     * Cache
+     *
+     * Reuse a stored result for an identical (workflow, parameters, seed) item.
+     */
+    cache?: boolean;
+    /**
      * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
      */
     preset?: 'fast' | 'balanced' | 'quality' | null;
@@ -1599,6 +1728,168 @@ export type JobProgressEvent = {
     max: number;
 };
 
+/**
+ * Img2imgResultOutput
+ *
+ * Output 'result': node 9 (SaveImage), image, image/png, image/webp or image/jpeg (output_format); its bytes alone: POST /img2img/result.
+ */
+export type Img2ImgResultOutput = {
+    /**
+     * Name of the output node that made it (its title, or its class and id); POST /<workflow>/<name> returns its bytes.
+     */
+    name: 'result';
+    /**
+     * Id of that node in the workflow graph.
+     */
+    node_id: '9';
+    /**
+     * Index
+     *
+     * Position among that node's outputs (its batch).
+     */
+    index: number;
+    /**
+     * image | animation | video | audio | text | file.
+     */
+    kind: 'image';
+    /**
+     * Media Type
+     *
+     * The content type of the bytes (image/png, video/webm, audio/flac, text/plain ...).
+     */
+    media_type: string;
+    /**
+     * Width
+     *
+     * Width in pixels (images, animations, videos).
+     */
+    width: number | null;
+    /**
+     * Height
+     *
+     * Height in pixels (images, animations, videos).
+     */
+    height: number | null;
+    /**
+     * Data
+     *
+     * The bytes, base64 (output_delivery 'base64'; text is UTF-8).
+     */
+    data: string | null;
+    /**
+     * Url
+     *
+     * Where to download the bytes (output_delivery 'url').
+     */
+    url: string | null;
+};
+
+/**
+ * Img2imgResult
+ */
+export type Img2ImgResult = {
+    /**
+     * Workflow
+     *
+     * Name of the workflow that ran.
+     */
+    workflow: string;
+    /**
+     * Seed
+     *
+     * The seed used (drawn at random when the request omitted it).
+     */
+    seed: number | null;
+    /**
+     * Outputs
+     *
+     * Every output of every output node, in a stable order: output node id order, then index.
+     */
+    outputs: Array<Img2ImgResultOutput>;
+    timings: Timings;
+};
+
+/**
+ * Txt2imgSaveImageOutput
+ *
+ * Output 'save_image': node 9 (SaveImage), image, image/png, image/webp or image/jpeg (output_format); its bytes alone: POST /txt2img/save_image.
+ */
+export type Txt2ImgSaveImageOutput = {
+    /**
+     * Name of the output node that made it (its title, or its class and id); POST /<workflow>/<name> returns its bytes.
+     */
+    name: 'save_image';
+    /**
+     * Id of that node in the workflow graph.
+     */
+    node_id: '9';
+    /**
+     * Index
+     *
+     * Position among that node's outputs (its batch).
+     */
+    index: number;
+    /**
+     * image | animation | video | audio | text | file.
+     */
+    kind: 'image';
+    /**
+     * Media Type
+     *
+     * The content type of the bytes (image/png, video/webm, audio/flac, text/plain ...).
+     */
+    media_type: string;
+    /**
+     * Width
+     *
+     * Width in pixels (images, animations, videos).
+     */
+    width: number | null;
+    /**
+     * Height
+     *
+     * Height in pixels (images, animations, videos).
+     */
+    height: number | null;
+    /**
+     * Data
+     *
+     * The bytes, base64 (output_delivery 'base64'; text is UTF-8).
+     */
+    data: string | null;
+    /**
+     * Url
+     *
+     * Where to download the bytes (output_delivery 'url').
+     */
+    url: string | null;
+};
+
+/**
+ * Txt2imgResult
+ */
+export type Txt2ImgResult = {
+    /**
+     * Workflow
+     *
+     * Name of the workflow that ran.
+     */
+    workflow: string;
+    /**
+     * Seed
+     *
+     * The seed used (drawn at random when the request omitted it).
+     */
+    seed: number | null;
+    /**
+     * Outputs
+     *
+     * Every output of every output node, in a stable order: output node id order, then index.
+     */
+    outputs: Array<Txt2ImgSaveImageOutput>;
+    timings: Timings;
+};
+
 export type GetHealthzData = {
     body?: never;
     path?: never;
@@ -1721,7 +2012,7 @@ export type Img2ImgData = {
         /**
          * Image
          *
-         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 262144 pixels.
+         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
          */
         image: Blob | File;
         /**
@@ -1785,13 +2076,7 @@ export type Img2ImgResponses = {
     /**
      * Every output: Output 'result': node 9 (SaveImage), image, image/png, image/webp or image/jpeg (output_format); its bytes alone: POST /img2img/result.
      */
-    200: GenerateResponseIoDescriptor & {
-        outputs?: Array<{
-            name: 'result';
-            node_id: '9';
-            kind: 'image';
-        }>;
-    };
+    200: Img2ImgResult;
 };
 
 export type Img2ImgResponse = Img2ImgResponses[keyof Img2ImgResponses];
@@ -1854,7 +2139,7 @@ export type Img2ImgPngData = {
         /**
          * Image
          *
-         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 262144 pixels.
+         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
          */
         image: Blob | File;
         /**
@@ -1981,7 +2266,7 @@ export type Img2ImgResultData = {
         /**
          * Image
          *
-         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 262144 pixels.
+         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
          */
         image: Blob | File;
         /**
@@ -2108,7 +2393,7 @@ export type Img2ImgStreamData = {
         /**
          * Image
          *
-         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 262144 pixels.
+         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
          */
         image: Blob | File;
         /**
@@ -2235,13 +2520,7 @@ export type Txt2ImgResponses = {
     /**
      * Every output: Output 'save_image': node 9 (SaveImage), image, image/png, image/webp or image/jpeg (output_format); its bytes alone: POST /txt2img/save_image.
      */
-    200: GenerateResponseIoDescriptor & {
-        outputs?: Array<{
-            name: 'save_image';
-            node_id: '9';
-            kind: 'image';
-        }>;
-    };
+    200: Txt2ImgResult;
 };
 
 export type Txt2ImgResponse = Txt2ImgResponses[keyof Txt2ImgResponses];
@@ -2460,72 +2739,7 @@ export type ListJobsResponses = {
 export type ListJobsResponse = ListJobsResponses[keyof ListJobsResponses];
 
 export type SubmitJobData = {
-    body: (JobSubmit & {
-        /**
-         * This workflow has no presets.
-         */
-        preset?: null;
-        workflow?: 'img2img';
-        /**
-         * Items of the 'img2img' workflow (not with base/fanout).
-         */
-        items?: Array<Img2ImgJobItem>;
-        /**
-         * Parameters shared by every item of a fan-out.
-         */
-        base?: Img2ImgJobItem;
-        /**
-         * Field -> values; items are the cartesian product, e.g. prompts x seeds.
-         */
-        fanout?: {
-            prompt?: Array<string>;
-            negative_prompt?: Array<string>;
-            seed?: Array<number | null>;
-            steps?: Array<number>;
-            cfg?: Array<number>;
-            sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
-            scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
-            denoise?: Array<number>;
-            image?: Array<string>;
-            output_format?: Array<'png' | 'webp' | 'jpeg'>;
-            output_quality?: Array<number>;
-            output_delivery?: Array<'base64' | 'url'>;
-        };
-    }) | (JobSubmit & {
-        /**
-         * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
-         */
-        preset?: 'fast' | 'balanced' | 'quality' | null;
-        workflow?: 'txt2img';
-        /**
-         * Items of the 'txt2img' workflow (not with base/fanout).
-         */
-        items?: Array<Txt2ImgJobItem>;
-        /**
-         * Parameters shared by every item of a fan-out.
-         */
-        base?: Txt2ImgJobItem;
-        /**
-         * Field -> values; items are the cartesian product, e.g. prompts x seeds.
-         */
-        fanout?: {
-            prompt?: Array<string>;
-            negative_prompt?: Array<string>;
-            seed?: Array<number | null>;
-            steps?: Array<number>;
-            cfg?: Array<number>;
-            sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
-            scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
-            denoise?: Array<number>;
-            width?: Array<number>;
-            height?: Array<number>;
-            batch_size?: Array<number>;
-            output_format?: Array<'png' | 'webp' | 'jpeg'>;
-            output_quality?: Array<number>;
-            output_delivery?: Array<'base64' | 'url'>;
-            preset?: Array<'fast' | 'balanced' | 'quality' | null>;
-        };
-    });
+    body: Img2ImgJobSubmit | Txt2ImgJobSubmit;
     path?: never;
     query?: never;
     url: '/jobs';
@@ -2578,72 +2792,7 @@ export type SubmitJobResponses = {
 export type SubmitJobResponse = SubmitJobResponses[keyof SubmitJobResponses];
 
 export type EstimateJobData = {
-    body: (JobSubmit & {
-        /**
-         * This workflow has no presets.
-         */
-        preset?: null;
-        workflow?: 'img2img';
-        /**
-         * Items of the 'img2img' workflow (not with base/fanout).
-         */
-        items?: Array<Img2ImgJobItem>;
-        /**
-         * Parameters shared by every item of a fan-out.
-         */
-        base?: Img2ImgJobItem;
-        /**
-         * Field -> values; items are the cartesian product, e.g. prompts x seeds.
-         */
-        fanout?: {
-            prompt?: Array<string>;
-            negative_prompt?: Array<string>;
-            seed?: Array<number | null>;
-            steps?: Array<number>;
-            cfg?: Array<number>;
-            sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
-            scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
-            denoise?: Array<number>;
-            image?: Array<string>;
-            output_format?: Array<'png' | 'webp' | 'jpeg'>;
-            output_quality?: Array<number>;
-            output_delivery?: Array<'base64' | 'url'>;
-        };
-    }) | (JobSubmit & {
-        /**
-         * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
-         */
-        preset?: 'fast' | 'balanced' | 'quality' | null;
-        workflow?: 'txt2img';
-        /**
-         * Items of the 'txt2img' workflow (not with base/fanout).
-         */
-        items?: Array<Txt2ImgJobItem>;
-        /**
-         * Parameters shared by every item of a fan-out.
-         */
-        base?: Txt2ImgJobItem;
-        /**
-         * Field -> values; items are the cartesian product, e.g. prompts x seeds.
-         */
-        fanout?: {
-            prompt?: Array<string>;
-            negative_prompt?: Array<string>;
-            seed?: Array<number | null>;
-            steps?: Array<number>;
-            cfg?: Array<number>;
-            sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
-            scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
-            denoise?: Array<number>;
-            width?: Array<number>;
-            height?: Array<number>;
-            batch_size?: Array<number>;
-            output_format?: Array<'png' | 'webp' | 'jpeg'>;
-            output_quality?: Array<number>;
-            output_delivery?: Array<'base64' | 'url'>;
-            preset?: Array<'fast' | 'balanced' | 'quality' | null>;
-        };
-    });
+    body: Img2ImgJobSubmit | Txt2ImgJobSubmit;
     path?: never;
     query?: never;
     url: '/jobs/estimate';
