@@ -172,6 +172,9 @@ def _add_errors(op: dict[str, Any], method: str, path: str) -> None:
                 content["schema"] = {"anyOf": [content["schema"], {"$ref": "#/components/schemas/ErrorResponse"}]}
             continue
         responses[code] = {"description": description, "content": _error_content()}
+    if (method, path) == ("post", "/jobs"):
+        responses["409"] = {"description": "The idempotency_key was used for a job with a different request.",
+                            "content": _error_content()}
     if "{" in path:
         responses["404"] = {"description": "No such job, file or output.", "content": _error_content()}
     else:
