@@ -8,25 +8,23 @@ worker does, when its service starts (comfybento/engine/engine.py).
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 if (Path(__file__).resolve().parent.parent / "bento.yaml").is_file():  # served from a built Bento: never write into it
     sys.pycache_prefix = str(Path.home() / ".cache" / "comfybento" / "pycache")
 
-from comfybento import lifecycle
+from comfybento import lifecycle, logs
+from comfybento.config import get_settings
 from comfybento.engine.service import make_engine_service
 from comfybento.front.app import make_front_service
 from comfybento.runtime.devices import engine_resources
 from comfybento.workflows.project import get_project
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-logging.getLogger("comfybento").setLevel(logging.INFO)  # under `bentoml serve` the root logger is at WARNING
-
+logs.configure(get_settings().log_trace)  # our lines at INFO, none printed twice, the trace suffix optional
 _project = get_project()
 if lifecycle.in_worker():
     lifecycle.install(_project.settings.drain_timeout_s)
-    logging.getLogger("uvicorn.error").setLevel(logging.INFO)  # "Waiting for connections to close" on stop
+    logs.uvicorn_at_info()  # "Waiting for connections to close" on stop
 ComfyEngine = make_engine_service(_project, engine_resources(_project.settings))
 ComfyBento = make_front_service(_project, ComfyEngine)
