@@ -8,7 +8,6 @@ worker does, when its service starts (comfybento/engine/engine.py).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -28,20 +27,18 @@ if _loaded is not None and Path(_loaded.__file__ or "").resolve().parent != _HER
 
 import bentoml  # noqa: E402
 
-from comfybento import lifecycle  # noqa: E402
-from comfybento.config import IN_BENTO  # noqa: E402
+from comfybento import lifecycle, logs  # noqa: E402
+from comfybento.config import IN_BENTO, get_settings  # noqa: E402
 from comfybento.engine.service import make_engine_service  # noqa: E402
 from comfybento.front.app import make_front_service  # noqa: E402
 from comfybento.runtime.devices import engine_resources  # noqa: E402
 from comfybento.workflows.project import get_project  # noqa: E402
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-logging.getLogger("comfybento").setLevel(logging.INFO)  # under `bentoml serve` the root logger is at WARNING
-
+logs.configure(get_settings().log_trace)  # our lines at INFO, none printed twice, the trace suffix optional
 _project = get_project()
 if lifecycle.in_worker():
     lifecycle.install(_project.settings.drain_timeout_s)
-    logging.getLogger("uvicorn.error").setLevel(logging.INFO)  # "Waiting for connections to close" on stop
+    logs.uvicorn_at_info()  # "Waiting for connections to close" on stop
 ComfyEngine = make_engine_service(_project, engine_resources(_project.settings))
 ComfyBento = make_front_service(_project, ComfyEngine)
 

@@ -26,6 +26,7 @@ from comfybento.errors import StorageFull
 from comfybento.front import access
 from comfybento.front.delivery import StorageOnFirstUse
 from comfybento.front.endpoints import job_executor, workflow_endpoints
+from comfybento.front.error_shape import ErrorShapeMiddleware
 from comfybento.front.http import RequestEdgeMiddleware, quiet_client_errors
 from comfybento.front.jobs.factory import make_jobs
 from comfybento.front.jobs.records import ITEM_STATES
@@ -85,6 +86,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     # The first added runs first: every answer (a 401 included) carries the request id; the docs need no key.
     service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project),
                                 max_json_depth=settings.limits.max_json_depth)
+    service.add_asgi_middleware(ErrorShapeMiddleware)  # the framework's own error answers (404, 405, 400) in our shape
     service.add_asgi_middleware(OpenAPIMiddleware, build=lambda: fix_openapi(service.openapi_spec.asdict(), project.catalog,
                                                                               _bento_version(service), settings.job_max_items))
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas

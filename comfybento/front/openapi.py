@@ -38,7 +38,7 @@ from comfybento.workflows.schema import PRESET_FIELD, OutputItem, build_input_mo
 
 ERROR_SCHEMA = {
     "type": "object",
-    "required": ["error"],  # BentoML's own 400 for a body that fails validation has `error` and `detail` only
+    "required": ["error", "error_kind", "request_id"],  # the framework's own refusals too (front/error_shape.py)
     "properties": {
         "error": {"type": "string", "description": "What was wrong: the field, node, file, model or limit."},
         "error_kind": {"type": "string", "enum": list(ERROR_KINDS), "description": "The kind of error: the same kinds in every answer, event and job record."},

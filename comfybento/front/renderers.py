@@ -3,7 +3,8 @@
 The entry service speaks three contracts; `contract_of(path)` says which one a path belongs to:
 
 - "comfybento" (the typed endpoints, /jobs, /outputs, everything else):
-  `{"error", "error_kind", "request_id"}` and, for node errors, "node_id" and "class_type"; for storage_full
+  `{"error", "error_kind", "request_id"}`, "detail" (one entry per bad field) for a field error and, for node
+  errors, "node_id" and "class_type"; for storage_full
   (507), the "folder", its "free_bytes" and the "watermark_bytes" when known.
 - "comfy_v2" (/api/v2/...): the spec's envelope `{"error": {"code", "message", "details"}, "request_id"}`. The
   spec has no 507: a full disk is a 503 with code "storage_full".
@@ -68,6 +69,8 @@ def ours(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     body = {"error": fields.get("error") or "failed", "error_kind": fields.get("error_kind") or "internal",
             "request_id": request_id()}
     body.update({key: fields[key] for key in OUR_FIELDS if fields.get(key) is not None})
+    if isinstance(fields.get("detail"), list):  # a field error's entries: {"loc", "msg", "type"} per field
+        body["detail"] = fields["detail"]
     return _status(fields), body
 
 
@@ -158,10 +161,12 @@ def fields_of(exc: BaseException) -> dict[str, Any]:
     """`describe`, and the framework's own refusals: a request that fails validation (422, naming the first field;
     "details" lists each), an HTTPException (its status and detail)."""
     if isinstance(exc, RequestValidationError):
-        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg"))} for e in exc.errors()]
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type", "invalid"))}
+                  for e in exc.errors()]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(p for p in first["loc"] if p != "body") or "(request)"
-        return status_fields(422, f"{where}: {first['msg']}", code="invalid_request", details={"errors": errors})
+        return status_fields(422, f"{where}: {first['msg']}", code="invalid_request", details={"errors": errors},
+                             detail=errors)
     if isinstance(exc, HTTPException):  # e.g. a malformed multipart body
         return status_fields(exc.status_code, str(exc.detail))
     return describe(exc)

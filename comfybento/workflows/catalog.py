@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from comfybento import lifecycle
 from comfybento.config import Settings
 from comfybento.errors import TooLarge, WorkflowError
 from comfybento.limits import Limits
@@ -257,5 +258,6 @@ def load_catalog(settings: Settings, node_defs: NodeDefs, lock: ModelLock) -> di
         spec = load_workflow(path, node_defs, lock, settings)
         catalog[spec.name] = spec
         mode = "batched" if spec.batch_plan else f"one by one ({spec.batch_reason})"
-        log.info("workflow %s: POST /%s, %d params, %d outputs, %s", spec.name, spec.name, len(spec.params), len(spec.outputs), mode)
+        # said once, by the arbiter (`bentoml serve`'s own process): each worker loads the same catalog again
+        log.log(logging.DEBUG if lifecycle.in_worker() else logging.INFO, "workflow %s: POST /%s, %d params, %d outputs, %s", spec.name, spec.name, len(spec.params), len(spec.outputs), mode)
     return catalog
