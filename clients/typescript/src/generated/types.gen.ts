@@ -999,11 +999,11 @@ export type ErrorResponse = {
     /**
      * The kind of error: the same kinds in every answer, event and job record.
      */
-    error_kind?: 'invalid' | 'too_large' | 'unauthorized' | 'rate_limited' | 'not_found' | 'node' | 'oom' | 'workflow' | 'unavailable' | 'storage_full' | 'cancelled' | 'internal';
+    error_kind: 'invalid' | 'too_large' | 'unauthorized' | 'rate_limited' | 'not_found' | 'node' | 'oom' | 'workflow' | 'unavailable' | 'storage_full' | 'cancelled' | 'internal';
     /**
      * Also in the X-Request-ID header and the server's log.
      */
-    request_id?: string;
+    request_id: string;
     /**
      * For node errors: the node that failed.
      */
@@ -2754,6 +2754,10 @@ export type SubmitJobErrors = {
      * No API key, or a wrong one (Authorization: Bearer <key>).
      */
     401: ErrorResponse;
+    /**
+     * The idempotency_key was used for a job with a different request.
+     */
+    409: ErrorResponse;
     /**
      * Over a limit (pixels, images, steps, upload or body size): the message names it.
      */
