@@ -238,9 +238,11 @@ def _job_variant(name: str, base: dict[str, Any], schemas: dict[str, Any], max_i
     variant.setdefault("properties", {}).update({
         "preset": preset,
         "workflow": {"type": "string", "enum": [name], "description": "Name of the workflow."},
-        "items": {"type": "array", "items": item, **count, "description": f"Items of the '{name}' workflow (not with base/fanout)."},
-        "base": {"allOf": [item], "description": "Parameters shared by every item of a fan-out."},
-        "fanout": {"type": "object", "properties": fanout, "additionalProperties": False,
+        # null is "not given", as the server reads it (the `not` below checks only the ones given)
+        "items": {"type": "array", "items": item, **count, "nullable": True,
+                  "description": f"Items of the '{name}' workflow (not with base/fanout)."},
+        "base": {"allOf": [item], "nullable": True, "description": "Parameters shared by every item of a fan-out."},
+        "fanout": {"type": "object", "properties": fanout, "additionalProperties": False, "nullable": True,
                    "description": "Field -> values; items are the cartesian product, e.g. prompts x seeds."},
     })
     variant.update({"type": "object", "not": both, "description": f"A batch job of the '{name}' workflow: its items as a list, "

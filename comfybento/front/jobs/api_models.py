@@ -13,7 +13,7 @@ from comfybento.outputs.media import OutputKind
 class WebhookSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(description="Callback URL; must pass the service's webhook allow-list.")
-    per_item: bool = Field(default=False, description="Also POST when each item finishes, not only when the job does.")
+    per_item: bool = Field(default=False, strict=True, description="Also POST when each item finishes, not only when the job does.")
 
 
 class JobSubmit(BaseModel):

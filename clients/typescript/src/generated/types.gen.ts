@@ -1250,11 +1250,11 @@ export type Img2ImgJobSubmit = {
     /**
      * Items of the 'img2img' workflow (not with base/fanout).
      */
-    items?: Array<Img2ImgJobItem>;
+    items?: Array<Img2ImgJobItem> | null;
     /**
      * Parameters shared by every item of a fan-out.
      */
-    base?: Img2ImgJobItem;
+    base?: Img2ImgJobItem | null;
     /**
      * Field -> values; items are the cartesian product, e.g. prompts x seeds.
      */
@@ -1271,7 +1271,7 @@ export type Img2ImgJobSubmit = {
         output_format?: Array<'png' | 'webp' | 'jpeg'>;
         output_quality?: Array<number>;
         output_delivery?: Array<'base64' | 'url'>;
-    };
+    } | null;
     /**
      * Priority
      *
@@ -1313,11 +1313,11 @@ export type Txt2ImgJobSubmit = {
     /**
      * Items of the 'txt2img' workflow (not with base/fanout).
      */
-    items?: Array<Txt2ImgJobItem>;
+    items?: Array<Txt2ImgJobItem> | null;
     /**
      * Parameters shared by every item of a fan-out.
      */
-    base?: Txt2ImgJobItem;
+    base?: Txt2ImgJobItem | null;
     /**
      * Field -> values; items are the cartesian product, e.g. prompts x seeds.
      */
@@ -1337,7 +1337,7 @@ export type Txt2ImgJobSubmit = {
         output_quality?: Array<number>;
         output_delivery?: Array<'base64' | 'url'>;
         preset?: Array<'fast' | 'balanced' | 'quality' | null>;
-    };
+    } | null;
     /**
      * Priority
      *
