@@ -3,6 +3,7 @@
     .venv/bin/python bench/fuzz_memory.py                        # seeds 1 2 3, 600 s each
     .venv/bin/python bench/fuzz_memory.py --seeds 3 --max-time 300
 
+After the fuzzing, the largest requests the limits allow (`LARGEST`) run on the RSS it left behind: the worst case.
 Each seed gets a fresh server with the default limits (the CPU engine's, with the tiny model) and one
 `st run --mode all` (workers 1: one request in flight at a time). A thread samples the RSS of the arbiter, the front
 and the engine every 50 ms; a Schemathesis check of this module (loaded as its hook) logs each request as it ends:
@@ -15,6 +16,7 @@ Results: bench/results/<date>-fuzz-memory.json and .md.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -26,6 +28,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import schemathesis
 
@@ -121,6 +124,7 @@ def probe(seed: int, max_time: int, work: Path) -> dict[str, Any]:
         run = subprocess.run([command[0], "--config-file", str(config), *command[1:]], capture_output=True, text=True,
                              cwd=work, env=env, timeout=max_time + 900, check=False)
         wall_s = time.monotonic() - started
+        largest(url, log)  # then the largest requests the limits allow, on the RSS the fuzzing left behind
         sampler.done.set()
         sampler.join()
     finally:
@@ -129,6 +133,39 @@ def probe(seed: int, max_time: int, work: Path) -> dict[str, Any]:
     return {"seed": seed, "wall_s": round(wall_s, 1), "st_exit": run.returncode, "requests": len(requests),
             "summary": run.stdout[run.stdout.rfind("Test cases:"):].strip()[:400], "failures": _failures(run.stdout),
             "peaks_mb": _peaks(sampler.samples), "raised": _raised(sampler.samples, requests)}
+
+
+# The largest requests the CPU defaults allow (448² pixels per request), each at few steps (memory does not grow with them).
+SIDE = int(CPU_LIMITS.max_request_pixels ** 0.5)
+LARGEST: list[tuple[str, dict[str, Any]]] = [
+    ("/txt2img", {"width": SIDE, "height": SIDE, "steps": 4}),
+    ("/txt2img", {"width": SIDE // 4, "height": SIDE // 4, "batch_size": 16, "steps": 4}),
+    ("/txt2img", {"width": 1264, "height": 158, "steps": 4}),  # 8:1, just under the pixel limit
+    ("/two_outputs", {"width": SIDE, "height": SIDE, "steps": 4}),
+    ("/img2img", {"steps": 4}),  # with a SIDE x SIDE upload
+    ("/txt2img", {"width": SIDE, "height": SIDE, "steps": 4}),  # again, after the others
+]
+
+
+def largest(url: str, log: Path) -> None:
+    """Send LARGEST one at a time, each logged as the fuzzing's requests are (the report attributes the peaks to them)."""
+    from tests.helpers import sample_image
+
+    upload = io.BytesIO()
+    sample_image(SIDE, SIDE).save(upload, format="PNG")
+    for path, body in LARGEST:
+        started = time.time()
+        if path == "/img2img":
+            files = {"image": ("big.png", upload.getvalue(), "image/png")}
+            resp = httpx.post(url + path, data={k: str(v) for k, v in body.items()}, files=files, timeout=600)
+            size = f"upload={SIDE}x{SIDE} " + _size(body)
+        else:
+            resp = httpx.post(url + path, json=body, timeout=600)
+            size = _size(body)
+        row = {"end": time.time(), "elapsed": time.time() - started, "op": f"POST {path} (largest)", "status": resp.status_code,
+               "size": size}
+        with log.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
 
 
 def _failures(output: str) -> str:

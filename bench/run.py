@@ -197,6 +197,7 @@ def serve_ours(system: str, work: Path, env_extra: dict[str, str]) -> tuple[subp
         "COMFYBENTO_BATCHING": "0" if system == "off" else "1",
         "COMFYBENTO_ENGINE_ENTRY": "bentoml" if system == "bentoml" else "scheduler",
         "COMFYBENTO_MAX_BATCH_SIZE": "32", "COMFYBENTO_MAX_QUEUE": "10000", "COMFYBENTO_MAX_LATENCY_MS": "600000",
+        "COMFYBENTO_MAX_IMAGE_PIXELS": str(1024 * 1024), "COMFYBENTO_MAX_REQUEST_PIXELS": str(1024 * 1024),  # the CPU's 448²
         "COMFYBENTO_WORK_DIR": str(work), **env_extra,
     }
     log = work / "serve.log"

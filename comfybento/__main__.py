@@ -21,7 +21,7 @@ def _models(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     lock = parse_lock(settings.models_lock)
-    if args.action == "fetch":
+    if args.action == "fetch":  # from `models fetch` (its own subcommand)
         if any("generator" in e.source for e in lock.entries):
             from comfybento.runtime.bootstrap import bootstrap
 
@@ -95,9 +95,9 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _add_keys_parser(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="API keys: add one to the keys file")
+    keys = sub.add_parser("keys", help="API keys: add one to the keys file", **FORMAT)
     actions = keys.add_subparsers(dest="action", required=True)
-    add = actions.add_parser("add", help="make a new key, print it once and append its sha256 to the keys file")
+    add = actions.add_parser("add", help="make a new key, print it once and append its sha256 to the keys file", **FORMAT)
     add.add_argument("name", help="unique name of the key (labels its metrics and limits)")
     add.add_argument("--rate-per-min", type=int, default=None, help="requests per minute (default: unlimited)")
     add.add_argument("--images-per-day", type=int, default=None, help="images per day (default: unlimited)")
@@ -143,37 +143,62 @@ def _nodes(args: argparse.Namespace) -> int:
 
 
 def _add_pack_parsers(sub: Any) -> None:
-    imp = sub.add_parser("import", help="import a comfy-pack pack (.cpack.zip): workflow, models.lock, input files, custom nodes")
+    imp = sub.add_parser("import", help="import a comfy-pack pack (.cpack.zip): workflow, models.lock, input files, custom nodes",
+                         **FORMAT)
     imp.add_argument("pack", help="the .cpack.zip file")
     imp.add_argument("--name", default=None, help="endpoint name (default: from the pack's file name)")
     imp.add_argument("--force", action="store_true", help="overwrite workflows/<name>.json and differing input files")
     imp.add_argument("--source", action="append", default=[], metavar="MODEL_PATH=URL",
-                     help="download URL for a model the pack gives no source for (repeatable)")
+                     help="download URL for a model the pack gives no source for (repeatable; default: none)")
     imp.set_defaults(func=_import)
-    nodes = sub.add_parser("nodes", help="install the custom nodes pinned in custom_nodes/nodes.lock")
+    nodes = sub.add_parser("nodes", help="install the custom nodes pinned in custom_nodes/nodes.lock", **FORMAT)
     nodes.add_argument("action", choices=["install"])
     nodes.add_argument("--dir", default=None, help="custom nodes folder holding nodes.lock (default: COMFYBENTO_CUSTOM_NODES)")
     nodes.set_defaults(func=_nodes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m comfybento")
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default: argparse's "(default: X)" unless the help already says it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "default:" in text else super()._get_help_string(action)
+
+
+FORMAT: dict[str, Any] = {"formatter_class": _HelpWithDefaults}  # every parser and subparser
+
+
+def _add_models_parser(sub: Any) -> None:
+    models = sub.add_parser("models", help="fetch or verify the files in models.lock", **FORMAT)
+    actions = models.add_subparsers(dest="action", required=True)
+    actions.add_parser("fetch", help="download every file in models.lock that is missing or differs (verified by sha256)",
+                       description="Download every file in models.lock that is missing or differs, and verify its sha256 "
+                                   "(COMFYBENTO_MODELS_LOCK, COMFYBENTO_MODELS).", **FORMAT).set_defaults(func=_models)
+    actions.add_parser("verify", help="check every file in models.lock (size and sha256); exit 1 if one is missing or bad",
+                       description="Check every file in models.lock against its size and sha256.", **FORMAT).set_defaults(func=_models)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The command line's parser: every subcommand has its own help, every option its default."""
+    parser = argparse.ArgumentParser(prog="python -m comfybento", **FORMAT)
     sub = parser.add_subparsers(dest="command", required=True)
-    models = sub.add_parser("models", help="fetch or verify the files in models.lock")
-    models.add_argument("action", choices=["fetch", "verify"])
-    models.set_defaults(func=_models)
-    info = sub.add_parser("object-info", help="write ComfyUI's node definitions to a JSON file (used by the web tier)")
-    info.add_argument("--out", required=True)
+    _add_models_parser(sub)
+    info = sub.add_parser("object-info", help="write ComfyUI's node definitions to a JSON file (used by the web tier)", **FORMAT)
+    info.add_argument("--out", required=True, help="the JSON file to write (default: none, required)")
     info.set_defaults(func=_object_info)
-    spec = sub.add_parser("openapi", help="write the service's OpenAPI document (as served at /docs.json) without serving")
+    spec = sub.add_parser("openapi", help="write the service's OpenAPI document (as served at /docs.json) without serving", **FORMAT)
     spec.add_argument("--out", default=None, help="file to write (default: stdout)")
     spec.set_defaults(func=_openapi)
     _add_keys_parser(sub)
     _add_pack_parsers(sub)
     from comfybento.front.jobs.cli import add_parser
 
-    add_parser(sub)
-    args = parser.parse_args(argv)
+    add_parser(sub, **FORMAT)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))

@@ -96,6 +96,8 @@ class Settings:
     inputs_dir: Path = PROJECT_ROOT / "inputs"
     # On SIGTERM: seconds in-flight and queued requests get to finish before they are failed with 503.
     drain_timeout_s: int = 20
+    # BentoML's trace suffix on every log line: " (trace=...,span=...,sampled=...,service.name=...)" (off: without it).
+    log_trace: bool = True
     # Longest the executor waits for the callers of a just-finished batch to come back (0: never waits).
     coalesce_ms: int = 500
     # Threads that encode outputs (PNG/WebP/JPEG) beside the executor; 0 = one per core, at most 8.
@@ -248,6 +250,7 @@ class Settings:
             cache_dir=cache_dir,
             inputs_dir=_path(env, "COMFYBENTO_INPUTS", PROJECT_ROOT / "inputs"),
             drain_timeout_s=_int(env, "COMFYBENTO_DRAIN_TIMEOUT_S", 20),
+            log_trace=_bool(env, "COMFYBENTO_LOG_TRACE", True),
             encode_threads=_int(env, "COMFYBENTO_ENCODE_THREADS", 0),
             coalesce_ms=_int(env, "COMFYBENTO_COALESCE_MS", 500),
             engine_entry=_choice(env, "COMFYBENTO_ENGINE_ENTRY", "scheduler", ("scheduler", "bentoml")),

@@ -69,7 +69,10 @@ ENV_NAMES = {f.name: f"COMFYBENTO_{f.name.upper()}" for f in fields(Limits)}
 # The defaults on an engine without a GPU. On a CPU, memory grows by about 4.2 KB per pixel of every image of a
 # request (fp32; VAE decode and encode at full resolution). Measured with the tiny SD model on a 2-core, 24 GB
 # machine, the engine's peak RSS is 0.72 GB at 256 x 256, 1.66 GB at 512 x 512 (and at 2048 x 128, the same
-# pixels), 4.8 GB at 1024 x 1024 or 4 x 512 x 512: 512 x 512 pixels per request (images and uploads alike) keeps
-# every process under 2 GB whatever a request asks. Raise them (COMFYBENTO_MAX_*) on a machine with more memory.
-CPU_LIMITS = replace(Limits(), max_image_pixels=512 * 512, max_request_pixels=512 * 512, max_upload_pixels=512 * 512,
+# pixels), 4.8 GB at 1024 x 1024 or 4 x 512 x 512. Under fuzzing (bench/fuzz_memory.py) the engine's RSS between
+# requests also creeps up by about 0.5 GB (the allocator's free lists), so a 512 x 512 request late in a run took
+# it past 2 GB: 448 x 448 pixels per request (images and uploads alike) keeps every process under 2 GB whatever a
+# request asks. Raise them (COMFYBENTO_MAX_*) on a machine with more memory.
+CPU_PIXELS = 448 * 448
+CPU_LIMITS = replace(Limits(), max_image_pixels=CPU_PIXELS, max_request_pixels=CPU_PIXELS, max_upload_pixels=CPU_PIXELS,
                      max_side=2048)

@@ -1,4 +1,11 @@
-"""Prometheus metrics, exported on /metrics by BentoML."""
+"""Prometheus metrics, exported on /metrics by BentoML.
+
+BentoML runs prometheus_client in multiprocess mode: each process (the engine, each front worker) writes its own
+values and /metrics merges them. Counters and histograms are summed. A gauge states one current value, so each gauge
+here names how its processes' values merge (`multiprocess_mode`): without one, it is exported once per process, with
+a `pid` label (and a 0 from every process that never sets it). Gauges set by one process (the engine) or read from
+one shared place (the job store, a folder's free space) take the most recent write.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ WORKFLOW_BATCHABLE = bentoml.metrics.Gauge(
     name="comfybento_workflow_batchable",
     documentation="1 if the workflow runs requests in shared batches, 0 if one by one.",
     labelnames=["workflow"],
+    multiprocess_mode="mostrecent",
 )
 EXECUTOR_BUSY = bentoml.metrics.Counter(
     name="comfybento_executor_busy_seconds",
@@ -64,15 +72,44 @@ DISK_FREE = bentoml.metrics.Gauge(
     documentation="Free bytes of each folder new work writes to (work, outputs, jobs), sampled at most every "
                   "COMFYBENTO_DISK_CHECK_MS; below comfybento_disk_watermark_bytes, such work is refused.",
     labelnames=["folder"],
+    multiprocess_mode="mostrecent",
 )
 DISK_WATERMARK = bentoml.metrics.Gauge(
     name="comfybento_disk_watermark_bytes",
     documentation="Free bytes each watched folder must keep (COMFYBENTO_MIN_FREE_BYTES; 0: not checked).",
+    multiprocess_mode="max",  # set by the front; the engine's copy of this unlabelled gauge stays 0
 )
 COST_SECONDS_PER_UNIT = bentoml.metrics.Gauge(
     name="comfybento_cost_seconds_per_unit",
     documentation="GPU-seconds per unit of work (megapixel x step x image) of each workflow, learned from its results on this "
                   "replica (scheduling/cost.py; its prior until the first result). Dry-run job estimates use it.",
     labelnames=["workflow"],
+    multiprocess_mode="mostrecent",
+)
+QUEUE_DEPTH = bentoml.metrics.Gauge(
+    name="comfybento_queue_depth",
+    documentation="Requests queued in the engine's scheduler and not yet running, per workflow (0 for each served "
+                  "workflow from startup).",
+    labelnames=["workflow"],
+    multiprocess_mode="mostrecent",
+)
+GPU_MEMORY_USED = bentoml.metrics.Gauge(
+    name="comfybento_gpu_memory_used_bytes",
+    documentation="Memory in use on the engine's device (total less free, every process on it), sampled after each "
+                  "execution; 0 with device=\"cpu\" on a CPU engine.",
+    labelnames=["device"],
+    multiprocess_mode="mostrecent",
+)
+GPU_MEMORY_TOTAL = bentoml.metrics.Gauge(
+    name="comfybento_gpu_memory_total_bytes",
+    documentation="Total memory of the engine's device; 0 with device=\"cpu\" on a CPU engine.",
+    labelnames=["device"],
+    multiprocess_mode="mostrecent",
+)
+JOB_ITEMS = bentoml.metrics.Gauge(
+    name="comfybento_job_items",
+    documentation="Batch-job items in the job store, by state, sampled every few seconds (the store's totals: replicas "
+                  "sharing one Redis each report the same numbers).",
+    labelnames=["state"],
     multiprocess_mode="mostrecent",
 )

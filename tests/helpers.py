@@ -7,6 +7,7 @@ import io
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -55,3 +56,12 @@ def sample_image(width: int = 64, height: int = 64) -> Image.Image:
     y, x = np.mgrid[0:height, 0:width]
     rgb = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), (x + y) % 256], axis=-1)
     return Image.fromarray(rgb.astype(np.uint8))
+
+
+def renumbered(graph: dict[str, Any]) -> dict[str, Any]:
+    """The same API-format graph under the ids a client that builds graphs itself gives them: "3" -> "n3x"."""
+    def new(node_id: str) -> str:
+        return f"n{node_id}x"
+
+    return {new(i): {"class_type": n["class_type"], "inputs": {k: [new(v[0]), v[1]] if isinstance(v, list) else v
+                                                               for k, v in n["inputs"].items()}} for i, n in graph.items()}

@@ -31,7 +31,16 @@ from comfybento.config import Settings
 from comfybento.engine.collect import Collector, Countdown, encode_and_finish, split_outputs
 from comfybento.engine.messages import EngineItem, ItemResult
 from comfybento.engine.prepare import Prepared, prepare
-from comfybento.errors import ComfyBentoError, EngineUnavailable, InvalidRequest, ModelLockError, TooLarge, WorkflowError, describe
+from comfybento.errors import (
+    ERROR_KINDS,
+    ComfyBentoError,
+    EngineUnavailable,
+    InvalidRequest,
+    ModelLockError,
+    TooLarge,
+    WorkflowError,
+    describe,
+)
 from comfybento.models.fetch import transfer_limits
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.outputs.encoding import png_bytes
@@ -68,6 +77,12 @@ class Engine:
                                     transfer_limits(settings), model_generators())
         # COMFYBENTO_SUBMITTED_GRAPHS=any: graphs that match no workflow, run alone (workflows/free_graph.py)
         self.free_graphs = FreeGraphs(settings) if settings.runs_unmatched_graphs else None
+        self._depth_lock = threading.Lock()
+        self._depth_names = set(catalog) | ({FREE_GRAPH} if self.free_graphs is not None else set())
+        self._export_queue_depth()
+        for name in self._depth_names:  # every error series present at 0 from startup
+            for kind in ERROR_KINDS:
+                metrics.ITEM_ERRORS.labels(workflow=name, kind=kind)
 
     # ------------------------------------------------------------ startup
 
@@ -92,6 +107,7 @@ class Engine:
             if self.settings.compile:
                 self.executor.compile_checkpoint(name)
             log.info("preloaded %s on %s in %.2fs", name, self.executor.device_name(), time.perf_counter() - started)
+        self._export_device_memory()
         self._loop = self.executor.start(self.scheduler.run_forever, self._execute)
         for spec in self.catalog.values():
             metrics.WORKFLOW_BATCHABLE.labels(workflow=spec.name).set(1 if spec.batch_plan else 0)
@@ -150,6 +166,7 @@ class Engine:
             except Exception:  # the drain deadline passed (or the loop died): fail what is left
                 failed = self.scheduler.fail_queued(EngineUnavailable("the engine is shutting down; retry"))
                 log.warning("drain deadline of %ss passed; %d queued requests failed with 503", drain_s, failed)
+            self._export_queue_depth()
         self._encoders.shutdown(wait=True)
 
     # ------------------------------------------------------------ requests
@@ -179,6 +196,7 @@ class Engine:
         job = Job(key=key, payload=prepared, max_batch=spec.max_batch_size, can_batch=can_batch, background=background,
                   sink=self._finish_sink(spec, prepared.files, sink, scratch))
         self.scheduler.submit(job)
+        self._export_queue_depth()
         return job
 
     def _interrupt(self) -> None:
@@ -187,7 +205,8 @@ class Engine:
             self.executor.interrupt()
 
     def cancel(self, job: Job[Prepared]) -> None:
-        self.scheduler.cancel(job)
+        if self.scheduler.cancel(job):
+            self._export_queue_depth()
 
     def run(self, workflow: str, items: list[EngineItem], timeout: float | None = None) -> list[ItemResult]:
         """Submit several requests and wait for all (they may share batches). Not on the executor thread."""
@@ -225,6 +244,7 @@ class Engine:
 
     def _execute(self, jobs: list[Job[Prepared]]) -> None:
         self._export_stats()
+        self._export_queue_depth()  # this batch left the queue
         first = jobs[0].payload
         spec = first.spec
         started_at = time.monotonic()
@@ -255,6 +275,7 @@ class Engine:
             timings = {"queue_ms": queue_s[index] * 1000, "execution_ms": elapsed * 1000, "batch_size": len(jobs)}
             self._encoders.submit(encode_and_finish, job, split_outputs(spec, executed, index, len(jobs)), timings, release)
         self._export_stats()
+        self._export_device_memory()
 
     def _within_budget(self, run: Callable[[], Any]) -> Any:
         """Run an execution; past COMFYBENTO_MAX_EXECUTION_S, interrupt it (ComfyUI's flag, checked at each step) and
@@ -289,6 +310,26 @@ class Engine:
         metrics.QUEUE_NONEMPTY.inc(max(0.0, new.queued_s - old.queued_s))
         metrics.EXECUTOR_COALESCING.inc(max(0.0, new.coalescing_s - old.coalescing_s))
         self._stats = new
+
+    def _export_queue_depth(self) -> None:
+        """comfybento_queue_depth: the requests queued (not running) per workflow, 0 for each known one."""
+        with self._depth_lock:  # callers race (submits from the route's threads, the executor): the last count wins
+            depths = self.scheduler.queued_by(lambda job: job.payload.spec.name)
+            self._depth_names.update(depths)
+            for name in self._depth_names:
+                metrics.QUEUE_DEPTH.labels(workflow=name).set(depths.get(name, 0))
+
+    def _export_device_memory(self) -> None:
+        """comfybento_gpu_memory_{used,total}_bytes of the engine's device (0 and device="cpu" on a CPU engine)."""
+        if self.executor is None:
+            return
+        try:
+            device, used, total = self.executor.device_memory()
+        except Exception:  # a metric must never fail an execution
+            log.exception("reading the device's memory failed")
+            return
+        metrics.GPU_MEMORY_USED.labels(device=device).set(used)
+        metrics.GPU_MEMORY_TOTAL.labels(device=device).set(total)
 
 
 def _grey_image() -> Any:

@@ -26,8 +26,11 @@ from comfybento.errors import StorageFull
 from comfybento.front import access
 from comfybento.front.delivery import StorageOnFirstUse
 from comfybento.front.endpoints import job_executor, workflow_endpoints
+from comfybento.front.error_shape import ErrorShapeMiddleware
 from comfybento.front.http import RequestEdgeMiddleware, quiet_client_errors
 from comfybento.front.jobs.factory import make_jobs
+from comfybento.front.jobs.records import ITEM_STATES
+from comfybento.front.jobs.store import JobStore
 from comfybento.front.jobs.usage import usage_sink
 from comfybento.front.openapi import OpenAPIMiddleware, fix_openapi
 from comfybento.front.retention import make_retention
@@ -39,6 +42,7 @@ from comfybento.urlguard import AllowList
 from comfybento.workflows.project import Project
 
 log = logging.getLogger(__name__)
+JOB_ITEMS_SAMPLE_S = 5.0  # how often comfybento_job_items is read from the job store
 
 
 def make_front_service(project: Project, engine_service: Any) -> Any:
@@ -54,6 +58,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         self.disk = _disk_watcher(project)
         self.costs = CostModel()  # GPU-seconds per unit of work, per workflow, learned from the results (dry-run estimates)
         self.engine_client = EngineClient(engine_url(ENGINE_NAME), ENGINE_TIMEOUT_S) if settings.engine_entry == "scheduler" else None
+        root.state.front = self  # the routes that run live requests as the typed endpoints do (front/compat/openai_images/)
 
     async def __is_ready__(self: Any) -> bool:
         low = self.disk.low()
@@ -81,6 +86,7 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
     # The first added runs first: every answer (a 401 included) carries the request id; the docs need no key.
     service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project),
                                 max_json_depth=settings.limits.max_json_depth)
+    service.add_asgi_middleware(ErrorShapeMiddleware)  # the framework's own error answers (404, 405, 400) in our shape
     service.add_asgi_middleware(OpenAPIMiddleware, build=lambda: fix_openapi(service.openapi_spec.asdict(), project.catalog,
                                                                               _bento_version(service), settings.job_max_items))
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas
@@ -101,15 +107,31 @@ def _job_hooks(project: Project, root: FastAPI) -> dict[str, Any]:
         self.job_task = asyncio.create_task(self.job_runner.run_forever())
         # old jobs, URL outputs and v2 assets; at once (and early, if allowed) when the disk runs low
         self.retention_task = asyncio.create_task(make_retention(project.settings, self.job_runner, self.disk).run_forever())
+        self.job_items_task = asyncio.create_task(_export_job_items(service.store))
 
     async def stop_jobs(self: Any) -> None:
         self.retention_task.cancel()
+        self.job_items_task.cancel()
         await self.job_runner.stop()
         self.job_items.shutdown(wait=False, cancel_futures=True)
         if self.engine_client is not None:
             await self.engine_client.aclose()
 
     return {"start_jobs": bentoml.on_startup(start_jobs), "stop_jobs": bentoml.on_shutdown(stop_jobs)}
+
+
+async def _export_job_items(store: JobStore) -> None:
+    """comfybento_job_items{state}: the store's items by state, every state present (0 when none), at once and then
+    every JOB_ITEMS_SAMPLE_S."""
+    while True:
+        try:
+            counts = await asyncio.to_thread(store.item_counts)
+        except Exception:
+            log.exception("counting the job items by state failed; retrying")
+        else:
+            for state in ITEM_STATES:
+                metrics.JOB_ITEMS.labels(state=state).set(counts.get(state, 0))
+        await asyncio.sleep(JOB_ITEMS_SAMPLE_S)
 
 
 def _disk_watcher(project: Project) -> diskspace.DiskWatcher:

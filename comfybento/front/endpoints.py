@@ -149,17 +149,35 @@ def _stream_endpoint(spec: WorkflowSpec) -> Any:
 
 async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> ItemResult | Response:
     """Validate, admit, run on the engine: the result, or the error response (the one mapping: front/http.py)."""
-    item = await _admit(self, spec, values, stores_outputs)
-    if isinstance(item, Response):
-        return item
+    try:
+        return await generate(self, spec, values, stores_outputs)
+    except Refused as refused:
+        return error_response(refused.error, refused.retry_after_s)
+
+
+class Refused(Exception):
+    """A request refused before the engine (a ComfyBentoError) or failed in it (the result's error fields), for the
+    caller to render in its contract (front/renderers.py); `retry_after_s` for a full queue."""
+
+    def __init__(self, error: BaseException | dict[str, Any], retry_after_s: int | None = None) -> None:
+        super().__init__(str(error))
+        self.error, self.retry_after_s = error, retry_after_s
+
+
+async def generate(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> ItemResult:
+    """Validate, admit, run on the engine, charge the caller: the succeeded result (raises Refused).
+
+    `self` is the front service; every API that runs one request live (the typed endpoints, the OpenAI Images API)
+    comes this way."""
+    item = await admit(self, spec, values, stores_outputs)
     try:
         result = await _while_connected(call_engine(self, spec.name, item))
     finally:
         self.admission.leave(spec.name)
     if result is None:
-        return error_response(Cancelled("the client went away"))
+        raise Refused(Cancelled("the client went away"))
     if not result.ok:
-        return error_response(result.model_dump(), self.admission.retry_after_s)
+        raise Refused(result.model_dump(), self.admission.retry_after_s)
     observe_cost(self.costs, spec, item, result)
     await _charge(result)
     log.info("request %s: %s ok, seed %s, batch %d, queued %.0f ms, ran %.0f ms", request_id(), spec.name, result.seed,
@@ -168,7 +186,14 @@ async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any], store
 
 
 async def _admit(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> EngineItem | Response:
-    """Validate and admit a request (the caller must `admission.leave` once done): its engine item, or the error response.
+    try:
+        return await admit(self, spec, values, stores_outputs)
+    except Refused as refused:
+        return error_response(refused.error, refused.retry_after_s)
+
+
+async def admit(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> EngineItem:
+    """Validate and admit a request (the caller must `admission.leave` once done): its engine item (raises Refused).
 
     `stores_outputs` (output_delivery 'url'): refused with a 507 while the disk is below its watermark."""
     try:
@@ -176,10 +201,10 @@ async def _admit(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_o
             self.disk.require_room()
         item = await asyncio.to_thread(engine_item, spec, values, resolve_seed(spec.params, values), self.input_urls)
     except ComfyBentoError as exc:
-        return error_response(exc)
+        raise Refused(exc) from exc
     if self.admission.try_enter(spec.name) is None:
-        return error_response(QueueFull(f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later"),
-                              self.admission.retry_after_s)
+        raise Refused(QueueFull(f"workflow '{spec.name}' has {self.admission.limit} requests queued; retry later"),
+                      self.admission.retry_after_s)
     return item
 
 

@@ -10,7 +10,11 @@ every route can give, and types each workflow's batch-job items.
 It also leaves nothing untyped for client generators (clients/typescript is
 generated from this document): short camelCase operation ids (`txt2img`,
 `submitJob`), each workflow's request body as a named schema, a typed body for
-every answer (JSON, or binary for files) and typed job fan-outs.
+every answer (JSON, or binary for files) and typed job fan-outs. Each workflow's
+answer (`Txt2imgResult`) and job submission (`Txt2imgJobSubmit`) is a whole
+schema, not an allOf narrowing a generic one, and every binary answer also lists
+application/octet-stream: openapi-python-client generates every operation and
+answer from it (tests/e2e/test_python_client.py).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from comfybento.front.jobs.api_models import ItemError
 from comfybento.front.jobs.records import ItemState, JobState
 from comfybento.front.playground import is_playground_path, playground_file
 from comfybento.workflows.catalog import WorkflowSpec
-from comfybento.workflows.schema import PRESET_FIELD, build_input_model
+from comfybento.workflows.params import OutputSpec
+from comfybento.workflows.schema import PRESET_FIELD, OutputItem, build_input_model
 
 ERROR_SCHEMA = {
     "type": "object",
-    "required": ["error"],  # BentoML's own 400 for a body that fails validation has `error` and `detail` only
+    "required": ["error", "error_kind", "request_id"],  # the framework's own refusals too (front/error_shape.py)
     "properties": {
         "error": {"type": "string", "description": "What was wrong: the field, node, file, model or limit."},
         "error_kind": {"type": "string", "enum": list(ERROR_KINDS), "description": "The kind of error: the same kinds in every answer, event and job record."},
@@ -129,8 +134,8 @@ def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: 
     _type_files(doc["paths"], catalog)
     _type_event_streams(doc["paths"], schemas, catalog)
     _type_states(schemas)
+    _require_answer_fields(doc["paths"], schemas)  # before the answers are copied per workflow: the copies are complete too
     _describe_outputs(doc["paths"], schemas, catalog)
-    _require_answer_fields(doc["paths"], schemas)
     _to_openapi_30(doc)
     return doc
 
@@ -167,14 +172,27 @@ def _add_errors(op: dict[str, Any], method: str, path: str) -> None:
                 content["schema"] = {"anyOf": [content["schema"], {"$ref": "#/components/schemas/ErrorResponse"}]}
             continue
         responses[code] = {"description": description, "content": _error_content()}
+    if (method, path) == ("post", "/jobs"):
+        responses["409"] = {"description": "The idempotency_key was used for a job with a different request.",
+                            "content": _error_content()}
     if "{" in path:
         responses["404"] = {"description": "No such job, file or output.", "content": _error_content()}
     else:
         responses.pop("404", None)  # BentoML declares one on every endpoint; a route without parameters never answers it
 
 
+def _pascal(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", name) if part)
+
+
 def _job_item_name(workflow: str) -> str:
     return "".join(part.capitalize() for part in workflow.split("_")) + "JobItem"
+
+
+def _component(schemas: dict[str, Any], name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """schema as components/schemas/<name> (its title the name), a $ref to it."""
+    schemas[name] = {**schema, "title": name}
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _add_job_items(schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
@@ -189,18 +207,21 @@ def _add_job_items(schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) ->
 
 def _type_job_submit(op: dict[str, Any], catalog: dict[str, WorkflowSpec], schemas: dict[str, Any],
                      max_items: int | None) -> None:
-    """POST /jobs: one submission schema per workflow, chosen by its `workflow` field."""
+    """POST /jobs: one submission schema per workflow (`Txt2imgJobSubmit`), chosen by its `workflow` field."""
     content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
     base_ref = content.get("schema", {}).get("$ref")
     if not base_ref:
         return
-    variants = [_job_variant(name, base_ref, schemas, max_items) for name in catalog]
+    base = schemas.get(base_ref.rsplit("/", 1)[1], {"type": "object"})
+    variants = [_job_variant(name, base, schemas, max_items) for name in catalog]
     content["schema"] = {"oneOf": variants} if len(variants) > 1 else variants[0]
 
 
-def _job_variant(name: str, base_ref: str, schemas: dict[str, Any], max_items: int | None) -> dict[str, Any]:
+def _job_variant(name: str, base: dict[str, Any], schemas: dict[str, Any], max_items: int | None) -> dict[str, Any]:
     """One workflow's submission: its items, base and fan-out typed like its endpoint's fields, its presets named.
 
+    A whole object, not an allOf narrowing the generic JobSubmit: generators that merge allOf (openapi-python-client)
+    cannot merge `items` of any object with `items` of this workflow's.
     Items are a list or a base with a fan-out, never both (front/jobs/service.py `expand`); a fan-out's lists are never empty.
     Each list is at most max_items long; a fan-out whose product is over it is a 413 the schema cannot state.
     """
@@ -213,14 +234,20 @@ def _job_variant(name: str, base_ref: str, schemas: dict[str, Any], max_items: i
     # Both given (a field sent as null is not given: a type without `nullable` refuses null).
     both = {"allOf": [{"required": ["items"], "properties": {"items": {"type": "array"}}},
                       {"anyOf": [{"required": [key], "properties": {key: {"type": "object"}}} for key in ("base", "fanout")]}]}
-    return {"allOf": [{"$ref": base_ref}, {"type": "object", "not": both, "properties": {
+    variant = copy.deepcopy(base)
+    variant.setdefault("properties", {}).update({
         "preset": preset,
-        "workflow": {"type": "string", "enum": [name]},
-        "items": {"type": "array", "items": item, **count, "description": f"Items of the '{name}' workflow (not with base/fanout)."},
-        "base": {"allOf": [item], "description": "Parameters shared by every item of a fan-out."},
-        "fanout": {"type": "object", "properties": fanout, "additionalProperties": False,
+        "workflow": {"type": "string", "enum": [name], "description": "Name of the workflow."},
+        # null is "not given", as the server reads it (the `not` below checks only the ones given)
+        "items": {"type": "array", "items": item, **count, "nullable": True,
+                  "description": f"Items of the '{name}' workflow (not with base/fanout)."},
+        "base": {"allOf": [item], "nullable": True, "description": "Parameters shared by every item of a fan-out."},
+        "fanout": {"type": "object", "properties": fanout, "additionalProperties": False, "nullable": True,
                    "description": "Field -> values; items are the cartesian product, e.g. prompts x seeds."},
-    }}]}
+    })
+    variant.update({"type": "object", "not": both, "description": f"A batch job of the '{name}' workflow: its items as a list, "
+                                                                    "or as a base plus a fan-out."})
+    return _component(schemas, f"{_pascal(name)}JobSubmit", variant)
 
 
 def _type_states(schemas: dict[str, Any]) -> None:
@@ -325,7 +352,9 @@ def _binary_answer(paths: dict[str, Any], path: str, method: str, media: list[st
     ok = paths.get(path, {}).get(method, {}).get("responses", {}).get("200")
     if ok is None:
         return
-    ok["content"] = {m: {"schema": {"type": "string", "format": "binary"}} for m in media}
+    # Also application/octet-stream, last: the one binary type generators such as openapi-python-client read as bytes
+    # (they drop an answer whose media types are all unknown to them); Content-Type names the bytes' own type.
+    ok["content"] = {m: {"schema": {"type": "string", "format": "binary"}} for m in dict.fromkeys([*media, OCTET])}
     if description is not None:
         ok["description"] = description
 
@@ -345,28 +374,42 @@ def _type_event_streams(paths: dict[str, Any], schemas: dict[str, Any], catalog:
 
 
 def _describe_outputs(paths: dict[str, Any], schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) -> None:
-    """Each workflow's JSON answer lists its outputs (name, kind, media type) as the `outputs` items it can hold."""
+    """Each workflow's JSON answer is its own schema (`Txt2imgResult`) whose `outputs` are the outputs it can hold
+    (`Txt2imgSaveImageOutput`: an OutputItem with its name, node id, kind and media type as enums).
+
+    Whole schemas, not allOf narrowings of the generic answer: generators that merge allOf (openapi-python-client)
+    cannot merge a list of OutputItem with a list of these.
+    """
     for name, spec in catalog.items():
         ok = paths.get(f"/{name}", {}).get("post", {}).get("responses", {}).get("200", {})
         content = ok.get("content", {}).get("application/json")
         if content is None or "schema" not in content:
             continue
-        variants: list[dict[str, Any]] = []
+        variants, described = [], []
         for out in spec.outputs:
             media = out.media_type or ("image/png, image/webp or image/jpeg (output_format)" if out.kind == "image" else "from the file")
-            props: dict[str, Any] = {"name": {"type": "string", "enum": [out.name]}, "node_id": {"type": "string", "enum": [out.node_id]},
-                                     "kind": {"type": "string", "enum": [out.kind]}}
-            if out.media_type is not None:
-                props["media_type"] = {"type": "string", "enum": [out.media_type]}
-            variants.append({"type": "object", "title": out.name, "properties": props, "required": ["name", "node_id", "kind"],
-                             "description": f"Output '{out.name}': node {out.node_id} ({out.class_type}), {out.kind}, {media}; "
-                                            f"its bytes alone: POST /{name}/{out.name}."})
+            description = (f"Output '{out.name}': node {out.node_id} ({out.class_type}), {out.kind}, {media}; "
+                           f"its bytes alone: POST /{name}/{out.name}.")
+            variant = _output_variant(schemas.get("OutputItem") or OutputItem.model_json_schema(), out, description)
+            variants.append(_component(schemas, f"{_pascal(name)}{_pascal(out.name)}Output", variant))
+            described.append(description)
         title = content["schema"].get("title")
         # BentoML inlines the answer without its nullable fields (a seedless workflow's `seed` is null): use the model's own
-        answer = {"$ref": f"#/components/schemas/{title}"} if title in schemas else content["schema"]
-        content["schema"] = {"allOf": [answer, {"type": "object", "properties": {
-            "outputs": {"type": "array", "items": {"oneOf": variants}}}}]}
-        ok["description"] = "Every output: " + "; ".join(v["description"] for v in variants)
+        answer = copy.deepcopy(schemas[title] if title in schemas else content["schema"])
+        outputs = answer["properties"]["outputs"]
+        outputs["items"] = {"oneOf": variants} if len(variants) > 1 else variants[0]
+        content["schema"] = _component(schemas, f"{_pascal(name)}Result", answer)  # <Op>Response: generators' own names
+        ok["description"] = "Every output: " + "; ".join(described)
+
+
+def _output_variant(item: dict[str, Any], out: OutputSpec, description: str) -> dict[str, Any]:
+    """The generic output item with this output's name, node id, kind and media type (when fixed) as one-value enums."""
+    schema = copy.deepcopy(item)
+    props = schema["properties"]
+    for field, value in (("name", out.name), ("node_id", out.node_id), ("kind", out.kind), ("media_type", out.media_type)):
+        if value is not None:
+            props[field] = {"type": "string", "enum": [value], "description": props[field]["description"]}
+    return {**schema, "description": description}
 
 
 def _to_openapi_30(node: Any) -> None:

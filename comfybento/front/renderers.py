@@ -3,13 +3,16 @@
 The entry service speaks three contracts; `contract_of(path)` says which one a path belongs to:
 
 - "comfybento" (the typed endpoints, /jobs, /outputs, everything else):
-  `{"error", "error_kind", "request_id"}` and, for node errors, "node_id" and "class_type"; for storage_full
+  `{"error", "error_kind", "request_id"}`, "detail" (one entry per bad field) for a field error and, for node
+  errors, "node_id" and "class_type"; for storage_full
   (507), the "folder", its "free_bytes" and the "watermark_bytes" when known.
 - "comfy_v2" (/api/v2/...): the spec's envelope `{"error": {"code", "message", "details"}, "request_id"}`. The
   spec has no 507: a full disk is a 503 with code "storage_full".
 - "comfyui" (ComfyUI's routes: /prompt, /queue, /history, /view, /upload/..., /ws ... and their /api/... twins):
   ComfyUI's `{"error": {"type", "message", "details", "extra_info"}, "node_errors": {}}` plus "request_id"; a bad
   request is a 400 as ComfyUI answers it (not 422), and a full disk a 503 (ComfyUI has no 507).
+- "openai" (the OpenAI Images API under /v1, front/compat/openai_images/): OpenAI's `{"error": {"message", "type",
+  "param", "code"}}` plus "request_id"; a bad request is a 400 "invalid_request_error" naming its `param`.
 
 Every answer carries X-Request-ID, and Retry-After on a 429, 503 or 507: the error's own (a key's rate limit, a full
 disk) or else COMFYBENTO_RETRY_AFTER_S. Each is logged in one line with the request id: a 5xx (but 503 and 507,
@@ -35,8 +38,9 @@ from comfybento.front.context import request_id
 
 log = logging.getLogger("comfybento.http")
 
-Contract = Literal["comfybento", "comfy_v2", "comfyui"]
+Contract = Literal["comfybento", "comfy_v2", "comfyui", "openai"]
 V2_PREFIX = "/api/v2"
+OPENAI_PREFIX = "/v1"
 # ComfyUI's routes (front/compat/comfyui/routes.py), each served at /x and at /api/x: the first segment of the path.
 COMFYUI_ROUTES = frozenset({"prompt", "queue", "interrupt", "history", "view", "upload", "object_info", "system_stats",
                             "free", "embeddings", "extensions", "models", "ws"})
@@ -54,6 +58,8 @@ def contract_of(path: str) -> Contract:
     """The wire contract a request path belongs to (the one place that decides it)."""
     if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
         return "comfy_v2"
+    if path.startswith(OPENAI_PREFIX + "/"):
+        return "openai"
     bare = path[len("/api"):] if path.startswith("/api/") else path
     return "comfyui" if bare.lstrip("/").split("/", 1)[0] in COMFYUI_ROUTES else "comfybento"
 
@@ -63,6 +69,8 @@ def ours(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     body = {"error": fields.get("error") or "failed", "error_kind": fields.get("error_kind") or "internal",
             "request_id": request_id()}
     body.update({key: fields[key] for key in OUR_FIELDS if fields.get(key) is not None})
+    if isinstance(fields.get("detail"), list):  # a field error's entries: {"loc", "msg", "type"} per field
+        body["detail"] = fields["detail"]
     return _status(fields), body
 
 
@@ -93,7 +101,28 @@ def comfyui(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return status, {"error": error, "node_errors": {}, "request_id": request_id()}
 
 
-SHAPES: dict[Contract, Shape] = {"comfybento": ours, "comfy_v2": comfy_v2, "comfyui": comfyui}
+# comfybento's HTTP status -> OpenAI's error type (its SDKs raise by status; the type is for people reading it).
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def openai(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """OpenAI's error shape: a field error is a 400 naming its `param`; a full disk (507) a 503, as OpenAI has none."""
+    status = _status(fields)
+    if status == 422:
+        status = 400
+    elif status == 507:
+        status = 503
+    kind = OPENAI_TYPES.get(status) or ("invalid_request_error" if status < 500 else "server_error")
+    param = fields.get("param")
+    errors = (fields.get("details") or {}).get("errors") or []
+    if param is None and errors:  # a request that failed validation: its first field
+        param = ".".join(str(p) for p in errors[0]["loc"] if p != "body") or None
+    error = {"message": fields.get("error") or "failed", "type": kind, "param": param,
+             "code": fields.get("code") or fields.get("error_kind")}
+    return status, {"error": error, "request_id": request_id()}
+
+
+SHAPES: dict[Contract, Shape] = {"comfybento": ours, "comfy_v2": comfy_v2, "comfyui": comfyui, "openai": openai}
 
 
 def render(error: BaseException | Mapping[str, Any], contract: Contract = "comfybento", *,
@@ -132,10 +161,12 @@ def fields_of(exc: BaseException) -> dict[str, Any]:
     """`describe`, and the framework's own refusals: a request that fails validation (422, naming the first field;
     "details" lists each), an HTTPException (its status and detail)."""
     if isinstance(exc, RequestValidationError):
-        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg"))} for e in exc.errors()]
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type", "invalid"))}
+                  for e in exc.errors()]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(p for p in first["loc"] if p != "body") or "(request)"
-        return status_fields(422, f"{where}: {first['msg']}", code="invalid_request", details={"errors": errors})
+        return status_fields(422, f"{where}: {first['msg']}", code="invalid_request", details={"errors": errors},
+                             detail=errors)
     if isinstance(exc, HTTPException):  # e.g. a malformed multipart body
         return status_fields(exc.status_code, str(exc.detail))
     return describe(exc)

@@ -3,7 +3,8 @@
 Its routes: the jobs API (front/job_routes.py), live outputs (front/delivery.py), Comfy API v2 and ComfyUI's own API
 (front/compat/). Its collaborators live in its state, set by the composition root, never in module globals:
 - `app.state.output_storage`: the output storage, made on first use (front/delivery.py `StorageOnFirstUse`);
-- `app.state.jobs`: the JobService, once the jobs start (None until then; front/job_routes.py `job_service` reads it).
+- `app.state.jobs`: the JobService, once the jobs start (None until then; front/job_routes.py `job_service` reads it);
+- `app.state.front`: the front service itself, once made (the OpenAI Images API runs its requests as the typed endpoints do).
 Errors raised by any of its routes are answered here, in the shape of the contract their path belongs to (front/renderers.py).
 """
 
@@ -21,7 +22,7 @@ from starlette.routing import Match
 from comfybento.errors import ComfyBentoError
 from comfybento.front import delivery
 from comfybento.front import job_routes as jobs_routes
-from comfybento.front.compat import comfy_v2
+from comfybento.front.compat import comfy_v2, openai_images
 from comfybento.front.compat import comfyui as comfyui_api
 from comfybento.front.http import error_response
 from comfybento.front.jobs.service import InvalidItems
@@ -37,6 +38,7 @@ def root_app(output_storage: Callable[[], Storage]) -> FastAPI:
     app = FastAPI(title="comfybento jobs", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.output_storage = output_storage
     app.state.jobs = None
+    app.state.front = None
     app.exception_handler(ComfyBentoError)(_error)
     app.exception_handler(HTTPException)(_refused)
     app.exception_handler(Exception)(_unexpected)
@@ -44,6 +46,7 @@ def root_app(output_storage: Callable[[], Storage]) -> FastAPI:
         app.include_router(router)
     comfy_v2.include(app)  # Comfy API v2 at /api/v2 (official SDKs)
     comfyui_api.install(app)  # ComfyUI's own routes (front/compat/comfyui/)
+    openai_images.include(app)  # the OpenAI Images API at /v1 (front/compat/openai_images/)
     return app
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from comfybento.config import Settings, find_comfyui_root
 from comfybento.errors import ConfigError
 from comfybento.runtime.server_stub import PromptServerStandIn
+from comfybento.workflows.batchplan import original_node_id
 
 PREVIEW_EVERY_S = 0.25  # at most four previews a second per execution (the last step always has one)
 
@@ -210,12 +211,17 @@ def _install_progress_hook(server: PromptServerStandIn) -> None:
     JPEG bytes, at most one per PREVIEW_EVERY_S; tqdm bars stay out of the log."""
     import comfy.model_management as mm
     import comfy.utils
+    from comfy_execution.utils import get_executing_context
 
     last = {"at": 0.0}
 
     def hook(value: int, total: int, preview_image: Any, prompt_id: Any = None, node_id: Any = None) -> None:
         mm.throw_exception_if_processing_interrupted()
-        server.send_sync("progress", {"value": int(value), "max": int(total), "node": node_id})
+        if node_id is None:  # a sampler's ProgressBar(steps) names no node: the node executing now (as ComfyUI's own hook)
+            context = get_executing_context()
+            node_id = context.node_id if context is not None else server.last_node_id
+        node = None if node_id is None else original_node_id(str(node_id))  # a merged batch's copy: the workflow's id
+        server.send_sync("progress", {"value": int(value), "max": int(total), "node": node})
         now = time.monotonic()
         if _previews["on"] and preview_image is not None and (now - last["at"] >= PREVIEW_EVERY_S or value >= total):
             last["at"] = now

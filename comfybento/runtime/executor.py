@@ -163,5 +163,18 @@ class ComfyExecutor:
 
         return str(mm.get_torch_device())
 
+    @staticmethod
+    def device_memory() -> tuple[str, int, int]:
+        """(device, bytes in use, total bytes) of the device ComfyUI runs on: CUDA's free/total of the whole device
+        (every process on it, as nvidia-smi counts); ("cpu", 0, 0) on a CPU, or another device (0, 0)."""
+        import comfy.model_management as mm
+        import torch
+
+        device = mm.get_torch_device()
+        if device.type != "cuda":
+            return str(device), 0, 0
+        free, total = torch.cuda.mem_get_info(device)
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}", total - free, total
+
     def shutdown(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)

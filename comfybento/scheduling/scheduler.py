@@ -53,6 +53,8 @@ Contract (tests/unit/test_scheduler.py checks each point, without ComfyUI):
 8. `stats()`: seconds the executor was busy, seconds it sat idle while jobs
    were queued (the scheduler's own overhead: the target is < 5%), and, apart
    from those, seconds it waited on purpose to coalesce (point 2).
+   `queued_by(group)`: the jobs queued and not yet running, counted by
+   `group(job)` (the engine counts them per workflow).
 """
 
 from __future__ import annotations
@@ -188,6 +190,16 @@ class Scheduler(Generic[P]):
     def queued(self) -> int:
         with self._cond:
             return self._waiting
+
+    def queued_by(self, group: Callable[[Job[P]], str]) -> dict[str, int]:
+        """Queued jobs (not running) counted by group(job); groups with none are absent."""
+        with self._cond:
+            counts: dict[str, int] = {}
+            for queue in self._queues.values():
+                for job in queue:
+                    name = group(job)
+                    counts[name] = counts.get(name, 0) + 1
+            return counts
 
     def largest_fit(self, key: str) -> int | None:
         """The largest batch known to fit in device memory for a key, once one ran out."""

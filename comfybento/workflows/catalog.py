@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from comfybento import lifecycle
 from comfybento.config import Settings
 from comfybento.errors import TooLarge, WorkflowError
 from comfybento.limits import Limits
@@ -30,7 +31,9 @@ COMMON_FIELDS = ("output_format", "output_quality", "output_delivery")
 RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "schema", "api", "workflows", "static_content", "playground", "usage",
                   # ComfyUI's own routes (front/compat/comfyui/)
                   "prompt", "queue", "interrupt", "history", "view", "upload", "object_info", "system_stats", "free", "embeddings",
-                  "extensions", "models", "ws"}
+                  "extensions", "models", "ws",
+                  # the OpenAI Images API (front/compat/openai_images/)
+                  "v1"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".pt2")
 
@@ -255,5 +258,6 @@ def load_catalog(settings: Settings, node_defs: NodeDefs, lock: ModelLock) -> di
         spec = load_workflow(path, node_defs, lock, settings)
         catalog[spec.name] = spec
         mode = "batched" if spec.batch_plan else f"one by one ({spec.batch_reason})"
-        log.info("workflow %s: POST /%s, %d params, %d outputs, %s", spec.name, spec.name, len(spec.params), len(spec.outputs), mode)
+        # said once, by the arbiter (`bentoml serve`'s own process): each worker loads the same catalog again
+        log.log(logging.DEBUG if lifecycle.in_worker() else logging.INFO, "workflow %s: POST /%s, %d params, %d outputs, %s", spec.name, spec.name, len(spec.params), len(spec.outputs), mode)
     return catalog

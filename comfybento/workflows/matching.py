@@ -21,7 +21,7 @@ unmatched graphs (COMFYBENTO_SUBMITTED_GRAPHS=any, workflows/free_graph.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from comfybento.errors import InvalidRequest
@@ -51,6 +51,8 @@ class GraphMismatch(InvalidRequest):
 class GraphRun:
     workflow: str
     values: dict[str, Any]  # the workflow's request fields, as its typed endpoint takes them
+    # The workflow's node id -> the submitted graph's, where they differ (results are sent under the caller's ids).
+    node_ids: dict[str, str] = field(default_factory=dict)
 
 
 def match_graph(
@@ -70,7 +72,8 @@ def match_graph(
         spec = catalog[name]
         mapping, diffs = closest(spec, graph)
         if not diffs:
-            return GraphRun(spec.name, field_values(spec, graph, resolve_file, mapping))
+            renamed = {mine: theirs for mine, theirs in mapping.items() if mine != theirs}
+            return GraphRun(spec.name, field_values(spec, graph, resolve_file, mapping), renamed)
         found.append((len(diffs), diffs[0], spec))
     if allow_unmatched:  # the job item of a graph that matches no served workflow (checked in full when submitted)
         return GraphRun(FREE_GRAPH, {"graph": graph})

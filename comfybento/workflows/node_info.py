@@ -29,7 +29,7 @@ from comfybento.workflows.graph import InputDef, NodeDef
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: ComfyUI's own node_info() per node
 KEEP_SNAPSHOTS = 8
 _SKIP_DIRS = {"__pycache__", ".git", "node_modules", ".venv"}
 # Model files (loader inputs list them); not the hash stamps the engine writes beside them.
@@ -108,16 +108,30 @@ def snapshot_path(settings: Settings, print_: str) -> Path:
     return settings.cache_dir / f"object_info-{print_}.json"
 
 
-def load_node_defs(settings: Settings) -> dict[str, NodeDef]:
-    """The node registry's definitions from a fresh snapshot (written first if missing or stale)."""
+_last: dict[str, Any] = {}  # "nodes": the node info this process last read (what its workflows were typed with)
+
+
+def load_node_info(settings: Settings) -> dict[str, Any]:
+    """ComfyUI's object_info, every node as its node_info() builds it, from a fresh snapshot (written first if missing or stale)."""
     path = snapshot_path(settings, fingerprint(settings))
     if not path.is_file():
         write_snapshot_in_child(settings, path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return node_defs_from_info(data["nodes"])
+        nodes = json.loads(path.read_text(encoding="utf-8"))["nodes"]
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"node-definition snapshot {path} is unreadable ({exc}); delete it and start again") from None
+    _last["nodes"] = nodes
+    return dict(nodes)
+
+
+def loaded_node_info(settings: Settings) -> dict[str, Any]:
+    """The node info this process loaded its workflows with (its snapshot file may since be pruned by another process)."""
+    return dict(_last["nodes"]) if "nodes" in _last else load_node_info(settings)
+
+
+def load_node_defs(settings: Settings) -> dict[str, NodeDef]:
+    """The node registry's definitions from a fresh snapshot (written first if missing or stale)."""
+    return node_defs_from_info(load_node_info(settings))
 
 
 def write_snapshot_in_child(settings: Settings, path: Path) -> None:

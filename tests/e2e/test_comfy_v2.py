@@ -23,7 +23,7 @@ from PIL import Image
 
 from comfybento.front.keys import hash_key, new_key
 from tests.e2e.conftest import JOB_ENV, serving
-from tests.helpers import GRAPHS, ROOT, make_workflows_dir, sample_image, service_env
+from tests.helpers import GRAPHS, ROOT, make_workflows_dir, renumbered, sample_image, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -119,6 +119,20 @@ def test_cancel_and_a_mismatched_graph(client, server):
 
     raw = httpx.post(f"{server}/api/v2/jobs", json={"workflow": {"10": {"class_type": "LoadImage", "inputs": {"image": "x.png"}}}}, timeout=30)
     assert raw.status_code == 422 and raw.json()["error"]["code"] == "invalid_workflow"
+
+
+def test_a_renumbered_graph_s_outputs_come_under_its_own_node_ids(client, server):
+    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    graph["3"]["inputs"].update(steps=2, seed=31)
+    job = client.submit(client.workflows.from_json(renumbered(graph)))
+    events = list(job.events())
+    assert events[-1].status == "succeeded", [type(e).__name__ for e in events]
+    job.refresh()
+    [out] = job.get_outputs("n9x")
+    assert out.content_type == "image/png" and Image.open(io.BytesIO(out.to_bytes())).size == (128, 128)
+    assert job.get_outputs("9") == []
+    view = httpx.get(f"{server}/api/v2/jobs/{job.id}", timeout=30).json()
+    assert [o["node_id"] for o in view["outputs"]] == ["n9x"]
 
 
 def test_assets_refuse_a_wrong_hash_and_an_upload_over_the_limit(server):

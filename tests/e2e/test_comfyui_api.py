@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import GRAPHS, ROOT, sample_image
+from tests.helpers import GRAPHS, ROOT, renumbered, sample_image
 
 TXT2IMG = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
 IMG2IMG = json.loads((GRAPHS / "img2img.json").read_text())
@@ -109,6 +109,26 @@ def test_mismatched_graph_is_refused_naming_the_difference(server: str) -> None:
     graph["5"]["inputs"]["batch_size"] = ["4", 0]
     r = httpx.post(f"{server}/prompt", json={"prompt": graph}, timeout=10)
     assert r.status_code == 400 and "node '5'" in r.json()["error"]["message"]
+
+
+NODE_INFO_KEYS = {"input", "input_order", "output", "output_is_list", "output_name", "name", "display_name", "description",
+                  "python_module", "category", "output_node"}
+
+
+def test_object_info_sends_every_key_comfyui_sends(server: str) -> None:
+    info = httpx.get(f"{server}/api/object_info", timeout=30).json()
+    for name, entry in info.items():
+        assert NODE_INFO_KEYS <= entry.keys(), (name, NODE_INFO_KEYS - entry.keys())
+        assert entry["name"] == name and len(entry["output_is_list"]) == len(entry["output"]) == len(entry["output_name"])
+        assert set(entry["input_order"]) <= set(entry["input"]), name
+    sampler = info["KSampler"]
+    assert sampler["category"] == "sampling" and sampler["python_module"] == "nodes" and not sampler.get("deprecated")
+    assert sampler["input"]["required"]["seed"][1]["control_after_generate"] is True
+    assert info["LoadImage"]["input"]["required"]["image"][1]["image_upload"] is True
+    assert sum(1 for e in info.values() if e.get("deprecated")) < len(info) / 4  # not every node "[DEPR]"
+    assert len({e["category"] for e in info.values()}) > 10  # not every node in one category
+    one = httpx.get(f"{server}/object_info/KSampler", timeout=10).json()
+    assert one == {"KSampler": sampler}
 
 
 def test_object_info_and_system(server: str) -> None:
@@ -220,6 +240,32 @@ def test_comfy_cli_run(server: str, tmp_path: Path) -> None:
     assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (128, 128)
 
 
+def test_a_renumbered_graph_s_results_come_under_its_own_node_ids(server: str) -> None:
+    from websockets.sync.client import connect
+
+    graph = renumbered(_graph("a renumbered fox", 21))
+    client_id = uuid.uuid4().hex
+    with connect(f"{server.replace('http', 'ws')}/ws?clientId={client_id}", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "status"
+        prompt_id = _run(server, graph, client_id)
+        seen = []
+        while not seen or seen[-1]["type"] != "executing" or seen[-1]["data"]["node"] is not None:
+            message = json.loads(ws.recv(timeout=240))
+            if message["data"].get("prompt_id") == prompt_id:
+                seen.append(message)
+    named = {m["data"]["node"] for m in seen if m["type"] in ("executing", "executed", "progress")} - {None}
+    assert named and named <= set(graph), named  # no event names the served workflow's ids ("3", "9")
+    assert any(m["type"] == "progress" and m["data"]["node"] == "n3x" for m in seen)
+    executed = next(m["data"] for m in seen if m["type"] == "executed")
+    assert executed["node"] == executed["display_node"] == "n9x"
+    entry = _wait_history(server, prompt_id)
+    assert set(entry["outputs"]) == {"n9x"} and entry["prompt"][4] == ["n9x"] and set(entry["meta"]) == {"n9x"}
+    (image,) = entry["outputs"]["n9x"]["images"]
+    assert image == executed["output"]["images"][0]
+    view = httpx.get(f"{server}/view", params=image, timeout=10)
+    assert view.status_code == 200 and Image.open(io.BytesIO(view.content)).size == (128, 128)
+
+
 def test_a_failing_node_ends_with_execution_error(server: str) -> None:
     from websockets.sync.client import connect
 
@@ -239,3 +285,33 @@ def test_a_failing_node_ends_with_execution_error(server: str) -> None:
     assert "execution_success" not in [m["type"] for m in seen]
     entry = _wait_history(server, prompt_id)
     assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
+
+
+# ComfyScript's remote mode, unchanged (tests/e2e/comfyscript_txt2img.py), in a child process: load() installs its
+# nodes module-wide and patches the event loop.
+COMFYSCRIPT = Path(__file__).with_name("comfyscript_txt2img.py")
+
+
+def test_comfyscript_remote_mode_runs_txt2img(server: str) -> None:
+    proc = subprocess.run([sys.executable, str(COMFYSCRIPT), server], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "IMAGE (128, 128) RGB" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ids = next(iter(httpx.get(f"{server}/history", params={"max_items": 1}, timeout=10).json().values()))["prompt"][2]
+    assert "SaveImage.0" in ids  # ComfyScript's own node ids: the results were found under them
+
+
+def test_comfy_toolkit_tracks_a_renumbered_graph_to_its_images(server: str) -> None:
+    import comfy_toolkit as toolkit
+
+    client = toolkit.ComfyClient(server)
+    workflow = renumbered(client.load_workflow(ROOT / "workflows" / "txt2img.json"))
+    workflow = toolkit.customize(workflow, positive="a lighthouse at dawn", seed=42)
+    workflow["n3x"]["inputs"]["steps"] = 2
+    steps: list[tuple[int, int]] = []
+    nodes: list[str | None] = []
+    result = toolkit.submit_and_track(client, workflow, on_progress=lambda value, total: steps.append((value, total)),
+                                      on_node=nodes.append)
+    (image,) = result["images"]
+    assert image["node_id"] == toolkit.find_node_by_class(workflow, "SaveImage") == "n9x"
+    assert steps and steps[-1] == (2, 2) and set(nodes) - {None} <= set(workflow) and "n3x" in nodes
+    assert Image.open(io.BytesIO(client.download(image))).size == (128, 128)

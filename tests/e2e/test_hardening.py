@@ -78,7 +78,7 @@ def test_malformed_multipart_is_a_400(server):
     [
         # the CPU engine's defaults (comfybento/limits.py CPU_LIMITS), the shapes that exhausted the machine at small scale
         ({"width": 1024, "height": 1024, "steps": 1}, 413, "max_image_pixels"),
-        ({"width": 512, "height": 512, "batch_size": 2, "steps": 1}, 413, "max_request_pixels"),
+        ({"width": 384, "height": 384, "batch_size": 2, "steps": 1}, 413, "max_request_pixels"),
         ({"width": 2048, "height": 128, "steps": 1}, 413, "max_aspect_ratio"),
         ({"width": 16384, "height": 16384, "steps": 1}, 400, "width"),  # over max_side: the schema's maximum
         ({"batch_size": 4095}, 400, "batch_size"),
@@ -125,7 +125,7 @@ def _cancelled(server: str) -> float:
 
 def test_a_client_that_leaves_stops_its_work(server):
     before = _cancelled(server)
-    slow = {"prompt": "leaving", "width": 512, "height": 512, "steps": 150, "seed": 5}
+    slow = {"prompt": "leaving", "width": 448, "height": 448, "steps": 150, "seed": 5}
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server}/txt2img", json=slow, timeout=httpx.Timeout(60, read=3))

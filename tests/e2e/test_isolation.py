@@ -123,7 +123,9 @@ def world(tmp_path_factory) -> Iterator[World]:
     (root / "keys.yaml").write_text("".join(f'- name: {n}\n  sha256: "{hash_key(k)}"\n' + ("  operator: true\n" if n == "ops" else "")
                                             for n, k in keys.items()))
     env = {**service_env(make_workflows_dir(root / "workflows", ("img2img",)), root / "work"), **JOB_ENV,
-           "COMFYBENTO_API_KEYS_FILE": str(root / "keys.yaml"), "COMFYBENTO_JOB_CONCURRENCY": "1"}
+           "COMFYBENTO_API_KEYS_FILE": str(root / "keys.yaml"), "COMFYBENTO_JOB_CONCURRENCY": "1",
+           # alice's long prompt runs through the whole walk (interrupted by its last row): no step or time limit cuts it
+           "COMFYBENTO_MAX_STEPS": "10000", "COMFYBENTO_MAX_EXECUTION_S": "0"}
     with serving(env, root) as url:
         w = World(url, keys)
         _make(w)
@@ -162,6 +164,8 @@ def _make(w: World) -> None:
     r["live"], r["live_name"] = _live_url(w, "alice", "/txt2img")
     r["stream"], r["stream_name"] = _live_url(w, "alice", "/txt2img/stream")
     r["bobs_live"], r["bobs_live_name"] = _live_url(w, "bob", "/txt2img")
+    for api in ("generations", "edits"):
+        r[f"bobs_openai_{api}"] = _openai_url(w, "bob", api)
     for job in (r["job"], r["prompt"], r["v2job"]):
         assert w.wait(job) == "succeeded"
     [item] = w.ok("alice", "GET", "/jobs/{job}/results").json()["items"]
@@ -172,7 +176,7 @@ def _make(w: World) -> None:
     # Sockets under one client id, one per key, before alice's prompt that keeps the engine busy while the routes are walked.
     for who in ("alice", "bob", "ops"):
         w.sockets[who] = connect(f"{w.url.replace('http', 'ws')}/ws?clientId=shared-client&token={w.keys[who]}", open_timeout=30)
-    blocker = {"prompt": _txt2img(150, 512), "client_id": "shared-client"}
+    blocker = {"prompt": _txt2img(10000, 128), "client_id": "shared-client"}
     r["running"] = w.ok("alice", "POST", "/prompt", json=blocker).json()["prompt_id"]
     assert w.wait(r["running"], ("running",)) == "running"
     # Queued behind it (the runner takes one item at a time): for the routes that cancel.
@@ -282,6 +286,24 @@ def _bobs_job(w: World) -> None:
 def _bobs_live_output(w: World) -> None:
     assert w.call("alice", "GET", "/outputs/{bobs_live}/{bobs_live_name}".format(**w.refs)).status_code == 404
     w.ok("bob", "GET", "/outputs/{bobs_live}/{bobs_live_name}")
+
+
+def _openai_url(w: World, who: str, api: str) -> str:
+    """The path of an image of `who`'s OpenAI images request, delivered as a URL (made before the engine is kept busy)."""
+    path = f"/v1/images/{api}"
+    if api == "edits":
+        r = w.ok(who, "POST", path, data={"prompt": "a kite", "response_format": "url"}, files={"image": ("a.png", _png(1), "image/png")})
+    else:
+        r = w.ok(who, "POST", path, json={"prompt": "a kite", "size": "64x64", "response_format": "url"})
+    return "/outputs/" + r.json()["data"][0]["url"].split("/outputs/", 1)[1]
+
+
+def _bobs_openai_url(w: World, api: str) -> None:
+    """bob's OpenAI images delivered as URLs are his: alice gets a 404; without a key, OpenAI's 401."""
+    assert w.call("alice", "GET", w.refs[f"bobs_openai_{api}"]).status_code == 404
+    w.ok("bob", "GET", w.refs[f"bobs_openai_{api}"])
+    anonymous = w.call(None, "POST", f"/v1/images/{api}", json={"prompt": "a kite"})
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "authentication_error", anonymous.text[:300]
 
 
 # ComfyUI
@@ -441,6 +463,11 @@ def _rows() -> dict[tuple[str, str], Row]:
         ("GET", "/api/v2/jobs/{job_id}/workflow"): private("GET", v2 + "/workflow"),
         ("GET", "/api/v2/jobs/{job_id}/events"): private("GET", v2 + "/events"),
         ("POST", "/api/v2/jobs/{job_id}/cancel"): Row(hidden("POST", "/api/v2/jobs/{pending}/cancel"), *reads("POST", v2 + "/cancel")),
+        # the OpenAI Images API (front/compat/openai_images/)
+        ("GET", "/v1/models"): served("GET", "/v1/models"),
+        ("GET", "/v1/models/{model}"): served("GET", "/v1/models/txt2img"),
+        ("POST", "/v1/images/generations"): Row(lambda w: _bobs_openai_url(w, "generations")),
+        ("POST", "/v1/images/edits"): Row(lambda w: _bobs_openai_url(w, "edits")),
     }
     return rows
 

@@ -1,12 +1,14 @@
 """The web playground at /, driven in a real headless Chromium (Debian's chromium + chromedriver, through Selenium).
 
 From filling the form to the output image shown on the page, with the progress it streamed on the way, and a batch
-job of two pasted prompts followed to its two results. The page's last state is kept as artifacts/playground.png
+job of two pasted prompts followed to its two results; one Run button, a download link on each output, and the
+seed's maximum (2^64-1) shown, sent and reported exactly. The page's last state is kept as artifacts/playground.png
 (CI keeps artifacts/), whether the test passed or not; the finished run as artifacts/playground-run.png.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +88,17 @@ def fill(driver: Any, field: str, value: str) -> None:
     element.send_keys(value)
 
 
+def assert_each_output_has_a_download_link(driver: Any, container: str) -> None:
+    """Every output shown under `container` has one <a download> with a file name and the output's own bytes as href."""
+    links = driver.execute_script(
+        f"return [...document.querySelectorAll('{container} figure.output')].map(f => [...f.querySelectorAll('a[download]')]"
+        ".map(a => [a.getAttribute('download'), a.href.slice(0, 11)]));")
+    assert links and all(len(per) == 1 for per in links), links
+    for name, href in (per[0] for per in links):
+        assert re.fullmatch(r"[A-Za-z0-9._-]+-\d+\.(png|webp|jpg)", name), name
+        assert href.startswith(("data:image/", "blob:")), href
+
+
 def run_and_wait(driver: Any) -> list[int]:
     """Click Run; once the stream says done, the first output image's decoded [width, height]."""
     from selenium.webdriver.common.by import By
@@ -111,6 +124,9 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
         browser.get(f"{server}/")
         wait_for(browser, "document.body.dataset.ready === '1'", "the forms built from /docs.json")
         workflow = Select(browser.find_element(By.ID, "workflow"))
+        # one Run button (the tab that shows it is named apart)
+        buttons = [b.text.strip() for b in browser.find_elements(By.TAG_NAME, "button")]
+        assert buttons.count("Run") == 1, buttons
 
         # An image input by file upload (sent as a data URI): img2img's output has the input's size.
         workflow.select_by_value("img2img")
@@ -119,7 +135,14 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
         fill(browser, "steps", "2")
         assert run_and_wait(browser) == [80, 48]
 
+        assert_each_output_has_a_download_link(browser, "#gallery")
+
         workflow.select_by_value("txt2img")
+        # the seed's maximum exactly as the schema says (2^64-1), never rounded through a JavaScript Number
+        seed = browser.find_element(By.ID, "field-seed")
+        assert seed.get_attribute("max") == str(2**64 - 1)
+        hint = browser.execute_script("return document.getElementById('field-seed').parentElement.querySelector('small').textContent;")
+        assert f"max {2**64 - 1}" in hint and "18446744073709552000" not in hint, hint
         steps = browser.find_element(By.ID, "field-steps")
         assert (steps.get_attribute("min"), steps.get_attribute("step")) == ("1", "1")  # bounds from the schema
         assert browser.find_element(By.ID, "field-prompt").tag_name == "textarea"  # a multiline prompt
@@ -137,6 +160,12 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
         bar = browser.find_element(By.ID, "run-progress")
         assert bar.get_attribute("data-seen") == "1" and bar.get_attribute("max") == str(STEPS)
         assert "seed" in browser.find_element(By.ID, "run-status").text
+        assert_each_output_has_a_download_link(browser, "#gallery")
+        # the largest seed goes out and comes back exact
+        fill(browser, "seed", str(2**64 - 1))
+        fill(browser, "steps", "1")
+        run_and_wait(browser)
+        assert f"seed {2**64 - 1}," in browser.find_element(By.ID, "run-status").text
         browser.save_screenshot(str(SCREENSHOT.with_name("playground-run.png")))
 
         # A batch job of two pasted prompts: both results arrive on the page, with the job's counts.
@@ -151,6 +180,7 @@ def test_playground_runs_a_workflow_and_a_job_in_chromium(server: str, browser: 
             "both items' images",
         )
         assert shown == [SIZE, SIZE]
+        assert_each_output_has_a_download_link(browser, "#job-items")
         status = browser.find_element(By.ID, "job-status")
         assert "2 succeeded of 2" in status.text
         assert status.get_attribute("data-followed") == "events"  # followed through GET /jobs/{id}/events, not by polling

@@ -49,6 +49,7 @@ def test_a_stream_goes_queued_started_progress_output_done(server):
     assert kinds[1] == "started" and frames[1][1]["batch_size"] >= 1
     steps = [d["value"] for k, d in frames if k == "progress"]
     assert steps == [1, 2, 3] and all(d["max"] == 3 for k, d in frames if k == "progress")
+    assert {d["node_id"] for k, d in frames if k == "progress"} == {"3"}  # the sampling node: KSampler "3" of workflows/txt2img.json
     outputs = [d for k, d in frames if k == "output"]
     assert len(outputs) == 1 and kinds.index("output") > max(i for i, k in enumerate(kinds) if k == "progress")
     image = Image.open(io.BytesIO(base64.b64decode(outputs[0]["data"])))
@@ -93,7 +94,7 @@ def _cancelled(server: str) -> float:
 
 def test_a_client_that_leaves_the_stream_stops_its_work(server):
     before = _cancelled(server)
-    slow = {"prompt": "leaving the stream", "width": 512, "height": 512, "steps": 150, "seed": 5}
+    slow = {"prompt": "leaving the stream", "width": 448, "height": 448, "steps": 150, "seed": 5}
     with httpx.stream("POST", f"{server}/txt2img/stream", json=slow, timeout=60) as resp:
         for kind, _ in sse_frames(resp):
             if kind == "progress":

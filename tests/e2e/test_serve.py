@@ -108,7 +108,7 @@ def test_concurrent_callers_share_batches_with_solo_images(server):
     metrics = httpx.get(f"{server}/metrics").text
     assert 'comfybento_executions_total{mode="batched",workflow="txt2img"}' in metrics
     assert "comfybento_batch_size_bucket" in metrics and "comfybento_queue_wait_seconds_bucket" in metrics
-    assert 'comfybento_workflow_batchable{pid=' in metrics
+    assert 'comfybento_workflow_batchable{workflow="txt2img"} 1.0' in metrics  # once, not per process
 
 
 def test_full_queue_answers_503_with_retry_after(server):

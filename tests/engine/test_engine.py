@@ -80,7 +80,20 @@ def test_an_idle_engine_runs_a_request_at_once_and_reports_every_event(engine):
     assert kinds[0] is Queued and kinds[1] is Started and kinds[-1] is Done
     steps = [e for e in collector.events if isinstance(e, Progress)]
     assert [(s.value, s.max) for s in steps] == [(1, 3), (2, 3), (3, 3)]
+    assert {s.node_id for s in steps} == {"3"}  # the KSampler of workflows/txt2img.json
     assert kinds.index(OutputReady) > max(i for i, k in enumerate(kinds) if k is Progress)
+
+
+def test_a_merged_batch_reports_progress_under_the_workflows_node_id(engine):
+    collectors = [Collector(), Collector()]
+    with executor_busy(engine):
+        for seed, collector in enumerate(collectors):
+            engine.submit("txt2img", EngineItem(values={"prompt": "a kite", "width": 64, "height": 64, "steps": 2}, seed=seed), collector)
+        results = [c.wait(120) for c in collectors]
+    assert [r.batch_size for r in results] == [2, 2] and all(r.ok for r in results)
+    for collector in collectors:
+        steps = [e for e in collector.events if isinstance(e, Progress)]
+        assert steps and {s.node_id for s in steps} == {"3"}
 
 
 def test_batched_items_match_their_solo_images(engine):

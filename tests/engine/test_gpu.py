@@ -72,6 +72,15 @@ def test_the_stock_cuda_allocator_is_used(gpu_engine):
     assert torch.cuda.get_allocator_backend() == "cudaMallocAsync"
 
 
+def test_device_memory_reports_the_cuda_device(gpu_engine):
+    import torch
+
+    device, used, total = gpu_engine.executor.device_memory()  # what comfybento_gpu_memory_*_bytes export
+    assert device == f"cuda:{torch.cuda.current_device()}"
+    assert total == torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    assert 0 < used <= total  # the preloaded model is in there
+
+
 def test_batched_images_match_solo_images_on_cuda(gpu_engine):
     from tests.engine.test_engine import executor_busy
 

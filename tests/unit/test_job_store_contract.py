@@ -81,6 +81,25 @@ def test_every_item_leased_once_and_completed_once(store):
     assert done.state == "succeeded" and done.counts == {"succeeded": 5}
 
 
+def test_item_counts_sum_every_job_by_state(store):
+    assert store.item_counts() == {}
+    first, first_items = _job(3)
+    second, second_items = _job(2, workflow="img2img")
+    store.create_job(first, first_items)
+    store.create_job(second, second_items)
+    assert store.item_counts() == {"queued": 5}
+    leases = sorted(store.lease("w", 3, 60, MAX, workflows=["txt2img"]), key=lambda x: x.index)
+    assert [x.job_id for x in leases] == [first.id] * 3
+    assert store.item_counts() == {"queued": 2, "running": 3}
+    assert store.complete("w", leases[0], {"outputs": []})
+    assert store.fail("w", leases[1], {"error": "boom"}, None)
+    store.cancel(second.id)
+    assert store.item_counts() == {"running": 1, "succeeded": 1, "failed": 1, "cancelled": 2}
+    assert store.complete("w", leases[2], {"outputs": []})
+    assert sorted(_expire_all(store)) == sorted([first.id, second.id])
+    assert store.item_counts() == {}
+
+
 def test_seeds_keep_their_whole_unsigned_64_bit_range(store):
     seeds = [0, 2**63 - 1, 2**63, 2**64 - 1, None]  # ComfyUI's seed range; SQLite's INTEGER is signed
     job, _ = _job(len(seeds))

@@ -111,10 +111,15 @@ def test_other_node_ids_match_and_carry_their_values(catalog: dict[str, Workflow
     graph = _graph(catalog)
     _node(graph, "KSampler")["inputs"].update(seed=77, steps=2)
     _node(graph, "EmptyLatentImage")["inputs"]["width"] = 192
-    renumbered, _ = _renumbered(graph, start=1)  # ids 1..7, overlapping the workflow's ids 3..9 with other nodes
+    renumbered, new_ids = _renumbered(graph, start=1)  # ids 1..7, overlapping the workflow's ids 3..9 with other nodes
     assert any(renumbered.get(i, {}).get("class_type") not in (None, n["class_type"]) for i, n in graph.items())
     run = match_graph(catalog, renumbered)
     assert (run.workflow, run.values["seed"], run.values["steps"], run.values["width"]) == ("txt2img", 77, 2, 192)
+    assert run.node_ids == {old: new for old, new in new_ids.items() if old != new}  # results go back under the graph's ids
+
+
+def test_a_graph_under_the_workflow_s_own_ids_renames_nothing(catalog: dict[str, WorkflowSpec]) -> None:
+    assert match_graph(catalog, _graph(catalog)).node_ids == {}
 
 
 def test_a_difference_in_a_renumbered_graph_names_the_graph_s_node(catalog: dict[str, WorkflowSpec]) -> None:

@@ -247,6 +247,24 @@ def test_cancel_drops_a_queued_request():
     assert not scheduler.cancel(keep)  # already ran: only flagged
 
 
+def test_queued_by_counts_the_waiting_jobs_per_group_not_the_running_ones():
+    scheduler: Scheduler[str] = Scheduler()
+    workflow = {"a": "txt2img", "b": "txt2img", "c": "img2img"}
+    jobs = [_job(key, f"{key}{i}", max_batch=2) for key in "abc" for i in range(2)]
+    jobs.append(_job("c", "c-solo", can_batch=False))
+    for job in jobs:
+        scheduler.submit(job)
+    group = lambda job: workflow[job.key]  # noqa: E731
+    assert scheduler.queued_by(group) == {"txt2img": 4, "img2img": 3}
+    batch = scheduler.next_batch(timeout=1)
+    assert batch is not None and [j.payload for j in batch] == ["a0", "a1"]
+    assert scheduler.queued_by(group) == {"txt2img": 2, "img2img": 3}  # the running batch is no longer queued
+    scheduler.cancel(jobs[-1])
+    assert scheduler.queued_by(group) == {"txt2img": 2, "img2img": 2}
+    scheduler.fail_queued(RuntimeError("drain deadline"))
+    assert scheduler.queued_by(group) == {}
+
+
 def test_stop_drains_then_refuses_and_fail_queued_ends_the_rest():
     scheduler: Scheduler[str] = Scheduler()
     left: list = []

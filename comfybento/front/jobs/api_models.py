@@ -13,7 +13,7 @@ from comfybento.outputs.media import OutputKind
 class WebhookSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(description="Callback URL; must pass the service's webhook allow-list.")
-    per_item: bool = Field(default=False, description="Also POST when each item finishes, not only when the job does.")
+    per_item: bool = Field(default=False, strict=True, description="Also POST when each item finishes, not only when the job does.")
 
 
 class JobSubmit(BaseModel):
@@ -30,7 +30,7 @@ class JobSubmit(BaseModel):
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, description="Submitting again with the same key returns the same job.")
     webhook: WebhookSpec | None = Field(default=None, description="Where to POST signed completion events.")
-    cache: bool = Field(default=False, description="Reuse a stored result for an identical (workflow, parameters, seed) item.")
+    cache: bool = Field(default=False, strict=True, description="Reuse a stored result for an identical (workflow, parameters, seed) item.")
     preset: str | None = Field(default=None, min_length=1, max_length=32, description=(
         "A preset of the workflow's sidecar for every item (an item's own `preset` and its explicit fields override it)."))
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ItemState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ITEM_STATES: tuple[ItemState, ...] = get_args(ItemState)
 # The states a job or an item does not leave (but by a retry of the job): the one definition.
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 

@@ -34,6 +34,7 @@ import redis
 
 from comfybento.front.jobs.events import item_event, job_event
 from comfybento.front.jobs.records import (
+    ITEM_STATES,
     TERMINAL_STATES,
     Delivery,
     ItemRecord,
@@ -288,6 +289,16 @@ class RedisJobStore:
         """Newest first; of one owner from its own index (`jobs:owner:<name>`, kept since owners are listed apart)."""
         ids = self.r.zrevrange(P + ("jobs:owner:" + owner if owner is not None else "jobs"), offset, offset + limit - 1)
         return [j for i in ids if (j := self.get_job(i)) is not None]
+
+    def item_counts(self) -> dict[str, int]:
+        """The jobs' own per-state counters (`n:<state>`) summed: one round trip for every job."""
+        fields = [f"n:{state}" for state in ITEM_STATES]
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in self.r.zrange(P + "jobs", 0, -1):
+                pipe.hmget(P + "job:" + job_id, fields)
+            rows = pipe.execute()
+        totals = {state: sum(int(row[i] or 0) for row in rows) for i, state in enumerate(ITEM_STATES)}
+        return {state: n for state, n in totals.items() if n > 0}
 
     def _item(self, job_id: str, index: int) -> ItemRecord | None:
         return self._item_from_hash(job_id, self.r.hgetall(P + f"item:{job_id}:{index:06d}"))

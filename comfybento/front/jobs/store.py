@@ -23,6 +23,7 @@ Contract (both stores keep it; tests run against both):
   nothing. The job's earlier webhook deliveries (its `job` event, the retried items'
   events) keep their logs under new ids (`records.retried_delivery_id`), so the
   retried job's own events are queued again when it finishes.
+- `item_counts` counts the items of every job in the store by state (a state with none is absent).
 - `add_usage` adds to a key's counters of a UTC day (`records.usage_day`); `usage`
   reads every key's counters of the given days. Usage is never deleted with jobs.
 """
@@ -75,6 +76,7 @@ class JobStore(Protocol):
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def list_jobs(self, limit: int, offset: int, owner: str | None = None) -> list[JobRecord]: ...  # newest first; owner: its jobs only
     def get_items(self, job_id: str, offset: int, limit: int) -> list[ItemRecord]: ...
+    def item_counts(self) -> dict[str, int]: ...
     def lease(self, owner: str, limit: int, lease_s: float, max_attempts: int,
               workflows: Collection[str] | None = None) -> list[Lease]:
         """Lease up to `limit` runnable items, by job priority, then age, then index; only items of `workflows` (the
@@ -220,6 +222,10 @@ class SQLiteJobStore:
         with self._lock:
             rows = self._db.execute("SELECT * FROM items WHERE job_id = ? ORDER BY idx LIMIT ? OFFSET ?", (job_id, limit, offset))
             return [_item_from_row(r) for r in rows]
+
+    def item_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {r["state"]: r["n"] for r in self._db.execute("SELECT state, COUNT(*) AS n FROM items GROUP BY state")}
 
     # ------------------------------------------------------------ leases
 

@@ -35,8 +35,23 @@ async function errorText(response) {
   }
 }
 
+// An integer beyond JavaScript's exact range (a seed up to 2^64-1) is kept as BIG_INT + its digits, never a Number:
+// JSON.parse would round 18446744073709551615 to 18446744073709552000. toJson writes it back as the integer it was.
+const BIG_INT = "\u0000int:";
+
+function parseExact(text) {
+  const marked = text.replace(/"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g, (token) =>
+    /^-?\d{16,}$/.test(token) && !Number.isSafeInteger(Number(token)) ? `"\\u0000int:${token}"` : token);
+  return JSON.parse(marked);
+}
+
+// A value for display or a form attribute: a BIG_INT as its exact digits.
+function exact(value) {
+  return typeof value === "string" && value.startsWith(BIG_INT) ? value.slice(BIG_INT.length) : value;
+}
+
 function toJson(value) {
-  return JSON.stringify(value).replace(/"\\u0000int:(\d+)"/g, "$1");
+  return JSON.stringify(value).replace(/"\\u0000int:(-?\d+)"/g, "$1");
 }
 
 // Server-Sent Events from a fetch() answer (EventSource can neither POST nor send headers).
@@ -62,7 +77,7 @@ async function readEvents(response, onEvent) {
         if (field === "event") type = text;
         else if (field === "data") data.push(text);
       }
-      if (data.length) onEvent(type, JSON.parse(data.join("\n")));
+      if (data.length) onEvent(type, parseExact(data.join("\n")));
     }
   }
 }
@@ -127,10 +142,10 @@ function control(name, prop, required) {
   } else if (kind === "number") {
     input = document.createElement("input");
     input.type = "number";
-    if (prop.minimum !== undefined) input.min = prop.minimum;
-    if (prop.maximum !== undefined) input.max = prop.maximum;
+    if (prop.minimum !== undefined) input.min = exact(prop.minimum);
+    if (prop.maximum !== undefined) input.max = exact(prop.maximum);
     input.step = prop.multipleOf ?? (prop.type === "integer" ? 1 : "any");
-    input.value = prop.default ?? "";
+    input.value = exact(prop.default) ?? "";
     if (prop.nullable) input.placeholder = "random";
   } else if (kind === "file") {
     return fileControl(name, prop, required);
@@ -178,7 +193,7 @@ function fieldRow(name, prop, required) {
   const label = document.createElement("label");
   label.htmlFor = `field-${name}`;
   label.textContent = (prop.title || name) + (required ? " *" : "");
-  const bounds = [prop.minimum !== undefined ? `min ${prop.minimum}` : "", prop.maximum !== undefined ? `max ${prop.maximum}` : ""];
+  const bounds = [prop.minimum !== undefined ? `min ${exact(prop.minimum)}` : "", prop.maximum !== undefined ? `max ${exact(prop.maximum)}` : ""];
   const hint = document.createElement("small");
   hint.textContent = [prop.description, bounds.filter(Boolean).join(", ")].filter(Boolean).join(" ");
   row.append(label, control(name, prop, required), hint);
@@ -217,8 +232,6 @@ function readFile(file) {
     reader.readAsDataURL(file);
   });
 }
-
-const BIG_INT = "\u0000int:"; // an integer beyond JavaScript's exact range (a seed up to 2^64-1), written into the JSON as is
 
 function coerce(value, type) {
   if (type === "integer" && /^\s*\d{16,}\s*$/.test(value) && !Number.isSafeInteger(Number(value))) return BIG_INT + value.trim();
@@ -271,15 +284,28 @@ async function outputElement(out) {
     media = document.createElement("pre");
     media.textContent = await (await fetch(src)).text();
   } else {
-    media = Object.assign(document.createElement("a"), { href: src, download: out.name || "output", textContent: "download" });
+    media = null; // any other file: the download link below is all there is to show
   }
-  if (out.width) media.dataset.width = out.width;
-  if (out.height) media.dataset.height = out.height;
+  if (media && out.width) media.dataset.width = out.width;
+  if (media && out.height) media.dataset.height = out.height;
   const caption = document.createElement("figcaption");
   const size = out.width ? ` ${out.width}×${out.height}` : "";
-  caption.textContent = `${out.name || out.output} #${out.index} · ${out.media_type}${size}`;
-  figure.append(media, caption);
+  caption.textContent = `${out.name || out.output} #${out.index} · ${out.media_type}${size} `;
+  // a presigned URL of another origin opens in the browser instead (browsers ignore `download` across origins)
+  caption.append(Object.assign(document.createElement("a"), { href: src, download: downloadName(out), className: "download",
+                                                               textContent: "download" }));
+  figure.append(...(media ? [media] : []), caption);
   return figure;
+}
+
+const EXTENSIONS = { "image/jpeg": "jpg", "audio/mpeg": "mp3", "text/plain": "txt", "image/svg+xml": "svg" };
+
+// save_image-0.png: the output's name, its index, the extension of its media type
+function downloadName(out) {
+  const type = (out.media_type || "").toLowerCase();
+  const ext = EXTENSIONS[type] || (type.split("/")[1] || "bin").split(/[;+]/)[0].replace(/^x-/, "").replace(/[^a-z0-9]/g, "") || "bin";
+  const base = String(out.name || out.output || "output").replace(/[^A-Za-z0-9._-]+/g, "_");
+  return `${base}-${out.index ?? 0}.${ext}`;
 }
 
 // ---- one run, streamed ---------------------------------------------------------------------------------------------
@@ -338,7 +364,7 @@ async function onRunEvent(type, data, bar) {
   } else if (type === "done") {
     $("preview").replaceChildren();
     const t = data.timings || {};
-    setStatus("run-status", `Done: seed ${data.seed}, ${Math.round(t.execution_ms)} ms (batch of ${t.batch_size})`);
+    setStatus("run-status", `Done: seed ${exact(data.seed)}, ${Math.round(t.execution_ms)} ms (batch of ${t.batch_size})`);
     $("run-status").dataset.outcome = "done";
   } else if (type === "failed") {
     setStatus("run-status", `Failed (${data.error_kind}${data.node_id ? `, node ${data.node_id}` : ""}): ${data.error}`, true);
@@ -539,7 +565,7 @@ async function start() {
     setStatus("run-status", `Could not read the API schema: ${await errorText(response)}`, true);
     return;
   }
-  state.doc = await response.json();
+  state.doc = parseExact(await response.text());
   state.workflows = findWorkflows(state.doc);
   const select = $("workflow");
   for (const name of Object.keys(state.workflows).sort()) select.append(new Option(name, name));

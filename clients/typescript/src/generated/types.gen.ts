@@ -633,11 +633,11 @@ export type WebhookSpec = {
 };
 
 /**
- * Txt2imgInput
+ * Img2imgInput
  *
- * Parameters of the 'txt2img' workflow.
+ * Parameters of the 'img2img' workflow.
  */
-export type Txt2ImgInput = {
+export type Img2ImgInput = {
     /**
      * Prompt
      *
@@ -687,23 +687,11 @@ export type Txt2ImgInput = {
      */
     denoise?: number;
     /**
-     * Width
+     * Image
      *
-     * The width of the latent images in pixels. (node 5 EmptyLatentImage, input 'width')
+     * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
      */
-    width?: number;
-    /**
-     * Height
-     *
-     * The height of the latent images in pixels. (node 5 EmptyLatentImage, input 'height')
-     */
-    height?: number;
-    /**
-     * Batch Size
-     *
-     * The number of latent images in the batch. (node 5 EmptyLatentImage, input 'batch_size')
-     */
-    batch_size?: number;
+    image: Blob | File;
     /**
      * Output Format
      *
@@ -722,12 +710,6 @@ export type Txt2ImgInput = {
      * How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the output storage, local or S3; `url` says where). Batch jobs always store them.
      */
     output_delivery?: 'base64' | 'url';
-    /**
-     * Preset
-     *
-     * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
-     */
-    preset?: 'fast' | 'balanced' | 'quality' | null;
 };
 
 /**
@@ -842,6 +824,104 @@ export type Timings = {
 };
 
 /**
+ * Txt2imgInput
+ *
+ * Parameters of the 'txt2img' workflow.
+ */
+export type Txt2ImgInput = {
+    /**
+     * Prompt
+     *
+     * The text to be encoded. (node 6 CLIPTextEncode, input 'text')
+     */
+    prompt?: string;
+    /**
+     * Negative Prompt
+     *
+     * The text to be encoded. (node 7 CLIPTextEncode, input 'text')
+     */
+    negative_prompt?: string;
+    /**
+     * Seed
+     *
+     * Random seed for the noise; omit it to draw a random seed, which the response returns. (node 3 KSampler, input 'seed')
+     */
+    seed?: number | null;
+    /**
+     * Steps
+     *
+     * The number of steps used in the denoising process. (node 3 KSampler, input 'steps')
+     */
+    steps?: number;
+    /**
+     * Cfg
+     *
+     * The Classifier-Free Guidance scale balances creativity and adherence to the prompt. Higher values result in images more closely matching the prompt however too high values will negatively impact quality. (node 3 KSampler, input 'cfg')
+     */
+    cfg?: number;
+    /**
+     * Sampler Name
+     *
+     * The algorithm used when sampling, this can affect the quality, speed, and style of the generated output. (node 3 KSampler, input 'sampler_name')
+     */
+    sampler_name?: 'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2';
+    /**
+     * Scheduler
+     *
+     * The scheduler controls how noise is gradually removed to form the image. (node 3 KSampler, input 'scheduler')
+     */
+    scheduler?: 'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal';
+    /**
+     * Denoise
+     *
+     * The amount of denoising applied, lower values will maintain the structure of the initial image allowing for image to image sampling. (node 3 KSampler, input 'denoise')
+     */
+    denoise?: number;
+    /**
+     * Width
+     *
+     * The width of the latent images in pixels. (node 5 EmptyLatentImage, input 'width')
+     */
+    width?: number;
+    /**
+     * Height
+     *
+     * The height of the latent images in pixels. (node 5 EmptyLatentImage, input 'height')
+     */
+    height?: number;
+    /**
+     * Batch Size
+     *
+     * The number of latent images in the batch. (node 5 EmptyLatentImage, input 'batch_size')
+     */
+    batch_size?: number;
+    /**
+     * Output Format
+     *
+     * Image format of the outputs (the workflow's sidecar sets the default).
+     */
+    output_format?: 'png' | 'webp' | 'jpeg';
+    /**
+     * Output Quality
+     *
+     * WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); ignored for PNG.
+     */
+    output_quality?: number;
+    /**
+     * Output Delivery
+     *
+     * How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the output storage, local or S3; `url` says where). Batch jobs always store them.
+     */
+    output_delivery?: 'base64' | 'url';
+    /**
+     * Preset
+     *
+     * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
+     */
+    preset?: 'fast' | 'balanced' | 'quality' | null;
+};
+
+/**
  * TaskStatusResponse
  */
 export type TaskStatusResponse = {
@@ -919,11 +999,11 @@ export type ErrorResponse = {
     /**
      * The kind of error: the same kinds in every answer, event and job record.
      */
-    error_kind?: 'invalid' | 'too_large' | 'unauthorized' | 'rate_limited' | 'not_found' | 'node' | 'oom' | 'workflow' | 'unavailable' | 'storage_full' | 'cancelled' | 'internal';
+    error_kind: 'invalid' | 'too_large' | 'unauthorized' | 'rate_limited' | 'not_found' | 'node' | 'oom' | 'workflow' | 'unavailable' | 'storage_full' | 'cancelled' | 'internal';
     /**
      * Also in the X-Request-ID header and the server's log.
      */
-    request_id?: string;
+    request_id: string;
     /**
      * For node errors: the node that failed.
      */
@@ -977,6 +1057,86 @@ export type ItemError = {
      * Message
      */
     message: string;
+};
+
+/**
+ * Img2imgJobItem
+ *
+ * Parameters of the 'img2img' workflow.
+ */
+export type Img2ImgJobItem = {
+    /**
+     * Prompt
+     *
+     * The text to be encoded. (node 6 CLIPTextEncode, input 'text')
+     */
+    prompt?: string;
+    /**
+     * Negative Prompt
+     *
+     * The text to be encoded. (node 7 CLIPTextEncode, input 'text')
+     */
+    negative_prompt?: string;
+    /**
+     * Seed
+     *
+     * Random seed for the noise; omit it to draw a random seed, which the response returns. (node 3 KSampler, input 'seed')
+     */
+    seed?: number | null;
+    /**
+     * Steps
+     *
+     * The number of steps used in the denoising process. (node 3 KSampler, input 'steps')
+     */
+    steps?: number;
+    /**
+     * Cfg
+     *
+     * The Classifier-Free Guidance scale balances creativity and adherence to the prompt. Higher values result in images more closely matching the prompt however too high values will negatively impact quality. (node 3 KSampler, input 'cfg')
+     */
+    cfg?: number;
+    /**
+     * Sampler Name
+     *
+     * The algorithm used when sampling, this can affect the quality, speed, and style of the generated output. (node 3 KSampler, input 'sampler_name')
+     */
+    sampler_name?: 'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2';
+    /**
+     * Scheduler
+     *
+     * The scheduler controls how noise is gradually removed to form the image. (node 3 KSampler, input 'scheduler')
+     */
+    scheduler?: 'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal';
+    /**
+     * Denoise
+     *
+     * The amount of denoising applied, lower values will maintain the structure of the initial image allowing for image to image sampling. (node 3 KSampler, input 'denoise')
+     */
+    denoise?: number;
+    /**
+     * Image
+     *
+     * Input image (PNG, JPEG or WebP) for node 10 LoadImage. Base64 (raw or a data: URI) or an http(s) URL (fetched when the item runs). At most 26214400 bytes and 200704 pixels.
+     */
+    image: string;
+    /**
+     * Output Format
+     *
+     * Image format of the outputs (the workflow's sidecar sets the default).
+     */
+    output_format?: 'png' | 'webp' | 'jpeg';
+    /**
+     * Output Quality
+     *
+     * WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); ignored for PNG.
+     */
+    output_quality?: number;
+    /**
+     * Output Delivery
+     *
+     * How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the output storage, local or S3; `url` says where). Batch jobs always store them.
+     */
+    output_delivery?: 'base64' | 'url';
 };
 
 /**
@@ -1072,6 +1232,135 @@ export type Txt2ImgJobItem = {
     /**
      * Preset
      *
+     * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
+     */
+    preset?: 'fast' | 'balanced' | 'quality' | null;
+};
+
+/**
+ * Img2imgJobSubmit
+ *
+ * A batch job of the 'img2img' workflow: its items as a list, or as a base plus a fan-out.
+ */
+export type Img2ImgJobSubmit = {
+    /**
+     * Name of the workflow.
+     */
+    workflow: 'img2img';
+    /**
+     * Items of the 'img2img' workflow (not with base/fanout).
+     */
+    items?: Array<Img2ImgJobItem> | null;
+    /**
+     * Parameters shared by every item of a fan-out.
+     */
+    base?: Img2ImgJobItem | null;
+    /**
+     * Field -> values; items are the cartesian product, e.g. prompts x seeds.
+     */
+    fanout?: {
+        prompt?: Array<string>;
+        negative_prompt?: Array<string>;
+        seed?: Array<number | null>;
+        steps?: Array<number>;
+        cfg?: Array<number>;
+        sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
+        scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
+        denoise?: Array<number>;
+        image?: Array<string>;
+        output_format?: Array<'png' | 'webp' | 'jpeg'>;
+        output_quality?: Array<number>;
+        output_delivery?: Array<'base64' | 'url'>;
+    } | null;
+    /**
+     * Priority
+     *
+     * Higher runs first.
+     */
+    priority?: number;
+    /**
+     * Idempotency Key
+     *
+     * Submitting again with the same key returns the same job.
+     */
+    idempotency_key?: string | null;
+    /**
+     * Where to POST signed completion events.
+     */
+    webhook?: WebhookSpec | null;
+    /**
+     * Cache
+     *
+     * Reuse a stored result for an identical (workflow, parameters, seed) item.
+     */
+    cache?: boolean;
+    /**
+     * This workflow has no presets.
+     */
+    preset?: null;
+};
+
+/**
+ * Txt2imgJobSubmit
+ *
+ * A batch job of the 'txt2img' workflow: its items as a list, or as a base plus a fan-out.
+ */
+export type Txt2ImgJobSubmit = {
+    /**
+     * Name of the workflow.
+     */
+    workflow: 'txt2img';
+    /**
+     * Items of the 'txt2img' workflow (not with base/fanout).
+     */
+    items?: Array<Txt2ImgJobItem> | null;
+    /**
+     * Parameters shared by every item of a fan-out.
+     */
+    base?: Txt2ImgJobItem | null;
+    /**
+     * Field -> values; items are the cartesian product, e.g. prompts x seeds.
+     */
+    fanout?: {
+        prompt?: Array<string>;
+        negative_prompt?: Array<string>;
+        seed?: Array<number | null>;
+        steps?: Array<number>;
+        cfg?: Array<number>;
+        sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
+        scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
+        denoise?: Array<number>;
+        width?: Array<number>;
+        height?: Array<number>;
+        batch_size?: Array<number>;
+        output_format?: Array<'png' | 'webp' | 'jpeg'>;
+        output_quality?: Array<number>;
+        output_delivery?: Array<'base64' | 'url'>;
+        preset?: Array<'fast' | 'balanced' | 'quality' | null>;
+    } | null;
+    /**
+     * Priority
+     *
+     * Higher runs first.
+     */
+    priority?: number;
+    /**
+     * Idempotency Key
+     *
+     * Submitting again with the same key returns the same job.
+     */
+    idempotency_key?: string | null;
+    /**
+     * Where to POST signed completion events.
+     */
+    webhook?: WebhookSpec | null;
+    /**
+     * Cache
+     *
+     * Reuse a stored result for an identical (workflow, parameters, seed) item.
+     */
+    cache?: boolean;
+    /**
      * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
      */
     preset?: 'fast' | 'balanced' | 'quality' | null;
@@ -1439,6 +1728,168 @@ export type JobProgressEvent = {
     max: number;
 };
 
+/**
+ * Img2imgResultOutput
+ *
+ * Output 'result': node 9 (SaveImage), image, image/png, image/webp or image/jpeg (output_format); its bytes alone: POST /img2img/result.
+ */
+export type Img2ImgResultOutput = {
+    /**
+     * Name of the output node that made it (its title, or its class and id); POST /<workflow>/<name> returns its bytes.
+     */
+    name: 'result';
+    /**
+     * Id of that node in the workflow graph.
+     */
+    node_id: '9';
+    /**
+     * Index
+     *
+     * Position among that node's outputs (its batch).
+     */
+    index: number;
+    /**
+     * image | animation | video | audio | text | file.
+     */
+    kind: 'image';
+    /**
+     * Media Type
+     *
+     * The content type of the bytes (image/png, video/webm, audio/flac, text/plain ...).
+     */
+    media_type: string;
+    /**
+     * Width
+     *
+     * Width in pixels (images, animations, videos).
+     */
+    width: number | null;
+    /**
+     * Height
+     *
+     * Height in pixels (images, animations, videos).
+     */
+    height: number | null;
+    /**
+     * Data
+     *
+     * The bytes, base64 (output_delivery 'base64'; text is UTF-8).
+     */
+    data: string | null;
+    /**
+     * Url
+     *
+     * Where to download the bytes (output_delivery 'url').
+     */
+    url: string | null;
+};
+
+/**
+ * Img2imgResult
+ */
+export type Img2ImgResult = {
+    /**
+     * Workflow
+     *
+     * Name of the workflow that ran.
+     */
+    workflow: string;
+    /**
+     * Seed
+     *
+     * The seed used (drawn at random when the request omitted it).
+     */
+    seed: number | null;
+    /**
+     * Outputs
+     *
+     * Every output of every output node, in a stable order: output node id order, then index.
+     */
+    outputs: Array<Img2ImgResultOutput>;
+    timings: Timings;
+};
+
+/**
+ * Txt2imgSaveImageOutput
+ *
+ * Output 'save_image': node 9 (SaveImage), image, image/png, image/webp or image/jpeg (output_format); its bytes alone: POST /txt2img/save_image.
+ */
+export type Txt2ImgSaveImageOutput = {
+    /**
+     * Name of the output node that made it (its title, or its class and id); POST /<workflow>/<name> returns its bytes.
+     */
+    name: 'save_image';
+    /**
+     * Id of that node in the workflow graph.
+     */
+    node_id: '9';
+    /**
+     * Index
+     *
+     * Position among that node's outputs (its batch).
+     */
+    index: number;
+    /**
+     * image | animation | video | audio | text | file.
+     */
+    kind: 'image';
+    /**
+     * Media Type
+     *
+     * The content type of the bytes (image/png, video/webm, audio/flac, text/plain ...).
+     */
+    media_type: string;
+    /**
+     * Width
+     *
+     * Width in pixels (images, animations, videos).
+     */
+    width: number | null;
+    /**
+     * Height
+     *
+     * Height in pixels (images, animations, videos).
+     */
+    height: number | null;
+    /**
+     * Data
+     *
+     * The bytes, base64 (output_delivery 'base64'; text is UTF-8).
+     */
+    data: string | null;
+    /**
+     * Url
+     *
+     * Where to download the bytes (output_delivery 'url').
+     */
+    url: string | null;
+};
+
+/**
+ * Txt2imgResult
+ */
+export type Txt2ImgResult = {
+    /**
+     * Workflow
+     *
+     * Name of the workflow that ran.
+     */
+    workflow: string;
+    /**
+     * Seed
+     *
+     * The seed used (drawn at random when the request omitted it).
+     */
+    seed: number | null;
+    /**
+     * Outputs
+     *
+     * Every output of every output node, in a stable order: output node id order, then index.
+     */
+    outputs: Array<Txt2ImgSaveImageOutput>;
+    timings: Timings;
+};
+
 export type GetHealthzData = {
     body?: never;
     path?: never;
@@ -1503,6 +1954,528 @@ export type GetMetricsResponses = {
 
 export type GetMetricsResponse = GetMetricsResponses[keyof GetMetricsResponses];
 
+export type Img2ImgData = {
+    /**
+     * Img2imgInput
+     *
+     * Parameters of the 'img2img' workflow.
+     */
+    body: {
+        /**
+         * Prompt
+         *
+         * The text to be encoded. (node 6 CLIPTextEncode, input 'text')
+         */
+        prompt?: string;
+        /**
+         * Negative Prompt
+         *
+         * The text to be encoded. (node 7 CLIPTextEncode, input 'text')
+         */
+        negative_prompt?: string;
+        /**
+         * Seed
+         *
+         * Random seed for the noise; omit it to draw a random seed, which the response returns. (node 3 KSampler, input 'seed')
+         */
+        seed?: number | null;
+        /**
+         * Steps
+         *
+         * The number of steps used in the denoising process. (node 3 KSampler, input 'steps')
+         */
+        steps?: number;
+        /**
+         * Cfg
+         *
+         * The Classifier-Free Guidance scale balances creativity and adherence to the prompt. Higher values result in images more closely matching the prompt however too high values will negatively impact quality. (node 3 KSampler, input 'cfg')
+         */
+        cfg?: number;
+        /**
+         * Sampler Name
+         *
+         * The algorithm used when sampling, this can affect the quality, speed, and style of the generated output. (node 3 KSampler, input 'sampler_name')
+         */
+        sampler_name?: 'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2';
+        /**
+         * Scheduler
+         *
+         * The scheduler controls how noise is gradually removed to form the image. (node 3 KSampler, input 'scheduler')
+         */
+        scheduler?: 'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal';
+        /**
+         * Denoise
+         *
+         * The amount of denoising applied, lower values will maintain the structure of the initial image allowing for image to image sampling. (node 3 KSampler, input 'denoise')
+         */
+        denoise?: number;
+        /**
+         * Image
+         *
+         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
+         */
+        image: Blob | File;
+        /**
+         * Output Format
+         *
+         * Image format of the outputs (the workflow's sidecar sets the default).
+         */
+        output_format?: 'png' | 'webp' | 'jpeg';
+        /**
+         * Output Quality
+         *
+         * WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); ignored for PNG.
+         */
+        output_quality?: number;
+        /**
+         * Output Delivery
+         *
+         * How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the output storage, local or S3; `url` says where). Batch jobs always store them.
+         */
+        output_delivery?: 'base64' | 'url';
+    };
+    path?: never;
+    query?: never;
+    url: '/img2img';
+};
+
+export type Img2ImgErrors = {
+    /**
+     * The body is malformed or a field is invalid (`detail` lists each field).
+     */
+    400: ErrorResponse;
+    /**
+     * No API key, or a wrong one (Authorization: Bearer <key>).
+     */
+    401: ErrorResponse;
+    /**
+     * Over a limit (pixels, images, steps, upload or body size): the message names it.
+     */
+    413: ErrorResponse;
+    /**
+     * A value is not acceptable (e.g. an upload that is not a readable image).
+     */
+    422: ErrorResponse;
+    /**
+     * The API key is over its rate limit or quota (see Retry-After).
+     */
+    429: ErrorResponse;
+    /**
+     * Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).
+     */
+    500: ErrorResponse;
+    /**
+     * The service is at capacity or restarting (see Retry-After).
+     */
+    503: ErrorResponse;
+};
+
+export type Img2ImgError = Img2ImgErrors[keyof Img2ImgErrors];
+
+export type Img2ImgResponses = {
+    /**
+     * Every output: Output 'result': node 9 (SaveImage), image, image/png, image/webp or image/jpeg (output_format); its bytes alone: POST /img2img/result.
+     */
+    200: Img2ImgResult;
+};
+
+export type Img2ImgResponse = Img2ImgResponses[keyof Img2ImgResponses];
+
+export type Img2ImgPngData = {
+    /**
+     * Img2imgInput
+     *
+     * Parameters of the 'img2img' workflow.
+     */
+    body: {
+        /**
+         * Prompt
+         *
+         * The text to be encoded. (node 6 CLIPTextEncode, input 'text')
+         */
+        prompt?: string;
+        /**
+         * Negative Prompt
+         *
+         * The text to be encoded. (node 7 CLIPTextEncode, input 'text')
+         */
+        negative_prompt?: string;
+        /**
+         * Seed
+         *
+         * Random seed for the noise; omit it to draw a random seed, which the response returns. (node 3 KSampler, input 'seed')
+         */
+        seed?: number | null;
+        /**
+         * Steps
+         *
+         * The number of steps used in the denoising process. (node 3 KSampler, input 'steps')
+         */
+        steps?: number;
+        /**
+         * Cfg
+         *
+         * The Classifier-Free Guidance scale balances creativity and adherence to the prompt. Higher values result in images more closely matching the prompt however too high values will negatively impact quality. (node 3 KSampler, input 'cfg')
+         */
+        cfg?: number;
+        /**
+         * Sampler Name
+         *
+         * The algorithm used when sampling, this can affect the quality, speed, and style of the generated output. (node 3 KSampler, input 'sampler_name')
+         */
+        sampler_name?: 'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2';
+        /**
+         * Scheduler
+         *
+         * The scheduler controls how noise is gradually removed to form the image. (node 3 KSampler, input 'scheduler')
+         */
+        scheduler?: 'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal';
+        /**
+         * Denoise
+         *
+         * The amount of denoising applied, lower values will maintain the structure of the initial image allowing for image to image sampling. (node 3 KSampler, input 'denoise')
+         */
+        denoise?: number;
+        /**
+         * Image
+         *
+         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
+         */
+        image: Blob | File;
+        /**
+         * Output Format
+         *
+         * Image format of the outputs (the workflow's sidecar sets the default).
+         */
+        output_format?: 'png' | 'webp' | 'jpeg';
+        /**
+         * Output Quality
+         *
+         * WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); ignored for PNG.
+         */
+        output_quality?: number;
+        /**
+         * Output Delivery
+         *
+         * How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the output storage, local or S3; `url` says where). Batch jobs always store them.
+         */
+        output_delivery?: 'base64' | 'url';
+    };
+    path?: never;
+    query?: never;
+    url: '/img2img/png';
+};
+
+export type Img2ImgPngErrors = {
+    /**
+     * The body is malformed or a field is invalid (`detail` lists each field).
+     */
+    400: ErrorResponse;
+    /**
+     * No API key, or a wrong one (Authorization: Bearer <key>).
+     */
+    401: ErrorResponse;
+    /**
+     * Over a limit (pixels, images, steps, upload or body size): the message names it.
+     */
+    413: ErrorResponse;
+    /**
+     * A value is not acceptable (e.g. an upload that is not a readable image).
+     */
+    422: ErrorResponse;
+    /**
+     * The API key is over its rate limit or quota (see Retry-After).
+     */
+    429: ErrorResponse;
+    /**
+     * Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).
+     */
+    500: ErrorResponse;
+    /**
+     * The service is at capacity or restarting (see Retry-After).
+     */
+    503: ErrorResponse;
+};
+
+export type Img2ImgPngError = Img2ImgPngErrors[keyof Img2ImgPngErrors];
+
+export type Img2ImgPngResponses = {
+    /**
+     * Successful Response
+     */
+    200: Blob | File;
+};
+
+export type Img2ImgPngResponse = Img2ImgPngResponses[keyof Img2ImgPngResponses];
+
+export type Img2ImgResultData = {
+    /**
+     * Img2imgInput
+     *
+     * Parameters of the 'img2img' workflow.
+     */
+    body: {
+        /**
+         * Prompt
+         *
+         * The text to be encoded. (node 6 CLIPTextEncode, input 'text')
+         */
+        prompt?: string;
+        /**
+         * Negative Prompt
+         *
+         * The text to be encoded. (node 7 CLIPTextEncode, input 'text')
+         */
+        negative_prompt?: string;
+        /**
+         * Seed
+         *
+         * Random seed for the noise; omit it to draw a random seed, which the response returns. (node 3 KSampler, input 'seed')
+         */
+        seed?: number | null;
+        /**
+         * Steps
+         *
+         * The number of steps used in the denoising process. (node 3 KSampler, input 'steps')
+         */
+        steps?: number;
+        /**
+         * Cfg
+         *
+         * The Classifier-Free Guidance scale balances creativity and adherence to the prompt. Higher values result in images more closely matching the prompt however too high values will negatively impact quality. (node 3 KSampler, input 'cfg')
+         */
+        cfg?: number;
+        /**
+         * Sampler Name
+         *
+         * The algorithm used when sampling, this can affect the quality, speed, and style of the generated output. (node 3 KSampler, input 'sampler_name')
+         */
+        sampler_name?: 'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2';
+        /**
+         * Scheduler
+         *
+         * The scheduler controls how noise is gradually removed to form the image. (node 3 KSampler, input 'scheduler')
+         */
+        scheduler?: 'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal';
+        /**
+         * Denoise
+         *
+         * The amount of denoising applied, lower values will maintain the structure of the initial image allowing for image to image sampling. (node 3 KSampler, input 'denoise')
+         */
+        denoise?: number;
+        /**
+         * Image
+         *
+         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
+         */
+        image: Blob | File;
+        /**
+         * Output Format
+         *
+         * Image format of the outputs (the workflow's sidecar sets the default).
+         */
+        output_format?: 'png' | 'webp' | 'jpeg';
+        /**
+         * Output Quality
+         *
+         * WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); ignored for PNG.
+         */
+        output_quality?: number;
+        /**
+         * Output Delivery
+         *
+         * How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the output storage, local or S3; `url` says where). Batch jobs always store them.
+         */
+        output_delivery?: 'base64' | 'url';
+    };
+    path?: never;
+    query?: never;
+    url: '/img2img/result';
+};
+
+export type Img2ImgResultErrors = {
+    /**
+     * The body is malformed or a field is invalid (`detail` lists each field).
+     */
+    400: ErrorResponse;
+    /**
+     * No API key, or a wrong one (Authorization: Bearer <key>).
+     */
+    401: ErrorResponse;
+    /**
+     * Over a limit (pixels, images, steps, upload or body size): the message names it.
+     */
+    413: ErrorResponse;
+    /**
+     * A value is not acceptable (e.g. an upload that is not a readable image).
+     */
+    422: ErrorResponse;
+    /**
+     * The API key is over its rate limit or quota (see Retry-After).
+     */
+    429: ErrorResponse;
+    /**
+     * Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).
+     */
+    500: ErrorResponse;
+    /**
+     * The service is at capacity or restarting (see Retry-After).
+     */
+    503: ErrorResponse;
+};
+
+export type Img2ImgResultError = Img2ImgResultErrors[keyof Img2ImgResultErrors];
+
+export type Img2ImgResultResponses = {
+    /**
+     * Successful Response
+     */
+    200: Blob | File;
+};
+
+export type Img2ImgResultResponse = Img2ImgResultResponses[keyof Img2ImgResultResponses];
+
+export type Img2ImgStreamData = {
+    /**
+     * Img2imgInput
+     *
+     * Parameters of the 'img2img' workflow.
+     */
+    body: {
+        /**
+         * Prompt
+         *
+         * The text to be encoded. (node 6 CLIPTextEncode, input 'text')
+         */
+        prompt?: string;
+        /**
+         * Negative Prompt
+         *
+         * The text to be encoded. (node 7 CLIPTextEncode, input 'text')
+         */
+        negative_prompt?: string;
+        /**
+         * Seed
+         *
+         * Random seed for the noise; omit it to draw a random seed, which the response returns. (node 3 KSampler, input 'seed')
+         */
+        seed?: number | null;
+        /**
+         * Steps
+         *
+         * The number of steps used in the denoising process. (node 3 KSampler, input 'steps')
+         */
+        steps?: number;
+        /**
+         * Cfg
+         *
+         * The Classifier-Free Guidance scale balances creativity and adherence to the prompt. Higher values result in images more closely matching the prompt however too high values will negatively impact quality. (node 3 KSampler, input 'cfg')
+         */
+        cfg?: number;
+        /**
+         * Sampler Name
+         *
+         * The algorithm used when sampling, this can affect the quality, speed, and style of the generated output. (node 3 KSampler, input 'sampler_name')
+         */
+        sampler_name?: 'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2';
+        /**
+         * Scheduler
+         *
+         * The scheduler controls how noise is gradually removed to form the image. (node 3 KSampler, input 'scheduler')
+         */
+        scheduler?: 'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal';
+        /**
+         * Denoise
+         *
+         * The amount of denoising applied, lower values will maintain the structure of the initial image allowing for image to image sampling. (node 3 KSampler, input 'denoise')
+         */
+        denoise?: number;
+        /**
+         * Image
+         *
+         * Input image (PNG, JPEG or WebP) for node 10 LoadImage. As a multipart file upload; in a JSON body (or a multipart text part) base64, raw or as a data: URI; or an http(s) URL, fetched within the max_url_seconds and max_upload_bytes limits and never from an internal address. At most 26214400 bytes and 200704 pixels.
+         */
+        image: Blob | File;
+        /**
+         * Output Format
+         *
+         * Image format of the outputs (the workflow's sidecar sets the default).
+         */
+        output_format?: 'png' | 'webp' | 'jpeg';
+        /**
+         * Output Quality
+         *
+         * WebP/JPEG quality, 1-100 (the workflow's sidecar sets the default); ignored for PNG.
+         */
+        output_quality?: number;
+        /**
+         * Output Delivery
+         *
+         * How outputs come back in JSON: 'base64' (in `data`), or 'url' (stored in the output storage, local or S3; `url` says where). Batch jobs always store them.
+         */
+        output_delivery?: 'base64' | 'url';
+    };
+    path?: never;
+    query?: never;
+    url: '/img2img/stream';
+};
+
+export type Img2ImgStreamErrors = {
+    /**
+     * The body is malformed or a field is invalid (`detail` lists each field).
+     */
+    400: ErrorResponse;
+    /**
+     * No API key, or a wrong one (Authorization: Bearer <key>).
+     */
+    401: ErrorResponse;
+    /**
+     * Over a limit (pixels, images, steps, upload or body size): the message names it.
+     */
+    413: ErrorResponse;
+    /**
+     * A value is not acceptable (e.g. an upload that is not a readable image).
+     */
+    422: ErrorResponse;
+    /**
+     * The API key is over its rate limit or quota (see Retry-After).
+     */
+    429: ErrorResponse;
+    /**
+     * Something failed on the server: a node at run time (`node_id`, `class_type`), or an internal error (see the log).
+     */
+    500: ErrorResponse;
+    /**
+     * The service is at capacity or restarting (see Retry-After).
+     */
+    503: ErrorResponse;
+};
+
+export type Img2ImgStreamError = Img2ImgStreamErrors[keyof Img2ImgStreamErrors];
+
+export type Img2ImgStreamResponses = {
+    /**
+     * Server-Sent Events, each `event: <type>` and `data: <JSON>` (the schema is the data; its `event` repeats the type): queued, started, progress (step i/N), preview (when previews are on), one output per output item as soon as it is ready, then exactly one done or failed, last. `: keepalive` comments every 15 s.
+     */
+    200: ({
+        event: 'queued';
+    } & QueuedEvent) | ({
+        event: 'started';
+    } & StartedEvent) | ({
+        event: 'progress';
+    } & ProgressEvent) | ({
+        event: 'preview';
+    } & PreviewEvent) | ({
+        event: 'output';
+    } & OutputEvent) | ({
+        event: 'done';
+    } & DoneEvent) | ({
+        event: 'failed';
+    } & FailedEvent);
+};
+
+export type Img2ImgStreamResponse = Img2ImgStreamResponses[keyof Img2ImgStreamResponses];
+
 export type Txt2ImgData = {
     body?: Txt2ImgInput;
     path?: never;
@@ -1547,13 +2520,7 @@ export type Txt2ImgResponses = {
     /**
      * Every output: Output 'save_image': node 9 (SaveImage), image, image/png, image/webp or image/jpeg (output_format); its bytes alone: POST /txt2img/save_image.
      */
-    200: GenerateResponseIoDescriptor & {
-        outputs?: Array<{
-            name: 'save_image';
-            node_id: '9';
-            kind: 'image';
-        }>;
-    };
+    200: Txt2ImgResult;
 };
 
 export type Txt2ImgResponse = Txt2ImgResponses[keyof Txt2ImgResponses];
@@ -1772,41 +2739,7 @@ export type ListJobsResponses = {
 export type ListJobsResponse = ListJobsResponses[keyof ListJobsResponses];
 
 export type SubmitJobData = {
-    body: JobSubmit & {
-        /**
-         * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
-         */
-        preset?: 'fast' | 'balanced' | 'quality' | null;
-        workflow?: 'txt2img';
-        /**
-         * Items of the 'txt2img' workflow (not with base/fanout).
-         */
-        items?: Array<Txt2ImgJobItem>;
-        /**
-         * Parameters shared by every item of a fan-out.
-         */
-        base?: Txt2ImgJobItem;
-        /**
-         * Field -> values; items are the cartesian product, e.g. prompts x seeds.
-         */
-        fanout?: {
-            prompt?: Array<string>;
-            negative_prompt?: Array<string>;
-            seed?: Array<number | null>;
-            steps?: Array<number>;
-            cfg?: Array<number>;
-            sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
-            scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
-            denoise?: Array<number>;
-            width?: Array<number>;
-            height?: Array<number>;
-            batch_size?: Array<number>;
-            output_format?: Array<'png' | 'webp' | 'jpeg'>;
-            output_quality?: Array<number>;
-            output_delivery?: Array<'base64' | 'url'>;
-            preset?: Array<'fast' | 'balanced' | 'quality' | null>;
-        };
-    };
+    body: Img2ImgJobSubmit | Txt2ImgJobSubmit;
     path?: never;
     query?: never;
     url: '/jobs';
@@ -1821,6 +2754,10 @@ export type SubmitJobErrors = {
      * No API key, or a wrong one (Authorization: Bearer <key>).
      */
     401: ErrorResponse;
+    /**
+     * The idempotency_key was used for a job with a different request.
+     */
+    409: ErrorResponse;
     /**
      * Over a limit (pixels, images, steps, upload or body size): the message names it.
      */
@@ -1859,41 +2796,7 @@ export type SubmitJobResponses = {
 export type SubmitJobResponse = SubmitJobResponses[keyof SubmitJobResponses];
 
 export type EstimateJobData = {
-    body: JobSubmit & {
-        /**
-         * A named set of field values from the workflow's sidecar; fields given explicitly override it. fast: steps=8, cfg=5.0, sampler_name='euler', scheduler='normal'; balanced: steps=20, cfg=7.0, sampler_name='euler_ancestral', scheduler='normal'; quality: steps=40, cfg=7.5, sampler_name='dpmpp_2m', scheduler='karras'.
-         */
-        preset?: 'fast' | 'balanced' | 'quality' | null;
-        workflow?: 'txt2img';
-        /**
-         * Items of the 'txt2img' workflow (not with base/fanout).
-         */
-        items?: Array<Txt2ImgJobItem>;
-        /**
-         * Parameters shared by every item of a fan-out.
-         */
-        base?: Txt2ImgJobItem;
-        /**
-         * Field -> values; items are the cartesian product, e.g. prompts x seeds.
-         */
-        fanout?: {
-            prompt?: Array<string>;
-            negative_prompt?: Array<string>;
-            seed?: Array<number | null>;
-            steps?: Array<number>;
-            cfg?: Array<number>;
-            sampler_name?: Array<'euler' | 'euler_cfg_pp' | 'euler_ancestral' | 'euler_ancestral_cfg_pp' | 'heun' | 'heunpp2' | 'dpm_2' | 'dpm_2_ancestral' | 'lms' | 'dpm_fast' | 'dpm_adaptive' | 'dpmpp_2s_ancestral' | 'dpmpp_2s_ancestral_cfg_pp' | 'dpmpp_sde' | 'dpmpp_sde_gpu' | 'dpmpp_2m' | 'dpmpp_2m_cfg_pp' | 'dpmpp_2m_sde' | 'dpmpp_2m_sde_gpu' | 'dpmpp_2m_sde_heun' | 'dpmpp_2m_sde_heun_gpu' | 'dpmpp_3m_sde' | 'dpmpp_3m_sde_gpu' | 'ddpm' | 'lcm' | 'ipndm' | 'ipndm_v' | 'deis' | 'res_multistep' | 'res_multistep_cfg_pp' | 'res_multistep_ancestral' | 'res_multistep_ancestral_cfg_pp' | 'gradient_estimation' | 'gradient_estimation_cfg_pp' | 'er_sde' | 'seeds_2' | 'seeds_3' | 'sa_solver' | 'sa_solver_pece' | 'ddim' | 'uni_pc' | 'uni_pc_bh2'>;
-            scheduler?: Array<'simple' | 'sgm_uniform' | 'karras' | 'exponential' | 'ddim_uniform' | 'beta' | 'normal' | 'linear_quadratic' | 'kl_optimal'>;
-            denoise?: Array<number>;
-            width?: Array<number>;
-            height?: Array<number>;
-            batch_size?: Array<number>;
-            output_format?: Array<'png' | 'webp' | 'jpeg'>;
-            output_quality?: Array<number>;
-            output_delivery?: Array<'base64' | 'url'>;
-            preset?: Array<'fast' | 'balanced' | 'quality' | null>;
-        };
-    };
+    body: Img2ImgJobSubmit | Txt2ImgJobSubmit;
     path?: never;
     query?: never;
     url: '/jobs/estimate';

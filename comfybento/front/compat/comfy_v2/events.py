@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from comfybento.front.compat import node_ids
 from comfybento.front.compat.comfy_v2.views import job_view, progress_snapshot
+from comfybento.front.compat.node_ids import NodeIds
 from comfybento.front.jobs import follow
 from comfybento.front.jobs.service import JobService
 from comfybento.front.stream import KEEPALIVE_S
@@ -58,11 +60,14 @@ class _Told:
         self.sent: set[str] = set()
         self.status = ""  # "": none sent yet
         self.last: follow.JobSnapshot | None = None
+        self.ids: NodeIds | None = None  # the job's node ids as its graph names them, read with the first snapshot
 
     def snapshot(self, change: follow.JobSnapshot) -> list[str]:
         """The job re-read (blocking: output sizes may be read): on connect its status (and progress), then new outputs,
         then its status if it changed (always the terminal one)."""
-        view = job_view(self.service, change.job, self.origin, None, self.sizes, list(change.items))
+        if self.ids is None:
+            self.ids = node_ids.load(self.service.storage, change.job.id)
+        view = job_view(self.service, change.job, self.origin, None, self.sizes, list(change.items), self.ids)
         frames = []
         if self.last is None and not change.terminal:
             self.status = view["status"]
@@ -84,5 +89,5 @@ class _Told:
         if self.last is None:
             return []
         live = {"value": change.value, "max": change.max, "node_id": change.node_id}
-        progress = progress_snapshot(self.service, self.last.job, list(self.last.items), live)
+        progress = progress_snapshot(self.service, self.last.job, list(self.last.items), live, self.ids or NodeIds())
         return [frame("progress", progress)] if progress is not None else []

@@ -22,6 +22,7 @@ from starlette.datastructures import UploadFile
 from comfybento.config import get_settings
 from comfybento.errors import TooLarge
 from comfybento.front import access
+from comfybento.front.compat import node_ids
 from comfybento.front.compat.comfy_v2.assets import AssetRecord, AssetStore, iso
 from comfybento.front.compat.comfy_v2.errors import V2Error, V2Route
 from comfybento.front.compat.comfy_v2.events import job_stream
@@ -192,6 +193,7 @@ def post_job(body: JobPost, request: Request, idempotency_key: Annotated[str | N
         raise V2Error(422, "idempotency_key_reuse", f"Idempotency-Key {idempotency_key!r} was already used; keys are single-use "
                       "(find the job it made with GET /api/v2/jobs/{id})")
     service.storage.put(WORKFLOW_KEY.format(job_id=job.id), json.dumps(graph).encode(), "application/json")
+    node_ids.save(service.storage, job.id, run.node_ids)
     return JSONResponse(job_view(service, job, _origin(request)), status_code=201)
 
 

@@ -6,8 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from comfybento.front.compat import node_ids
 from comfybento.front.compat.comfy_v2.assets import iso
 from comfybento.front.compat.comfy_v2.errors import V2Error
+from comfybento.front.compat.node_ids import NodeIds
 from comfybento.front.jobs.records import TERMINAL_STATES, ItemRecord, JobRecord, now
 from comfybento.front.jobs.service import JobService
 from comfybento.front.ownership import Caller
@@ -45,10 +47,11 @@ ITEMS_READ = 1000  # items read per job view
 
 
 def job_view(service: JobService, job: JobRecord, origin: str, live: dict[str, Any] | None = None,
-             sizes: dict[str, int] | None = None, items: list[ItemRecord] | None = None) -> dict[str, Any]:
-    """The spec's Job. `live` is the latest progress event seen on the stream; `sizes` caches output sizes by key;
-    `items`: the job's items when the caller has just read them."""
+             sizes: dict[str, int] | None = None, items: list[ItemRecord] | None = None, ids: NodeIds | None = None) -> dict[str, Any]:
+    """The spec's Job, its node ids the submitted graph's. `live` is the latest progress event seen on the stream; `sizes`
+    caches output sizes by key; `items`: the job's items when the caller has just read them; `ids`: the job's node ids."""
     items = service.store.get_items(job.id, 0, ITEMS_READ) if items is None else items
+    ids = node_ids.load(service.storage, job.id) if ids is None else ids
     status = STATES.get(job.state, "queued")
     started = [i.started_at for i in items if i.started_at]
     results = [i.result or {} for i in items]
@@ -63,14 +66,15 @@ def job_view(service: JobService, job: JobRecord, origin: str, live: dict[str, A
         "completed_at": iso(job.finished_at) if job.finished_at else None,
         "expires_at": iso((job.finished_at or now()) + retention),
         "queue_position": None,
-        "progress": progress_snapshot(service, job, items, live),
-        "outputs": outputs(service, job, items, origin, sizes if sizes is not None else {}),
-        "error": job_error(items) if status == "failed" else None,
+        "progress": progress_snapshot(service, job, items, live, ids),
+        "outputs": outputs(service, job, items, origin, sizes if sizes is not None else {}, ids),
+        "error": job_error(items, ids) if status == "failed" else None,
         "metrics": metrics, "urls": links, "workflow_name": job.workflow,
     }
 
 
-def progress_snapshot(service: JobService, job: JobRecord, items: list[ItemRecord], live: dict[str, Any] | None) -> dict[str, Any] | None:
+def progress_snapshot(service: JobService, job: JobRecord, items: list[ItemRecord], live: dict[str, Any] | None,
+                      ids: NodeIds) -> dict[str, Any] | None:
     """Sampler steps of the running item (this replica's live events, else the runner's step counter), items for nodes."""
     spec = service.catalog.get(job.workflow)
     nodes = len(spec.graph) if spec is not None else 0
@@ -89,12 +93,13 @@ def progress_snapshot(service: JobService, job: JobRecord, items: list[ItemRecor
         step, steps = counter.get("step"), counter.get("steps")
     fraction = (done + (step / steps if step is not None and steps else 0.0)) / max(1, job.total)
     node_class = str(spec.graph.get(str(node), {}).get("class_type")) if spec is not None and node is not None and str(node) in spec.graph else None
-    return {"value": round(min(1.0, fraction), 4), "nodes_done": 0, "nodes_total": nodes, "current_node": None if node is None else str(node),
+    return {"value": round(min(1.0, fraction), 4), "nodes_done": 0, "nodes_total": nodes, "current_node": ids.maybe(node),
             "current_node_class": node_class, "step": step, "steps": steps,
             "message": f"{node_class or 'step'} {step}/{steps}" if step is not None and steps else None}
 
 
-def outputs(service: JobService, job: JobRecord, items: list[ItemRecord], origin: str, sizes: dict[str, int]) -> list[dict[str, Any]]:
+def outputs(service: JobService, job: JobRecord, items: list[ItemRecord], origin: str, sizes: dict[str, int],
+            ids: NodeIds) -> list[dict[str, Any]]:
     found = []
     expires = iso(now() + URL_TTL_S)
     for item in items:
@@ -103,17 +108,17 @@ def outputs(service: JobService, job: JobRecord, items: list[ItemRecord], origin
             if key not in sizes:
                 sizes[key] = len(service.storage.get(key))
             oid = output_id(job.id, item.index, n)
-            found.append({"node_id": str(out["node_id"]), "name": key.rsplit("/", 1)[-1], "type": KINDS.get(str(out.get("kind")), "file"),
+            found.append({"node_id": ids(str(out["node_id"])), "name": key.rsplit("/", 1)[-1], "type": KINDS.get(str(out.get("kind")), "file"),
                           "content_type": out.get("media_type") or "application/octet-stream", "size_bytes": sizes[key], "id": oid,
                           "hash": None, "url": f"{origin}{API}/assets/{oid}/content", "url_expires_at": expires, "job_id": job.id})
     return found
 
 
-def job_error(items: list[ItemRecord]) -> dict[str, Any]:
+def job_error(items: list[ItemRecord], ids: NodeIds) -> dict[str, Any]:
     failed = next((i for i in items if i.state == "failed" and i.error), None)
     error = failed.error if failed is not None and failed.error else {}
     return {"code": "node_execution_error" if error.get("node_id") else str(error.get("kind") or "execution_error"),
-            "message": str(error.get("message") or "the job failed"), "node_id": error.get("node_id"),
+            "message": str(error.get("message") or "the job failed"), "node_id": ids.maybe(error.get("node_id")),
             "class_type": error.get("class_type"), "traceback": None}
 
 

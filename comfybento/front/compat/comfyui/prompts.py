@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfybento.errors import ComfyBentoError, InvalidRequest
+from comfybento.front.compat import node_ids
 from comfybento.front.compat.comfyui import files
+from comfybento.front.compat.node_ids import NodeIds
 from comfybento.front.jobs.api_models import JobSubmit
 from comfybento.front.jobs.records import TERMINAL_STATES, ItemRecord, JobRecord
 from comfybento.front.jobs.service import JobService
@@ -52,6 +54,7 @@ def submit(service: JobService, body: Any, caller: Caller) -> Submitted:
     req = JobSubmit(workflow=run.workflow, items=[run.values], idempotency_key=PREFIX + uuid.uuid4().hex,
                     priority=1 if body.get("front") else 0)
     job, _ = service.submit(req, owner=caller.name)
+    node_ids.save(service.storage, job.id, run.node_ids)  # before the caller has the prompt id: its first event names its ids
     given = body.get("number")
     number = given if isinstance(given, int) else int(job.created_at * 1000)
     extra_data = body.get("extra_data")
@@ -102,7 +105,7 @@ def queue_entry(service: JobService, job: JobRecord) -> list[Any]:
     """ComfyUI's [number, prompt_id, prompt, extra_data, outputs_to_execute]; other jobs show their workflow."""
     record = load_record(service, job.id) if is_prompt(job) else {}
     return [record.get("number", int(job.created_at * 1000)), job.id, record.get("prompt") or {},
-            record.get("extra_data") or {"workflow": job.workflow}, _output_nodes(service, job.workflow)]
+            record.get("extra_data") or {"workflow": job.workflow}, _output_nodes(service, job, _ids(service, job))]
 
 
 def queue(service: JobService, caller: Caller) -> dict[str, list[list[Any]]]:
@@ -111,9 +114,14 @@ def queue(service: JobService, caller: Caller) -> dict[str, list[list[Any]]]:
             "queue_pending": [queue_entry(service, j) for j in active if j.state != "running"]}
 
 
-def _output_nodes(service: JobService, workflow: str) -> list[str]:
-    spec = service.catalog.get(workflow)
-    return sorted({o.node_id for o in spec.outputs}) if spec is not None else []
+def _ids(service: JobService, job: JobRecord) -> NodeIds:
+    return node_ids.load(service.storage, job.id) if is_prompt(job) else NodeIds()
+
+
+def _output_nodes(service: JobService, job: JobRecord, ids: NodeIds) -> list[str]:
+    """The prompt's output nodes, under the submitted graph's ids."""
+    spec = service.catalog.get(job.workflow)
+    return sorted({ids(o.node_id) for o in spec.outputs}) if spec is not None else []
 
 
 def item_of(service: JobService, prompt_id: str) -> ItemRecord | None:
@@ -121,13 +129,13 @@ def item_of(service: JobService, prompt_id: str) -> ItemRecord | None:
     return items[0] if items else None
 
 
-def outputs_by_node(item: ItemRecord | None) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """A finished item's recorded outputs as ComfyUI's node id -> {"images": [{filename, subfolder, type}]}."""
+def outputs_by_node(item: ItemRecord | None, ids: NodeIds) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """A finished item's recorded outputs as ComfyUI's node id (the submitted graph's) -> {"images": [{filename, subfolder, type}]}."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for o in ((item.result or {}).get("outputs") or []) if item is not None else []:
         subfolder, _, filename = str(o["key"]).rpartition("/")
         section = SECTIONS.get(str(o.get("kind", "image")), "files")
-        out.setdefault(str(o["node_id"]), {}).setdefault(section, []).append(
+        out.setdefault(ids(str(o["node_id"])), {}).setdefault(section, []).append(
             {"filename": filename, "subfolder": subfolder, "type": "output"})
     return out
 
@@ -136,9 +144,9 @@ def history_entry(service: JobService, job: JobRecord) -> dict[str, Any] | None:
     """ComfyUI's history entry of a finished prompt (None while it is queued or running)."""
     if job.state not in TERMINAL_STATES:
         return None
-    record = load_record(service, job.id)
+    record, ids = load_record(service, job.id), _ids(service, job)
     item = item_of(service, job.id)
-    outputs = outputs_by_node(item) if job.state == "succeeded" else {}
+    outputs = outputs_by_node(item, ids) if job.state == "succeeded" else {}
     stamp = int((job.finished_at or job.created_at) * 1000)
     start = ["execution_start", {"prompt_id": job.id, "timestamp": int(job.created_at * 1000)}]
     if job.state == "succeeded":
@@ -146,10 +154,10 @@ def history_entry(service: JobService, job: JobRecord) -> dict[str, Any] | None:
     elif job.state == "cancelled":
         end = ["execution_interrupted", {"prompt_id": job.id, "node_id": "", "node_type": "", "executed": [], "timestamp": stamp}]
     else:
-        end = ["execution_error", error_event(job.id, item, stamp)]
+        end = ["execution_error", error_event(job.id, item, stamp, ids)]
     return {
         "prompt": [record.get("number", int(job.created_at * 1000)), job.id, record.get("prompt") or {},
-                   record.get("extra_data") or {}, _output_nodes(service, job.workflow)],
+                   record.get("extra_data") or {}, _output_nodes(service, job, ids)],
         "outputs": outputs,
         "status": {"status_str": "success" if job.state == "succeeded" else "error", "completed": job.state == "succeeded",
                    "messages": [start, end]},
@@ -157,10 +165,10 @@ def history_entry(service: JobService, job: JobRecord) -> dict[str, Any] | None:
     }
 
 
-def error_event(prompt_id: str, item: ItemRecord | None, stamp: int) -> dict[str, Any]:
-    """ComfyUI's execution_error data from a failed item's recorded error."""
+def error_event(prompt_id: str, item: ItemRecord | None, stamp: int, ids: NodeIds) -> dict[str, Any]:
+    """ComfyUI's execution_error data from a failed item's recorded error (its node under the submitted graph's id)."""
     error = (item.error if item is not None else None) or {}
-    return {"prompt_id": prompt_id, "node_id": error.get("node_id") or "", "node_type": error.get("class_type") or "",
+    return {"prompt_id": prompt_id, "node_id": ids.maybe(error.get("node_id")) or "", "node_type": error.get("class_type") or "",
             "executed": [], "exception_message": str(error.get("message") or "the prompt failed"),
             "exception_type": str(error.get("kind") or "internal"), "traceback": [], "current_inputs": {}, "current_outputs": {},
             "timestamp": stamp}

@@ -29,7 +29,7 @@ from comfybento.front.job_routes import job_service
 from comfybento.front.ownership import caller
 from comfybento.front.renderers import ContractRoute
 from comfybento.outputs import diskspace
-from comfybento.workflows.node_info import fingerprint, snapshot_path
+from comfybento.workflows.node_info import loaded_node_info
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +197,7 @@ async def upload_mask(request: Request) -> dict[str, str]:
 @lru_cache(maxsize=1)
 def _object_info() -> dict[str, Any]:
     """ComfyUI's object_info, from the node-definition snapshot the front loaded at startup."""
-    settings = get_settings()
-    nodes = json.loads(snapshot_path(settings, fingerprint(settings)).read_text(encoding="utf-8"))["nodes"]
-    return dict(nodes)
+    return loaded_node_info(get_settings())
 
 
 @route("/object_info", ["GET"])

@@ -29,7 +29,9 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from comfybento.front.compat import node_ids
 from comfybento.front.compat.comfyui import prompts
+from comfybento.front.compat.node_ids import NodeIds
 from comfybento.front.jobs import follow
 from comfybento.front.jobs.service import JobService
 from comfybento.front.ownership import Caller
@@ -105,7 +107,8 @@ class Session:
         self.client_id = client_id  # as the client named itself (sent back as the sid)
         self.client = client_key(caller, client_id)
         self.clients, self.remaining = state.clients, state.remaining
-        self.started: dict[str, str | None] = {}  # prompt id -> the node last announced as executing
+        self.started: dict[str, str | None] = {}  # prompt id -> the node last announced as executing (the workflow's id)
+        self.ids: dict[str, NodeIds] = {}  # prompt id -> its workflow's node ids as the submitted graph names them
 
     async def send(self, kind: str, data: dict[str, Any]) -> None:
         await self.ws.send_json({"type": kind, "data": data})
@@ -124,6 +127,7 @@ class Session:
         if prompt_id in self.started:
             return
         self.started[prompt_id] = None
+        self.ids[prompt_id] = await asyncio.to_thread(node_ids.load, self.service.storage, prompt_id)
         await self.send("execution_start", {"prompt_id": prompt_id, "timestamp": _ms()})
         await self.send("execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": _ms()})
         await self.executing(prompt_id, await asyncio.to_thread(self._first_node, prompt_id))
@@ -135,9 +139,14 @@ class Session:
         ids = sorted_ids(spec.graph) if spec is not None else []
         return ids[0] if ids else None
 
+    def _theirs(self, prompt_id: str, node: str | None) -> str | None:
+        """A node of the prompt's workflow under the id the client's graph gave it."""
+        return self.ids.get(prompt_id, NodeIds()).maybe(node)
+
     async def executing(self, prompt_id: str, node: str | None) -> None:
         self.started[prompt_id] = node
-        await self.send("executing", {"node": node, "display_node": node, "prompt_id": prompt_id})
+        theirs = self._theirs(prompt_id, node)
+        await self.send("executing", {"node": theirs, "display_node": theirs, "prompt_id": prompt_id})
 
     async def on_change(self, change: follow.Change) -> None:
         """A change of one of the client's prompts (front/jobs/follow.py) in ComfyUI's messages; another's item: the queue moved."""
@@ -164,7 +173,7 @@ class Session:
         node = change.node_id if change.node_id is not None else self.started.get(prompt_id)
         if node is not None and node != self.started.get(prompt_id):
             await self.executing(prompt_id, node)
-        await self.send("progress", {"value": change.value, "max": change.max, "prompt_id": prompt_id, "node": node})
+        await self.send("progress", {"value": change.value, "max": change.max, "prompt_id": prompt_id, "node": self._theirs(prompt_id, node)})
 
     async def preview(self, change: follow.Preview) -> None:
         fmt = PREVIEW_FORMATS.get(change.media_type)
@@ -180,17 +189,19 @@ class Session:
         await self.start(prompt_id)
         item = snapshot.items[0] if snapshot.items else None
         if job.state == "succeeded":
-            for node, output in prompts.outputs_by_node(item).items():
+            for node, output in prompts.outputs_by_node(item, NodeIds()).items():  # the workflow's ids, sent as the client's
                 await self.executing(prompt_id, node)
-                await self.send("executed", {"node": node, "display_node": node, "output": output, "prompt_id": prompt_id})
+                theirs = self._theirs(prompt_id, node)
+                await self.send("executed", {"node": theirs, "display_node": theirs, "output": output, "prompt_id": prompt_id})
             await self.send("execution_success", {"prompt_id": prompt_id, "timestamp": _ms()})
         elif job.state == "cancelled":
-            await self.send("execution_interrupted", {"prompt_id": prompt_id, "node_id": self.started.get(prompt_id) or "",
+            await self.send("execution_interrupted", {"prompt_id": prompt_id, "node_id": self._theirs(prompt_id, self.started.get(prompt_id)) or "",
                                                       "node_type": "", "executed": [], "timestamp": _ms()})
         else:
-            await self.send("execution_error", prompts.error_event(prompt_id, item, _ms()))
+            await self.send("execution_error", prompts.error_event(prompt_id, item, _ms(), self.ids.get(prompt_id, NodeIds())))
         await self.executing(prompt_id, None)
         self.started.pop(prompt_id, None)
+        self.ids.pop(prompt_id, None)
         await self.send_status()
 
     async def translate(self, changes: AsyncGenerator[follow.Change]) -> None:
