@@ -46,6 +46,22 @@ def _run(server: str, graph: dict[str, Any], client_id: str | None = None) -> st
     return str(r.json()["prompt_id"])
 
 
+def _run_watched(server: str, graph: dict[str, Any], ws_path: str) -> tuple[str, list[dict[str, Any]]]:
+    """Queue `graph` with a /ws client listening: its prompt id, and its events up to the final `executing` null."""
+    from websockets.sync.client import connect
+
+    client_id = uuid.uuid4().hex
+    with connect(f"{server.replace('http', 'ws')}{ws_path}?clientId={client_id}", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "status"
+        prompt_id = _run(server, graph, client_id)
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1]["type"] != "executing" or seen[-1]["data"]["node"] is not None:
+            message = json.loads(ws.recv(timeout=240))
+            if message["data"].get("prompt_id") == prompt_id:
+                seen.append(message)
+    return prompt_id, seen
+
+
 def _wait_history(server: str, prompt_id: str, timeout: float = 240) -> dict[str, Any]:
     import time
 
@@ -241,18 +257,8 @@ def test_comfy_cli_run(server: str, tmp_path: Path) -> None:
 
 
 def test_a_renumbered_graph_s_results_come_under_its_own_node_ids(server: str) -> None:
-    from websockets.sync.client import connect
-
     graph = renumbered(_graph("a renumbered fox", 21))
-    client_id = uuid.uuid4().hex
-    with connect(f"{server.replace('http', 'ws')}/ws?clientId={client_id}", open_timeout=10) as ws:
-        assert json.loads(ws.recv(timeout=10))["type"] == "status"
-        prompt_id = _run(server, graph, client_id)
-        seen = []
-        while not seen or seen[-1]["type"] != "executing" or seen[-1]["data"]["node"] is not None:
-            message = json.loads(ws.recv(timeout=240))
-            if message["data"].get("prompt_id") == prompt_id:
-                seen.append(message)
+    prompt_id, seen = _run_watched(server, graph, "/ws")
     named = {m["data"]["node"] for m in seen if m["type"] in ("executing", "executed", "progress")} - {None}
     assert named and named <= set(graph), named  # no event names the served workflow's ids ("3", "9")
     assert any(m["type"] == "progress" and m["data"]["node"] == "n3x" for m in seen)
@@ -267,19 +273,9 @@ def test_a_renumbered_graph_s_results_come_under_its_own_node_ids(server: str) -
 
 
 def test_a_failing_node_ends_with_execution_error(server: str) -> None:
-    from websockets.sync.client import connect
-
     graph = json.loads((GRAPHS / "failing.json").read_text())
     graph["10"]["inputs"]["text"] = "boom"
-    client_id = uuid.uuid4().hex
-    with connect(f"{server.replace('http', 'ws')}/api/ws?clientId={client_id}", open_timeout=10) as ws:
-        assert json.loads(ws.recv(timeout=10))["type"] == "status"
-        prompt_id = _run(server, graph, client_id)
-        seen = []
-        while not seen or seen[-1]["type"] != "executing" or seen[-1]["data"]["node"] is not None:
-            message = json.loads(ws.recv(timeout=240))
-            if message["data"].get("prompt_id") == prompt_id:
-                seen.append(message)
+    prompt_id, seen = _run_watched(server, graph, "/api/ws")
     error = next(m["data"] for m in seen if m["type"] == "execution_error")
     assert error["node_id"] == "10" and error["node_type"] == "RaiseOnText" and error["exception_message"]
     assert "execution_success" not in [m["type"] for m in seen]

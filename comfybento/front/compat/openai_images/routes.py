@@ -172,10 +172,10 @@ async def _run(request: Request, spec: WorkflowSpec, body: ImageGeneration, todo
     size = f"{first.width}x{first.height}" if first is not None and first.width else todo.size
     fmt = first.media_type.split("/")[-1] if first is not None else None
     return {"created": int(time.time()), "data": data, "output_format": fmt, "size": size, "quality": body.quality or "auto",
-            "background": body.background or "auto", "usage": _usage(spec, body.prompt, len(blobs))}
+            "background": body.background or "auto", "usage": _usage(body.prompt, len(blobs))}
 
 
-def _usage(spec: WorkflowSpec, prompt: str, images: int) -> dict[str, Any]:
+def _usage(prompt: str, images: int) -> dict[str, Any]:
     """OpenAI's usage block in units that mean something here: the prompt's words in, images out."""
     words = len(prompt.split())
     return {"input_tokens": words, "output_tokens": images, "total_tokens": words + images,
