@@ -58,6 +58,19 @@ def _txt2img(steps: int = 1, size: int = 64) -> dict[str, Any]:
     return graph
 
 
+def _blocker(samplers: int = 8) -> dict[str, Any]:
+    """A prompt that outlasts the walk on any machine: a chain of samplers, each at ComfyUI's most steps (10000)
+    at the CPU engine's largest image. The interrupt row, last, stops it."""
+    graph = _txt2img(10000, 448)
+    for n in range(1, samplers):
+        sampler = copy.deepcopy(graph["3"])
+        sampler["inputs"]["latent_image"] = [str(1000 + n - 1) if n > 1 else "3", 0]
+        graph[str(1000 + n)] = sampler
+    decode = next(node for node in graph.values() if node["class_type"] == "VAEDecode")
+    decode["inputs"]["samples"] = [str(1000 + samplers - 1), 0]
+    return graph
+
+
 @dataclass
 class World:
     url: str
@@ -124,7 +137,7 @@ def world(tmp_path_factory) -> Iterator[World]:
                                             for n, k in keys.items()))
     env = {**service_env(make_workflows_dir(root / "workflows", ("img2img",)), root / "work"), **JOB_ENV,
            "COMFYBENTO_API_KEYS_FILE": str(root / "keys.yaml"), "COMFYBENTO_JOB_CONCURRENCY": "1",
-           # alice's long prompt runs through the whole walk (interrupted by its last row): no step or time limit cuts it
+           # alice's long prompt runs through the whole walk (interrupted by its last row): no time limit cuts it
            "COMFYBENTO_MAX_STEPS": "10000", "COMFYBENTO_MAX_EXECUTION_S": "0"}
     with serving(env, root) as url:
         w = World(url, keys)
@@ -176,7 +189,7 @@ def _make(w: World) -> None:
     # Sockets under one client id, one per key, before alice's prompt that keeps the engine busy while the routes are walked.
     for who in ("alice", "bob", "ops"):
         w.sockets[who] = connect(f"{w.url.replace('http', 'ws')}/ws?clientId=shared-client&token={w.keys[who]}", open_timeout=30)
-    blocker = {"prompt": _txt2img(10000, 128), "client_id": "shared-client"}
+    blocker = {"prompt": _blocker(), "client_id": "shared-client"}
     r["running"] = w.ok("alice", "POST", "/prompt", json=blocker).json()["prompt_id"]
     assert w.wait(r["running"], ("running",)) == "running"
     # Queued behind it (the runner takes one item at a time): for the routes that cancel.
