@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,17 +59,32 @@ def _txt2img(steps: int = 1, size: int = 64) -> dict[str, Any]:
     return graph
 
 
-def _blocker(samplers: int = 8) -> dict[str, Any]:
-    """A prompt that outlasts the walk on any machine: a chain of samplers, each at ComfyUI's most steps (10000)
-    at the CPU engine's largest image. The interrupt row, last, stops it."""
-    graph = _txt2img(10000, 448)
-    for n in range(1, samplers):
+BLOCKER_SAMPLERS = 8
+
+
+def _blocker(steps: int) -> dict[str, Any]:
+    """The test's `blocker` workflow: txt2img at the CPU engine's largest image with a chain of samplers after node 3,
+    each one's steps a request field. Sent with ComfyUI's most steps (10000) in every sampler, it outlasts the walk on
+    any machine (one 10000-step sampler at 128² did not on CI's); the interrupt row, last, stops it."""
+    graph = _txt2img(steps, 448)
+    previous = "3"
+    for n in range(1, BLOCKER_SAMPLERS):
         sampler = copy.deepcopy(graph["3"])
-        sampler["inputs"]["latent_image"] = [str(1000 + n - 1) if n > 1 else "3", 0]
-        graph[str(1000 + n)] = sampler
+        sampler["inputs"]["latent_image"] = [previous, 0]
+        previous = str(1000 + n)
+        graph[previous] = sampler
     decode = next(node for node in graph.values() if node["class_type"] == "VAEDecode")
-    decode["inputs"]["samples"] = [str(1000 + samplers - 1), 0]
+    decode["inputs"]["samples"] = [previous, 0]
     return graph
+
+
+def _add_blocker(workflows: Path) -> Path:
+    """workflows/ with the blocker workflow in it: its own graph's steps are 1 (the startup warm-up runs it)."""
+    (workflows / "blocker.json").write_text(json.dumps(_blocker(1)))
+    samplers = ["3"] + [str(1000 + n) for n in range(1, BLOCKER_SAMPLERS)]
+    (workflows / "blocker.yaml").write_text("params:\n" + "".join(
+        f'  - {{node: "{node}", input: steps, name: steps_{i}}}\n' for i, node in enumerate(samplers)))
+    return workflows
 
 
 @dataclass
@@ -135,7 +151,7 @@ def world(tmp_path_factory) -> Iterator[World]:
     keys = {name: new_key() for name in ("alice", "bob", "ops")}
     (root / "keys.yaml").write_text("".join(f'- name: {n}\n  sha256: "{hash_key(k)}"\n' + ("  operator: true\n" if n == "ops" else "")
                                             for n, k in keys.items()))
-    env = {**service_env(make_workflows_dir(root / "workflows", ("img2img",)), root / "work"), **JOB_ENV,
+    env = {**service_env(_add_blocker(make_workflows_dir(root / "workflows", ("img2img",))), root / "work"), **JOB_ENV,
            "COMFYBENTO_API_KEYS_FILE": str(root / "keys.yaml"), "COMFYBENTO_JOB_CONCURRENCY": "1",
            # alice's long prompt runs through the whole walk (interrupted by its last row): no time limit cuts it
            "COMFYBENTO_MAX_STEPS": "10000", "COMFYBENTO_MAX_EXECUTION_S": "0"}
@@ -189,7 +205,7 @@ def _make(w: World) -> None:
     # Sockets under one client id, one per key, before alice's prompt that keeps the engine busy while the routes are walked.
     for who in ("alice", "bob", "ops"):
         w.sockets[who] = connect(f"{w.url.replace('http', 'ws')}/ws?clientId=shared-client&token={w.keys[who]}", open_timeout=30)
-    blocker = {"prompt": _blocker(), "client_id": "shared-client"}
+    blocker = {"prompt": _blocker(10000), "client_id": "shared-client"}
     r["running"] = w.ok("alice", "POST", "/prompt", json=blocker).json()["prompt_id"]
     assert w.wait(r["running"], ("running",)) == "running"
     # Queued behind it (the runner takes one item at a time): for the routes that cancel.
