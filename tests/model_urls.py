@@ -1,5 +1,8 @@
 """Safetensors files for the models-by-URL tests: made from scratch, or an existing one restamped with other bytes.
 
+`tiny_lora(strength)` is a LoRA of the tiny checkpoint (comfybento/runtime/tiny_model.py): rank 1 on the UNet's last
+convolution (`out.2`, 4x32x3x3), in ComfyUI's generic key format; strength 0 changes nothing.
+
 `restamped` keeps a checkpoint's tensors and changes only its header's `__metadata__`: a file with another sha256
 that ComfyUI loads as the same model (how the e2e tier gets two "different" tiny checkpoints for free).
 """
@@ -8,6 +11,8 @@ from __future__ import annotations
 
 import json
 import struct
+
+import numpy as np
 
 
 def safetensors_bytes(tensors: dict[str, bytes], metadata: dict[str, str] | None = None) -> bytes:
@@ -32,3 +37,16 @@ def _pack(header: dict[str, object], body: bytes) -> bytes:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw + body
+
+
+def tiny_lora(strength: float) -> bytes:
+    """A rank-1 LoRA of the tiny checkpoint's output convolution."""
+    down = np.full((1, 32, 3, 3), strength, dtype=np.float32)
+    up = np.ones((4, 1, 1, 1), dtype=np.float32)
+    header: dict[str, object] = {}
+    body = b""
+    for name, array in (("diffusion_model.out.2.lora_down.weight", down), ("diffusion_model.out.2.lora_up.weight", up)):
+        data = array.tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [len(body), len(body) + len(data)]}
+        body += data
+    return _pack(header, body)

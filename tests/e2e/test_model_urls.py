@@ -1,7 +1,8 @@
 """Models by URL through a real `bentoml serve`: downloaded once, then a hit; refusals by name; batched per model.
 
 The workflow is the demo txt2img with its checkpoint exposed (`urls: true`); the models are the tiny checkpoint
-restamped (other bytes and sha256, the same tensors: tests/model_urls.py), served by a local HTTP server reached
+restamped (other bytes and sha256, the same tensors: tests/model_urls.py), and a second workflow puts a LoRA
+(LoraLoaderModelOnly, `urls: true`) after it: a rank-1 LoRA of the tiny checkpoint. All are served by a local HTTP server reached
 as `localhost`, the one host COMFYBENTO_MODEL_URL_HOSTS names here (127.0.0.1 itself stays refused).
 """
 
@@ -19,18 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from comfybento.models.lock import sha256_file
 from tests.e2e.conftest import serving
 from tests.file_server import FileServer, file_server
-from tests.helpers import ROOT, service_env
-from tests.model_urls import restamped
+from tests.helpers import ROOT, png_array, service_env
+from tests.model_urls import restamped, tiny_lora
 
 pytestmark = pytest.mark.e2e
 
 TINY = ROOT / "models" / "checkpoints" / "tiny-sd.safetensors"
 SIDECAR = "params:\n  - {node: '4', input: ckpt_name, name: checkpoint, urls: true}\n"
+LORA_SIDECAR = "params:\n  - {node: '10', input: lora_name, name: lora, urls: true}\n"
+NO_LORA = tiny_lora(0.0)  # the graph's own LoRA, in models.lock
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 1}
 MODEL_A = restamped(TINY.read_bytes(), "a")
 MODEL_B = restamped(TINY.read_bytes(), "b")
@@ -52,12 +56,21 @@ def server(tmp_path_factory, files) -> Iterator[str]:
     root = tmp_path_factory.mktemp("model_urls_serve")
     (root / "models" / "checkpoints").mkdir(parents=True)
     shutil.copy(TINY, root / "models" / "checkpoints" / TINY.name)
-    (root / "models.lock").write_text(f'[[models]]\npath = "checkpoints/{TINY.name}"\nsize = {TINY.stat().st_size}\n'
-                                      f'sha256 = "{sha256_file(TINY)}"\nsource = {{ generator = "tiny-sd" }}\n')
+    (root / "models" / "loras").mkdir()
+    (root / "models" / "loras" / "none.safetensors").write_bytes(NO_LORA)
+    (root / "models.lock").write_text(
+        f'[[models]]\npath = "checkpoints/{TINY.name}"\nsize = {TINY.stat().st_size}\nsha256 = "{sha256_file(TINY)}"\n'
+        'source = { generator = "tiny-sd" }\n\n[[models]]\npath = "loras/none.safetensors"\n'
+        f'size = {len(NO_LORA)}\nsha256 = "{hashlib.sha256(NO_LORA).hexdigest()}"\nsource = {{ url = "https://example.invalid/none" }}\n')
     workflows = root / "workflows"
     workflows.mkdir()
-    (workflows / "by_url.json").write_text((ROOT / "workflows" / "txt2img.json").read_text())
+    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    (workflows / "by_url.json").write_text(json.dumps(graph))
     (workflows / "by_url.yaml").write_text(SIDECAR)
+    graph["10"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["4", 0], "lora_name": "none.safetensors", "strength_model": 1.0}}
+    graph["3"]["inputs"]["model"] = ["10", 0]
+    (workflows / "lora_by_url.json").write_text(json.dumps(graph))
+    (workflows / "lora_by_url.yaml").write_text(LORA_SIDECAR)
     env = {**service_env(workflows, root / "work"), "COMFYBENTO_MODELS": str(root / "models"),
            "COMFYBENTO_MODELS_LOCK": str(root / "models.lock"), "COMFYBENTO_WARMUP": "0",
            "COMFYBENTO_MODEL_URL_HOSTS": "localhost", "COMFYBENTO_MODEL_URL_MAX_BYTES": str(MAX_BYTES)}
@@ -122,14 +135,24 @@ def test_requests_for_one_url_batch_together_and_never_with_another_url(server, 
     a, b = {"url": files.url("/a.safetensors")}, {"url": files.url("/b.safetensors")}
     assert _post(server, b).status_code == 200  # both in the cache: only the batching is measured
     with ThreadPoolExecutor(5) as pool:
-        blocker = pool.submit(_post, server, None, steps=30, width=256, height=256, seed=9)  # holds the executor
-        time.sleep(0.5)
+        blocker = pool.submit(_post, server, None, steps=15, width=128, height=128, seed=9)  # holds the executor
+        time.sleep(0.3)
         runs = [pool.submit(_post, server, model, seed=seed) for seed, model in enumerate((a, b, a, b))]
         results = [r.result() for r in runs]
         assert blocker.result().status_code == 200
     assert all(r.status_code == 200 for r in results), [r.text for r in results]
     sizes = [r.json()["timings"]["batch_size"] for r in results]
     assert sizes == [2, 2, 2, 2], sizes  # a with a, b with b: never four together
+
+
+def test_a_lora_by_url_is_applied(server, files):
+    url = files.add("/strong-lora.safetensors", tiny_lora(0.05))
+    body = {**BODY, "seed": 3}
+    plain = httpx.post(f"{server}/lora_by_url", json=body, timeout=300)
+    lora = httpx.post(f"{server}/lora_by_url", json={**body, "lora": {"url": url}}, timeout=300)
+    assert plain.status_code == lora.status_code == 200, (plain.text, lora.text)
+    a, b = (png_array(r.json()["outputs"][0]["data"]).astype(float) for r in (plain, lora))
+    assert np.abs(a - b).mean() > 1  # the downloaded LoRA changed the model
 
 
 def test_the_file_is_stored_where_the_loader_finds_it(server, tmp_path_factory):
