@@ -16,8 +16,11 @@ import pytest
 from pydantic import ValidationError
 
 from comfybento.config import Settings
+from comfybento.engine.messages import EngineItem
+from comfybento.engine.prepare import Prepared, prepare
 from comfybento.errors import ConfigError, InvalidRequest, TooLarge, UnsupportedFile, UrlRefused, WorkflowError, describe
 from comfybento.models.by_url import CACHE_FOLDER, SafetensorsCheck, UrlModelLimits, UrlModels
+from comfybento.models.first_use import FirstUseCheck
 from comfybento.transfer import TransferLimits
 from comfybento.urlguard import AllowList
 from comfybento.workflows.catalog import load_workflow
@@ -235,3 +238,30 @@ def test_urls_on_a_field_that_is_not_a_model_is_a_workflow_error(defs, tmp_path)
 def test_the_cache_must_hold_the_largest_file():
     with pytest.raises(ConfigError, match="COMFYBENTO_MODEL_URL_CACHE_BYTES"):
         Settings.from_env({"COMFYBENTO_MODEL_URL_MAX_BYTES": "100", "COMFYBENTO_MODEL_URL_CACHE_BYTES": "10"})
+
+
+def test_the_batch_key_holds_the_model_by_url_and_the_lease_ends_with_the_request(defs, files, tmp_path):
+    sidecar = "params:\n  - {node: '4', input: ckpt_name, name: checkpoint, urls: [localhost]}\n"
+    spec = load_workflow(_workflow(tmp_path, sidecar), defs, LOCK, Settings.from_env({}))
+    cache = UrlModels(tmp_path / "models", LIMITS)
+    checks = FirstUseCheck(tmp_path / "models", fetch=False)
+    urls = {n: files.add(f"/{n}.safetensors", restamped(MODEL, n)) for n in "ab"}
+
+    def prepared(name: str, seed: int) -> tuple[Prepared, str]:
+        item = EngineItem(values={"checkpoint": {"url": urls[name], "sha256": None}}, seed=seed)
+        ready, key, can_batch = prepare(spec, item, checks, tmp_path / "input", None, cache)
+        assert can_batch
+        return ready, key
+
+    (a1, key_a1), (a2, key_a2), (b1, key_b1) = prepared("a", 1), prepared("a", 2), prepared("b", 3)
+    assert key_a1 == key_a2 != key_b1  # one URL batches with itself, never with another
+    stored = a1.graph["4"]["inputs"]["ckpt_name"]
+    assert stored == f"{CACHE_FOLDER}/{_sha(restamped(MODEL, 'a'))}.safetensors" and stored in key_a1
+    assert len(a1.leases) == 1 and len(cache._leases) == 2  # a's file held twice, b's once
+    for ready in (a1, a2, b1):
+        ready.leases.pop()()
+    assert not cache._leases
+    with pytest.raises(InvalidRequest, match="checkpoint"):  # a failed request gives its lease back at once
+        prepare(spec, EngineItem(values={"checkpoint": {"url": urls["a"], "sha256": "cd" * 32}}, seed=4), checks,
+                tmp_path / "input", None, cache)
+    assert not cache._leases
