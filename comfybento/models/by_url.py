@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import struct
 import tempfile
 import threading
@@ -34,7 +35,7 @@ from typing import IO
 import httpx
 
 from comfybento import metrics
-from comfybento.errors import ComfyBentoError, InvalidRequest, TooLarge, UnsupportedFile, UrlRefused
+from comfybento.errors import ComfyBentoError, InvalidRequest, StorageFull, TooLarge, UnsupportedFile, UrlRefused
 from comfybento.transfer import TooSlow, TransferLimits, Watchdog
 from comfybento.urlguard import AllowList, send_checked
 
@@ -217,7 +218,7 @@ class UrlModels:
         handle, part = tempfile.mkstemp(dir=dest, prefix=".part-")  # no extension: ComfyUI does not list it
         try:
             with os.fdopen(handle, "wb") as out:
-                sha, size = fetch_safetensors(field, url, allow, self.limits, out)
+                sha, size = fetch_safetensors(field, url, allow, self.limits, out, dest)
             model = CachedModel(folder, sha, size)
             os.replace(part, self._path(model))
         except BaseException:
@@ -290,18 +291,23 @@ class _Slow(TooLarge):
     """The download passed its deadline or fell below its minimum rate (a 413 naming the limit, counted as failed)."""
 
 
-def fetch_safetensors(field: str, url: str, allow: AllowList, limits: UrlModelLimits, out: IO[bytes]) -> tuple[str, int]:
-    """Write the safetensors file `url` brings into `out`, every hop allowed; (its sha256, its size)."""
+def fetch_safetensors(field: str, url: str, allow: AllowList, limits: UrlModelLimits, out: IO[bytes],
+                      folder: Path) -> tuple[str, int]:
+    """Write the safetensors file `url` brings into `out` (a file in `folder`), every hop allowed; (its sha256, its size).
+
+    A declared size the disk has no room for is a StorageFull (507) before any byte is read; a write that fails for
+    lack of room is one too (errors.storage_full).
+    """
     with Watchdog(limits.transfer) as watchdog:
         try:
-            return _fetch(field, url, allow, limits, out, watchdog)
+            return _fetch(field, url, allow, limits, out, watchdog, folder)
         except TooSlow as exc:
             raise _Slow(f"field '{field}': {url!r} {exc} (COMFYBENTO_MODEL_FETCH_S={limits.transfer.total_s:g}, "
                         f"COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S={limits.transfer.min_bytes_per_s})") from None
 
 
 def _fetch(field: str, url: str, allow: AllowList, limits: UrlModelLimits, out: IO[bytes],
-           watchdog: Watchdog) -> tuple[str, int]:
+           watchdog: Watchdog, folder: Path) -> tuple[str, int]:
     with httpx.Client(headers={"user-agent": "comfybento-model-fetch"}, trust_env=False) as client:
         for _ in range(limits.max_redirects + 1):
             try:
@@ -321,7 +327,7 @@ def _fetch(field: str, url: str, allow: AllowList, limits: UrlModelLimits, out: 
                     continue
                 if response.status_code != 200:
                     raise InvalidRequest(f"field '{field}': {url!r} answered HTTP {response.status_code}, not 200")
-                return _read_body(field, url, response, limits, out, watchdog)
+                return _read_body(field, url, response, limits, out, watchdog, folder)
             finally:
                 response.close()
     raise InvalidRequest(f"field '{field}': {url!r}: more than {limits.max_redirects} redirects")
@@ -334,11 +340,15 @@ def _broken(field: str, url: str, exc: httpx.HTTPError) -> Exception:
 
 
 def _read_body(field: str, url: str, response: httpx.Response, limits: UrlModelLimits, out: IO[bytes],
-               watchdog: Watchdog) -> tuple[str, int]:
+               watchdog: Watchdog, folder: Path) -> tuple[str, int]:
     declared = response.headers.get("content-length", "")
     over = f"more than the limit of {limits.max_bytes} bytes (COMFYBENTO_MODEL_URL_MAX_BYTES)"
     if declared.isdigit() and (len(declared) > 18 or int(declared) > limits.max_bytes):
         raise TooLarge(f"field '{field}': {url!r} is {declared} bytes, {over}")
+    free = shutil.disk_usage(folder).free
+    if declared.isdigit() and int(declared) > free:
+        raise StorageFull(f"field '{field}': {url!r} is {declared} bytes; the models folder has {free} free; retry later",
+                          folder="models", free_bytes=free)
     digest, size = hashlib.sha256(), 0
     check = SafetensorsCheck(f"field '{field}': {url!r}")
     try:
