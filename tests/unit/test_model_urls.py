@@ -265,3 +265,12 @@ def test_the_batch_key_holds_the_model_by_url_and_the_lease_ends_with_the_reques
         prepare(spec, EngineItem(values={"checkpoint": {"url": urls["a"], "sha256": "cd" * 32}}, seed=4), checks,
                 tmp_path / "input", None, cache)
     assert not cache._leases
+
+
+def test_a_download_past_its_deadline_is_a_413_naming_the_setting(files, tmp_path):
+    url = files.add("/slow.safetensors", MODEL, stall_s=4.0)
+    limits = UrlModelLimits(max_bytes=64 * 1024, cache_bytes=256 * 1024, transfer=TransferLimits(1))
+    with pytest.raises(TooLarge, match="COMFYBENTO_MODEL_FETCH_S=1") as info:
+        UrlModels(tmp_path, limits).resolve("checkpoint", "checkpoints", url, None, ALLOW)
+    assert describe(info.value)["status"] == 413 and "checkpoint" in str(info.value)
+    assert not list(tmp_path.glob(f"*/{CACHE_FOLDER}/*"))
