@@ -23,6 +23,9 @@ from comfybento.limits import CPU_LIMITS, ENV_NAMES, Limits
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A built Bento keeps the project in <bento>/src beside <bento>/bento.yaml.
 IN_BENTO = (PROJECT_ROOT.parent / "bento.yaml").is_file() and PROJECT_ROOT.name == "src"
+# Where models by URL may come from unless COMFYBENTO_MODEL_URL_HOSTS says otherwise: Hugging Face and the CDNs its
+# file URLs redirect to.
+DEFAULT_MODEL_URL_HOSTS = ("huggingface.co", "*.huggingface.co", "*.hf.co")
 
 
 def _path(env: dict[str, str], name: str, default: Path) -> Path:
@@ -172,6 +175,15 @@ class Settings:
     # keep up over any 5 s.
     model_fetch_s: int = 6 * 3600
     model_fetch_min_bytes_per_s: int = 64 * 1024
+    # Models by URL at request time (a sidecar's `urls: true`; models/by_url.py), COMFYBENTO_MODEL_URL_HOSTS: the hosts
+    # (and networks) they may come from, redirects included, comma-separated, with the rules of the input allow-list;
+    # "*": any host that resolves only to public addresses. Unset: Hugging Face and its CDNs.
+    model_url_hosts: tuple[str, ...] = DEFAULT_MODEL_URL_HOSTS
+    # The largest file one URL may bring (COMFYBENTO_MODEL_URL_MAX_BYTES), and the bytes the downloaded files may
+    # take on disk together (COMFYBENTO_MODEL_URL_CACHE_BYTES; least recently used leave first). The download's time
+    # and rate limits are COMFYBENTO_MODEL_FETCH_S and COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S.
+    model_url_max_bytes: int = 16 << 30
+    model_url_cache_bytes: int = 64 << 30
     # ---- access (comfybento/front/access.py)
     # One unlimited key (kept for compatibility; it is the key named "default" beside the keys file's).
     api_key: str = ""
@@ -359,7 +371,19 @@ def _job_settings(env: dict[str, str], work_dir: Path) -> dict[str, Any]:
         "webhook_min_bytes_per_s": _int(env, "COMFYBENTO_WEBHOOK_MIN_BYTES_PER_S", 1024),
         "model_fetch_s": _int(env, "COMFYBENTO_MODEL_FETCH_S", 6 * 3600, minimum=1),
         "model_fetch_min_bytes_per_s": _int(env, "COMFYBENTO_MODEL_FETCH_MIN_BYTES_PER_S", 64 * 1024),
+        **_model_url_settings(env),
     }
+
+
+def _model_url_settings(env: dict[str, str]) -> dict[str, Any]:
+    hosts = _names(env, "COMFYBENTO_MODEL_URL_HOSTS") or DEFAULT_MODEL_URL_HOSTS
+    max_bytes = _int(env, "COMFYBENTO_MODEL_URL_MAX_BYTES", 16 << 30, minimum=1)
+    cache_bytes = _int(env, "COMFYBENTO_MODEL_URL_CACHE_BYTES", 64 << 30, minimum=1)
+    if cache_bytes < max_bytes:
+        raise ConfigError(f"COMFYBENTO_MODEL_URL_CACHE_BYTES={cache_bytes} must be at least COMFYBENTO_MODEL_URL_MAX_BYTES="
+                          f"{max_bytes}: the cache must hold the largest file a URL may bring")
+    return {"model_url_hosts": () if hosts == ("*",) else hosts, "model_url_max_bytes": max_bytes,
+            "model_url_cache_bytes": cache_bytes}
 
 
 def keys_file_from_env(environ: dict[str, str] | None = None) -> Path | None:

@@ -74,6 +74,18 @@ class InvalidRequest(ComfyBentoError):
     kind: ErrorKind = "invalid"
 
 
+class UrlRefused(InvalidRequest):
+    """A URL a request gives is not allowed: not http(s), or its host is not in the allow-list (an internal address)."""
+
+    error_code = HTTPStatus.BAD_REQUEST
+
+
+class UnsupportedFile(InvalidRequest):
+    """A file a request gives is not of a type that field takes (a model by URL that is not safetensors)."""
+
+    error_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
 class TooLarge(ComfyBentoError):
     """A request, upload or body is over a configured limit, or cannot fit on this device even alone.
 

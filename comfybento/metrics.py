@@ -113,3 +113,15 @@ JOB_ITEMS = bentoml.metrics.Gauge(
     labelnames=["state"],
     multiprocess_mode="mostrecent",
 )
+MODEL_URL_FETCHES = bentoml.metrics.Counter(
+    name="comfybento_model_url_fetches",
+    documentation="Requests naming a model by URL (models/by_url.py), by result: download (this request fetched it), "
+                  "shared (it waited for another request's download of the same URL), hit (already in the cache), "
+                  "refused (host, size, type or sha256 wrong) or failed (unreachable, an HTTP error, too slow).",
+    labelnames=["result"],
+)
+MODEL_URL_CACHE_BYTES = bentoml.metrics.Gauge(
+    name="comfybento_model_url_cache_bytes",
+    documentation="Bytes the models downloaded by URL take on disk (bounded by COMFYBENTO_MODEL_URL_CACHE_BYTES).",
+    multiprocess_mode="mostrecent",
+)

@@ -75,6 +75,32 @@ class AllowList:
                                      "(internal addresses are refused unless listed)")
         return addresses
 
+    def refusal_without_dns(self, url: str) -> str | None:
+        """Why `url` is refused on its face (scheme, a host name not listed, a literal address not allowed), or None.
+
+        No network: what the front checks at once. `check` (DNS included) still runs before anything is fetched.
+        """
+        try:
+            parsed = urlsplit(url)
+            host = (parsed.hostname or "").lower()
+        except ValueError:
+            return f"{url!r} is not a valid URL"
+        if parsed.scheme not in ("http", "https") or not host:
+            return f"{url!r} must be an http(s) URL"
+        if any(fnmatch.fnmatch(host, pattern) for pattern in self.hosts):
+            return None
+        try:
+            address: Address | None = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            address = None
+        if address is not None and any(address in net for net in self.networks):
+            return None
+        if address is not None and (self.hosts or self.networks or is_internal(address)):
+            return f"address {address} ({url!r}) is not in the allow-list (internal addresses are refused unless listed)"
+        if address is None and (self.hosts or self.networks):
+            return f"host {host!r} of {url!r} is not in the allow-list {[*self.hosts, *map(str, self.networks)]}"
+        return None
+
 
 def _is_network(entry: str) -> bool:
     try:

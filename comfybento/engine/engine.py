@@ -41,6 +41,7 @@ from comfybento.errors import (
     WorkflowError,
     describe,
 )
+from comfybento.models.by_url import UrlModelLimits, UrlModels
 from comfybento.models.fetch import transfer_limits
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.outputs.encoding import png_bytes
@@ -75,6 +76,11 @@ class Engine:
         # Models a request chooses (spec.model_choices) are fetched and hash-checked on their first use.
         self.models = FirstUseCheck(settings.models_dir, settings.fetch_models, not settings.skip_hash_check,
                                     transfer_limits(settings), model_generators())
+        # Models a request names by URL (a sidecar's `urls:`), downloaded into the models folder on first use.
+        by_url = any(c.url_hosts is not None for spec in catalog.values() for c in spec.model_choices)
+        self.url_models = UrlModels(settings.models_dir, UrlModelLimits(
+            settings.model_url_max_bytes, settings.model_url_cache_bytes, transfer_limits(settings),
+            settings.limits.max_url_redirects)) if by_url else None
         # COMFYBENTO_SUBMITTED_GRAPHS=any: graphs that match no workflow, run alone (workflows/free_graph.py)
         self.free_graphs = FreeGraphs(settings) if settings.runs_unmatched_graphs else None
         self._depth_lock = threading.Lock()
@@ -194,7 +200,7 @@ class Engine:
         # A job item, or a request far heavier than its workflow's recent ones, waits behind the live ones (scheduler point 4)
         background = self._heavy.is_heavy(spec.name, graph_work(prepared.graph)) or item.background
         job = Job(key=key, payload=prepared, max_batch=spec.max_batch_size, can_batch=can_batch, background=background,
-                  sink=self._finish_sink(spec, prepared.files, sink, scratch))
+                  sink=self._finish_sink(spec, prepared.files, sink, scratch, prepared.leases))
         self.scheduler.submit(job)
         self._export_queue_depth()
         return job
@@ -220,10 +226,12 @@ class Engine:
 
     def _prepare(self, spec: WorkflowSpec, item: EngineItem) -> tuple[Prepared, str, bool]:
         """The request prepared (engine/prepare.py), its shape key, whether it may share a batch."""
-        return prepare(spec, item, self.models, self.input_dir, self.executor)
+        return prepare(spec, item, self.models, self.input_dir, self.executor, self.url_models)
 
-    def _finish_sink(self, spec: WorkflowSpec, files: list[Path], sink: Sink, folders: list[Path] | None = None) -> Sink:
-        """Wraps a request's sink: on its terminal event, delete its files (and folders) and count/log failures once."""
+    def _finish_sink(self, spec: WorkflowSpec, files: list[Path], sink: Sink, folders: list[Path] | None = None,
+                     leases: list[Callable[[], None]] | None = None) -> Sink:
+        """Wraps a request's sink: on its terminal event, delete its files (and folders), give back the models by URL it
+        holds (`leases`) and count/log failures once."""
 
         def wrapped(event: Event) -> None:
             if isinstance(event, (Done, Failed)):
@@ -231,6 +239,8 @@ class Engine:
                     path.unlink(missing_ok=True)
                 for folder in folders or ():  # an unmatched graph's own folder, with whatever it wrote
                     shutil.rmtree(folder, ignore_errors=True)
+                while leases:
+                    leases.pop()()
             if isinstance(event, Failed):
                 kind = describe(event.error)["error_kind"]
                 if not isinstance(event.error, ComfyBentoError):

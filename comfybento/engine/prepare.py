@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from comfybento.engine.messages import EngineItem
 from comfybento.errors import InvalidRequest, TooLarge
+from comfybento.models.by_url import UrlModels
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.models.lock import ModelEntry
 from comfybento.outputs.encoding import Encoding, decode_b64
+from comfybento.urlguard import AllowList
 from comfybento.workflows.batchplan import BatchPlan
 from comfybento.workflows.binding import bind, shape_key
-from comfybento.workflows.catalog import WorkflowSpec
+from comfybento.workflows.catalog import ModelChoice, WorkflowSpec
 from comfybento.workflows.graph import Graph, is_link
 from comfybento.workflows.limits import check_graph_limits
 from comfybento.workflows.params import NAMED_UPLOADS
@@ -40,32 +43,40 @@ class Prepared:
     texts: dict[str, str]
     encoding: Encoding
     files: list[Path] = field(default_factory=list)
+    # Called once the request has finished: the models by URL it holds may leave the cache again.
+    leases: list[Callable[[], None]] = field(default_factory=list)
 
 
 def prepare(spec: WorkflowSpec, item: EngineItem, models: FirstUseCheck, input_dir: Path,
-            executor: Any = None) -> tuple[Prepared, str, bool]:
+            executor: Any = None, url_models: UrlModels | None = None) -> tuple[Prepared, str, bool]:
     """(the prepared request, its shape key, whether it may share a batch). Raises on a bad request (its stored files deleted).
 
-    `models` fetches and hash-checks a chosen model on its first use; `executor` (runtime/executor.py, None before the
-    engine started) counts a prompt's tokens exactly when its checkpoint is loaded.
+    `models` fetches and hash-checks a chosen model on its first use; `url_models` downloads a model chosen by URL
+    (its stored name then stands in the values: the shape key holds it, so only requests for the same file batch);
+    `executor` (runtime/executor.py, None before the engine started) counts a prompt's tokens exactly when its
+    checkpoint is loaded.
     """
     values = dict(item.values)
-    for entry in _chosen_models(spec, values):
-        models.ensure(entry)  # fetched and hash-checked before its first use; ModelLockError names the file
     files: list[Path] = []
+    leases: list[Callable[[], None]] = []
     try:
+        for entry in _chosen_models(spec, values, url_models, leases):
+            models.ensure(entry)  # fetched and hash-checked before its first use; ModelLockError names the file
         _store_uploads(spec, item, values, input_dir, files)
         graph = bind(spec.graph, spec.params, values, item.seed)
         check_graph_limits(spec.name, graph, spec.limits)
     except Exception:
         for path in files:
             path.unlink(missing_ok=True)
+        for release in leases:
+            release()
         raise
     texts = {p.role: str(values.get(p.name, p.default)) for p in spec.params if p.role in ("prompt", "negative_prompt")}
     encoding = Encoding(format=item.output_format or spec.encoding.format,
                         quality=item.output_quality or spec.encoding.quality,
                         png_compress_level=spec.encoding.png_compress_level)
-    prepared = Prepared(spec=spec, item=item, graph=graph, seed=item.seed, texts=texts, encoding=encoding, files=files)
+    prepared = Prepared(spec=spec, item=item, graph=graph, seed=item.seed, texts=texts, encoding=encoding, files=files,
+                        leases=leases)
     plan = spec.batch_plan
     can_batch = plan is not None and plan.accepts(graph)
     key = f"{spec.name}|{shape_key(spec.params, values, plan.batchable_params if plan and can_batch else frozenset())}"
@@ -108,18 +119,38 @@ def store_upload(input_dir: Path, field_name: str, data: Any, suffix: str = ".pn
     return path
 
 
-def _chosen_models(spec: WorkflowSpec, values: dict[str, Any]) -> list[ModelEntry]:
-    """The models.lock entries of the model files a request chose (the front's schema has checked the names too)."""
+def _chosen_models(spec: WorkflowSpec, values: dict[str, Any], url_models: UrlModels | None,
+                   leases: list[Callable[[], None]]) -> list[ModelEntry]:
+    """The models.lock entries of the model files a request chose (the front's schema has checked the names too).
+
+    A model chosen by URL is downloaded (or found in the cache) now, leased (appended to `leases`), and its stored
+    name put in `values`.
+    """
     defaults = {p.name: p.default for p in spec.params}
     chosen = []
     for choice in spec.model_choices:
         name = values.get(choice.param, defaults.get(choice.param))
+        if isinstance(name, dict):
+            values[choice.param] = _model_by_url(spec, choice, name, url_models, leases)
+            continue
         entry = choice.entry(str(name))
         if entry is None:
             raise InvalidRequest(f"field '{choice.param}': model {name!r} is not one of the {choice.folder}/ models in "
                                  f"models.lock: {[e.filename for e in choice.entries]}")
         chosen.append(entry)
     return chosen
+
+
+def _model_by_url(spec: WorkflowSpec, choice: ModelChoice, value: dict[str, Any], url_models: UrlModels | None,
+                  leases: list[Callable[[], None]]) -> str:
+    """The stored name of a model by URL ({url, sha256}), downloaded if it is not in the cache yet."""
+    url, sha256 = value.get("url"), value.get("sha256")
+    if choice.url_hosts is None or url_models is None or not isinstance(url, str) or not isinstance(sha256, str | None):
+        raise InvalidRequest(f"field '{choice.param}': of workflow '{spec.name}' takes one of the {choice.folder}/ models in "
+                             f"models.lock, not a model by URL")
+    model = url_models.resolve(choice.param, choice.folder, url, sha256, AllowList(choice.url_hosts, what=choice.param))
+    leases.append(lambda: url_models.release(model))
+    return model.name
 
 
 def _token_bucket(plan: BatchPlan, graph: Graph, executor: Any) -> str:

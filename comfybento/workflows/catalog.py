@@ -65,6 +65,8 @@ class ModelChoice:
     param: str
     folder: str
     entries: tuple[ModelEntry, ...]
+    # The hosts a model by URL may come from (a sidecar's `urls:`; (): any public host); None: models.lock names only.
+    url_hosts: tuple[str, ...] | None = None
 
     def entry(self, filename: str) -> ModelEntry | None:
         return next((e for e in self.entries if e.filename == filename), None)
@@ -142,27 +144,36 @@ def _model_folder(where: str, graph: Graph, param: Param) -> str | None:
     return next(iter(fed), None)
 
 
-def restrict_model_params(where: str, graph: Graph, params: tuple[Param, ...], lock: ModelLock) -> tuple[tuple[Param, ...], tuple[ModelChoice, ...]]:
+def restrict_model_params(where: str, graph: Graph, params: tuple[Param, ...], lock: ModelLock,
+                          url_hosts: tuple[str, ...] = ()) -> tuple[tuple[Param, ...], tuple[ModelChoice, ...]]:
     """Every parameter that names a model file becomes an enum of the models.lock entries of its folder, and nothing else.
 
     Its default is its own value if that is one of them (a sidecar's `default:`), else the graph's value
-    (which check_models has found in models.lock).
+    (which check_models has found in models.lock). With the sidecar's `urls:` it also takes a model by URL, from
+    `url_hosts` (COMFYBENTO_MODEL_URL_HOSTS) or the hosts the sidecar lists.
     """
     out, choices = [], []
     for param in params:
         folder = _model_folder(where, graph, param) if param.kind in ("enum", "string", "any") else None
         if folder is None:
+            if param.urls is not False:
+                raise WorkflowError(f"{where}: parameter '{param.name}' has `urls:` but is not a model input of a loader "
+                                    f"node (one of {sorted({f for f in LOADER_FOLDERS.values()})})")
             out.append(param)
             continue
+        hosts = None if param.urls is False else url_hosts if param.urls is True else param.urls
         entries = tuple(sorted((e for e in lock.entries if e.folder == folder), key=lambda e: e.filename))
         names = tuple(e.filename for e in entries)
         default = param.default if param.default in names else graph[param.node_id]["inputs"].get(param.input_name)
         if default not in names:
             raise WorkflowError(f"{where}: parameter '{param.name}' defaults to model '{default}', which is not in "
                                 f"models.lock under {folder}/; add it there")
-        out.append(replace(param, kind="enum", choices=names, default=default,
-                           description=f"{param.description} One of the {folder}/ models in models.lock."))
-        choices.append(ModelChoice(param=param.name, folder=folder, entries=entries))
+        how = f"One of the {folder}/ models in models.lock" + (
+            "" if hosts is None else ", or a safetensors model by URL: {\"url\": ..., \"sha256\": ...} (sha256 optional, "
+            "checked when given), downloaded once into the model cache" + (f" from {', '.join(hosts)}" if hosts else ""))
+        out.append(replace(param, kind="enum", choices=names, default=default, urls=False if hosts is None else hosts,
+                           description=f"{param.description} {how}."))
+        choices.append(ModelChoice(param=param.name, folder=folder, entries=entries, url_hosts=hosts))
     return tuple(out), tuple(choices)
 
 
@@ -179,7 +190,7 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
     models = check_models(where, graph, lock)
     sidecar = load_sidecar(path.with_suffix(".yaml"))
     params = tuple(apply_sidecar(where, sidecar, graph, node_defs, infer_params(where, graph, node_defs)))
-    params, model_choices = restrict_model_params(where, graph, params, lock)
+    params, model_choices = restrict_model_params(where, graph, params, lock, settings.model_url_hosts)
     clash = sorted({p.name for p in params} & set(COMMON_FIELDS))
     if clash:
         raise WorkflowError(f"{where}: parameter names {clash} are reserved for every endpoint; rename them in the sidecar")

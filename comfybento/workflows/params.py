@@ -77,6 +77,9 @@ class Param:
     choices: tuple[str, ...] = ()
     multiline: bool = False
     role: str = ""  # "seed", "prompt", "negative_prompt", ...: what batching keys on
+    # A model choice that also takes a model by URL (a sidecar's `urls:`): True (the service's hosts) or the hosts
+    # allowed, until the catalog resolves it to the hosts (workflows/catalog.py); False: models.lock names only.
+    urls: bool | tuple[str, ...] = False
 
 
 @dataclass(frozen=True)

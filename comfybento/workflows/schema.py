@@ -18,6 +18,7 @@ from bentoml.validators import ContentType
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -33,6 +34,7 @@ from starlette.requests import Request
 from comfybento.limits import Limits
 from comfybento.outputs.encoding import Encoding
 from comfybento.outputs.media import OutputKind
+from comfybento.urlguard import AllowList
 from comfybento.workflows.params import MAX_SEED, UPLOAD_KINDS, Param
 
 # Content types a multipart file part may declare, by kind of input (the bytes are sniffed afterwards in any case).
@@ -158,9 +160,40 @@ DATA_URI_HEADER = 256  # room for "data:<type>;base64," before the base64 of the
 def _field_type(param: Param) -> Any:
     if param.kind in UPLOAD_KINDS:
         return upload_type(param.kind)
+    if param.kind == "enum" and param.urls is not False:
+        return _model_field_type(param)
     if param.kind == "enum":
         return Literal[param.choices] if param.choices else str  # type: ignore[valid-type]
     return {"int": int, "float": float, "string": str, "bool": bool}.get(param.kind, Any)
+
+
+class ModelUrl(BaseModel):
+    """A model by URL, where the workflow's sidecar allows it (`urls:`): downloaded once into the engine's model cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=10, max_length=4096, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://",
+                     description="An http(s) URL of a .safetensors file (a pickle, .ckpt/.pt/.bin, is refused), from an "
+                                 "allowed host; redirects are followed and checked again.")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$",
+                               description="The file's sha256 (hex). Given, the file must match it (else a 422 naming "
+                                           "both hashes) and a file already downloaded with it is used without fetching.")
+
+
+def _model_field_type(param: Param) -> Any:
+    """A model choice that also takes {url, sha256}: the URL checked against its hosts now (a 400), without DNS."""
+    allow = AllowList(param.urls if isinstance(param.urls, tuple) else (), what=param.name)
+
+    def allowed(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        value = handler(value)
+        if not isinstance(value, ModelUrl):
+            return value
+        refusal = allow.refusal_without_dns(value.url)
+        if refusal is not None:
+            raise PydanticCustomError("url_not_allowed", "model URL refused: {why}", {"why": refusal})
+        return value.model_dump()  # a plain mapping: it travels to the engine as JSON
+
+    return Annotated[Literal[param.choices] | ModelUrl, WrapValidator(allowed)]  # type: ignore[valid-type]
 
 
 def _not_bool(value: Any) -> Any:

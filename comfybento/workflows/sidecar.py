@@ -14,6 +14,8 @@
       - {node: "4", input: ckpt_name, name: checkpoint}   # add an input not inferred; a model input
                                                           # (workflows/catalog.py LOADER_FOLDERS) is an enum of
                                                           # the models.lock entries of its folder, nothing else
+      - {node: "10", input: lora_name, urls: true}        # ... or also a model by URL, {url, sha256}, from
+                                                          # COMFYBENTO_MODEL_URL_HOSTS (or `urls: [hosts]`)
       - {node: "3", input: steps, max: 50, default: 12, description: "..."}
     presets:                 # named sets of request fields a request or job picks with `preset`
       fast: {steps: 4, cfg: 5.0}                          # (explicit fields override them; checked against
@@ -34,7 +36,7 @@ from comfybento.outputs.encoding import FORMATS, Encoding
 from comfybento.workflows.graph import Graph, NodeDefs, is_link
 from comfybento.workflows.params import Param, identifier, param_from_input
 
-ENTRY_KEYS = {"node", "input", "name", "hide", "description", "default", "min", "max"}
+ENTRY_KEYS = {"node", "input", "name", "hide", "description", "default", "min", "max", "urls"}
 
 
 TOP_KEYS = {"params", "max_batch_size", "max_latency_ms", "output_format", "output_quality", "png_compress_level", "limits",
@@ -130,6 +132,10 @@ def _check_entry(path: Path, index: int, entry: Any) -> None:
         raise WorkflowError(f"{path}: params[{index}] has unknown keys {sorted(unknown)}")
     if "name" in entry and not str(entry["name"]).isidentifier():
         raise WorkflowError(f"{path}: params[{index}] name {entry['name']!r} is not a valid identifier")
+    urls = entry.get("urls", False)
+    if not (isinstance(urls, bool) or (isinstance(urls, list) and urls and all(isinstance(h, str) and h for h in urls))):
+        raise WorkflowError(f"{path}: params[{index}] urls must be true, false or a list of hosts "
+                            f"(e.g. [huggingface.co, '*.hf.co']), got {urls!r}")
 
 
 def apply_sidecar(where: str, sidecar: Sidecar, graph: Graph, node_defs: NodeDefs, params: list[Param]) -> list[Param]:
@@ -176,4 +182,6 @@ def _override(param: Param, entry: dict[str, Any]) -> Param:
     for src, dst in (("name", "name"), ("description", "description"), ("default", "default"), ("min", "minimum"), ("max", "maximum")):
         if src in entry:
             changes[dst] = entry[src]
+    if "urls" in entry:
+        changes["urls"] = entry["urls"] if isinstance(entry["urls"], bool) else tuple(entry["urls"])
     return replace(param, **changes)

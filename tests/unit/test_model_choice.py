@@ -37,6 +37,10 @@ LOCK = ModelLock(
 
 @pytest.fixture
 def defs(node_defs) -> dict[str, NodeDef]:
+    return loader_defs(node_defs)
+
+
+def loader_defs(node_defs: dict[str, NodeDef]) -> dict[str, NodeDef]:
     """The unit node definitions, where ComfyUI lists files in checkpoints/ and loras/ that models.lock does not have."""
     on_disk = ("rogue.safetensors", "tiny-sd-alt.safetensors", "tiny-sd.safetensors")
     defs = dict(node_defs)

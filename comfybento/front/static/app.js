@@ -112,6 +112,12 @@ function findWorkflows(doc) {
   return found;
 }
 
+// A model field that also takes a model by URL (anyOf: its models.lock names, or {url, sha256}): the form offers the names.
+function namesOf(prop) {
+  const names = (prop.anyOf || []).find((option) => Array.isArray(option.enum));
+  return names && !Array.isArray(prop.enum) ? { ...prop, enum: names.enum } : prop;
+}
+
 function fieldKind(prop) {
   if (prop.format === "binary") return "file";
   if (Array.isArray(prop.enum)) return "enum";
@@ -124,6 +130,7 @@ function fieldKind(prop) {
 // ---- the form ------------------------------------------------------------------------------------------------------
 
 function control(name, prop, required) {
+  prop = namesOf(prop);
   const kind = fieldKind(prop);
   let input;
   if (kind === "enum") {
