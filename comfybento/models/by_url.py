@@ -35,7 +35,16 @@ from typing import IO
 import httpx
 
 from comfybento import metrics
-from comfybento.errors import ComfyBentoError, InvalidRequest, StorageFull, TooLarge, UnsupportedFile, UrlRefused
+from comfybento.errors import (
+    STORAGE_ERRNOS,
+    ComfyBentoError,
+    EngineUnavailable,
+    InvalidRequest,
+    StorageFull,
+    TooLarge,
+    UnsupportedFile,
+    UrlRefused,
+)
 from comfybento.transfer import TooSlow, TransferLimits, Watchdog
 from comfybento.urlguard import AllowList, send_checked
 
@@ -214,15 +223,20 @@ class UrlModels:
     def _download(self, key: tuple[str, str], field: str, allow: AllowList) -> CachedModel:
         folder, url = key
         dest = self.models_dir / folder / CACHE_FOLDER
-        dest.mkdir(parents=True, exist_ok=True)
-        handle, part = tempfile.mkstemp(dir=dest, prefix=".part-")  # no extension: ComfyUI does not list it
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            handle, part = tempfile.mkstemp(dir=dest, prefix=".part-")  # no extension: ComfyUI does not list it
+        except OSError as exc:
+            raise _unwritable(field, folder, exc) from exc
         try:
             with os.fdopen(handle, "wb") as out:
                 sha, size = fetch_safetensors(field, url, allow, self.limits, out, dest)
             model = CachedModel(folder, sha, size)
             os.replace(part, self._path(model))
-        except BaseException:
+        except BaseException as exc:
             Path(part).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, ComfyBentoError):
+                raise _unwritable(field, folder, exc) from exc
             raise
         with self._lock:
             self._index[key] = sha
@@ -289,6 +303,18 @@ class UrlModels:
 
 class _Slow(TooLarge):
     """The download passed its deadline or fell below its minimum rate (a 413 naming the limit, counted as failed)."""
+
+
+def _unwritable(field: str, folder: str, exc: OSError) -> ComfyBentoError:
+    """A write into the models folder that failed: no room (507, transient), or a folder the engine may not write
+    (503 naming COMFYBENTO_MODELS: the operator must fix it; the models.lock entries keep working)."""
+    log.warning("model download for field '%s' could not write into %s: %s", field, folder, exc)
+    if exc.errno in STORAGE_ERRNOS:
+        return StorageFull(f"field '{field}': the models folder has no room for the download ({STORAGE_ERRNOS[exc.errno]}); "
+                           "retry later", folder="models")
+    return EngineUnavailable(f"field '{field}': the models folder (COMFYBENTO_MODELS, {folder}/{CACHE_FOLDER}) cannot be "
+                             f"written ({exc.strerror or exc}), so models by URL cannot be downloaded; its models.lock "
+                             "models still work")
 
 
 def fetch_safetensors(field: str, url: str, allow: AllowList, limits: UrlModelLimits, out: IO[bytes],

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from comfybento.config import Settings
 from comfybento.engine.messages import EngineItem
 from comfybento.engine.prepare import Prepared, prepare
-from comfybento.errors import ConfigError, InvalidRequest, TooLarge, UnsupportedFile, UrlRefused, WorkflowError, describe
+from comfybento.errors import ConfigError, EngineUnavailable, InvalidRequest, TooLarge, UnsupportedFile, UrlRefused, WorkflowError, describe
 from comfybento.models.by_url import CACHE_FOLDER, SafetensorsCheck, UrlModelLimits, UrlModels
 from comfybento.models.first_use import FirstUseCheck
 from comfybento.transfer import TransferLimits
@@ -94,6 +94,15 @@ def test_a_wrong_sha256_is_a_422_naming_the_field_and_both_hashes(files, tmp_pat
         UrlModels(tmp_path, LIMITS).resolve("checkpoint", "checkpoints", url, "ab" * 32, ALLOW)
     assert describe(info.value)["status"] == 422
     assert "checkpoint" in str(info.value) and _sha(MODEL) in str(info.value) and "ab" * 32 in str(info.value)
+
+
+def test_a_models_folder_that_cannot_be_written_is_a_503_naming_it_never_a_500(files, tmp_path):
+    url = files.add("/w.safetensors", MODEL)
+    (tmp_path / "checkpoints").write_text("a file where the folder should be")  # (root writes through chmod)
+    with pytest.raises(EngineUnavailable) as info:
+        UrlModels(tmp_path, LIMITS).resolve("checkpoint", "checkpoints", url, None, ALLOW)
+    assert describe(info.value)["status"] == 503
+    assert "COMFYBENTO_MODELS" in str(info.value) and "'checkpoint'" in str(info.value)
 
 
 def test_refusals_name_the_field_and_the_limit(files, tmp_path):
