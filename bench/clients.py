@@ -22,7 +22,6 @@ import asyncio
 import base64
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,11 +39,11 @@ from bench.run import (  # noqa: E402
     machine,
     measure,
     ours_sender,
-    prepare_models,
     scrape,
     serve_ours,
     serve_stock,
     stock_sender,
+    workspace,
 )
 from tests.e2e.conftest import stop_server  # noqa: E402
 
@@ -123,19 +122,11 @@ def main() -> None:
     n, clients = args.n or profile["n"], args.clients or profile["clients"]
     body = {"width": profile["width"], "height": profile["height"], "steps": profile["steps"]}
     cpu = bool(profile["cpu"])
-    lock = ROOT / ("models.lock" if cpu else "bench/models.gpu.lock")
-    models = ROOT / "models"
-    prepare_models(lock, models)
-    root = Path(tempfile.mkdtemp(prefix="comfybento-bench-clients-"))
-    (root / "workflows").mkdir()
-    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
-    graph["4"]["inputs"]["ckpt_name"] = profile["ckpt"]
-    (root / "workflows" / "txt2img.json").write_text(json.dumps(graph))
+    space = workspace(profile, "comfybento-bench-clients-")
+    root, graph, models = space.root, space.graph, space.models
     # OpenAI's API has no steps: its `quality` picks a sidecar preset, here the profile's steps.
     (root / "workflows" / "txt2img.yaml").write_text(f"presets:\n  bench: {{steps: {profile['steps']}}}\n")
-    env = {"COMFYBENTO_CPU": "1" if cpu else "0", "COMFYBENTO_WORKFLOWS": str(root / "workflows"),
-           "COMFYBENTO_MODELS_LOCK": str(lock), "COMFYBENTO_MODELS": str(models),
-           "COMFYBENTO_MAX_BATCH_SIZE": str(profile["max_batch"])}
+    env = {**space.env, "COMFYBENTO_MAX_BATCH_SIZE": str(profile["max_batch"])}
     result: dict[str, Any] = {
         "name": args.name or f"{time.strftime('%Y-%m-%d')}-{args.profile}-clients", "machine": machine(cpu),
         "workload": f"txt2img, {profile['ckpt']}, {body['width']}x{body['height']}, {body['steps']} steps, euler, cfg 8",

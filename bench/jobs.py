@@ -28,7 +28,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,12 +46,12 @@ from bench.run import (  # noqa: E402
     machine,
     measure,
     ours_sender,
-    prepare_models,
     process_memory,
     scrape,
     serve_ours,
     serve_stock,
     stock_sender,
+    workspace,
 )
 from tests.e2e.conftest import kill_server, stop_server  # noqa: E402
 from tests.e2e.test_jobs import wait_job  # noqa: E402
@@ -312,17 +311,9 @@ def main() -> None:
     clients = args.clients or profile["clients"]
     body = {"width": profile["width"], "height": profile["height"], "steps": profile["steps"]}
     cpu = bool(profile["cpu"])
-    lock = ROOT / ("models.lock" if cpu else "bench/models.gpu.lock")
-    models = ROOT / "models"
-    prepare_models(lock, models)
-    root = Path(tempfile.mkdtemp(prefix="comfybento-bench-jobs-"))
-    (root / "workflows").mkdir()
-    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
-    graph["4"]["inputs"]["ckpt_name"] = profile["ckpt"]
-    (root / "workflows" / "txt2img.json").write_text(json.dumps(graph))
-    env = {"COMFYBENTO_CPU": "1" if cpu else "0", "COMFYBENTO_WORKFLOWS": str(root / "workflows"),
-           "COMFYBENTO_MODELS_LOCK": str(lock), "COMFYBENTO_MODELS": str(models),
-           "COMFYBENTO_MAX_BATCH_SIZE": str(profile["max_batch"]), "COMFYBENTO_JOB_MAX_ITEMS": "100000"}
+    space = workspace(profile, "comfybento-bench-jobs-")
+    root, graph, models = space.root, space.graph, space.models
+    env = {**space.env, "COMFYBENTO_MAX_BATCH_SIZE": str(profile["max_batch"]), "COMFYBENTO_JOB_MAX_ITEMS": "100000"}
     result: dict[str, Any] = {
         "name": args.name or f"{time.strftime('%Y-%m-%d')}-{args.profile}-jobs", "machine": machine(cpu),
         "workload": f"txt2img, {profile['ckpt']}, {body['width']}x{body['height']}, {body['steps']} steps, euler, cfg 8",

@@ -31,6 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +319,31 @@ def prepare_models(lock: Path, models: Path) -> None:
     subprocess.run([sys.executable, "-m", "comfybento", "models", "fetch"], cwd=ROOT, env=env, check=True)
 
 
+@dataclass(frozen=True)
+class Workspace:
+    """A benchmark's served folder: the shipped txt2img graph on the profile's checkpoint, its models fetched."""
+
+    root: Path  # a fresh temporary folder; the graph is in root/workflows
+    graph: dict[str, Any]  # the API-format graph as served (stock ComfyUI gets the same)
+    models: Path  # the models folder, fetched from the profile's lock
+    env: dict[str, str]  # COMFYBENTO_* for serving it: device, workflows, models.lock and models folder
+
+
+def workspace(profile: dict[str, Any], prefix: str, models: Path | None = None) -> Workspace:
+    cpu = bool(profile["cpu"])
+    lock = ROOT / ("models.lock" if cpu else "bench/models.gpu.lock")
+    models = models or ROOT / "models"
+    prepare_models(lock, models)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    (root / "workflows").mkdir()
+    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    graph["4"]["inputs"]["ckpt_name"] = profile["ckpt"]
+    (root / "workflows" / "txt2img.json").write_text(json.dumps(graph))
+    env = {"COMFYBENTO_CPU": "1" if cpu else "0", "COMFYBENTO_WORKFLOWS": str(root / "workflows"),
+           "COMFYBENTO_MODELS_LOCK": str(lock), "COMFYBENTO_MODELS": str(models)}
+    return Workspace(root, graph, models, env)
+
+
 def rewrite_markdown(json_path: Path) -> None:
     """Regenerate a result's .md from its .json (after a change to the table)."""
     result = json.loads(json_path.read_text())
@@ -339,17 +365,8 @@ def main() -> None:
     per_client = 1 if args.quick else args.per_client
     body = {"width": profile["width"], "height": profile["height"], "steps": profile["steps"]}
     cpu = bool(profile["cpu"])
-    lock = ROOT / ("models.lock" if cpu else "bench/models.gpu.lock")
     models = Path(os.environ.get("COMFYBENTO_MODELS", ROOT / "models"))
-    prepare_models(lock, models)
-    work = Path(tempfile.mkdtemp(prefix="comfybento-bench-"))
-    workflows = work / "workflows"
-    workflows.mkdir()
-    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
-    graph["4"]["inputs"]["ckpt_name"] = profile["ckpt"]
-    (workflows / "txt2img.json").write_text(json.dumps(graph))
-    env_extra = {"COMFYBENTO_CPU": "1" if cpu else "0", "COMFYBENTO_WORKFLOWS": str(workflows),
-                 "COMFYBENTO_MODELS_LOCK": str(lock), "COMFYBENTO_MODELS": str(models)}
+    space = workspace(profile, "comfybento-bench-", models)
     result: dict[str, Any] = {
         "name": args.name or f"{time.strftime('%Y-%m-%d')}-{args.profile}", "machine": machine(cpu),
         "workload": f"txt2img, {profile['ckpt']}, {body['width']}x{body['height']}, {body['steps']} steps, euler, cfg 8",
@@ -357,9 +374,9 @@ def main() -> None:
     }
     warmup = 4 if args.quick else args.warmup
     for system in args.systems.split(","):
-        proc, url = serve_stock(work / "stock", models, cpu) if system == "stock" else serve_ours(system, work / system, env_extra)
+        proc, url = serve_stock(space.root / "stock", space.models, cpu) if system == "stock" else serve_ours(system, space.root / system, space.env)
         try:
-            send = stock_sender(url, graph, body) if system == "stock" else ours_sender(url, body)
+            send = stock_sender(url, space.graph, body) if system == "stock" else ours_sender(url, body)
             result[system] = run_system(system, send, url, levels, per_client, warmup)
             if system == "ours":
                 result["memory"] = process_memory(proc)
