@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from comfybento import lifecycle
 from comfybento.errors import WorkflowError
 from comfybento.workflows.catalog import VERSIONS_FILE, WorkflowSpec
 
@@ -145,7 +146,11 @@ def load_aliases(workflows_dir: Path, catalog: Mapping[str, WorkflowSpec]) -> di
     for spec in catalog.values():
         if spec.family is not None and spec.version is not None:
             families.setdefault(spec.family, {})[spec.version] = spec
-    return {name: Alias(name, workflows_dir / name / VERSIONS_FILE, versions) for name, versions in sorted(families.items())}
+    aliases = {name: Alias(name, workflows_dir / name / VERSIONS_FILE, versions) for name, versions in sorted(families.items())}
+    for name, alias in aliases.items():  # said once, by the arbiter, like the catalog's lines
+        log.log(logging.DEBUG if lifecycle.in_worker() else logging.INFO, "workflow %s: POST /%s runs %s, weights %s; versions %s",
+                name, name, alias.routing.default, alias.routing.weights or "none", ", ".join(sorted(alias.versions)))
+    return aliases
 
 
 def resolve(catalog: Mapping[str, WorkflowSpec], aliases: Mapping[str, Alias], name: str) -> WorkflowSpec | None:
