@@ -125,3 +125,9 @@ MODEL_URL_CACHE_BYTES = bentoml.metrics.Gauge(
     documentation="Bytes the models downloaded by URL take on disk (bounded by COMFYBENTO_MODEL_URL_CACHE_BYTES).",
     multiprocess_mode="mostrecent",
 )
+ALIAS_REQUESTS = bentoml.metrics.Counter(
+    name="comfybento_alias_requests",
+    documentation="Requests and jobs sent to a workflow's alias (POST /<name>, a job of workflow <name>, "
+                  "workflows/versions.py), by the version its versions.yaml routed them to.",
+    labelnames=["workflow", "version"],
+)

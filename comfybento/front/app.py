@@ -35,6 +35,7 @@ from comfybento.front.jobs.usage import usage_sink
 from comfybento.front.openapi import OpenAPIMiddleware, fix_openapi
 from comfybento.front.retention import make_retention
 from comfybento.front.root import root_app
+from comfybento.front.routing import routes_of
 from comfybento.outputs import diskspace
 from comfybento.scheduling.admission import Admission
 from comfybento.scheduling.cost import CostModel
@@ -76,8 +77,8 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         "engine": bentoml.depends(engine_service),
         **_job_hooks(project, root),
     }
-    for spec in project.catalog.values():
-        attrs.update(workflow_endpoints(spec))
+    for route in routes_of(project):  # each workflow, each version, each alias (front/routing.py)
+        attrs.update(workflow_endpoints(route))
     cls = bentoml.asgi_app(root, path="/")(type("ComfyBento", (), attrs))
     # Many requests in flight per replica (they must reach the engine together to share batches): no
     # external queue; BentoCloud scales this light tier on its in-flight requests, up to the admission limit.
@@ -88,7 +89,8 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
                                 max_json_depth=settings.limits.max_json_depth)
     service.add_asgi_middleware(ErrorShapeMiddleware)  # the framework's own error answers (404, 405, 400) in our shape
     service.add_asgi_middleware(OpenAPIMiddleware, build=lambda: fix_openapi(service.openapi_spec.asdict(), project.catalog,
-                                                                              _bento_version(service), settings.job_max_items))
+                                                                              _bento_version(service), settings.job_max_items,
+                                                                              project.aliases))
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas
     quiet_client_errors()
     return service
@@ -101,7 +103,7 @@ def _job_hooks(project: Project, root: FastAPI) -> dict[str, Any]:
         self.job_items = ThreadPoolExecutor(2, thread_name_prefix="comfybento-job-items")
         # each succeeded item is charged to the API key that submitted its job
         service, self.job_runner = make_jobs(project.settings, project.catalog, job_executor(self, project.catalog), self.costs,
-                                             may_lease=self.disk.has_room, on_usage=access.charge_owner)
+                                             may_lease=self.disk.has_room, on_usage=access.charge_owner, aliases=project.aliases)
         access.record_usage_in(usage_sink(service.store))  # every charge is also counted per key and day (GET /usage)
         root.state.jobs = service
         self.job_task = asyncio.create_task(self.job_runner.run_forever())

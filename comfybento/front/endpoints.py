@@ -33,6 +33,7 @@ from comfybento.front import access, stream
 from comfybento.front.delivery import live_folder, output_item, outputs_as_urls
 from comfybento.front.http import base_url, error_response, request_id, until_client_disconnects
 from comfybento.front.jobs.runner import Execute, OnEvent
+from comfybento.front.routing import Route
 from comfybento.outputs.encoding import b64
 from comfybento.scheduling.cost import CostModel, work_of
 from comfybento.urlguard import AllowList
@@ -47,18 +48,33 @@ from comfybento.workflows.uploads import read_input
 log = logging.getLogger(__name__)
 
 
-def workflow_endpoints(spec: WorkflowSpec) -> dict[str, Any]:
-    """The BentoML APIs of one workflow, by attribute name: JSON, stream, `/png` (when it makes images), one per output."""
-    endpoints = {spec.name: _json_endpoint(spec), f"{spec.name}_stream": _stream_endpoint(spec)}
+def workflow_endpoints(route: Route) -> dict[str, Any]:
+    """The BentoML APIs of one workflow or alias (front/routing.py), by attribute name: JSON, stream, `/png` (when it
+    makes images), one per output."""
+    spec = route.schema
+    endpoints = {route.attr: _json_endpoint(route), f"{route.attr}_stream": _stream_endpoint(route)}
     if any(o.kind == "image" for o in spec.outputs):
-        endpoints[f"{spec.name}_png"] = _raw_endpoint(spec, None)
+        endpoints[f"{route.attr}_png"] = _raw_endpoint(route, None)
     for output in spec.outputs:
-        endpoints[f"{spec.name}_{output.name}"] = _raw_endpoint(spec, output)
+        endpoints[f"{route.attr}_{output.name}"] = _raw_endpoint(route, output)
     return endpoints
 
-def _json_endpoint(spec: WorkflowSpec) -> Any:
+
+def _what(route: Route) -> str:
+    """The endpoints' docs: what they run."""
+    if route.alias is not None:
+        return (f"the workflow '{route.path}' in the version its versions.yaml picks (X-Comfybento-Workflow-Version "
+                f"says which; versions: {', '.join(sorted(route.alias.versions))})")
+    return f"the '{route.path}' workflow"
+
+
+def _json_endpoint(route: Route) -> Any:
     async def endpoint(self: Any, **values: Any) -> Any:
         delivery = values.get("output_delivery", "base64")
+        try:
+            spec, values = route.pick(values)
+        except ComfyBentoError as exc:
+            return error_response(exc)
         result = await _generate(self, spec, values, stores_outputs=delivery == "url")
         if isinstance(result, Response):
             return result
@@ -72,21 +88,26 @@ def _json_endpoint(spec: WorkflowSpec) -> Any:
         timings = Timings(queue_ms=result.queue_ms, execution_ms=result.execution_ms, batch_size=result.batch_size)
         return GenerateResponse(workflow=spec.name, seed=result.seed, outputs=outputs, timings=timings)
 
-    endpoint.__name__ = spec.name
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns every output ({_outputs_line(spec)}), base64-encoded or as "
+    spec = route.schema
+    endpoint.__name__ = route.attr
+    endpoint.__doc__ = (f"Run {_what(route)}; returns every output ({_outputs_line(spec)}), base64-encoded or as "
                         "URLs (output_delivery). For many prompts at once, submit a batch job (POST /jobs).")
-    return bentoml.api(route=f"/{spec.name}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
+    return bentoml.api(route=f"/{route.path}", input_spec=spec.input_model, output_spec=GenerateResponse)(endpoint)
 
 
 def _outputs_line(spec: WorkflowSpec) -> str:
     return ", ".join(f"{o.name}: {o.kind}" for o in spec.outputs)
 
 
-def _raw_endpoint(spec: WorkflowSpec, output: OutputSpec | None) -> Any:
+def _raw_endpoint(route: Route, output: OutputSpec | None) -> Any:
     """`POST /<workflow>/<output>`: that output's first item as raw bytes; output None: `/png`, the first image output."""
-    target = output or next(o for o in spec.outputs if o.kind == "image")
+    target = output or next(o for o in route.schema.outputs if o.kind == "image")
 
     async def endpoint(self: Any, **values: Any) -> Response:
+        try:
+            spec, values = route.pick(values)
+        except ComfyBentoError as exc:
+            return error_response(exc)
         result = await _generate(self, spec, values)
         if isinstance(result, Response):
             return result
@@ -102,21 +123,25 @@ def _raw_endpoint(spec: WorkflowSpec, output: OutputSpec | None) -> Any:
     media = target.media_type or ("image/png" if target.kind == "image" else "application/octet-stream")
     # The annotation documents the bytes in the OpenAPI; BentoML sends the Response as it is.
     endpoint.__annotations__ = {**endpoint.__annotations__, "return": Annotated[Path, ContentType(media)]}
-    route = f"/{spec.name}/{target.name}" if output is not None else f"/{spec.name}/png"
-    endpoint.__name__ = f"{spec.name}_{target.name}" if output is not None else f"{spec.name}_png"
+    path = f"/{route.path}/{target.name}" if output is not None else f"/{route.path}/png"
+    endpoint.__name__ = f"{route.attr}_{target.name}" if output is not None else f"{route.attr}_png"
     what = f"its output '{target.name}' ({target.kind}, {target.media_type or 'media type of the file'})"
     if output is None:
         what = f"its first image ('{target.name}'; image/png unless output_format says otherwise)"
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow; returns {what} as bytes: the first item when the node made "
+    endpoint.__doc__ = (f"Run {_what(route)}; returns {what} as bytes: the first item when the node made "
                         "several (X-Output-Count says how many; the JSON endpoint returns all). The seed is in X-Seed.")
-    return bentoml.api(route=route, input_spec=spec.input_model)(endpoint)
+    return bentoml.api(route=path, input_spec=route.schema.input_model)(endpoint)
 
 
-def _stream_endpoint(spec: WorkflowSpec) -> Any:
+def _stream_endpoint(route: Route) -> Any:
     """`POST /<workflow>/stream`: the same request as `POST /<workflow>`, answered with its live events (front/stream.py)."""
 
     async def endpoint(self: Any, **values: Any) -> Response:
         by_url = values.get("output_delivery") == "url"
+        try:
+            spec, values = route.pick(values)
+        except ComfyBentoError as exc:
+            return error_response(exc)
         item = await _admit(self, spec, values, stores_outputs=by_url)
         if isinstance(item, Response):
             return item  # a 4xx (or 503, 507) JSON answer before any stream starts
@@ -139,12 +164,12 @@ def _stream_endpoint(spec: WorkflowSpec) -> Any:
                                        deliver, finish, rid)
         return stream.EventStreamResponse(events, on_close=lambda: self.admission.leave(spec.name))
 
-    endpoint.__name__ = f"{spec.name}_stream"
-    endpoint.__doc__ = (f"Run the '{spec.name}' workflow (the same body as POST /{spec.name}) and follow it live, as Server-Sent "
+    endpoint.__name__ = f"{route.attr}_stream"
+    endpoint.__doc__ = (f"Run {_what(route)} (the same body as POST /{route.path}) and follow it live, as Server-Sent "
                         "Events: queued, started, progress (step i/N), preview (when enabled), output (each as soon as it is "
                         "ready), then done or failed. A bad request is a JSON 4xx before the stream starts.")
     endpoint.__annotations__ = {**endpoint.__annotations__, "return": Annotated[str, ContentType(stream.MEDIA_TYPE)]}
-    return bentoml.api(route=f"/{spec.name}/stream", input_spec=spec.input_model)(endpoint)
+    return bentoml.api(route=f"/{route.path}/stream", input_spec=route.schema.input_model)(endpoint)
 
 
 async def _generate(self: Any, spec: WorkflowSpec, values: dict[str, Any], stores_outputs: bool = False) -> ItemResult | Response:

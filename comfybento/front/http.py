@@ -1,7 +1,8 @@
 """The entry service's HTTP edge: request ids, the body limit, JSON nesting, form bodies.
 
 - Every response carries `X-Request-ID` (the client's own if it sent a sane
-  one, else a fresh one); log lines about a request carry it too.
+  one, else a fresh one); log lines about a request carry it too. It also carries
+  the headers a handler added (front/context.py `add_response_header`).
 - A body over `max_body_bytes` gets a 413 before it is read (Content-Length)
   or as soon as it passes the limit (chunked).
 - A JSON body (a JSON content type, or none) is read whole and its nesting
@@ -27,7 +28,7 @@ from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 
 from comfybento.errors import NotFound, TooLarge
-from comfybento.front.context import RECEIVE, REQUEST_ID, SCOPE
+from comfybento.front.context import RECEIVE, REQUEST_ID, SCOPE, response_headers
 from comfybento.front.context import base_url as base_url  # re-exported: where the handlers have always found them
 from comfybento.front.context import request_id as request_id
 from comfybento.front.context import until_client_disconnects as until_client_disconnects
@@ -108,8 +109,10 @@ class RequestEdgeMiddleware:
                 return  # the app's answer to a cut-off body is replaced by the 413 below
             if message["type"] == "http.response.start":
                 state["started"] = True
-                if not any(k.lower() == b"x-request-id" for k, _ in message.get("headers", [])):  # a renderer's has it
-                    message = {**message, "headers": [*message.get("headers", []), id_header]}
+                own = [id_header] if not any(k.lower() == b"x-request-id" for k, _ in message.get("headers", [])) else []
+                added = [*own, *response_headers(scope)]  # a renderer's has the id; the handler's own (context.py)
+                if added:
+                    message = {**message, "headers": [*message.get("headers", []), *added]}
             await send(message)
 
         app_receive = limited_receive

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_args
 
 from comfybento import __version__
@@ -35,6 +35,7 @@ from comfybento.front.playground import is_playground_path, playground_file
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.params import OutputSpec
 from comfybento.workflows.schema import PRESET_FIELD, OutputItem, build_input_model
+from comfybento.workflows.versions import Alias
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -109,8 +110,11 @@ DOCS_PAGE = """<!DOCTYPE html>
 
 
 def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: str | None = None,
-                max_job_items: int | None = None) -> dict[str, Any]:
-    """A valid OpenAPI 3.0 document from BentoML's (which is left untouched); max_job_items: COMFYBENTO_JOB_MAX_ITEMS."""
+                max_job_items: int | None = None, aliases: Mapping[str, Alias] | None = None) -> dict[str, Any]:
+    """A valid OpenAPI 3.0 document from BentoML's (which is left untouched); max_job_items: COMFYBENTO_JOB_MAX_ITEMS;
+    aliases: the workflows with versions (workflows/versions.py), at /<name> with their default version's schema."""
+    aliases = aliases or {}
+    routes = {spec.route: spec for spec in catalog.values()} | {name: a.schema for name, a in aliases.items()}
     doc = json.loads(json.dumps(doc))  # a copy, with the status-code keys as strings
     doc["info"]["version"] = version or __version__
     doc["info"]["description"] = ("ComfyUI workflows as typed endpoints (one per workflow), and batch jobs at /jobs. "
@@ -129,13 +133,13 @@ def fix_openapi(doc: dict[str, Any], catalog: dict[str, WorkflowSpec], version: 
             if path not in INFRA:
                 _add_errors(op, method, path)
             if path in ("/jobs", "/jobs/estimate") and method == "post":
-                _type_job_submit(op, catalog, schemas, max_job_items)
-    _type_bodies(doc["paths"], schemas, catalog)
-    _type_files(doc["paths"], catalog)
-    _type_event_streams(doc["paths"], schemas, catalog)
+                _type_job_submit(op, _job_names(catalog, aliases), schemas, max_job_items)
+    _type_bodies(doc["paths"], schemas, routes)
+    _type_files(doc["paths"], routes)
+    _type_event_streams(doc["paths"], schemas, routes)
     _type_states(schemas)
     _require_answer_fields(doc["paths"], schemas)  # before the answers are copied per workflow: the copies are complete too
-    _describe_outputs(doc["paths"], schemas, catalog)
+    _describe_outputs(doc["paths"], schemas, routes)
     _to_openapi_30(doc)
     return doc
 
@@ -205,7 +209,15 @@ def _add_job_items(schemas: dict[str, Any], catalog: dict[str, WorkflowSpec]) ->
         schemas[_job_item_name(name)] = schema
 
 
-def _type_job_submit(op: dict[str, Any], catalog: dict[str, WorkflowSpec], schemas: dict[str, Any],
+def _job_names(catalog: dict[str, WorkflowSpec], aliases: Mapping[str, Alias]) -> dict[str, list[str]]:
+    """Each workflow's names in a job's `workflow`: its own; a version's also <name>/<version>, the alias's default also <name>."""
+    names = {name: [name] + ([spec.route] if spec.version is not None else []) for name, spec in catalog.items()}
+    for alias_name, alias in aliases.items():
+        names[alias.schema.name].append(alias_name)
+    return names
+
+
+def _type_job_submit(op: dict[str, Any], names: dict[str, list[str]], schemas: dict[str, Any],
                      max_items: int | None) -> None:
     """POST /jobs: one submission schema per workflow (`Txt2imgJobSubmit`), chosen by its `workflow` field."""
     content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
@@ -213,11 +225,12 @@ def _type_job_submit(op: dict[str, Any], catalog: dict[str, WorkflowSpec], schem
     if not base_ref:
         return
     base = schemas.get(base_ref.rsplit("/", 1)[1], {"type": "object"})
-    variants = [_job_variant(name, base, schemas, max_items) for name in catalog]
+    variants = [_job_variant(name, base, schemas, max_items, accepted) for name, accepted in names.items()]
     content["schema"] = {"oneOf": variants} if len(variants) > 1 else variants[0]
 
 
-def _job_variant(name: str, base: dict[str, Any], schemas: dict[str, Any], max_items: int | None) -> dict[str, Any]:
+def _job_variant(name: str, base: dict[str, Any], schemas: dict[str, Any], max_items: int | None,
+                 accepted: list[str]) -> dict[str, Any]:
     """One workflow's submission: its items, base and fan-out typed like its endpoint's fields, its presets named.
 
     A whole object, not an allOf narrowing the generic JobSubmit: generators that merge allOf (openapi-python-client)
@@ -237,7 +250,7 @@ def _job_variant(name: str, base: dict[str, Any], schemas: dict[str, Any], max_i
     variant = copy.deepcopy(base)
     variant.setdefault("properties", {}).update({
         "preset": preset,
-        "workflow": {"type": "string", "enum": [name], "description": "Name of the workflow."},
+        "workflow": {"type": "string", "enum": accepted, "description": "Name of the workflow."},
         # null is "not given", as the server reads it (the `not` below checks only the ones given)
         "items": {"type": "array", "items": item, **count, "nullable": True,
                   "description": f"Items of the '{name}' workflow (not with base/fanout)."},

@@ -35,6 +35,8 @@ RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "sche
                   # the OpenAI Images API (front/compat/openai_images/)
                   "v1"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+VERSION_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
+VERSIONS_FILE = "versions.yaml"  # in a folder of versions: which one /<name> serves (workflows/versions.py)
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".pt2")
 
 # Inputs of stock loader nodes -> the models folder they read from.
@@ -91,6 +93,15 @@ class WorkflowSpec:
     model_choices: tuple[ModelChoice, ...] = ()
     # The sidecar's presets: name -> request field values (checked at startup), chosen with the `preset` field.
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A version of a versioned workflow (workflows/<family>/<version>.json, workflows/versions.py): name is
+    # "<family>_<version>", served at /<family>/<version>; None for a flat workflows/<name>.json.
+    family: str | None = None
+    version: str | None = None
+
+    @property
+    def route(self) -> str:
+        """Its endpoint's path, without the leading slash: `txt2img`, or `txt2img/v1` for a version."""
+        return f"{self.family}/{self.version}" if self.family is not None else self.name
 
     @property
     def checkpoints(self) -> list[str]:
@@ -177,14 +188,22 @@ def restrict_model_params(where: str, graph: Graph, params: tuple[Param, ...], l
     return tuple(out), tuple(choices)
 
 
-def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Settings) -> WorkflowSpec:
-    name = path.stem
-    where = str(path)
+def check_name(where: str, name: str) -> None:
     if not NAME_RE.match(name) or name in RESERVED_NAMES:
         raise WorkflowError(
             f"{where}: '{name}' cannot be an endpoint name; use lowercase letters, digits and "
             f"underscores, starting with a letter, and none of {sorted(RESERVED_NAMES)}"
         )
+
+
+def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Settings, family: str | None = None) -> WorkflowSpec:
+    """`path` as a typed workflow named after its file; with `family`, the version `path.stem` of that workflow."""
+    name = path.stem if family is None else f"{family}_{path.stem}"
+    where = str(path)
+    check_name(where, family or name)
+    if family is not None and not VERSION_RE.match(path.stem):
+        raise WorkflowError(f"{where}: '{path.stem}' cannot be a version name; use lowercase letters, digits and underscores "
+                            "(at most 32), e.g. v1")
     graph = load_workflow_graph(path, node_defs)  # a UI-format file is converted to the API format
     check_graph(where, graph, node_defs)
     models = check_models(where, graph, lock)
@@ -225,6 +244,8 @@ def load_workflow(path: Path, node_defs: NodeDefs, lock: ModelLock, settings: Se
         limits=limits,
         model_choices=model_choices,
         presets=sidecar.presets,
+        family=family,
+        version=path.stem if family is not None else None,
     )
 
 
@@ -257,18 +278,37 @@ def check_presets(where: str, workflow: str, graph: Graph, params: tuple[Param, 
 
 
 def load_catalog(settings: Settings, node_defs: NodeDefs, lock: ModelLock) -> dict[str, WorkflowSpec]:
-    """All workflows, or a WorkflowError naming the first file that cannot be served."""
+    """All workflows, or a WorkflowError naming the first file that cannot be served.
+
+    `<name>.json` is a workflow; a folder `<name>/` of `<version>.json` files with a `versions.yaml` is one workflow in
+    several versions, each its own catalog entry (`<name>_<version>`)."""
     folder = settings.workflows_dir
     if not folder.is_dir():
         raise WorkflowError(f"workflows folder {folder} does not exist (set COMFYBENTO_WORKFLOWS)")
-    files = sorted(folder.glob("*.json"))
+    files: list[tuple[Path, str | None]] = [(path, None) for path in sorted(folder.glob("*.json"))]
+    files += [(path, sub.name) for sub in sorted(p for p in folder.iterdir() if p.is_dir()) for path in _versions_of(sub)]
     if not files:
         raise WorkflowError(f"{folder} has no *.json workflow; save one from ComfyUI (Save, or Export (API))")
-    catalog = {}
-    for path in files:
-        spec = load_workflow(path, node_defs, lock, settings)
+    catalog: dict[str, WorkflowSpec] = {}
+    for path, family in files:
+        spec = load_workflow(path, node_defs, lock, settings, family)
+        # a version's name, or its alias /<family>, is the name of one already loaded (flat files come first)
+        taken = catalog.get(spec.name) or (catalog.get(spec.family) if spec.family is not None else None)
+        if taken is not None:
+            raise WorkflowError(f"{path}: '{spec.name}' is also served from {taken.path}; rename one of them")
         catalog[spec.name] = spec
         mode = "batched" if spec.batch_plan else f"one by one ({spec.batch_reason})"
         # said once, by the arbiter (`bentoml serve`'s own process): each worker loads the same catalog again
-        log.log(logging.DEBUG if lifecycle.in_worker() else logging.INFO, "workflow %s: POST /%s, %d params, %d outputs, %s", spec.name, spec.name, len(spec.params), len(spec.outputs), mode)
+        log.log(logging.DEBUG if lifecycle.in_worker() else logging.INFO, "workflow %s: POST /%s, %d params, %d outputs, %s", spec.name, spec.route, len(spec.params), len(spec.outputs), mode)
     return catalog
+
+
+def _versions_of(sub: Path) -> list[Path]:
+    """The version files of a folder of versions; [] for a folder that holds no workflow."""
+    files = sorted(sub.glob("*.json"))
+    if files and not (sub / VERSIONS_FILE).is_file():
+        raise WorkflowError(f"{sub} holds versions of a workflow ({', '.join(f.name for f in files)}) but no {VERSIONS_FILE}; "
+                            f"add one naming the version /{sub.name} serves, e.g. `default: {files[0].stem}`")
+    if not files and (sub / VERSIONS_FILE).is_file():
+        raise WorkflowError(f"{sub / VERSIONS_FILE}: the folder has no <version>.json workflow")
+    return files

@@ -7,13 +7,14 @@ same catalog. Node definitions come from the snapshot in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from comfybento.config import Settings, get_settings
 from comfybento.models.lock import ModelLock, parse_lock
 from comfybento.workflows.catalog import WorkflowSpec, load_catalog
 from comfybento.workflows.node_info import load_node_defs
+from comfybento.workflows.versions import Alias, load_aliases
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,15 @@ class Project:
     settings: Settings
     lock: ModelLock
     catalog: dict[str, WorkflowSpec]
+    # POST /<name> of each folder of versions (workflows/versions.py); its versions are in the catalog
+    aliases: dict[str, Alias] = field(default_factory=dict)
 
 
 def load_project(settings: Settings) -> Project:
     """Everything a service needs to declare its endpoints; fails fast with a named problem."""
     lock = parse_lock(settings.models_lock)
     catalog = load_catalog(settings, load_node_defs(settings), lock)
-    return Project(settings=settings, lock=lock, catalog=catalog)
+    return Project(settings=settings, lock=lock, catalog=catalog, aliases=load_aliases(settings.workflows_dir, catalog))
 
 
 @lru_cache(maxsize=1)

@@ -50,7 +50,7 @@ def test_the_bento_carries_exactly_what_serving_needs(built):
     _, bento_dir, _ = built
     src = {f for f in _files(bento_dir / "src") if (bento_dir / "src" / f).is_file()}
     top = {"service.py", "bentofile.yaml", "README.md", "models.lock", "requirements-comfyui.txt", "scripts/bento-setup.sh"}
-    allowed = re.compile(r"comfybento/.*\.py|comfybento/front/static/[^/]+|workflows/[^/]+\.(json|yaml)|custom_nodes/.+|inputs/.+")
+    allowed = re.compile(r"comfybento/.*\.py|comfybento/front/static/[^/]+|workflows/([^/]+/)?[^/]+\.(json|yaml)|custom_nodes/.+|inputs/.+")
     assert {f for f in src if f not in top and not allowed.fullmatch(f)} == set()
     assert not [f for f in src if "node_modules" in f or f.startswith(("bench/", "tests/", "docs/", "clients/"))]
     assert top <= src and "comfybento/front/app.py" in src and "workflows/txt2img.json" in src

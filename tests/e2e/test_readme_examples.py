@@ -56,6 +56,7 @@ EXPECTED_NO_RUN = {
     ("docs/jobs.md", ".venv/bin/python -m comfybento batch --workflow txt2img rows.jsonl --url https://my-deployment --api-key $KEY"),
     ("docs/models.md", "# with checkpoints/dreamshaper-8.safetensors in models.lock beside the graph's own checkpoint"),
     ("docs/models.md", "curl -s localhost:3000/txt2img -H 'content-type: application/json' -d '{"),
+    ("docs/workflows.md", "curl -s -D - -o /dev/null localhost:3000/txt2img/v2 -H 'content-type: application/json' -d '{\"prompt\": \"a lighthouse\"}' \\"),
 }
 
 

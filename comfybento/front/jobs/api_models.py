@@ -20,7 +20,8 @@ class JobSubmit(BaseModel):
     """A batch job: a workflow and its items, given as a list or as a base plus a fan-out."""
 
     model_config = ConfigDict(extra="forbid")
-    workflow: str = Field(description="Name of the workflow (its endpoint is POST /<workflow>).")
+    workflow: str = Field(description="Name of the workflow (its endpoint is POST /<workflow>); for a workflow with versions, "
+                                      "<name>/<version> or the alias <name> (the version its versions.yaml picks).")
     items: list[dict[str, Any]] | None = Field(
         default=None, description="Parameter sets, each validated like a request to the workflow's endpoint.")
     base: dict[str, Any] | None = Field(default=None, description="Parameters shared by every item of a fan-out.")
@@ -99,6 +100,9 @@ class JobUsage(BaseModel):
 class JobStatus(BaseModel):
     id: str
     workflow: str
+    version: str | None = Field(default=None, description=(
+        "The version of the workflow the job runs (a folder of versions: workflows/<name>/<version>.json); null for a "
+        "workflow without versions. A job submitted to the alias <name> runs the version it picked then."))
     state: str = Field(description="queued | running | succeeded | failed | cancelled")
     priority: int
     total: int

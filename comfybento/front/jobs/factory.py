@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from comfybento.config import Settings
 from comfybento.front.jobs.live import JobEvents
@@ -14,6 +14,7 @@ from comfybento.outputs.storage import make_storage
 from comfybento.scheduling.cost import CostModel
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.free_graph import FREE_GRAPH, FreeGraphs
+from comfybento.workflows.versions import Alias
 
 
 def make_store(settings: Settings) -> JobStore:
@@ -26,7 +27,7 @@ def make_store(settings: Settings) -> JobStore:
 
 def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Execute,
               costs: CostModel | None = None, may_lease: Callable[[], bool] = lambda: True,
-              on_usage: OnUsage = no_usage_hook) -> tuple[JobService, JobRunner]:
+              on_usage: OnUsage = no_usage_hook, aliases: Mapping[str, Alias] | None = None) -> tuple[JobService, JobRunner]:
     """The job service and this replica's runner. `on_usage`: the charge hook, given each succeeded item's owner (the API key
     that submitted its job), images and GPU-seconds (front/access.py `charge_owner`); `may_lease`: False pauses the runner's
     leasing (the disk watcher's `has_room`: a full disk)."""
@@ -46,5 +47,6 @@ def make_jobs(settings: Settings, catalog: dict[str, WorkflowSpec], execute: Exe
     )
     service = JobService(catalog, store, storage, allow, settings.job_max_items, settings.job_retention_s,
                          live_progress=runner.progress, live=runner.live,
-                         free_graphs=FreeGraphs(settings) if settings.runs_unmatched_graphs else None, costs=costs)
+                         free_graphs=FreeGraphs(settings) if settings.runs_unmatched_graphs else None, costs=costs,
+                         aliases=aliases)
     return service, runner

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from comfybento import metrics
 from comfybento.errors import ComfyBentoError, InvalidRequest, NotFound
 from comfybento.front.jobs.api_models import (
     DeliveryOut,
@@ -43,6 +44,7 @@ from comfybento.workflows.limits import check_request_limits
 from comfybento.workflows.params import UPLOAD_KINDS
 from comfybento.workflows.schema import PRESET_FIELD, build_input_model
 from comfybento.workflows.uploads import check_item_input
+from comfybento.workflows.versions import Alias, resolve
 
 PROGRESS_LIMIT = 1000
 
@@ -96,8 +98,11 @@ def _planned(specs: list[WorkflowSpec], values: list[dict[str, Any]], seeds: lis
 class JobService:
     def __init__(self, catalog: dict[str, WorkflowSpec], store: JobStore, storage: Storage, allow: AllowList,
                  max_items: int, retention_s: int, live_progress: dict[tuple[str, int], dict[str, int]] | None = None,
-                 live: JobEvents | None = None, free_graphs: FreeGraphs | None = None, costs: CostModel | None = None) -> None:
+                 live: JobEvents | None = None, free_graphs: FreeGraphs | None = None, costs: CostModel | None = None,
+                 aliases: Mapping[str, Alias] | None = None) -> None:
         self.catalog = catalog
+        # a job may name a workflow's alias (`txt2img`: the version its versions.yaml picks now) or a version (`txt2img/v1`)
+        self.aliases = aliases or {}
         self.store = store
         self.storage = storage
         self.allow = allow
@@ -123,6 +128,8 @@ class JobService:
         raw, values, seeds, specs = self._prepare(req)
         if quota is not None:
             check_quota(owner, _planned(specs, values, seeds), quota)
+        if req.workflow in self.aliases:
+            metrics.ALIAS_REQUESTS.labels(workflow=req.workflow, version=specs[0].version).inc()
         return self._create(req, raw, owner, specs[0].name, values, seeds)
 
     def estimate(self, req: JobSubmit, quota: Quota = None) -> JobEstimate:
@@ -132,11 +139,12 @@ class JobService:
 
     def _prepare(self, req: JobSubmit) -> Prepared:
         """(raw items, validated values, seeds, each item's workflow) of a submission, or the 4xx of its first problem."""
-        spec = self.catalog.get(req.workflow)
+        spec = resolve(self.catalog, self.aliases, req.workflow)  # an alias picks its version once, for every item
         if spec is None and req.workflow == FREE_GRAPH and self.free_graphs is not None:
             return self._prepare_free_graphs(req)
         if spec is None:
-            raise InvalidRequest(f"workflow: unknown workflow {req.workflow!r}; known: {sorted(self.catalog)}")
+            names = sorted([*self.catalog, *self.aliases, *(s.route for s in self.catalog.values() if s.version is not None)])
+            raise InvalidRequest(f"workflow: unknown workflow {req.workflow!r}; known: {names}")
         if req.preset is not None and req.preset not in spec.presets:
             known = f"its presets: {', '.join(spec.presets)}" if spec.presets else "it has none"
             raise InvalidRequest(f"preset: unknown preset {req.preset!r} of workflow '{spec.name}'; {known}")
@@ -226,13 +234,19 @@ class JobService:
         """The status of a job as read (its record and first items), with its webhook log (blocking: it reads that)."""
         job_id = job.id
         return JobStatus(
-            id=job.id, workflow=job.workflow, state=job.state, priority=job.priority, total=job.total, counts=job.counts,
+            id=job.id, workflow=job.workflow, version=self._version_of(job.workflow), state=job.state, priority=job.priority,
+            total=job.total, counts=job.counts,
             created_at=job.created_at, finished_at=job.finished_at, eta_s=_eta(job, items), owner=job.owner,
             usage=JobUsage(images=job.images, gpu_seconds=job.gpu_seconds),
             items=[ItemProgress(index=i.index, state=i.state, attempts=i.attempts,
                                 **(self.live_progress.get((job_id, i.index), {}) if i.state == "running" else {})) for i in items],
             webhooks=[DeliveryOut(id=d.id, event=d.event, url=d.url, state=d.state, attempts=d.log) for d in self.store.deliveries(job_id)],
         )
+
+    def _version_of(self, workflow: str) -> str | None:
+        """The version a job runs: its workflow is the catalog name of one version (`txt2img_v1`), chosen at submit."""
+        spec = self.catalog.get(workflow)
+        return spec.version if spec is not None else None
 
     def results(self, job_id: str, offset: int, limit: int, base_url: str, caller: Caller | None = None) -> JobResults:
         job = self.job(job_id, caller)

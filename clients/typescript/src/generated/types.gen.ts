@@ -303,6 +303,12 @@ export type JobStatus = {
      */
     workflow: string;
     /**
+     * Version
+     *
+     * The version of the workflow the job runs (a folder of versions: workflows/<name>/<version>.json); null for a workflow without versions. A job submitted to the alias <name> runs the version it picked then.
+     */
+    version: string | null;
+    /**
      * State
      *
      * queued | running | succeeded | failed | cancelled
@@ -368,7 +374,7 @@ export type JobSubmit = {
     /**
      * Workflow
      *
-     * Name of the workflow (its endpoint is POST /<workflow>).
+     * Name of the workflow (its endpoint is POST /<workflow>); for a workflow with versions, <name>/<version> or the alias <name> (the version its versions.yaml picks).
      */
     workflow: string;
     /**
@@ -1599,6 +1605,12 @@ export type JobEvent = {
      * Workflow
      */
     workflow: string;
+    /**
+     * Version
+     *
+     * The version of the workflow the job runs (a folder of versions: workflows/<name>/<version>.json); null for a workflow without versions. A job submitted to the alias <name> runs the version it picked then.
+     */
+    version: string | null;
     /**
      * State
      *
