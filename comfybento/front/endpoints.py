@@ -33,7 +33,7 @@ from comfybento.front import access, stream
 from comfybento.front.delivery import live_folder, output_item, outputs_as_urls
 from comfybento.front.http import base_url, error_response, request_id, until_client_disconnects
 from comfybento.front.jobs.runner import Execute, OnEvent
-from comfybento.front.routing import Route
+from comfybento.front.routing import Route, check_output
 from comfybento.outputs.encoding import b64
 from comfybento.scheduling.cost import CostModel, work_of
 from comfybento.urlguard import AllowList
@@ -106,6 +106,7 @@ def _raw_endpoint(route: Route, output: OutputSpec | None) -> Any:
     async def endpoint(self: Any, **values: Any) -> Response:
         try:
             spec, values = route.pick(values)
+            check_output(spec, target.name)
         except ComfyBentoError as exc:
             return error_response(exc)
         result = await _generate(self, spec, values)

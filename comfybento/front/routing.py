@@ -62,6 +62,15 @@ def as_version(spec: WorkflowSpec, values: dict[str, Any], schema: WorkflowSpec)
     return {k: getattr(model, k) for k in fields if k != PRESET_FIELD}
 
 
+def check_output(spec: WorkflowSpec, name: str) -> None:
+    """An alias's /<output> routed to a version without that output: an InvalidRequest naming both, before any work."""
+    if any(o.name == name for o in spec.outputs):
+        return
+    outputs = ", ".join(o.name for o in spec.outputs)
+    raise InvalidRequest(f"this request was routed to version '{spec.version}' of '{spec.family}', which has no output "
+                         f"'{name}' (its outputs: {outputs}); call /{spec.route} or /{spec.route}/<output>")
+
+
 def routes_of(project: Project) -> list[Route]:
     """Every workflow at its own path, then each alias; a WorkflowError if two would share a BentoML name."""
     routes = [Route(spec.route, spec.name, spec) for spec in project.catalog.values()]

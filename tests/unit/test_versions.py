@@ -18,7 +18,7 @@ from comfybento.front.jobs.api_models import JobSubmit
 from comfybento.front.jobs.service import JobService
 from comfybento.front.jobs.store import SQLiteJobStore
 from comfybento.front.jobs.webhooks import AllowList
-from comfybento.front.routing import as_version, routes_of
+from comfybento.front.routing import as_version, check_output, routes_of
 from comfybento.models.lock import parse_lock
 from comfybento.outputs.storage import LocalStorage
 from comfybento.workflows.catalog import load_catalog
@@ -191,3 +191,18 @@ def test_a_job_records_its_version_and_may_name_the_alias_or_a_version(node_defs
     assert store.get_items(by_version.id, 0, 1)[0].params["steps"] == 6  # v2's own default
     with pytest.raises(InvalidRequest, match=r"unknown workflow 'txt2img/v3'; known: .*'txt2img/v1', 'txt2img/v2'"):
         service.submit(JobSubmit(workflow="txt2img/v3", items=[{}]))
+
+
+def test_an_alias_output_route_refuses_a_version_without_that_output(node_defs, tmp_path):
+    folder = _versions(tmp_path)
+    v2 = json.loads((folder / "txt2img" / "v2.json").read_text())
+    saver = next(n for n in v2.values() if n["class_type"] == "SaveImage")
+    saver["_meta"] = {"title": "poster"}
+    (folder / "txt2img" / "v2.json").write_text(json.dumps(v2))
+    project = _project(node_defs, folder)
+    v1, v2_spec = project.catalog["txt2img_v1"], project.catalog["txt2img_v2"]
+    name = v1.outputs[0].name
+    check_output(v1, name)  # the default version has it
+    assert [o.name for o in v2_spec.outputs] == ["poster"]
+    with pytest.raises(InvalidRequest, match=rf"version 'v2' of 'txt2img', which has no output '{name}' \(its outputs: poster\)"):
+        check_output(v2_spec, name)
