@@ -29,9 +29,9 @@ import bentoml  # noqa: E402
 
 from comfybento import lifecycle, logs  # noqa: E402
 from comfybento.config import IN_BENTO, get_settings  # noqa: E402
-from comfybento.engine.service import make_engine_service  # noqa: E402
+from comfybento.engine.service import make_engine_services  # noqa: E402
 from comfybento.front.app import make_front_service  # noqa: E402
-from comfybento.runtime.devices import engine_resources  # noqa: E402
+from comfybento.runtime.devices import engine_devices, engine_resources, pin_engines_ourselves  # noqa: E402
 from comfybento.workflows.project import get_project  # noqa: E402
 
 logs.configure(get_settings().log_trace)  # our lines at INFO, none printed twice, the trace suffix optional
@@ -39,8 +39,10 @@ _project = get_project()
 if lifecycle.in_worker():
     lifecycle.install(_project.settings.drain_timeout_s)
     logs.uvicorn_at_info()  # "Waiting for connections to close" on stop
-ComfyEngine = make_engine_service(_project, engine_resources(_project.settings))
-ComfyBento = make_front_service(_project, ComfyEngine)
+_devices = engine_devices(_project.settings)  # one engine per GPU (COMFYBENTO_GPUS), each pinned to its device
+pin_engines_ourselves(_devices)
+ComfyEngines = make_engine_services(_project, engine_resources(_project.settings), _devices)
+ComfyBento = make_front_service(_project, ComfyEngines)
 
 
 def bento_image() -> bentoml.images.Image:

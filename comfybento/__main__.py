@@ -62,7 +62,7 @@ def _openapi(args: argparse.Namespace) -> int:
     from comfybento.workflows.project import get_project
 
     project = get_project()
-    front = make_front_service(project, make_engine_service(project, engine_resources(project.settings)))
+    front = make_front_service(project, [make_engine_service(project, engine_resources(project.settings))])
     text = json.dumps(fix_openapi(front.openapi_spec.asdict(), project.catalog,
                                   max_job_items=project.settings.job_max_items, aliases=project.aliases), indent=2, ensure_ascii=False) + "\n"
     if args.out:

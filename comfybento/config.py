@@ -113,6 +113,11 @@ class Settings:
     previews: str = "off"
     # Compile the diffusion model with torch.compile (ComfyUI's own model patching), warmed up before ready.
     compile: bool = False
+    # COMFYBENTO_GPUS: the engines to run, one per GPU (runtime/devices.py): None = every visible GPU (one engine on a
+    # CPU host), 2 = the first two, ("0", "3") = those devices; on a CPU engine, that many engines, each on the CPU.
+    gpus: int | tuple[str, ...] | None = None
+    # Which engine this process is, when there are several ("0", "1", ...): a label of the per-engine metrics.
+    engine_id: str = "0"
     # Bytes of checkpoints kept loaded (models.lock sizes): the workflows' defaults stay, models that requests
     # choose are loaded on demand and leave least recently used first. 0: the device's total memory less
     # ComfyUI's own reserve for inference (comfy.model_management.minimum_inference_memory).
@@ -267,6 +272,8 @@ class Settings:
             coalesce_ms=_int(env, "COMFYBENTO_COALESCE_MS", 500),
             engine_entry=_choice(env, "COMFYBENTO_ENGINE_ENTRY", "scheduler", ("scheduler", "bentoml")),
             compile=_bool(env, "COMFYBENTO_COMPILE", False),
+            gpus=_gpus(env),
+            engine_id=env.get("COMFYBENTO_ENGINE_ID", "0").strip() or "0",
             previews=_choice(env, "COMFYBENTO_PREVIEWS", "off", ("off", "latent2rgb")),
             model_cache_bytes=_int(env, "COMFYBENTO_MODEL_CACHE_BYTES", 0),
             limits=_limits(env, cpu_engine(env)),
@@ -323,6 +330,22 @@ def _limits(env: dict[str, str], cpu: bool) -> Limits:
 
 def _names(env: dict[str, str], name: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in env.get(name, "").split(",") if x.strip())
+
+
+def _gpus(env: dict[str, str]) -> int | tuple[str, ...] | None:
+    """COMFYBENTO_GPUS: empty or "all" (None), a count ("2"), or device ids ("0,3", a tuple); a ConfigError otherwise."""
+    raw = env.get("COMFYBENTO_GPUS", "").strip()
+    if raw.lower() in ("", "all"):
+        return None
+    if raw.isdigit():
+        if int(raw) < 1:
+            raise ConfigError(f"COMFYBENTO_GPUS={raw!r}: at least one engine is needed (a count >= 1, device ids, or all)")
+        return int(raw)
+    parts = tuple(p.strip() for p in raw.split(",") if p.strip())  # "3," is the device 3 alone, "3" three devices
+    if not parts or not all(re.fullmatch(r"[0-9]+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-]+", p) for p in parts) or len(set(parts)) != len(parts):
+        raise ConfigError(f"COMFYBENTO_GPUS={raw!r} must be `all`, a count (2), or distinct device ids as CUDA_VISIBLE_DEVICES "
+                          "takes them (0,3 or GPU-<uuid>)")
+    return parts
 
 
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -88,9 +88,9 @@ COST_SECONDS_PER_UNIT = bentoml.metrics.Gauge(
 )
 QUEUE_DEPTH = bentoml.metrics.Gauge(
     name="comfybento_queue_depth",
-    documentation="Requests queued in the engine's scheduler and not yet running, per workflow (0 for each served "
-                  "workflow from startup).",
-    labelnames=["workflow"],
+    documentation="Requests queued in the engine's scheduler and not yet running, per workflow and engine (0 for each "
+                  "served workflow from startup).",
+    labelnames=["workflow", "engine"],
     multiprocess_mode="mostrecent",
 )
 GPU_MEMORY_USED = bentoml.metrics.Gauge(
@@ -130,4 +130,22 @@ ALIAS_REQUESTS = bentoml.metrics.Counter(
     documentation="Requests and jobs sent to a workflow's alias (POST /<name>, a job of workflow <name>, "
                   "workflows/versions.py), by the version its versions.yaml routed them to.",
     labelnames=["workflow", "version"],
+)
+# One engine per GPU (COMFYBENTO_GPUS, engine/pool.py): "0" when there is one.
+ENGINE_IN_FLIGHT = bentoml.metrics.Gauge(
+    name="comfybento_engine_in_flight",
+    documentation="Requests the front has in flight on each engine (queued or running there): what it spreads them by.",
+    labelnames=["engine"],
+    multiprocess_mode="livesum",  # each front worker's own, summed
+)
+ENGINE_REQUESTS = bentoml.metrics.Counter(
+    name="comfybento_engine_requests",
+    documentation="Requests the front sent to each engine, by outcome: ok, failed (answered with an error), or moved "
+                  "(the engine could not take it, killed or restarting, and another ran it).",
+    labelnames=["engine", "outcome"],
+)
+ENGINE_BUSY = bentoml.metrics.Counter(
+    name="comfybento_engine_busy_seconds",
+    documentation="Seconds each engine's executor spent running batches (comfybento_executor_busy_seconds, per engine).",
+    labelnames=["engine"],
 )

@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 ENGINE_NAME = "comfybento-engine"
 ENGINE_TIMEOUT_S = 900
 
+
+def engine_name(index: int | None = None) -> str:
+    """The engine service's name: ENGINE_NAME alone, `comfybento-engine-<index>` as one of several (one per GPU)."""
+    return ENGINE_NAME if index is None else f"{ENGINE_NAME}-{index}"
+
+
 OnEvent = Callable[[dict[str, Any]], None]
 OnOutput = Callable[[OutputBlob], None]
 

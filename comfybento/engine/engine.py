@@ -316,6 +316,7 @@ class Engine:
     def _export_stats(self) -> None:
         new, old = self.scheduler.stats(), self._stats
         metrics.EXECUTOR_BUSY.inc(max(0.0, new.busy_s - old.busy_s))
+        metrics.ENGINE_BUSY.labels(engine=self.settings.engine_id).inc(max(0.0, new.busy_s - old.busy_s))
         metrics.EXECUTOR_IDLE_WHILE_QUEUED.inc(max(0.0, new.idle_with_work_s - old.idle_with_work_s))
         metrics.QUEUE_NONEMPTY.inc(max(0.0, new.queued_s - old.queued_s))
         metrics.EXECUTOR_COALESCING.inc(max(0.0, new.coalescing_s - old.coalescing_s))
@@ -327,7 +328,7 @@ class Engine:
             depths = self.scheduler.queued_by(lambda job: job.payload.spec.name)
             self._depth_names.update(depths)
             for name in self._depth_names:
-                metrics.QUEUE_DEPTH.labels(workflow=name).set(depths.get(name, 0))
+                metrics.QUEUE_DEPTH.labels(workflow=name, engine=self.settings.engine_id).set(depths.get(name, 0))
 
     def _export_device_memory(self) -> None:
         """comfybento_gpu_memory_{used,total}_bytes of the engine's device (0 and device="cpu" on a CPU engine)."""

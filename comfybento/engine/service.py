@@ -1,4 +1,4 @@
-"""The engine's BentoML service: one worker, the only process that imports torch and ComfyUI.
+"""The engine's BentoML service: one worker, the only process that imports torch and ComfyUI; one per GPU.
 
 Its route `POST /engine/run` (engine/route.py) feeds comfybento's scheduler and streams each request's events back.
 With COMFYBENTO_ENGINE_ENTRY=bentoml it also exposes one BentoML batchable API per workflow instead (kept to
@@ -13,7 +13,7 @@ import bentoml
 
 from comfybento import lifecycle
 from comfybento.engine import route as engine_route
-from comfybento.engine.client import ENGINE_NAME, ENGINE_TIMEOUT_S
+from comfybento.engine.client import ENGINE_TIMEOUT_S, engine_name
 from comfybento.engine.messages import EngineItem, ItemResult
 from comfybento.workflows.catalog import WorkflowSpec
 from comfybento.workflows.project import Project
@@ -29,8 +29,21 @@ def _batchable_api(spec: WorkflowSpec) -> Any:
     return bentoml.api(batchable=True, max_batch_size=spec.max_batch_size, max_latency_ms=spec.max_latency_ms, route=f"/{name}")(run)
 
 
-def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
+def make_engine_services(project: Project, resources: dict[str, Any], devices: list[str | None]) -> list[Any]:
+    """One engine service per device (runtime/devices.py): `comfybento-engine` alone, else `comfybento-engine-<i>`."""
+    if len(devices) == 1:
+        return [make_engine_service(project, resources, devices[0])]
+    return [make_engine_service(project, resources, device, index) for index, device in enumerate(devices)]
+
+
+def make_engine_service(project: Project, resources: dict[str, Any], device: str | None = None,
+                        index: int | None = None) -> Any:
+    """The engine as a BentoML service; pinned to `device` (its CUDA_VISIBLE_DEVICES, set before the worker starts, so
+    before torch is imported) when given; the index'th of several when `index` is given."""
     settings = project.settings
+    envs = [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "COMFYBENTO_ENGINE_ID", "value": str(index or 0)}]
+    if device is not None:
+        envs.append({"name": "CUDA_VISIBLE_DEVICES", "value": device})
     route = engine_route.route_app()
 
     def __init__(self: Any) -> None:
@@ -51,10 +64,10 @@ def make_engine_service(project: Project, resources: dict[str, Any]) -> Any:
         attrs.update({spec.name: _batchable_api(spec) for spec in project.catalog.values()})
     cls = bentoml.asgi_app(route, path="/engine")(type("ComfyEngine", (), attrs))
     return bentoml.service(
-        name=ENGINE_NAME, workers=1, resources=resources,
+        name=engine_name(index), workers=1, resources=resources,
         # Two malloc arenas, not one per thread (8 x cores): the executor, encoder and event threads each left a
         # fragmented arena behind, and the engine's RSS crept up between requests (bench/results/*fuzz-memory*).
-        envs=[{"name": "MALLOC_ARENA_MAX", "value": "2"}],
+        envs=envs,
         # BentoCloud scales the engine on in-flight requests: two full batches keep one GPU busy.
         traffic={"timeout": ENGINE_TIMEOUT_S, "concurrency": 2 * settings.max_batch_size, "external_queue": False},
         # BentoML's client to this service closes and replaces its connection pool every

@@ -21,7 +21,8 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 
 from comfybento import lifecycle, metrics
-from comfybento.engine.client import ENGINE_NAME, ENGINE_TIMEOUT_S, EngineClient, engine_url
+from comfybento.engine.client import ENGINE_TIMEOUT_S
+from comfybento.engine.pool import EnginePool
 from comfybento.errors import StorageFull
 from comfybento.front import access
 from comfybento.front.delivery import StorageOnFirstUse
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 JOB_ITEMS_SAMPLE_S = 5.0  # how often comfybento_job_items is read from the job store
 
 
-def make_front_service(project: Project, engine_service: Any) -> Any:
+def make_front_service(project: Project, engine_services: list[Any]) -> Any:
     settings = project.settings
     output_storage = StorageOnFirstUse(settings)  # S3 is reached only once a request asks for URLs
     root = root_app(output_storage)  # mounted at /; the jobs service joins its state when the jobs start
@@ -58,7 +59,9 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         self.input_urls = AllowList(settings.input_url_allowlist, "input url")
         self.disk = _disk_watcher(project)
         self.costs = CostModel()  # GPU-seconds per unit of work, per workflow, learned from the results (dry-run estimates)
-        self.engine_client = EngineClient(engine_url(ENGINE_NAME), ENGINE_TIMEOUT_S) if settings.engine_entry == "scheduler" else None
+        self.engine_client = None  # COMFYBENTO_ENGINE_ENTRY=bentoml: BentoML's batcher, through self.engine
+        if settings.engine_entry == "scheduler":  # every engine, one per GPU, spread by queue depth (engine/pool.py)
+            self.engine_client = EnginePool.of_services([e.name for e in engine_services], ENGINE_TIMEOUT_S)
         root.state.front = self  # the routes that run live requests as the typed endpoints do (front/compat/openai_images/)
 
     async def __is_ready__(self: Any) -> bool:
@@ -74,7 +77,9 @@ def make_front_service(project: Project, engine_service: Any) -> Any:
         "__init__": __init__,
         "__is_ready__": __is_ready__,
         "__doc__": "ComfyUI workflows as typed endpoints, and batch jobs at /jobs.",
-        "engine": bentoml.depends(engine_service),
+        "engine": bentoml.depends(engine_services[0]),
+        # the others, one per GPU, so that BentoML starts them and gives this front their addresses
+        **{f"engine_{i}": bentoml.depends(svc) for i, svc in enumerate(engine_services[1:], start=1)},
         **_job_hooks(project, root),
     }
     for route in routes_of(project):  # each workflow, each version, each alias (front/routing.py)

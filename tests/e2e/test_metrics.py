@@ -59,13 +59,13 @@ def test_queue_depth_per_workflow_counts_waiting_requests_then_falls_to_zero(ser
     with ThreadPoolExecutor(len(bodies)) as pool:
         futures = [pool.submit(httpx.post, f"{server}/txt2img", json=body, timeout=300) for body in bodies]
         while not all(f.done() for f in futures):
-            seen = max(seen, one(scrape(server)[0], "comfybento_queue_depth", workflow="txt2img"))
+            seen = max(seen, one(scrape(server)[0], "comfybento_queue_depth", workflow="txt2img", engine="0"))
             time.sleep(0.1)
     assert all(f.result().status_code == 200 for f in futures), [f.result().text[:200] for f in futures]
     assert seen >= 1
     series, _ = scrape(server)
     for workflow in WORKFLOWS:
-        assert one(series, "comfybento_queue_depth", workflow=workflow) == 0
+        assert one(series, "comfybento_queue_depth", workflow=workflow, engine="0") == 0
 
 
 def test_device_memory_is_exported_by_the_engine(server: str) -> None:
