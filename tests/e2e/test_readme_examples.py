@@ -52,7 +52,6 @@ TIMEOUT_S = 240
 # The examples marked no-run, by page and the first line of their code, each with the reason its marker gives.
 EXPECTED_NO_RUN = {
     ("docs/comfy-pack.md", ".venv/bin/python -m comfybento import simple-pixel-art-generation.cpack.zip"),
-    ("docs/deploying.md", "COMFYBENTO_GPUS=0,1 ./scripts/serve   # two engines, on GPUs 0 and 1"),
     ("docs/inputs.md", "curl -H 'content-type: application/json' localhost:3000/img2img \\"),
     ("docs/jobs.md", ".venv/bin/python -m comfybento batch --workflow txt2img rows.jsonl --url https://my-deployment --api-key $KEY"),
     ("docs/models.md", "# with checkpoints/dreamshaper-8.safetensors in models.lock beside the graph's own checkpoint"),
