@@ -216,6 +216,12 @@ class Settings:
     # COMFYBENTO_GRAPH_NODES, comma-separated; "*" adds every type in the node registry except those that read or
     # write datasets, models or pickles on the server's disk (sandbox.DISK_NODES), which only their own name adds.
     graph_nodes: tuple[str, ...] = ()
+    # ---- ComfyUI's editor at /comfy/ (front/editor.py, front/compat/comfyui/userdata.py)
+    # Each key's editor settings and saved files (workflows, ...), a folder per key in COMFYBENTO_USERDATA_DIR;
+    # one file's bytes (COMFYBENTO_USERDATA_MAX_BYTES) and a key's files' bytes together (COMFYBENTO_USERDATA_QUOTA_BYTES).
+    userdata_dir: Path = Path(".comfybento/userdata")
+    userdata_max_bytes: int = 16 << 20
+    userdata_quota_bytes: int = 256 << 20
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -282,6 +288,9 @@ class Settings:
             min_free_bytes=_int(env, "COMFYBENTO_MIN_FREE_BYTES", 0) if env.get("COMFYBENTO_MIN_FREE_BYTES", "").strip() else None,
             disk_check_ms=_int(env, "COMFYBENTO_DISK_CHECK_MS", 1000, minimum=1),
             graph_nodes=_names(env, "COMFYBENTO_GRAPH_NODES"),
+            userdata_dir=_path(env, "COMFYBENTO_USERDATA_DIR", work_dir / "userdata"),
+            userdata_max_bytes=_int(env, "COMFYBENTO_USERDATA_MAX_BYTES", 16 << 20, minimum=1),
+            userdata_quota_bytes=_int(env, "COMFYBENTO_USERDATA_QUOTA_BYTES", 256 << 20, minimum=1),
             **_job_settings(env, work_dir),
             **_access_settings(env),
         )

@@ -80,6 +80,12 @@ class UrlRefused(InvalidRequest):
     error_code = HTTPStatus.BAD_REQUEST
 
 
+class Conflict(InvalidRequest):
+    """What the request would make exists already, and the request asked not to replace it."""
+
+    error_code = HTTPStatus.CONFLICT
+
+
 class UnsupportedFile(InvalidRequest):
     """A file a request gives is not of a type that field takes (a model by URL that is not safetensors)."""
 

@@ -6,7 +6,8 @@ The engine's service is built in engine/service.py. This module makes the front'
 - the root ASGI app mounted at / (front/root.py): the jobs API, live outputs, the compatibility APIs; the JobService
   and the output storage go into its state;
 - this replica's job worker, started with the service, charging each item to its key (front/access.py);
-- the middlewares: request edge (ids, body limits), OpenAPI document and playground, CORS and API keys.
+- the middlewares: request edge (ids, body limits), OpenAPI document and playground, the ComfyUI editor (front/editor.py),
+  CORS and API keys.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from comfybento.engine.pool import EnginePool
 from comfybento.errors import StorageFull
 from comfybento.front import access
 from comfybento.front.delivery import StorageOnFirstUse
+from comfybento.front.editor import EditorMiddleware
 from comfybento.front.endpoints import job_executor, workflow_endpoints
 from comfybento.front.error_shape import ErrorShapeMiddleware
 from comfybento.front.http import RequestEdgeMiddleware, quiet_client_errors
@@ -96,6 +98,8 @@ def make_front_service(project: Project, engine_services: list[Any]) -> Any:
     service.add_asgi_middleware(OpenAPIMiddleware, build=lambda: fix_openapi(service.openapi_spec.asdict(), project.catalog,
                                                                               _bento_version(service), settings.job_max_items,
                                                                               project.aliases))
+    # ComfyUI's editor at /comfy/: its files, and its API calls (a key from its cookie) onto ComfyUI's routes
+    service.add_asgi_middleware(EditorMiddleware, keys_required=settings.keys_required)
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas
     quiet_client_errors()
     return service

@@ -43,7 +43,10 @@ V2_PREFIX = "/api/v2"
 OPENAI_PREFIX = "/v1"
 # ComfyUI's routes (front/compat/comfyui/routes.py), each served at /x and at /api/x: the first segment of the path.
 COMFYUI_ROUTES = frozenset({"prompt", "queue", "interrupt", "history", "view", "upload", "object_info", "system_stats",
-                            "free", "embeddings", "extensions", "models", "ws"})
+                            "free", "embeddings", "extensions", "models", "ws",
+                            # the ones ComfyUI's editor calls (front/compat/comfyui/editor_routes.py)
+                            "users", "settings", "userdata", "v2", "experiment", "view_metadata", "features", "i18n",
+                            "workflow_templates", "global_subgraphs"})
 RETRY_STATUSES = (429, 503, 507)
 # Fields beyond status, kind and message that comfybento's shape carries (when the error has them).
 OUR_FIELDS = ("node_id", "class_type", "folder", "free_bytes", "watermark_bytes")

@@ -1,7 +1,7 @@
 """The front's root ASGI app, mounted at / on the entry service beside its typed endpoints (front/app.py builds it).
 
-Its routes: the jobs API (front/job_routes.py), live outputs (front/delivery.py), Comfy API v2 and ComfyUI's own API
-(front/compat/). Its collaborators live in its state, set by the composition root, never in module globals:
+Its routes: the jobs API (front/job_routes.py), live outputs (front/delivery.py), the editor's login (front/editor.py),
+Comfy API v2 and ComfyUI's own API (front/compat/). Its collaborators live in its state, set by the composition root, never in module globals:
 - `app.state.output_storage`: the output storage, made on first use (front/delivery.py `StorageOnFirstUse`);
 - `app.state.jobs`: the JobService, once the jobs start (None until then; front/job_routes.py `job_service` reads it);
 - `app.state.front`: the front service itself, once made (the OpenAI Images API runs its requests as the typed endpoints do).
@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from comfybento.errors import ComfyBentoError
-from comfybento.front import delivery
+from comfybento.front import delivery, editor
 from comfybento.front import job_routes as jobs_routes
 from comfybento.front.compat import comfy_v2, openai_images
 from comfybento.front.compat import comfyui as comfyui_api
@@ -30,7 +30,7 @@ from comfybento.front.renderers import render_for, status_fields
 from comfybento.outputs.storage import Storage
 
 log = logging.getLogger(__name__)
-OWN_ROUTERS = (jobs_routes.router, delivery.router)  # comfybento's own routes (the compatibility APIs answer as theirs do)
+OWN_ROUTERS = (jobs_routes.router, delivery.router, editor.router)  # comfybento's own routes (the compatibility APIs answer as theirs do)
 
 
 def root_app(output_storage: Callable[[], Storage]) -> FastAPI:

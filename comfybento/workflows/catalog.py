@@ -32,6 +32,9 @@ RESERVED_NAMES = {"jobs", "healthz", "livez", "readyz", "metrics", "docs", "sche
                   # ComfyUI's own routes (front/compat/comfyui/)
                   "prompt", "queue", "interrupt", "history", "view", "upload", "object_info", "system_stats", "free", "embeddings",
                   "extensions", "models", "ws",
+                  # ComfyUI's editor (front/editor.py) and the routes it calls (front/compat/comfyui/editor_routes.py)
+                  "comfy", "users", "settings", "userdata", "v2", "experiment", "view_metadata", "features", "i18n",
+                  "workflow_templates", "global_subgraphs",
                   # the OpenAI Images API (front/compat/openai_images/)
                   "v1"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

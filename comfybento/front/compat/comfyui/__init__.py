@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from comfybento.front.compat.comfyui import editor_routes as editor_routes  # its routes join the router
 from comfybento.front.compat.comfyui.routes import router
 from comfybento.front.compat.comfyui.ws import Sockets
 

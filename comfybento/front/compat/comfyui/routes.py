@@ -43,9 +43,11 @@ class ComfyUIRoute(ContractRoute):
 router = APIRouter(route_class=ComfyUIRoute)
 
 
-def route(path: str, methods: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def route(path: str, methods: list[str], twin: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add a route at `path` and (`twin`) at /api + `path`."""
+
     def add(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for where in (path, "/api" + path):
+        for where in (path, "/api" + path) if twin else (path,):
             router.add_api_route(where, fn, methods=methods, include_in_schema=False)
         return fn
 
