@@ -4,7 +4,9 @@ The editor computes its API base from the page's path: loaded from /comfy/, it c
 its websocket at /comfy/ws. `EditorMiddleware` (on the entry service, ahead of the API keys) does three things:
 
 - GET/HEAD of /comfy/... answers the wheel's static files (found where the package is installed, never copied):
-  index.html revalidated on every load, content-hashed assets cached for a year, the rest for a day;
+  index.html revalidated on every load, content-hashed assets cached for a year, the rest for a day; and
+  /comfy/templates/<file> the official workflow templates' files, as ComfyUI serves them (the comfyui-workflow-templates
+  packages: their index.json lists them, the editor's template browser shows them);
 - /comfy/api/<route> and /comfy/ws become ComfyUI's own /<route> and /ws (front/compat/comfyui/), for ComfyUI's
   routes only (`renderers.COMFYUI_ROUTES`): the editor reaches nothing else of the service;
 - keys: a browser cannot add an Authorization header to the editor's requests, so the key is given once on the
@@ -40,7 +42,7 @@ MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; cha
                ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".json": "application/json",
                ".map": "application/json", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
                ".woff": "font/woff", ".woff2": "font/woff2", ".ttf": "font/ttf", ".eot": "application/vnd.ms-fontobject",
-               ".mp4": "video/mp4", ".webm": "video/webm", ".txt": "text/plain; charset=utf-8"}
+               ".mp4": "video/mp4", ".webp": "image/webp", ".jpg": "image/jpeg", ".mp3": "audio/mpeg", ".webm": "video/webm", ".txt": "text/plain; charset=utf-8"}
 HASHED = re.compile(r"-[A-Za-z0-9_-]{8}\.(?:js|mjs|css|json)$")  # Vite's content-hashed names: assets/index-BKdH1OFt.js
 NO_CACHE = "no-cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -67,6 +69,24 @@ def static_file(rest: str) -> Path | None:
         return None
     path = (root / relative).resolve()
     return path if path.is_relative_to(root) and path.is_file() else None
+
+
+@cache
+def template_files() -> dict[str, Path]:
+    """Each official workflow template's files by name (index.json, <template>.json, its thumbnails), from the packages."""
+    try:
+        from comfyui_workflow_templates import get_asset_path, iter_templates
+    except ImportError:
+        return {}
+    return {asset.filename: Path(get_asset_path(entry.template_id, asset.filename))
+            for entry in iter_templates() for asset in entry.assets}
+
+
+def template_file(rest: str) -> Path | None:
+    """The template file at /templates/<name>; None for any other path or name."""
+    name = unquote(rest[len("/templates/"):]) if rest.startswith("/templates/") else ""
+    path = template_files().get(name) if name else None
+    return path if path is not None and path.is_file() else None
 
 
 def cache_control(path: Path) -> str:
@@ -139,7 +159,7 @@ class EditorMiddleware:
             return FileResponse(LOGIN_PAGE, media_type=MEDIA_TYPES[".html"], headers={"Cache-Control": NO_CACHE})
         if rest == "/" and self.keys_required and cookie_key(scope) is None:
             return RedirectResponse(PREFIX + "/login", status_code=303)
-        file = static_file(rest)
+        file = static_file(rest) or template_file(rest)
         if file is None:
             return None
         media = MEDIA_TYPES.get(file.suffix, "application/octet-stream")
