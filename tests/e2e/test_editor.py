@@ -10,10 +10,8 @@ keeps artifacts/), whether the test passed or not.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
