@@ -102,6 +102,8 @@ def api_path(rest: str) -> str | None:
     if not rest.startswith("/api/"):
         return None
     route = rest[len("/api"):]
+    if any(part in (".", "..") for part in unquote(route).split("/")):
+        return None
     return route if route.lstrip("/").split("/", 1)[0] in COMFYUI_ROUTES else None
 
 
@@ -169,6 +171,12 @@ class EditorMiddleware:
 router = APIRouter()
 
 
+def _https(request: Request) -> bool:
+    """Whether the browser reached us over TLS: directly, or through a proxy that ended it (BentoCloud's does)."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",", 1)[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
 @router.post(PREFIX + "/login", status_code=204, include_in_schema=False)
 def login(request: Request) -> Response:
     """The editor's cookie for the key this request came with (the API keys checked it); with keys off, nothing to keep."""
@@ -176,5 +184,5 @@ def login(request: Request) -> Response:
     token = parse_bearer(request.headers.get("authorization"))
     if token is not None:
         response.set_cookie(COOKIE, quote(token, safe=""), max_age=COOKIE_MAX_AGE_S, path=PREFIX, httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")
+                            samesite="strict", secure=_https(request))
     return response

@@ -78,7 +78,8 @@ def test_api_path_maps_comfyui_routes(rest: str, route: str) -> None:
 
 
 @pytest.mark.parametrize("rest", ["/api/jobs", "/api/../x", "/foo", "/api", "/api/", "/api/api/prompt", "/api/prompts",
-                                  "/api/v1/images/generations", "/api/healthz", "/ws/x", "/prompt", "/", ""])
+                                  "/api/v1/images/generations", "/api/healthz", "/ws/x", "/prompt", "/", "",
+                                  "/api/prompt/../../jobs", "/api/view/%2e%2e/%2e%2e/jobs", "/api/history/./x"])
 def test_api_path_refuses_everything_else(rest: str) -> None:
     assert api_path(rest) is None
 

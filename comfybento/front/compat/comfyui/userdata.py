@@ -25,6 +25,7 @@ from comfybento.front.ownership import Caller
 SETTINGS_FILE = "comfy.settings.json"
 DEFAULT_USER = "default"
 MAX_NAME_CHARS = 512
+MAX_SEGMENT_BYTES = 255  # one name in a path: the file systems' limit
 _BAD_SEGMENT = re.compile(r'[\x00-\x1f\x7f\\:*?"<>|]')
 
 
@@ -45,7 +46,15 @@ class UserData:
         parts = name.split("/")
         if not name or len(name) > MAX_NAME_CHARS or any(p in ("", ".", "..") or _BAD_SEGMENT.search(p) for p in parts):
             raise InvalidRequest(f"{field}: {name!r} is not a file name in your user data (a relative path of plain names, no '..')")
+        if any(len(p.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for p in parts):
+            raise InvalidRequest(f"{field}: {name!r} has a name of more than {MAX_SEGMENT_BYTES} bytes between its '/'")
         return self.root.joinpath(*parts)
+
+    def _room_for(self, path: Path, name: str, field: str) -> None:
+        """A 409 naming `name` when a file stands where one of its folders would be (a/b.json when a is a file)."""
+        for folder in path.relative_to(self.root).parents:
+            if (self.root / folder).is_file():
+                raise Conflict(f"{field}: {name!r} is under {folder.as_posix()!r}, which is a file")
 
     def read(self, name: str) -> bytes:
         path = self.path(name)
@@ -60,6 +69,7 @@ class UserData:
                            "(COMFYBENTO_USERDATA_MAX_BYTES)")
         if path.is_dir():
             raise InvalidRequest(f"file: {name!r} is a folder")
+        self._room_for(path, name, "file")
         if path.exists() and not overwrite:
             raise Conflict(f"file: {name!r} exists already (overwrite=false)")
         used = self.used_bytes() - (path.stat().st_size if path.is_file() else 0)
@@ -87,6 +97,9 @@ class UserData:
         source, target = self.path(name), self.path(dest, "dest")
         if not source.is_file():
             raise NotFound(f"no such user data file: {name!r}")
+        if target.is_dir():
+            raise InvalidRequest(f"dest: {dest!r} is a folder")
+        self._room_for(target, dest, "dest")
         if target.exists() and not overwrite:
             raise Conflict(f"dest: {dest!r} exists already (overwrite=false)")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +111,9 @@ class UserData:
 
     def info(self, path: Path, base: Path | None = None) -> dict[str, Any]:
         stat = path.stat()
-        return {"path": path.relative_to(base or self.root).as_posix(), "size": stat.st_size, "modified": int(stat.st_mtime * 1000)}
+        # as ComfyUI's full_info: seconds since the epoch
+        return {"path": path.relative_to(base or self.root).as_posix(), "size": stat.st_size, "modified": stat.st_mtime,
+                "created": stat.st_ctime}
 
     def listing(self, directory: str, recurse: bool, full_info: bool, split: bool) -> list[Any]:
         """GET /userdata?dir=: the files in `directory` (a 404 when it does not exist), as ComfyUI lists them."""
