@@ -94,12 +94,13 @@ def make_front_service(project: Project, engine_services: list[Any]) -> Any:
     # The first added runs first: every answer (a 401 included) carries the request id; the docs need no key.
     service.add_asgi_middleware(RequestEdgeMiddleware, max_body_bytes=max_body_bytes(project),
                                 max_json_depth=settings.limits.max_json_depth)
+    # ComfyUI's editor at /comfy/: its files, and its API calls (a key from its cookie) onto ComfyUI's routes, before
+    # the rest sees them (an editor call is ComfyUI's route to the error shapes, the keys and the limits)
+    service.add_asgi_middleware(EditorMiddleware, keys_required=settings.keys_required)
     service.add_asgi_middleware(ErrorShapeMiddleware)  # the framework's own error answers (404, 405, 400) in our shape
     service.add_asgi_middleware(OpenAPIMiddleware, build=lambda: fix_openapi(service.openapi_spec.asdict(), project.catalog,
                                                                               _bento_version(service), settings.job_max_items,
                                                                               project.aliases))
-    # ComfyUI's editor at /comfy/: its files, and its API calls (a key from its cookie) onto ComfyUI's routes
-    service.add_asgi_middleware(EditorMiddleware, keys_required=settings.keys_required)
     access.install(service, settings)  # CORS, then API keys, rate limits and quotas
     quiet_client_errors()
     return service

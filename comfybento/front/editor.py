@@ -33,8 +33,8 @@ from starlette.responses import FileResponse, RedirectResponse
 from comfybento.front.access import parse_bearer
 from comfybento.front.keys import BEARER_TOKEN
 from comfybento.front.renderers import COMFYUI_ROUTES
+from comfybento.front.renderers import EDITOR_PREFIX as PREFIX
 
-PREFIX = "/comfy"
 COOKIE = "comfybento_key"
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
 LOGIN_PAGE = Path(__file__).resolve().parent / "static" / "editor-login.html"

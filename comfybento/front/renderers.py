@@ -40,6 +40,7 @@ log = logging.getLogger("comfybento.http")
 
 Contract = Literal["comfybento", "comfy_v2", "comfyui", "openai"]
 V2_PREFIX = "/api/v2"
+EDITOR_PREFIX = "/comfy"  # ComfyUI's editor (front/editor.py)
 OPENAI_PREFIX = "/v1"
 # ComfyUI's routes (front/compat/comfyui/routes.py), each served at /x and at /api/x: the first segment of the path.
 COMFYUI_ROUTES = frozenset({"prompt", "queue", "interrupt", "history", "view", "upload", "object_info", "system_stats",
@@ -63,6 +64,8 @@ def contract_of(path: str) -> Contract:
         return "comfy_v2"
     if path.startswith(OPENAI_PREFIX + "/"):
         return "openai"
+    if path.startswith(EDITOR_PREFIX + "/api/") or path == EDITOR_PREFIX + "/ws":
+        return "comfyui"  # ComfyUI's editor's calls (front/editor.py), which it maps onto ComfyUI's routes
     bare = path[len("/api"):] if path.startswith("/api/") else path
     return "comfyui" if bare.lstrip("/").split("/", 1)[0] in COMFYUI_ROUTES else "comfybento"
 

@@ -5,7 +5,8 @@ under the key's limits, and each key's user data and settings kept apart. In a r
 on the login page, the editor (the installed comfyui-frontend-package, unchanged) builds its node library from
 /object_info, opens a UI-format workflow through its own loader, and its Run button queues it; the progress comes back
 over the websocket and the output image appears in the Save Image node. The page is kept as artifacts/editor.png (CI
-keeps artifacts/), whether the test passed or not.
+keeps artifacts/); the page as the test left it, passed or not, as artifacts/editor-last.png. Last, a graph that matches
+no served workflow gets ComfyUI's error answer, which the editor shows in its own error dialog.
 """
 
 from __future__ import annotations
@@ -177,5 +178,12 @@ def test_the_editor_opens_a_workflow_and_runs_it_in_chromium(site, browser):  # 
         history = httpx.get(f"{url}/history/{prompt_id}", headers=_as(keys["alice"]), timeout=30).json()
         assert history[prompt_id]["status"]["completed"] is True
         time.sleep(0.5)  # the canvas draws the image into the node before the screenshot
-    finally:
         browser.save_screenshot(str(SCREENSHOT))
+
+        # a graph that matches no served workflow (a second preview): ComfyUI's 400, which the editor shows as ComfyUI's
+        browser.execute_script("const p = LiteGraph.createNode('PreviewImage'); app.graph.add(p);"
+                               "app.graph.getNodeById(8).connect(0, p, 0);")
+        run.click()
+        _wait(browser, "document.body.innerText.includes('matches no served workflow')", "the editor's error dialog")
+    finally:
+        browser.save_screenshot(str(SCREENSHOT.with_name("editor-last.png")))  # the page as the test left it

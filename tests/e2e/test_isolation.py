@@ -178,6 +178,7 @@ def _live_url(w: World, who: str, path: str) -> tuple[str, str]:
 
 def _make(w: World) -> None:
     r, f = w.refs, w.fake
+    _make_userdata(w)
     upload = {"only": ("only-alice.png", "only-nobody.png"), "shared": ("shared.png", "shared.png")}
     for ref, (name, fake) in upload.items():
         w.ok("alice", "POST", "/upload/image", files={"image": (name, _png(len(ref)), "image/png")})
@@ -402,6 +403,109 @@ def _ws(w: World) -> None:
         assert not [v for v in _alices_ids(w) if any(v in m for m in messages)], messages[:5]
 
 
+# ComfyUI's editor: each key's settings and user data are its own, the operator's included (a person's editor state)
+
+
+USERDATA = b'{"nodes": [], "by": "alice"}'
+
+
+def _make_userdata(w: World) -> None:
+    r, f = w.refs, w.fake
+    r["udfile"], f["udfile"] = "workflows%2Falice-flow.json", "workflows%2Fnobody-flow.json"
+    r["udmove"], f["udmove"] = "workflows%2Falice-flow.json/move/workflows%2Fmoved.json", "workflows%2Fnobody-flow.json/move/workflows%2Fmoved.json"
+    r["udname"], f["udname"] = "workflows/alice-flow.json", "workflows/nobody-flow.json"  # as answers name them
+    r["setting"], f["setting"] = "Alice.Setting", "Nobody.Setting"
+    w.ok("alice", "POST", "/userdata/{udfile}", content=USERDATA)
+    for who in ("bob", "ops"):  # each has a saved workflow of its own
+        w.ok(who, "POST", "/userdata/workflows%2Fown.json", content=b"{}")
+    w.ok("alice", "POST", "/settings/Alice.Setting", json="alice-only-value")
+
+
+def _alices_userdata_unchanged(w: World, who: str = "alice") -> None:
+    assert w.ok(who, "GET", "/userdata/{udfile}").content == USERDATA
+    assert w.ok(who, "GET", "/settings").json()["Alice.Setting"] == "alice-only-value"
+
+
+def _not_alices(w: World, who: str, method: str, path: str, **kw: Any) -> None:
+    """`who` is served its own: neither alice's file nor her setting's value in the answer."""
+    for prefix in COMFY if path != "/v2/userdata" else ("",):
+        text = w.ok(who, method, prefix + path, **kw).text
+        assert "alice-flow" not in text and "alice-only-value" not in text, (who, path, text[:300])
+
+
+def _kept_from(who: str, method: str, path: str, status: int = 404, **kw: Any) -> Check:
+    """`who` (the operator too) gets what a name no one has gets, and alice's file and settings stay as they were."""
+    def check(w: World) -> None:
+        for prefix in COMFY:
+            real = w.call(who, method, prefix + _fill(path, w.refs), **kw)
+            unknown = w.call(who, method, prefix + _fill(path, w.fake), **kw)
+            assert real.status_code == status and w._shape(real, w.refs, w.fake) == w._shape(unknown), (who, path, real.text[:300])
+        _alices_userdata_unchanged(w)
+    return check
+
+
+def _userdata(method: str, path: str, status: int = 404, **kw: Any) -> Row:
+    return Row(_kept_from("bob", method, path, status, **kw), _alices_userdata_unchanged, _kept_from("ops", method, path, status, **kw))
+
+
+def _own_settings(w: World, who: str) -> None:
+    w.ok(who, "POST", "/settings", json={"Alice.Setting": f"{who}'s own"})
+    w.ok(who, "POST", "/settings/Alice.Setting", json=f"{who}'s own")
+    assert w.ok(who, "GET", "/settings/Alice.Setting").json() == f"{who}'s own"
+    _alices_userdata_unchanged(w)
+
+
+def _own_file(w: World, who: str) -> None:
+    """`who` saves a file of alice's name: its own, read back, then deleted; alice's is untouched."""
+    w.ok(who, "POST", "/userdata/{udfile}", content=b'{"by": "' + who.encode() + b'"}')
+    assert w.ok(who, "GET", "/userdata/{udfile}").json() == {"by": who}
+    w.ok(who, "DELETE", "/userdata/{udfile}", 204)
+    _alices_userdata_unchanged(w)
+
+
+def _alices_listing(w: World) -> None:
+    assert w.ok("alice", "GET", "/userdata", params={"dir": "workflows", "recurse": "true"}).json() == ["alice-flow.json"]
+    assert "alice-flow.json" in w.ok("alice", "GET", "/v2/userdata").text
+
+
+def _alice_moves_and_deletes(w: World) -> None:
+    assert w.ok("alice", "POST", "/userdata/{udmove}").json() == "workflows/moved.json"
+    w.ok("alice", "DELETE", "/userdata/workflows%2Fmoved.json", 204)
+    assert w.call("alice", "GET", "/userdata/workflows%2Fmoved.json").status_code == 404
+
+
+def _editor_rows() -> dict[tuple[str, str], Row]:
+    listed = {"dir": "workflows", "recurse": "true"}
+    return {
+        ("GET", "/users"): served("GET", "/users"),
+        ("POST", "/users"): Row(lambda w: w.ok("bob", "POST", "/users", 400, json={"username": "alice"}),
+                                why="refused for every key: each key is one user"),
+        ("GET", "/settings"): Row(lambda w: _not_alices(w, "bob", "GET", "/settings"), _alices_userdata_unchanged,
+                                  lambda w: _not_alices(w, "ops", "GET", "/settings")),
+        ("GET", "/settings/{setting_id}"): _userdata("GET", "/settings/{setting}", 200),
+        ("POST", "/settings"): Row(lambda w: _own_settings(w, "bob"), _alices_userdata_unchanged, lambda w: _own_settings(w, "ops")),
+        ("POST", "/settings/{setting_id}"): Row(lambda w: _own_settings(w, "bob"), _alices_userdata_unchanged,
+                                                lambda w: _own_settings(w, "ops")),
+        ("GET", "/userdata"): Row(lambda w: _not_alices(w, "bob", "GET", "/userdata", params=listed), _alices_listing,
+                                  lambda w: _not_alices(w, "ops", "GET", "/userdata", params=listed)),
+        ("GET", "/v2/userdata"): Row(lambda w: _not_alices(w, "bob", "GET", "/v2/userdata"), _alices_listing,
+                                     lambda w: _not_alices(w, "ops", "GET", "/v2/userdata")),
+        ("GET", "/userdata/{file:path}"): _userdata("GET", "/userdata/{udfile}"),
+        ("DELETE", "/userdata/{file:path}"): _userdata("DELETE", "/userdata/{udfile}"),
+        ("POST", "/userdata/{file:path}/move/{dest:path}"): Row(_kept_from("bob", "POST", "/userdata/{udmove}"), _alice_moves_and_deletes,
+                                                      _kept_from("ops", "POST", "/userdata/{udmove}"), last=True),
+        ("POST", "/userdata/{file:path}"): Row(lambda w: _own_file(w, "bob"), _alices_userdata_unchanged, lambda w: _own_file(w, "ops")),
+        # the model folders and what the service has none of: no one's objects
+        **{("GET", p): served("GET", p) for p in ("/experiment/models", "/features", "/i18n", "/workflow_templates", "/global_subgraphs")},
+        ("GET", "/experiment/models/{folder}"): served("GET", "/experiment/models/checkpoints"),
+        ("GET", "/view_metadata/{folder}"): Row(lambda w: w.ok("bob", "GET", "/view_metadata/checkpoints",
+                                                               params={"filename": "tiny-sd.safetensors"}),
+                                                why="a model file's metadata, the same for every key"),
+        ("GET", "/global_subgraphs/{subgraph_id}"): Row(lambda w: w.ok("bob", "GET", "/global_subgraphs/x", 404), why="there are none"),
+        ("POST", "/comfy/login"): Row(lambda w: w.ok("bob", "POST", "/comfy/login", 204), why="sets the caller's own key as a cookie"),
+    }
+
+
 # Comfy API v2
 
 
@@ -497,6 +601,8 @@ def _rows() -> dict[tuple[str, str], Row]:
         ("GET", "/v1/models/{model}"): served("GET", "/v1/models/txt2img"),
         ("POST", "/v1/images/generations"): Row(lambda w: _bobs_openai_url(w, "generations")),
         ("POST", "/v1/images/edits"): Row(lambda w: _bobs_openai_url(w, "edits")),
+        # ComfyUI's editor (front/compat/comfyui/editor_routes.py)
+        **_editor_rows(),
     }
     return rows
 

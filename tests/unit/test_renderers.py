@@ -164,6 +164,9 @@ def test_the_contract_of_a_path_follows_who_serves_it():
     for path in ("/txt2img", "/txt2img/stream", "/healthz", "/", "/api", "/api/v2x", "/prompts", "/viewer", "/history2"):
         assert contract_of(path) == "comfybento", path
     assert contract_of("/history/abc") == contract_of("/api/view") == "comfyui" and contract_of("/api/v2") == "comfy_v2"
+    # ComfyUI's editor's calls under /comfy are ComfyUI's; its pages and login are ours
+    assert contract_of("/comfy/api/prompt") == contract_of("/comfy/api/v2/userdata") == contract_of("/comfy/ws") == "comfyui"
+    assert contract_of("/comfy/") == contract_of("/comfy/login") == contract_of("/comfy/wsx") == "comfybento"
 
 
 def test_the_openapi_and_event_schemas_list_the_one_list_of_kinds():
