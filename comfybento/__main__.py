@@ -42,11 +42,11 @@ def _object_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from comfybento.runtime.bootstrap import bootstrap, comfy_version
-    from comfybento.runtime.registry import object_info
+    from comfybento.runtime.registry import extension_web_dirs, object_info
     from comfybento.workflows.node_info import write_snapshot
 
     bootstrap(get_settings())
-    write_snapshot(Path(args.out), object_info(), comfy_version())
+    write_snapshot(Path(args.out), object_info(), comfy_version(), extension_web_dirs())
     return 0
 
 

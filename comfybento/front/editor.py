@@ -6,7 +6,9 @@ its websocket at /comfy/ws. `EditorMiddleware` (on the entry service, ahead of t
 - GET/HEAD of /comfy/... answers the wheel's static files (found where the package is installed, never copied):
   index.html revalidated on every load, content-hashed assets cached for a year, the rest for a day; and
   /comfy/templates/<file> the official workflow templates' files, as ComfyUI serves them (the comfyui-workflow-templates
-  packages: their index.json lists them, the editor's template browser shows them);
+  packages: their index.json lists them, the editor's template browser shows them); /comfy/extensions/<module>/<file>
+  a custom node module's web folder (its WEB_DIRECTORY, from the node-definition snapshot): the scripts /extensions
+  lists (`extension_scripts`), which the editor imports, and what they load beside them;
 - /comfy/api/<route> and /comfy/ws become ComfyUI's own /<route> and /ws (front/compat/comfyui/), for ComfyUI's
   routes only (`renderers.COMFYUI_ROUTES`): the editor reaches nothing else of the service;
 - keys: a browser cannot add an Authorization header to the editor's requests, so the key is given once on the
@@ -30,10 +32,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.responses import FileResponse, RedirectResponse
 
+from comfybento.config import get_settings
 from comfybento.front.access import parse_bearer
 from comfybento.front.keys import BEARER_TOKEN
 from comfybento.front.renderers import COMFYUI_ROUTES
 from comfybento.front.renderers import EDITOR_PREFIX as PREFIX
+from comfybento.workflows.node_info import loaded_web_dirs
 
 COOKIE = "comfybento_key"
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
@@ -59,16 +63,41 @@ def frontend_dir() -> Path | None:
     return folder if (folder / "index.html").is_file() else None
 
 
+def _file_in(root: Path, relative: str) -> Path | None:
+    """The file `relative` names in `root`; None for a name outside it, a hidden one, or one that is not a file."""
+    if any(part in ("", ".", "..") or part.startswith(".") for part in relative.split("/")):
+        return None
+    root = root.resolve()
+    path = (root / relative).resolve()
+    return path if path.is_relative_to(root) and path.is_file() else None
+
+
 def static_file(rest: str) -> Path | None:
     """The wheel's file at `rest` ("/" is index.html); None for a name outside its folder or that is not a file."""
     root = frontend_dir()
-    if root is None:
-        return None
-    relative = unquote(rest).lstrip("/") or "index.html"
-    if any(part in ("", ".", "..") or part.startswith(".") for part in relative.split("/")):
-        return None
-    path = (root / relative).resolve()
-    return path if path.is_relative_to(root) and path.is_file() else None
+    return None if root is None else _file_in(root, unquote(rest).lstrip("/") or "index.html")
+
+
+def extension_file(rest: str) -> Path | None:
+    """The file at /extensions/<module>/<name> in that custom node module's web folder; None for anything else."""
+    module, _, name = unquote(rest).removeprefix("/extensions/").partition("/") if rest.startswith("/extensions/") else ("", "", "")
+    folder = loaded_web_dirs(get_settings()).get(module) if module and name else None
+    return None if folder is None else _file_in(folder, name)
+
+
+def _scripts(root: Path, prefix: str) -> list[str]:
+    return sorted(prefix + p.relative_to(root).as_posix() for p in root.rglob("*.js")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def extension_scripts() -> list[str]:
+    """What ComfyUI's /extensions lists: the frontend's own extension scripts, then each custom node module's."""
+    root = frontend_dir()
+    scripts = _scripts(root / "extensions", "/extensions/") if root is not None and (root / "extensions").is_dir() else []
+    for module, folder in sorted(loaded_web_dirs(get_settings()).items()):
+        if folder.is_dir():
+            scripts += _scripts(folder, f"/extensions/{quote(module)}/")
+    return scripts
 
 
 @cache
@@ -161,7 +190,7 @@ class EditorMiddleware:
             return FileResponse(LOGIN_PAGE, media_type=MEDIA_TYPES[".html"], headers={"Cache-Control": NO_CACHE})
         if rest == "/" and self.keys_required and cookie_key(scope) is None:
             return RedirectResponse(PREFIX + "/login", status_code=303)
-        file = static_file(rest) or template_file(rest)
+        file = static_file(rest) or extension_file(rest) or template_file(rest)
         if file is None:
             return None
         media = MEDIA_TYPES.get(file.suffix, "application/octet-stream")

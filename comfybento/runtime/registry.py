@@ -79,6 +79,13 @@ def comfyui_node_info() -> NodeInfo | None:
     return None
 
 
+def extension_web_dirs() -> dict[str, str]:
+    """Each custom node module's web folder (its WEB_DIRECTORY) by module name, as ComfyUI recorded them on loading."""
+    import nodes
+
+    return {str(name): str(folder) for name, folder in nodes.EXTENSION_WEB_DIRS.items()}
+
+
 def object_info() -> dict[str, dict[str, Any]]:
     """Every registered node class as ComfyUI's /object_info sends it; classes whose definition fails are skipped and logged."""
     import folder_paths

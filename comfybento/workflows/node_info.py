@@ -29,7 +29,7 @@ from comfybento.workflows.graph import InputDef, NodeDef
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_VERSION = 2  # 2: ComfyUI's own node_info() per node
+SNAPSHOT_VERSION = 3  # 2: ComfyUI's own node_info() per node; 3: the custom nodes' web folders
 KEEP_SNAPSHOTS = 8
 _SKIP_DIRS = {"__pycache__", ".git", "node_modules", ".venv"}
 # Model files (loader inputs list them); not the hash stamps the engine writes beside them.
@@ -117,16 +117,24 @@ def load_node_info(settings: Settings) -> dict[str, Any]:
     if not path.is_file():
         write_snapshot_in_child(settings, path)
     try:
-        nodes = json.loads(path.read_text(encoding="utf-8"))["nodes"]
+        snapshot = json.loads(path.read_text(encoding="utf-8"))
+        nodes, web_dirs = snapshot["nodes"], snapshot.get("web_dirs") or {}
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"node-definition snapshot {path} is unreadable ({exc}); delete it and start again") from None
-    _last["nodes"] = nodes
+    _last["nodes"], _last["web_dirs"] = nodes, web_dirs
     return dict(nodes)
 
 
 def loaded_node_info(settings: Settings) -> dict[str, Any]:
     """The node info this process loaded its workflows with (its snapshot file may since be pruned by another process)."""
     return dict(_last["nodes"]) if "nodes" in _last else load_node_info(settings)
+
+
+def loaded_web_dirs(settings: Settings) -> dict[str, Path]:
+    """The custom nodes' web folders (WEB_DIRECTORY) by module name, from the snapshot this process loaded."""
+    if "web_dirs" not in _last:
+        load_node_info(settings)
+    return {name: Path(folder) for name, folder in _last["web_dirs"].items()}
 
 
 def load_node_defs(settings: Settings) -> dict[str, NodeDef]:
@@ -155,11 +163,12 @@ def write_snapshot_in_child(settings: Settings, path: Path) -> None:
         raise ConfigError(f"could not read ComfyUI's node definitions (python -m comfybento object-info failed):\n{tail}")
 
 
-def write_snapshot(path: Path, nodes: Mapping[str, Any], comfyui_version: str) -> None:
+def write_snapshot(path: Path, nodes: Mapping[str, Any], comfyui_version: str, web_dirs: Mapping[str, str] | None = None) -> None:
     """Write atomically: processes starting together may race to write the same snapshot."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": SNAPSHOT_VERSION, "comfyui_version": comfyui_version, "nodes": nodes}), encoding="utf-8")
+    tmp.write_text(json.dumps({"version": SNAPSHOT_VERSION, "comfyui_version": comfyui_version, "nodes": nodes,
+                               "web_dirs": dict(web_dirs or {})}), encoding="utf-8")
     tmp.replace(path)
     older = sorted(path.parent.glob("object_info-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_SNAPSHOTS:]
     for stale in older:

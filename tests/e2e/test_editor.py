@@ -3,7 +3,8 @@
 Over HTTP: the editor's files, the login that turns a key into a cookie, its API calls mapped onto ComfyUI's routes
 under the key's limits, and each key's user data and settings kept apart. In a real headless Chromium: alice logs in
 on the login page, the editor (the installed comfyui-frontend-package, unchanged) builds its node library from
-/object_info, opens a UI-format workflow through its own loader, and its Run button queues it; the progress comes back
+/object_info, imports a custom node's frontend extension (its WEB_DIRECTORY), opens a UI-format workflow through its
+own loader, and its Run button queues it; the progress comes back
 over the websocket and the output image appears in the Save Image node. The page is kept as artifacts/editor.png (CI
 keeps artifacts/); the page as the test left it, passed or not, as artifacts/editor-last.png. Last, a graph that matches
 no served workflow gets ComfyUI's error answer, which the editor shows in its own error dialog.
@@ -80,6 +81,13 @@ def test_editor_files_login_and_its_calls_onto_comfyuis_routes(site):
     assert httpx.get(f"{url}/comfy/api/object_info", cookies=cookies, headers={"Origin": "https://elsewhere.example"},
                      timeout=30).status_code == 401  # another site's page gets no use of the cookie
     assert httpx.get(f"{url}/comfy/api/jobs", headers=_as(keys["alice"]), timeout=30).status_code == 404
+    # the custom nodes' scripts, listed as ComfyUI lists them, and served under /comfy/ (nothing outside their folder)
+    listed = httpx.get(f"{url}/api/extensions", headers=_as(keys["alice"]), timeout=30).json()
+    assert "/extensions/comfybento_web_test/test_extension.js" in listed and "/extensions/core/groupNode.js" in listed
+    script = httpx.get(f"{url}/comfy/extensions/comfybento_web_test/test_extension.js", timeout=30)
+    assert script.status_code == 200 and "registerExtension" in script.text
+    assert httpx.get(f"{url}/comfy/extensions/comfybento_web_test/..%2F__init__.py", headers=_as(keys["alice"]),
+                     timeout=30).status_code == 404
     # the official templates, as ComfyUI serves them to the editor's template browser
     index = httpx.get(f"{url}/comfy/templates/index.json", timeout=30)
     assert index.status_code == 200 and index.json() and all("templates" in group for group in index.json())
@@ -139,6 +147,9 @@ def test_the_editor_opens_a_workflow_and_runs_it_in_chromium(site, browser):  # 
         browser.find_element(By.ID, "open").click()
         # the node library is /object_info's: every class it lists, with this server's own model files as choices
         _wait(browser, "!!(window.app?.graph && window.LiteGraph?.registered_node_types?.KSampler)", "the editor's node library")
+        # a custom node module's web folder: /extensions lists its script, the editor imports it and runs its setup()
+        loaded = _wait(browser, "window.comfybentoTestExtension", "the custom node's frontend extension")
+        assert loaded == "loaded from extensions/comfybento_web_test/test_extension.js", loaded
         object_info = httpx.get(f"{url}/object_info", headers=_as(keys["alice"]), timeout=30).json()
         registered = browser.execute_script("return Object.keys(LiteGraph.registered_node_types);")
         assert set(object_info) <= set(registered), sorted(set(object_info) - set(registered))[:10]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +26,8 @@ KEYS = {"input", "input_order", "output", "output_is_list", "output_name", "name
 
 
 @pytest.fixture(scope="module")
-def comfyui_object_info(tmp_path_factory) -> dict[str, Any]:
-    """GET /object_info answered by ComfyUI's own server (its stand-in put back after)."""
+def comfyui_answers(tmp_path_factory) -> dict[str, Any]:
+    """GET /object_info and GET /extensions answered by ComfyUI's own server (its stand-in put back after)."""
     root = tmp_path_factory.mktemp("object_info")
     bootstrap(Settings.from_env(service_env(root / "workflows", root / "work")))
     import folder_paths
@@ -39,13 +40,19 @@ def comfyui_object_info(tmp_path_factory) -> dict[str, Any]:
     try:
         folder_paths.set_user_directory(str(root / "user"))
         real = server.PromptServer(loop)
-        handler = next(r.handler for r in real.routes if getattr(r, "path", None) == "/object_info" and r.method == "GET")
-        response = loop.run_until_complete(handler(None))
+        handlers = {r.path: r.handler for r in real.routes if getattr(r, "path", None) in ("/object_info", "/extensions")
+                    and r.method == "GET"}
+        answers = {path.lstrip("/"): json.loads(loop.run_until_complete(handler(None)).body) for path, handler in handlers.items()}
     finally:
         server.PromptServer.instance = stand_in
         folder_paths.set_user_directory(user_dir)
         loop.close()
-    body: dict[str, Any] = json.loads(response.body)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def comfyui_object_info(comfyui_answers) -> dict[str, Any]:
+    body: dict[str, Any] = comfyui_answers["object_info"]
     return body
 
 
@@ -91,8 +98,22 @@ def test_input_options_and_flags_come_through(ours):
 
 def test_snapshot_round_trip_types_workflows(tmp_path, ours):
     path = tmp_path / "object_info-x.json"
-    write_snapshot(path, ours, "0.3.75")
-    nodes = json.loads(path.read_text(encoding="utf-8"))["nodes"]
+    write_snapshot(path, ours, "0.3.75", {"my_nodes": "/srv/custom_nodes/my_nodes/js"})
+    snapshot = json.loads(path.read_text(encoding="utf-8"))
+    nodes = snapshot["nodes"]
+    assert snapshot["web_dirs"] == {"my_nodes": "/srv/custom_nodes/my_nodes/js"}
     assert nodes["KSampler"] == ours["KSampler"]
     defs = node_defs_from_info(nodes)
     assert "euler" in defs["KSampler"].inputs["sampler_name"].choices and defs["SaveImage"].output_node
+
+
+def test_extensions_are_listed_as_comfyui_lists_them(comfyui_answers, monkeypatch):
+    """The snapshot's web folders (the custom nodes' WEB_DIRECTORY) and the front's /extensions, against ComfyUI's."""
+    from comfybento.front import editor
+    from comfybento.runtime.registry import extension_web_dirs
+
+    web_dirs = extension_web_dirs()
+    assert "comfybento_web_test" in web_dirs  # tests/custom_nodes/comfybento_web_test: WEB_DIRECTORY = "./js"
+    monkeypatch.setattr(editor, "loaded_web_dirs", lambda settings: {name: Path(d) for name, d in web_dirs.items()})
+    assert sorted(editor.extension_scripts()) == sorted(comfyui_answers["extensions"])
+    assert "/extensions/comfybento_web_test/test_extension.js" in comfyui_answers["extensions"]

@@ -559,3 +559,37 @@ def test_settings_round_trip(alice: UserData) -> None:
 def test_unreadable_settings_read_as_none(alice: UserData, content: bytes) -> None:
     alice.write(SETTINGS_FILE, content)
     assert alice.settings() == {}
+
+
+# ---------------------------------------------------------------- custom nodes' web folders
+
+
+@pytest.fixture
+def web_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One custom node module, `my nodes`, whose web folder holds a script, a nested one, a stylesheet and a hidden file."""
+    folder = tmp_path / "web"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "main.js").write_text("// main")
+    (folder / "sub" / "more.js").write_text("// more")
+    (folder / "style.css").write_text("a {}")
+    (folder / ".hidden.js").write_text("// hidden")
+    (tmp_path / "secret.js").write_text("// outside the folder")
+    monkeypatch.setattr(editor, "loaded_web_dirs", lambda settings: {"my nodes": folder, "gone": tmp_path / "missing"})
+    return folder
+
+
+def test_extension_scripts_list_the_frontends_own_then_each_modules_as_comfyui_does(web_dirs: Path) -> None:
+    scripts = editor.extension_scripts()
+    own = [s for s in scripts if s.startswith("/extensions/core/")]
+    assert own and "/extensions/core/groupNode.js" in own  # the wheel's static/extensions/, as ComfyUI lists them
+    assert scripts[len(own):] == ["/extensions/my%20nodes/main.js", "/extensions/my%20nodes/sub/more.js"]
+
+
+def test_extension_file_serves_a_modules_web_folder_and_nothing_outside_it(web_dirs: Path) -> None:
+    assert editor.extension_file("/extensions/my%20nodes/main.js") == (web_dirs / "main.js").resolve()
+    assert editor.extension_file("/extensions/my%20nodes/sub/more.js") == (web_dirs / "sub" / "more.js").resolve()
+    assert editor.extension_file("/extensions/my%20nodes/style.css") == (web_dirs / "style.css").resolve()
+    for rest in ("/extensions/my%20nodes/../secret.js", "/extensions/my%20nodes/%2e%2e/secret.js", "/extensions/my%20nodes/.hidden.js",
+                 "/extensions/my%20nodes/", "/extensions/my%20nodes/sub", "/extensions/other/main.js", "/extensions/gone/main.js",
+                 "/extensions/", "/templates/main.js"):
+        assert editor.extension_file(rest) is None, rest

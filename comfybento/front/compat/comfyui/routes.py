@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from comfybento.config import get_settings
 from comfybento.errors import InvalidRequest, NotFound
 from comfybento.front.compat.comfyui import files, prompts, ws
+from comfybento.front.editor import extension_scripts
 from comfybento.front.job_routes import job_service
 from comfybento.front.ownership import caller
 from comfybento.front.renderers import ContractRoute
@@ -242,7 +243,8 @@ def embeddings() -> list[str]:
 
 @route("/extensions", ["GET"])
 def extensions() -> list[str]:
-    return []
+    """The editor's extension scripts, as ComfyUI lists them (served under /comfy/, front/editor.py)."""
+    return extension_scripts()
 
 
 @route("/models", ["GET"])
