@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from comfybento.errors import ConfigError
+from comfybento.front.atomic_file import write_atomically
 
 if TYPE_CHECKING:
     from comfybento.config import Settings
@@ -151,19 +150,6 @@ def _entry_yaml(key: ApiKey) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def append_key(path: Path, key: ApiKey) -> None:
     """Add one entry to a keys file (created if missing). YAML keeps its comments; a .json file is rewritten.
 
@@ -186,4 +172,4 @@ def append_key(path: Path, key: ApiKey) -> None:
     if parse_keys(path, new) != (*existing, key):
         raise ConfigError(f"{path}: the new entry did not read back as written; the file is left as it was")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, new)
+    write_atomically(path, new.encode("utf-8"), f".{path.name}.")

@@ -13,18 +13,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comfybento.config import Settings
 from comfybento.errors import Conflict, InvalidRequest, NotFound, TooLarge
+from comfybento.front.atomic_file import write_atomically
 from comfybento.front.ownership import Caller
 
 SETTINGS_FILE = "comfy.settings.json"
 DEFAULT_USER = "default"
 MAX_NAME_CHARS = 512
+TEMP_PREFIX = ".upload-"  # a write in progress (listings leave it out)
 MAX_SEGMENT_BYTES = 255  # one name in a path: the file systems' limit
 _BAD_SEGMENT = re.compile(r'[\x00-\x1f\x7f\\:*?"<>|]')
 
@@ -77,14 +78,7 @@ class UserData:
             raise TooLarge(f"file: {name!r} ({len(data)} bytes) would take your user data over its limit of {self.quota_bytes} "
                            f"bytes ({used} used; COMFYBENTO_USERDATA_QUOTA_BYTES)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data, TEMP_PREFIX)
         return path
 
     def delete(self, name: str) -> None:
@@ -159,4 +153,4 @@ class UserData:
 
 
 def _is_temp(path: Path) -> bool:
-    return path.name.startswith(".upload-")
+    return path.name.startswith(TEMP_PREFIX)
