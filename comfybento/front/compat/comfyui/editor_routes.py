@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from comfybento.config import get_settings
 from comfybento.errors import InvalidRequest, NotFound
-from comfybento.front.compat.comfyui.routes import route
+from comfybento.front.compat.comfyui.routes import files_in, model_folder, route
 from comfybento.front.compat.comfyui.userdata import UserData
 from comfybento.front.ownership import caller
 
@@ -136,21 +136,17 @@ def experiment_models() -> list[dict[str, Any]]:
 
 @route("/experiment/models/{folder}", ["GET"])
 def experiment_model_files(folder: str) -> list[dict[str, Any]]:
-    root = get_settings().models_dir / folder
-    if folder.startswith(".") or "/" in folder or not root.is_dir():
-        raise NotFound(f"no model folder {folder!r}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    root = model_folder(folder)
     return [{"name": p.relative_to(root).as_posix(), "pathIndex": 0, "modified": p.stat().st_mtime, "size": p.stat().st_size}
-            for p in files]
+            for p in files_in(root)]
 
 
 @route("/view_metadata/{folder}", ["GET"])
 def view_metadata(folder: str, filename: str) -> dict[str, Any]:
     """A safetensors model's `__metadata__` (a 404 for a file that is not one, or has none)."""
-    root = get_settings().models_dir / folder
+    root = model_folder(folder)
     path = (root / filename).resolve()
-    if folder.startswith(".") or "/" in folder or not path.is_relative_to(root.resolve()) or not path.is_file() \
-            or path.suffix != ".safetensors":
+    if not path.is_relative_to(root.resolve()) or not path.is_file() or path.suffix != ".safetensors":
         raise NotFound(f"no safetensors model {filename!r} in {folder!r}")
     with path.open("rb") as f:
         head = f.read(8)

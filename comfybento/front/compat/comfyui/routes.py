@@ -15,6 +15,7 @@ import platform
 import sys
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -253,12 +254,23 @@ def model_folders() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-@route("/models/{folder}", ["GET"])
-def model_files(folder: str) -> list[str]:
+def model_folder(folder: str) -> Path:
+    """A folder of the models root by its name (checkpoints, loras ...); a 404 naming it for any other name."""
     root = get_settings().models_dir / folder
     if folder.startswith(".") or "/" in folder or not root.is_dir():
         raise NotFound(f"no model folder {folder!r}")
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return root
+
+
+def files_in(folder: Path) -> list[Path]:
+    """The model files in a model folder, its subfolders' included, hidden ones left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+@route("/models/{folder}", ["GET"])
+def model_files(folder: str) -> list[str]:
+    root = model_folder(folder)
+    return [str(p.relative_to(root)) for p in files_in(root)]
 
 
 # ---------------------------------------------------------------- websocket
